@@ -1,0 +1,1 @@
+"""TwinLock device runtime."""

@@ -1,0 +1,55 @@
+"""One exception tree for the whole project.
+
+Every error TwinLock raises on purpose is a ``TwinLockError``. Leaves also subclass the matching
+stdlib type, so callers that already catch ``FileNotFoundError`` or ``ValueError`` keep working.
+Entry points map these to exit codes and one clear line; library code never prints or exits.
+"""
+
+from __future__ import annotations
+
+
+class TwinLockError(Exception):
+    """Base of every error TwinLock raises on purpose."""
+
+    #: exit code an entry point returns for this error
+    exit_code: int = 1
+
+
+class UsageError(TwinLockError, ValueError):
+    """The user asked for something that cannot work (bad option values, bad combinations)."""
+
+    exit_code = 2
+
+
+class DataError(TwinLockError, ValueError):
+    """Input data is missing, unreadable or unusable (empty folders, bad pairs files, ...)."""
+
+    exit_code = 2
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+
+class ModelError(TwinLockError, ValueError):
+    """A model folder or file is missing, malformed or does not match what the code expects."""
+
+    exit_code = 2
+
+
+class RuntimeBackendError(TwinLockError, RuntimeError):
+    """No LiteRT backend could be loaded, or the interpreter failed while running."""
+
+
+class DetectorError(TwinLockError, RuntimeError):
+    """The face detector could not be created or failed on a frame."""
+
+
+class QualityError(TwinLockError, ValueError):
+    """An image is unusable for enrolment or matching; ``reason`` says why (machine-readable)."""
+
+    exit_code = 2
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
