@@ -1,0 +1,97 @@
+"""Detector choice and the one detect -> select -> align path used by trainer and daemon."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from ..errors import UsageError
+from .align import align_face
+from .types import Face
+
+logger = logging.getLogger(__name__)
+
+SelectPolicy = Literal["largest", "center"]
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[Face]: ...
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """How to build a detector; part of a model's metadata so the daemon detects as trained."""
+
+    type: Literal["blazeface", "yunet"] = "blazeface"
+    variant: str = "short"  # BlazeFace only: "short" (door distance) or "full"
+    model_path: str | None = None  # required for YuNet; optional override for BlazeFace
+    score_threshold: float = 0.5
+
+    def build(self, num_threads: int = 1) -> Detector:
+        if self.type == "blazeface":
+            from .blazeface import BlazeFaceDetector
+
+            return BlazeFaceDetector(
+                self.variant, self.model_path, self.score_threshold, num_threads=num_threads
+            )
+        if self.type == "yunet":
+            if not self.model_path:
+                raise UsageError("the YuNet detector needs a model path (detector.model_path)")
+            from .yunet import YuNetDetector
+
+            return YuNetDetector(self.model_path, self.score_threshold)
+        raise UsageError(f"unknown detector type {self.type!r}; use 'blazeface' or 'yunet'")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """A short stable text identifying this detector setup (cache keys, logs)."""
+        model = Path(self.model_path).name if self.model_path else "bundled"
+        return f"{self.type}:{self.variant}:{model}:{self.score_threshold:g}"
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    face: Face
+    crop: np.ndarray  # uint8 RGB, size x size x 3
+
+
+def select_face(faces: list[Face], image_shape: tuple[int, ...], policy: SelectPolicy) -> Face:
+    """The face to use when several are found: the largest, or the one nearest the centre
+    (datasets such as LFW centre the labelled person)."""
+    if policy == "largest":
+        return max(faces, key=lambda f: f.size)
+    cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0
+    return min(faces, key=lambda f: (f.center[0] - cx) ** 2 + (f.center[1] - cy) ** 2)
+
+
+class FacePipeline:
+    """Find faces in an RGB image and return aligned crops at the model's input size."""
+
+    def __init__(self, detector: Detector, crop_size: int, zoom: float = 1.0) -> None:
+        self.detector = detector
+        self.crop_size = crop_size
+        self.zoom = zoom
+
+    def align(self, image: np.ndarray, face: Face) -> AlignedFace:
+        return AlignedFace(face, align_face(image, face, self.crop_size, self.zoom))
+
+    def faces(self, image: np.ndarray) -> list[AlignedFace]:
+        """Every detected face, aligned, best detection score first."""
+        return [self.align(image, face) for face in self.detector.detect(image)]
+
+    def primary(
+        self, image: np.ndarray, policy: SelectPolicy = "largest"
+    ) -> tuple[AlignedFace | None, int]:
+        """(the chosen face aligned or None, number of faces found)."""
+        found = self.detector.detect(image)
+        if not found:
+            return None, 0
+        return self.align(image, select_face(found, image.shape, policy)), len(found)

@@ -1,0 +1,191 @@
+"""Twin (Siamese) networks after Koch, Zemel & Salakhutdinov (2015).
+
+Two towers with shared weights embed two face crops; an L1 distance layer feeds
+``Dense(1, sigmoid)``; the output is the probability that both crops show the same person
+(label 1 = same). Towers take uint8-range pixels and rescale inside, so the exported int8 model
+takes raw uint8 crops.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from twinlock.daemon.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+ARCHITECTURES = ("koch", "compact")
+
+
+@keras.saving.register_keras_serializable(package="twinlock")
+class L1Distance(layers.Layer):
+    """Element-wise |a - b|: the paper's component-wise L1 distance between twin embeddings."""
+
+    def call(self, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return tf.abs(a - b)
+
+    def compute_output_shape(self, a_shape: Any, b_shape: Any) -> Any:
+        return a_shape
+
+
+@keras.saving.register_keras_serializable(package="twinlock")
+class EuclideanDistance(layers.Layer):
+    """||a - b||_2 per row, shape (batch, 1) (the contrastive loss works on this distance)."""
+
+    def call(self, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return tf.sqrt(tf.reduce_sum(tf.square(a - b), axis=1, keepdims=True) + 1e-12)
+
+    def compute_output_shape(self, a_shape: Any, b_shape: Any) -> Any:
+        return (a_shape[0], 1)
+
+
+@keras.saving.register_keras_serializable(package="twinlock")
+class CosFaceLogits(layers.Layer):
+    """Additive-margin softmax logits (CosFace): ``s * (cos(theta_y) - m)`` for the true class.
+
+    Trains the tower as an identity classifier whose embeddings separate people by angle; the
+    twin's L1 head is fitted on top afterwards.
+    """
+
+    def __init__(self, n_classes: int, scale: float = 20.0, margin: float = 0.2, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.n_classes, self.scale, self.margin = n_classes, scale, margin
+
+    def build(self, input_shape: Any) -> None:
+        self.w = self.add_weight(
+            name="class_centres", shape=(input_shape[-1], self.n_classes),
+            initializer="glorot_uniform",
+        )
+
+    def call(self, embeddings: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        cos = tf.matmul(tf.math.l2_normalize(embeddings, axis=1),
+                        tf.math.l2_normalize(self.w, axis=0))
+        onehot = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), self.n_classes)
+        return self.scale * (cos - self.margin * onehot)
+
+    def compute_output_shape(self, e_shape: Any, l_shape: Any) -> Any:
+        return (e_shape[0], self.n_classes)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {
+            "n_classes": self.n_classes, "scale": self.scale, "margin": self.margin
+        }
+
+
+def koch_tower(input_size: int = 105, channels: int = 1) -> keras.Model:
+    """The paper's tower: conv 64@10, 128@7, 128@4, 256@4 (ReLU, max-pool between), then a
+    4096-unit sigmoid dense layer. ~38.9 M parameters at 105x105 grey."""
+    if input_size < 65:
+        raise UsageError(f"the koch tower needs input_size >= 65 (got {input_size})")
+    reg = keras.regularizers.l2(2e-4)
+    inputs = keras.Input((input_size, input_size, channels), name="crop")
+    x = layers.Rescaling(1.0 / 255.0)(inputs)
+    for filters, kernel in ((64, 10), (128, 7), (128, 4)):
+        x = layers.Conv2D(filters, kernel, activation="relu", kernel_regularizer=reg)(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(256, 4, activation="relu", kernel_regularizer=reg)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(4096, activation="sigmoid", kernel_regularizer=keras.regularizers.l2(1e-3),
+                     name="embedding")(x)
+    return keras.Model(inputs, x, name="koch_tower")
+
+
+def compact_tower(input_size: int = 64, channels: int = 3, embedding_dim: int = 128,
+                  width: int = 32) -> keras.Model:
+    """A depthwise-separable tower for the Pi (< 1 M parameters, < 1 MB as int8).
+
+    Conv stem, then separable blocks with batch norm and ReLU6 (int8-friendly ranges), global
+    average pooling and a linear embedding.
+    """
+    inputs = keras.Input((input_size, input_size, channels), name="crop")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
+    x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)
+    x = layers.ReLU(6.0)(x)
+    plan = [(width * 2, 1), (width * 4, 2), (width * 4, 1), (width * 8, 2), (width * 8, 1),
+            (width * 16, 2), (width * 16, 1)]
+    for filters, stride in plan:
+        x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.ReLU(6.0)(x)
+        x = layers.Conv2D(filters, 1, use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.ReLU(6.0)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.2)(x)
+    x = layers.Dense(embedding_dim, name="embedding")(x)
+    return keras.Model(inputs, x, name="compact_tower")
+
+
+def build_tower(architecture: str, input_size: int, channels: int, embedding_dim: int) -> keras.Model:
+    if architecture == "koch":
+        return koch_tower(input_size, channels)
+    if architecture == "compact":
+        return compact_tower(input_size, channels, embedding_dim)
+    raise UsageError(f"unknown architecture {architecture!r}; use one of {ARCHITECTURES}")
+
+
+def build_twin(tower: keras.Model) -> keras.Model:
+    """Two image inputs, shared tower, L1 distance, Dense(1, sigmoid): P(same person)."""
+    shape = tower.input_shape[1:]
+    a = keras.Input(shape, name="crop_a")
+    b = keras.Input(shape, name="crop_b")
+    distance = L1Distance(name="l1_distance")(tower(a), tower(b))
+    score = layers.Dense(1, activation="sigmoid", name="head")(distance)
+    return keras.Model([a, b], score, name="twin")
+
+
+def build_distance_model(tower: keras.Model) -> keras.Model:
+    """Two inputs -> Euclidean distance of L2-normalised embeddings (for the contrastive loss)."""
+    shape = tower.input_shape[1:]
+    a = keras.Input(shape, name="crop_a")
+    b = keras.Input(shape, name="crop_b")
+    ea = layers.UnitNormalization()(tower(a))
+    eb = layers.UnitNormalization()(tower(b))
+    d = EuclideanDistance(name="distance")(ea, eb)
+    return keras.Model([a, b], d, name="twin_distance")
+
+
+def build_triplet_model(tower: keras.Model) -> keras.Model:
+    """Three inputs -> stacked L2-normalised embeddings (anchor, positive, negative)."""
+    shape = tower.input_shape[1:]
+    crops = [keras.Input(shape, name=n) for n in ("anchor", "positive", "negative")]
+    embeddings = [layers.UnitNormalization()(tower(c)) for c in crops]
+    out = layers.Concatenate(axis=1, name="stacked")([layers.Reshape((1, -1))(e) for e in embeddings])
+    return keras.Model(crops, out, name="twin_triplet")
+
+
+def build_classifier(tower: keras.Model, n_classes: int, scale: float, margin: float) -> keras.Model:
+    """Crop and identity label in, CosFace margin logits out (identity pre-training)."""
+    crop = keras.Input(tower.input_shape[1:], name="crop")
+    label = keras.Input((1,), name="label", dtype="int32")
+    logits = CosFaceLogits(n_classes, scale, margin, name="cosface")(tower(crop), label)
+    return keras.Model([crop, label], logits, name="identity_classifier")
+
+
+def contrastive_loss(margin: float = 1.0):
+    """Hadsell et al. 2006 on distances: same pairs pulled together, different pushed past m."""
+
+    def loss(y_true: tf.Tensor, distance: tf.Tensor) -> tf.Tensor:
+        y = tf.cast(tf.reshape(y_true, [-1]), distance.dtype)
+        d = tf.reshape(distance, [-1])
+        return tf.reduce_mean(y * tf.square(d) + (1.0 - y) * tf.square(tf.nn.relu(margin - d)))
+
+    return loss
+
+
+def triplet_loss(margin: float = 0.3):
+    """Schroff et al. 2015: d(a, p) + margin < d(a, n) on unit-length embeddings."""
+
+    def loss(_: tf.Tensor, stacked: tf.Tensor) -> tf.Tensor:
+        a, p, n = stacked[:, 0], stacked[:, 1], stacked[:, 2]
+        d_ap = tf.reduce_sum(tf.square(a - p), axis=1)
+        d_an = tf.reduce_sum(tf.square(a - n), axis=1)
+        return tf.reduce_mean(tf.nn.relu(d_ap - d_an + margin))
+
+    return loss

@@ -1,0 +1,243 @@
+"""The TensorFlow part of training: models, tf.data, epochs, checkpoints, early stopping.
+
+Separate from train.py so that loading data and reading run folders never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import metrics
+from .augment import AugmentConfig, augment_batch
+from .embed import cosine_pair_scores, head_pair_scores, keras_embed
+from .head import fit_l1_head
+from .model import (
+    build_classifier,
+    build_distance_model,
+    build_tower,
+    build_triplet_model,
+    build_twin,
+    contrastive_loss,
+    triplet_loss,
+)
+from .train import (
+    CHECKPOINT_DIR,
+    HEAD_FILE,
+    METRICS_FILE,
+    STATE_FILE,
+    TOWER_FILE,
+    PreparedData,
+    TrainConfig,
+    _atomic_write_json,
+    epoch_samples,
+    model_input,
+    validation_pairs,
+    write_history,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class TrainLoop:
+    def __init__(self, cfg: TrainConfig, data: PreparedData, run_dir: Path, progress: bool) -> None:
+        self.cfg, self.data, self.run_dir, self.progress = cfg, data, run_dir, progress
+        self.ckpt_dir = run_dir / CHECKPOINT_DIR
+        self.ckpt_dir.mkdir(exist_ok=True)
+        keras.utils.set_random_seed(cfg.seed)
+        self.strategy = (tf.distribute.MirroredStrategy() if cfg.strategy == "mirrored"
+                         else tf.distribute.get_strategy())
+        if cfg.strategy == "mirrored":
+            logger.info("MirroredStrategy over %d replica(s)", self.strategy.num_replicas_in_sync)
+        self.train_labels = data.labels[data.train_idx]
+        self.val_labels = data.labels[data.val_idx]
+        # pixels in the model's format, held once as a constant the input pipeline gathers from
+        self.x_train = tf.constant(model_input(data, cfg, data.train_idx))
+        self.val_pairs = validation_pairs(self.val_labels, cfg.val_different_pairs, cfg.seed)
+        # cosface: classes are the training identities with enough images
+        counts = np.bincount(self.train_labels)
+        classes = np.flatnonzero(counts >= cfg.min_images_per_class)
+        self.class_of = np.full(counts.shape[0], -1)
+        self.class_of[classes] = np.arange(len(classes))
+        self.cosface_images = np.flatnonzero(self.class_of[self.train_labels] >= 0)
+        with self.strategy.scope():
+            self.tower = build_tower(cfg.architecture, cfg.input_size, cfg.channels,
+                                     cfg.embedding_dim)
+            self.model, loss = self._training_model(len(classes))
+            total_steps = cfg.epochs * cfg.steps_per_epoch
+            schedule = keras.optimizers.schedules.CosineDecay(
+                cfg.learning_rate, decay_steps=total_steps, alpha=0.02,
+                warmup_target=None, warmup_steps=0)
+            self.optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+            self.model.compile(optimizer=self.optimizer, loss=loss)
+        logger.info("tower %s: %d parameters; training model %s",
+                    self.tower.name, self.tower.count_params(), self.model.name)
+
+    # -- models and data -------------------------------------------------------------------------
+
+    def _training_model(self, n_classes: int) -> tuple[keras.Model, Any]:
+        cfg = self.cfg
+        if cfg.loss == "bce":
+            return build_twin(self.tower), keras.losses.BinaryCrossentropy()
+        if cfg.loss == "contrastive":
+            return build_distance_model(self.tower), contrastive_loss(cfg.contrastive_margin)
+        if cfg.loss == "triplet":
+            return build_triplet_model(self.tower), triplet_loss(cfg.triplet_margin)
+        if n_classes < 2:
+            from twinlock.daemon.errors import DataError
+            raise DataError("cosface needs at least 2 training identities with "
+                            f"{cfg.min_images_per_class}+ images")
+        model = build_classifier(self.tower, n_classes, cfg.cosface_scale, cfg.cosface_margin)
+        return model, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def _dataset(self, samples: tuple[np.ndarray, ...]) -> tf.data.Dataset:
+        cfg, x = self.cfg, self.x_train
+        aug = AugmentConfig() if cfg.augment else None
+
+        def images(idx: tf.Tensor) -> tf.Tensor:
+            batch = tf.cast(tf.gather(x, idx), tf.float32)
+            return augment_batch(batch, aug) if aug else batch
+
+        if cfg.loss == "cosface":
+            idx = self.cosface_images[samples[0] % len(self.cosface_images)]
+            cls = self.class_of[self.train_labels[idx]].astype(np.int32)
+            ds = tf.data.Dataset.from_tensor_slices((idx, cls)).batch(cfg.batch_size, True)
+            ds = ds.map(lambda i, c: ((images(i), c[:, None]), c), tf.data.AUTOTUNE)
+        elif cfg.loss == "triplet":
+            ds = tf.data.Dataset.from_tensor_slices(samples).batch(cfg.batch_size, True)
+            ds = ds.map(lambda a, p, n: ((images(a), images(p), images(n)), tf.zeros_like(a)),
+                        tf.data.AUTOTUNE)
+        else:
+            ia, ib, y = samples
+            ds = tf.data.Dataset.from_tensor_slices((ia, ib, y[:, None])).batch(cfg.batch_size, True)
+            ds = ds.map(lambda a, b, t: ((images(a), images(b)), t), tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def embed(self, idx: np.ndarray) -> np.ndarray:
+        cfg = self.cfg
+        return keras_embed(self.tower, self.data.crops[idx], cfg.channels, cfg.flip_average,
+                           cfg.l2_normalize)
+
+    def head(self) -> tuple[np.ndarray, float] | None:
+        """The twin's own head (bce only)."""
+        if self.cfg.loss != "bce":
+            return None
+        kernel, bias = self.model.get_layer("head").get_weights()
+        return kernel[:, 0], float(bias[0])
+
+    def val_scores(self, head: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, ...]:
+        emb = self.embed(self.data.val_idx)
+        ia, ib, y = self.val_pairs
+        head = head or self.head()
+        scores = (head_pair_scores(emb, ia, ib, *head) if head else cosine_pair_scores(emb, ia, ib))
+        return scores, y
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def _save_checkpoint(self, name: str) -> None:
+        self.model.save_weights(self.ckpt_dir / f"{name}.weights.h5")
+        if name == "last":
+            values = {f"v{i}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)}
+            np.savez(self.ckpt_dir / "optimizer.tmp.npz", **values)
+            (self.ckpt_dir / "optimizer.tmp.npz").replace(self.ckpt_dir / "optimizer.npz")
+
+    def _restore(self) -> dict[str, Any]:
+        state_path = self.run_dir / STATE_FILE
+        if not state_path.is_file():
+            from twinlock.daemon.errors import UsageError
+            raise UsageError(f"{self.run_dir}: nothing to resume (no {STATE_FILE})")
+        state = json.loads(state_path.read_text())
+        self.model.load_weights(self.ckpt_dir / "last.weights.h5")
+        with self.strategy.scope():
+            self.optimizer.build(self.model.trainable_variables)
+        with np.load(self.ckpt_dir / "optimizer.npz") as saved:
+            values = [saved[f"v{i}"] for i in range(len(saved.files))]
+        if len(values) != len(self.optimizer.variables):
+            raise RuntimeError("optimizer checkpoint does not match the model")
+        for var, value in zip(self.optimizer.variables, values, strict=True):
+            var.assign(value)
+        logger.info("resumed after epoch %d (best val AUC %.4f at epoch %d)",
+                    state["epoch"], state["best_auc"], state["best_epoch"])
+        return state
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, resume: bool) -> dict[str, Any]:
+        cfg = self.cfg
+        state: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "bad_epochs": 0,
+                                 "history": {"loss": [], "val_auc": [], "val_eer": [],
+                                             "seconds": []}}
+        if resume:
+            state = self._restore()
+        history = state["history"]
+        for epoch in range(state["epoch"], cfg.epochs):
+            if state["bad_epochs"] >= cfg.patience:
+                break
+            started = time.monotonic()
+            keras.utils.set_random_seed(cfg.seed * 1000 + epoch)
+            mined = (self.embed(self.data.train_idx)
+                     if cfg.hard_negatives > 0 and epoch > 0 and cfg.loss in ("bce", "contrastive")
+                     else None)
+            samples = epoch_samples(cfg, self.train_labels, epoch, mined)
+            logger.info("epoch %d/%d", epoch + 1, cfg.epochs)
+            fit = self.model.fit(self._dataset(samples), epochs=1,
+                                 verbose=1 if self.progress else 2)
+            scores, y = self.val_scores()
+            auc = metrics.roc_auc(scores, y)
+            eer, _ = metrics.equal_error_rate(scores, y)
+            history["loss"].append(float(fit.history["loss"][-1]))
+            history["val_auc"].append(auc)
+            history["val_eer"].append(eer)
+            history["seconds"].append(time.monotonic() - started)
+            logger.info("epoch %d: loss %.4f, val AUC %.4f, val EER %.4f (%.0f s)", epoch + 1,
+                        history["loss"][-1], auc, eer, history["seconds"][-1])
+            state["epoch"] = epoch + 1
+            if auc > state["best_auc"] + 1e-4:
+                state.update(best_auc=auc, best_epoch=epoch + 1, bad_epochs=0)
+                self._save_checkpoint("best")
+            else:
+                state["bad_epochs"] += 1
+            self._save_checkpoint("last")
+            _atomic_write_json(self.run_dir / STATE_FILE, state)
+            write_history(self.run_dir, history)
+        if state["bad_epochs"] >= cfg.patience:
+            logger.info("early stop: no val AUC gain for %d epochs", cfg.patience)
+        return self.finish(state)
+
+    def finish(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Best weights -> fitted head -> calibrated thresholds -> files people look at."""
+        from .plots import plot_training_curves
+
+        cfg = self.cfg
+        self.model.load_weights(self.ckpt_dir / "best.weights.h5")
+        self.tower.save(self.run_dir / TOWER_FILE)
+        train_emb = self.embed(self.data.train_idx)
+        weights, bias = fit_l1_head(train_emb, self.train_labels,
+                                    np.random.default_rng([cfg.seed, 99]))
+        _atomic_write_json(self.run_dir / HEAD_FILE, {"weights": weights.tolist(), "bias": bias})
+        scores, y = self.val_scores((weights, bias))
+        thresholds = metrics.calibrate_thresholds(scores, y)
+        summary = metrics.summarize(scores, y, threshold=thresholds.get(metrics.far_key(1e-3)))
+        result = {
+            "split": "validation identities (never trained on)",
+            "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+            "val_auc_during_training": state["best_auc"],
+            "thresholds": thresholds,
+            **summary,
+            "train_seconds": float(sum(state["history"]["seconds"])),
+            "tower_parameters": int(self.tower.count_params()),
+        }
+        _atomic_write_json(self.run_dir / METRICS_FILE, result)
+        history = {k: v for k, v in state["history"].items() if k != "seconds"}
+        if history["loss"]:
+            plot_training_curves(self.run_dir / "training_curves.png", history)
+        return result
