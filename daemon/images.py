@@ -22,7 +22,9 @@ def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
     if buf.size == 0:
         raise DataError(f"{name}: empty file")
-    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    # ANYDEPTH|ANYCOLOR keeps 16-bit and grey like IMREAD_UNCHANGED does, but unlike it applies
+    # the EXIF orientation (phone photos are stored sideways); alpha is dropped here, not in to_rgb
+    image = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if image is None:
         raise DataError(f"{name}: not a readable image")
     return to_rgb(image, assume_bgr=True)

@@ -45,3 +45,34 @@ def orl_dir() -> Path:
 @pytest.fixture(scope="session")
 def examples_dir() -> Path:
     return require_data("face_recognition_examples")
+
+
+@pytest.fixture(scope="session")
+def crop_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A crop cache private to this test session (tests never touch the user's cache)."""
+    path = tmp_path_factory.mktemp("crop-cache")
+    os.environ["TWINLOCK_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, crop_cache: Path) -> Path:
+    """A tiny real training run on ORL faces (about half a minute), shared by several tests."""
+    from twinlock.trainer.cli import main
+
+    orl = require_data("orl_att_faces")
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    code = main(["train", "--data", str(orl), "--out", str(run_dir), "--epochs", "4",
+                 "--steps-per-epoch", "10", "--batch-size", "16", "--learning-rate", "0.003",
+                 "--val-fraction", "0.25", "--no-augment", "--seed", "0"])
+    assert code == 0
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory: pytest.TempPathFactory, trained_run: Path) -> Path:
+    from twinlock.trainer.cli import main
+
+    model_dir = tmp_path_factory.mktemp("models") / "tiny"
+    assert main(["export", str(trained_run), "--out", str(model_dir)]) == 0
+    return model_dir

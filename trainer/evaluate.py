@@ -59,11 +59,13 @@ def evaluate(
         y = np.array([s.same for s in specs], dtype=np.float32)
         folds = np.array([s.fold for s in specs])
         names = [p.parent.name for p in paths]
+        n_listed_skipped = 0
         protocol = f"LFW pairs protocol: {pairs_file.name}, 10-fold accuracy"
     else:
         dataset = load_dataset(images_dir)
         paths = dataset.paths
         names = [dataset.identities[label] for label in dataset.labels]
+        n_listed_skipped = len(dataset.skipped)
         protocol = "all same-person pairs + seeded sample of different-person pairs, 10-fold"
     spec = CropSpec(meta.input_size, meta.alignment_zoom, meta.detector, "center")
     crops = make_crops(paths, spec, progress=progress, num_threads=num_threads)
@@ -111,6 +113,7 @@ def evaluate(
         "one_shot_20way": one_shot,
         "n_images": len(paths), "n_no_face": int((crops.status == NO_FACE).sum()),
         "n_unreadable": int((crops.status == UNREADABLE).sum()),
+        "n_files_skipped": n_listed_skipped,
         "n_pairs_skipped_no_face": n_skipped,
         "embed_ms_per_face": embed_ms,
         "runtime_backend": embedder.tower.backend,

@@ -78,20 +78,15 @@ def convert_tower(tower: Any, representative: np.ndarray, quantization: str) -> 
     with contextlib.redirect_stdout(io.StringIO()) as chatter:  # Keras prints a signature dump
         model = converter.convert()
     logger.debug("converter output: %s", chatter.getvalue())
-    if quantization == "int8":
-        _check_uint8_input(model)
     return model
 
 
-def _check_uint8_input(model: bytes) -> None:
-    """The device feeds raw pixels: the input must be uint8 with scale 1 and zero point 0."""
-    import tensorflow as tf
-
-    detail = tf.lite.Interpreter(model_content=model).get_input_details()[0]
-    scale, zero = detail["quantization"]
-    if detail["dtype"] != np.uint8 or abs(scale - 1.0) > 1e-6 or zero != 0:
-        raise ExportError(f"int8 tower input is {detail['dtype'].__name__} scale {scale} zero "
-                          f"{zero}; expected uint8 pixels with scale 1, zero point 0")
+def _check_uint8_input(embedder: FaceEmbedder) -> None:
+    """The device feeds raw pixels: an int8 tower's input must be uint8, scale 1, zero point 0."""
+    info = embedder.tower.inputs[0]
+    if info.dtype != np.uint8 or abs(info.scale - 1.0) > 1e-6 or info.zero_point != 0:
+        raise ExportError(f"int8 tower input is {info.dtype} scale {info.scale} zero "
+                          f"{info.zero_point}; expected uint8 pixels with scale 1, zero point 0")
 
 
 def export(run_dir: Path, out_dir: Path, quantization: str = "int8",
@@ -144,6 +139,8 @@ def export(run_dir: Path, out_dir: Path, quantization: str = "int8",
                                 cfg.l2_normalize)
         keras_scores = head_pair_scores(keras_emb, ia, ib, weights, bias)
         embedder = FaceEmbedder(staging, num_threads=1)
+        if quantization == "int8":
+            _check_uint8_input(embedder)
         lite_emb = embedder.embed(data.crops[val])
         lite_scores = embedder.pair_scores(lite_emb[ia], lite_emb[ib])
         keras_auc, lite_auc = metrics.roc_auc(keras_scores, y), metrics.roc_auc(lite_scores, y)
