@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 BACKENDS: dict[str, str] = {
     "ai_edge_litert": "ai_edge_litert.interpreter",
     "tflite_runtime": "tflite_runtime.interpreter",
-    "tensorflow": "tensorflow.lite",
+    # the module behind ``tf.lite.Interpreter``: ``tensorflow.lite`` imported by name is the
+    # internal package and has no ``Interpreter`` attribute
+    "tensorflow": "tensorflow.lite.python.interpreter",
 }
 DEFAULT_CHAIN: tuple[str, ...] = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 
@@ -37,11 +39,12 @@ def interpreter_class(chain: Sequence[str] = DEFAULT_CHAIN) -> tuple[str, Any]:
             raise RuntimeBackendError(f"unknown LiteRT backend {name!r}; known: {sorted(BACKENDS)}")
         try:
             module = importlib.import_module(BACKENDS[name])
-        except Exception as exc:  # ImportError, or a broken native library
+            cls = module.Interpreter
+        except Exception as exc:  # ImportError, a broken native library, no Interpreter class
             failures.append(f"{name}: {exc.__class__.__name__}: {exc}")
             logger.info("LiteRT backend %s unavailable (%s)", name, exc)
             continue
-        return name, module.Interpreter
+        return name, cls
     raise RuntimeBackendError("no LiteRT backend could be imported: " + "; ".join(failures))
 
 

@@ -30,10 +30,11 @@ def loaded():
 import twinlock.daemon as package
 imported, culprits, errors = [], {{}}, {{}}
 before = set(loaded())
-names = [package.__name__] + [
-    info.name for info in pkgutil.walk_packages(package.__path__, package.__name__ + ".",
-                                                onerror=lambda name: errors.setdefault(name, "walk"))
-]
+def walk_error(name):
+    errors[name] = "walk_packages could not import it"
+
+walked = pkgutil.walk_packages(package.__path__, package.__name__ + ".", onerror=walk_error)
+names = [package.__name__] + [info.name for info in walked]
 for name in names:
     try:
         importlib.import_module(name)

@@ -132,6 +132,12 @@ def test_to_rgb_shapes_and_types() -> None:
     assert to_rgb(rgb) is not None and (to_rgb(rgb) == rgb).all()  # RGB in, RGB out
     np.testing.assert_array_equal(to_rgb(rgb[:, :, ::-1].copy(), assume_bgr=True), rgb)
     np.testing.assert_array_equal(to_rgb(rgb[:, :, :1]), np.repeat(rgb[:, :, :1], 3, axis=2))
+    bgra = np.concatenate([rgb[:, :, ::-1], np.full((*rgb.shape[:2], 1), 9, np.uint8)], axis=2)
+    np.testing.assert_array_equal(to_rgb(bgra, assume_bgr=True), rgb)
+    rgba = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 9, np.uint8)], axis=2)
+    np.testing.assert_array_equal(to_rgb(rgba), rgb)
+    grey16 = np.full((2, 2), 0x7F80, np.uint16)
+    np.testing.assert_array_equal(to_rgb(grey16), np.full((2, 2, 3), 0x7F, np.uint8))
     with pytest.raises(DataError, match="pixel type"):
         to_rgb(rgb.astype(np.float32))
     with pytest.raises(DataError, match="shape"):

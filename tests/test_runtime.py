@@ -6,7 +6,10 @@ which backends it tried; it runs the real BlazeFace model here, not a stand-in.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +63,44 @@ def test_all_backends_failing_lists_each_failure(bogus_backends: None) -> None:
     assert "twinlock_no_such_backend_module" in message
     assert "twinlock_another_missing_module" in message
     assert isinstance(caught.value, RuntimeError)  # stdlib type still catchable
+
+
+def test_module_without_interpreter_is_a_logged_failure(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backend module that imports but has no ``Interpreter`` is skipped like a missing one."""
+    monkeypatch.setitem(runtime.BACKENDS, "hollow", "json")
+    caplog.set_level(logging.DEBUG, logger=runtime.logger.name)
+    assert interpreter_class(("hollow", "ai_edge_litert"))[0] == "ai_edge_litert"
+    assert any("hollow" in r.getMessage() for r in caplog.records)
+    with pytest.raises(RuntimeBackendError, match="hollow: AttributeError"):
+        interpreter_class(("hollow",))
+
+
+def test_tensorflow_fallback_runs_blazeface(blazeface_file: Path) -> None:
+    """The last resort of the chain must really work (a desktop with TensorFlow, no LiteRT).
+
+    Runs in a child process: importing TensorFlow takes seconds and must stay out of the
+    daemon-only checks in this process.
+    """
+    code = (
+        "import warnings, numpy as np\n"
+        "warnings.simplefilter('ignore')\n"
+        "from twinlock.daemon.runtime import TFLiteModel, interpreter_class\n"
+        "name, cls = interpreter_class(('tensorflow',))\n"
+        f"model = TFLiteModel({str(blazeface_file)!r}, chain=('tensorflow',))\n"
+        "out = model.run(np.zeros(model.inputs[0].shape, np.float32))\n"
+        "print(name, model.backend, sorted(o.shape for o in out))\n"
+    )
+    if importlib.util.find_spec("tensorflow") is None:  # the [trainer] extra; absent on a Pi
+        pytest.skip("tensorflow is not installed")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == (
+        "tensorflow tensorflow [(1, 896, 1), (1, 896, 16)]"
+    )
 
 
 def test_unknown_backend_name() -> None:

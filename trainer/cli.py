@@ -63,8 +63,8 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     else:
         if not args.data:
             raise _usage("train: --data is required (or --resume RUN_DIR)")
-        detector = ({"type": "yunet", "variant": "short", "model_path": str(args.yunet.resolve()),
-                     "score_threshold": 0.7} if args.yunet else None)
+        detector = ({"type": "yunet", "model_path": str(args.yunet.resolve())}
+                    if args.yunet else None)
         cfg = TrainConfig(
             data=[str(p.resolve()) for p in args.data], architecture=args.architecture,
             input_size=args.input_size, channels=args.channels, embedding_dim=args.embedding_dim,

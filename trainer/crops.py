@@ -24,7 +24,7 @@ from twinlock.daemon.images import load_image
 logger = logging.getLogger(__name__)
 
 #: bump when the crop-making code changes in a way that changes pixels, to invalidate caches
-CROP_CODE_VERSION = 1
+CROP_CODE_VERSION = 2
 
 OK, NO_FACE, UNREADABLE = 0, 1, 2
 STATUS_NAMES = {OK: "ok", NO_FACE: "no face", UNREADABLE: "unreadable"}

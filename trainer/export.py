@@ -26,6 +26,7 @@ from twinlock.daemon.faces.pipeline import DetectorSpec
 from twinlock.daemon.model import TOWER_FILE, FaceEmbedder, ModelMetadata, file_sha256
 
 from . import metrics
+from .crops import CROP_CODE_VERSION
 from .embed import head_pair_scores, keras_embed
 from .provenance import provenance
 from .train import (
@@ -35,6 +36,7 @@ from .train import (
     load_run_config,
     model_input,
     prepare_data,
+    source_groups,
     validation_pairs,
 )
 from .train import TOWER_FILE as KERAS_TOWER_FILE
@@ -103,6 +105,11 @@ def export(run_dir: Path, out_dir: Path, quantization: str = "int8",
         if not (run_dir / needed).is_file():
             raise UsageError(f"{run_dir}: training has not finished ({needed} missing)")
     cfg = load_run_config(run_dir)
+    trained_with = json.loads((run_dir / RUN_FILE).read_text()).get("crop_code_version")
+    if trained_with != CROP_CODE_VERSION:
+        raise ExportError(f"{run_dir} was trained on crops made by face code version "
+                          f"{trained_with}, this build makes version {CROP_CODE_VERSION}: the "
+                          "device would see faces differently from training; retrain")
     data = prepare_data(cfg, progress)
     tower = keras.models.load_model(run_dir / KERAS_TOWER_FILE, compile=False)
     head = json.loads((run_dir / HEAD_FILE).read_text())
@@ -134,7 +141,8 @@ def export(run_dir: Path, out_dir: Path, quantization: str = "int8",
 
         # parity and calibration on validation identities, through the daemon's runtime
         val = data.val_idx
-        ia, ib, y = validation_pairs(data.labels[val], cfg.val_different_pairs, cfg.seed)
+        ia, ib, y = validation_pairs(data.labels[val], cfg.val_different_pairs, cfg.seed,
+                                     source_groups(data, val))
         keras_emb = keras_embed(tower, data.crops[val], cfg.channels, cfg.flip_average,
                                 cfg.l2_normalize)
         keras_scores = head_pair_scores(keras_emb, ia, ib, weights, bias)

@@ -68,8 +68,8 @@ class CosFaceLogits(layers.Layer):
         onehot = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), self.n_classes)
         return self.scale * (cos - self.margin * onehot)
 
-    def compute_output_shape(self, e_shape: Any, l_shape: Any) -> Any:
-        return (e_shape[0], self.n_classes)
+    def compute_output_shape(self, embeddings_shape: Any, labels_shape: Any) -> Any:
+        return (embeddings_shape[0], self.n_classes)
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {

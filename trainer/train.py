@@ -23,7 +23,7 @@ from twinlock.daemon.errors import DataError, UsageError
 from twinlock.daemon.faces.align import to_model_input
 from twinlock.daemon.faces.pipeline import DetectorSpec
 
-from .crops import CropSpec, make_crops
+from .crops import CROP_CODE_VERSION, CropSpec, make_crops
 from .datasets import (
     all_same_pairs,
     load_datasets,
@@ -184,19 +184,42 @@ def _pairs_identities(path: Path) -> set[str]:
     return names
 
 
-def validation_pairs(labels: np.ndarray, n_different: int, seed: int) -> tuple[np.ndarray, ...]:
+def validation_pairs(labels: np.ndarray, n_different: int, seed: int,
+                     groups: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """A fixed set of validation pairs: every same-person pair (capped) plus random different
-    pairs. Returns (ia, ib, y) as indices into ``labels``."""
+    pairs. Returns (ia, ib, y) as indices into ``labels``.
+
+    ``groups`` (one source-dataset id per image) keeps different-person pairs inside one source:
+    an ORL face against an LFW face is trivially "different" (grey studio shot vs colour news
+    photo) and would flatter the AUC.
+    """
     rng = np.random.default_rng([seed, 7])
     sa, sb = all_same_pairs(labels)
     if len(sa) > 50000:
         keep = rng.choice(len(sa), 50000, replace=False)
         sa, sb = sa[keep], sb[keep]
-    da, db = sample_different_pairs(labels, n_different, rng)
+    groups = np.zeros(len(labels), dtype=np.int64) if groups is None else groups
+    parts_a, parts_b = [], []
+    for group in np.unique(groups):
+        members = np.flatnonzero(groups == group)
+        if len(np.unique(labels[members])) < 2:
+            continue
+        want = max(1, round(n_different * len(members) / len(labels)))
+        da, db = sample_different_pairs(labels[members], want, rng)
+        parts_a.append(members[da])
+        parts_b.append(members[db])
+    da, db = np.concatenate(parts_a), np.concatenate(parts_b)
     ia = np.concatenate([sa, da])
     ib = np.concatenate([sb, db])
     y = np.concatenate([np.ones(len(sa)), np.zeros(len(da))]).astype(np.float32)
     return ia, ib, y
+
+
+def source_groups(data: PreparedData, idx: np.ndarray) -> np.ndarray:
+    """Source-dataset id of each image in ``idx`` (the root prefix of merged identities)."""
+    roots = [name.split("/", 1)[0] if "/" in name else "" for name in data.identities]
+    _, group_of_identity = np.unique(np.array(roots), return_inverse=True)
+    return group_of_identity[data.labels[idx]]
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
@@ -225,6 +248,7 @@ def train(cfg: TrainConfig, run_dir: Path, argv: Sequence[str] | None = None,
     if not resume:
         _atomic_write_json(run_dir / RUN_FILE, {
             "config": dataclasses.asdict(cfg),
+            "crop_code_version": CROP_CODE_VERSION,
             "provenance": provenance(argv),
             "data": data.report | {"fingerprint": data_fingerprint(data.paths)},
         })

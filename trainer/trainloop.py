@@ -39,6 +39,7 @@ from .train import (
     _atomic_write_json,
     epoch_samples,
     model_input,
+    source_groups,
     validation_pairs,
     write_history,
 )
@@ -60,7 +61,8 @@ class TrainLoop:
         self.val_labels = data.labels[data.val_idx]
         # pixels in the model's format, held once as a constant the input pipeline gathers from
         self.x_train = tf.constant(model_input(data, cfg, data.train_idx))
-        self.val_pairs = validation_pairs(self.val_labels, cfg.val_different_pairs, cfg.seed)
+        self.val_pairs = validation_pairs(self.val_labels, cfg.val_different_pairs, cfg.seed,
+                                          source_groups(data, data.val_idx))
         # cosface: classes are the training identities with enough images
         counts = np.bincount(self.train_labels)
         classes = np.flatnonzero(counts >= cfg.min_images_per_class)

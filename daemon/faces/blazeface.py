@@ -119,7 +119,7 @@ class BlazeFaceDetector:
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
         pad_y, pad_x = (size - nh) // 2, (size - nw) // 2
-        canvas = np.zeros((size, size, 3), dtype=np.float32)
+        canvas = np.full((size, size, 3), -1.0, dtype=np.float32)  # black padding, as MediaPipe
         canvas[pad_y:pad_y + nh, pad_x:pad_x + nw] = resized.astype(np.float32) / 127.5 - 1.0
         outputs = self.model.run(canvas[None])
         raw_boxes = outputs[self._box_out][0]

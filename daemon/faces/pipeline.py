@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 
 SelectPolicy = Literal["largest", "center"]
 
+#: score thresholds that work for each detector (YuNet's from the OpenCV zoo's examples)
+DEFAULT_SCORE: dict[str, float] = {"blazeface": 0.5, "yunet": 0.7}
+
 
 class Detector(Protocol):
     name: str
@@ -31,21 +34,25 @@ class DetectorSpec:
     type: Literal["blazeface", "yunet"] = "blazeface"
     variant: str = "short"  # BlazeFace only: "short" (door distance) or "full"
     model_path: str | None = None  # required for YuNet; optional override for BlazeFace
-    score_threshold: float = 0.5
+    score_threshold: float | None = None  # None: the detector's own default (see DEFAULT_SCORE)
+
+    @property
+    def threshold(self) -> float:
+        return DEFAULT_SCORE.get(self.type, 0.5) if self.score_threshold is None else self.score_threshold
 
     def build(self, num_threads: int = 1) -> Detector:
         if self.type == "blazeface":
             from .blazeface import BlazeFaceDetector
 
             return BlazeFaceDetector(
-                self.variant, self.model_path, self.score_threshold, num_threads=num_threads
+                self.variant, self.model_path, self.threshold, num_threads=num_threads
             )
         if self.type == "yunet":
             if not self.model_path:
                 raise UsageError("the YuNet detector needs a model path (detector.model_path)")
             from .yunet import YuNetDetector
 
-            return YuNetDetector(self.model_path, self.score_threshold)
+            return YuNetDetector(self.model_path, self.threshold)
         raise UsageError(f"unknown detector type {self.type!r}; use 'blazeface' or 'yunet'")
 
     def to_dict(self) -> dict[str, object]:
@@ -54,7 +61,8 @@ class DetectorSpec:
     def describe(self) -> str:
         """A short stable text identifying this detector setup (cache keys, logs)."""
         model = Path(self.model_path).name if self.model_path else "bundled"
-        return f"{self.type}:{self.variant}:{model}:{self.score_threshold:g}"
+        variant = f":{self.variant}" if self.type == "blazeface" else ""
+        return f"{self.type}{variant}:{model}:{self.threshold:g}"
 
 
 @dataclass(frozen=True)
