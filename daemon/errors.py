@@ -31,6 +31,20 @@ class DataNotFoundError(DataError, FileNotFoundError):
     """A file or folder the user named does not exist."""
 
 
+class ConfigError(TwinLockError, ValueError):
+    """The daemon's config file is missing, unreadable, not YAML, or breaks the schema.
+
+    The message has one line per problem (``file:line: key.path: problem (got value)``);
+    ``problems`` holds the same as ``twinlock.daemon.config.ConfigProblem`` records.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, problems: list[object] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[object] = list(problems or [])
+
+
 class ModelError(TwinLockError, ValueError):
     """A model folder or file is missing, malformed or does not match what the code expects."""
 
@@ -53,3 +67,15 @@ class QualityError(TwinLockError, ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class AuditError(TwinLockError, RuntimeError):
+    """The audit log could not be opened, written or read, or was handed a record it cannot keep."""
+
+
+class ActionError(TwinLockError, RuntimeError):
+    """The unlock action (relay, command hook) could not be set up or could not drive its output."""
+
+
+class CameraError(TwinLockError, OSError):
+    """A camera could not be opened or stopped delivering frames (unplugged, busy, bad device)."""

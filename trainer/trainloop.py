@@ -18,7 +18,7 @@ import tensorflow as tf
 from . import metrics
 from .augment import AugmentConfig, augment_batch
 from .embed import cosine_pair_scores, head_pair_scores, keras_embed
-from .head import fit_l1_head
+from .head import fit_l1_head, temperature_scale
 from .model import (
     build_classifier,
     build_distance_model,
@@ -225,6 +225,10 @@ class TrainLoop:
         train_emb = self.embed(self.data.train_idx)
         weights, bias = fit_l1_head(train_emb, self.train_labels,
                                     np.random.default_rng([cfg.seed, 99]))
+        val_emb = self.embed(self.data.val_idx)
+        ia, ib, y = self.val_pairs
+        logits = np.abs(val_emb[ia] - val_emb[ib]) @ weights + bias
+        weights, bias = temperature_scale(weights, bias, logits, y)
         _atomic_write_json(self.run_dir / HEAD_FILE, {"weights": weights.tolist(), "bias": bias})
         scores, y = self.val_scores((weights, bias))
         thresholds = metrics.calibrate_thresholds(scores, y)
