@@ -313,6 +313,9 @@ class CommandAction:
             logger.info("command hook for %s done in %.2f s", user, elapsed)
             logger.debug("hook output: %s", _tail(output))
             return "hook_ok", f"{user}: exit 0 in {elapsed:.2f} s"
+        if proc.returncode < 0:  # safe()/close() killed it
+            logger.warning("command hook for %s stopped by signal %s", user, -proc.returncode)
+            return "hook_failed", f"{user}: stopped by signal {-proc.returncode} (safe)"
         logger.error("command hook for %s exited with %s. Output: %s", user, proc.returncode,
                      _tail(output))
         return "hook_failed", f"{user}: exit {proc.returncode} after {elapsed:.2f} s"

@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_STATE_DIR",
+    "NO_VALUE",
     "ActionConfig",
     "AuditConfig",
     "CameraConfig",
@@ -164,10 +165,13 @@ def _camera_device(value: Any) -> Any:
 class _Section(BaseModel):
     """Base of every config model: unknown keys are errors and a loaded config never changes.
 
-    ``protected_namespaces=()`` keeps older pydantic 2.x from warning about ``model_path``.
+    ``protected_namespaces=()`` keeps older pydantic 2.x from warning about ``model_path``;
+    ``allow_inf_nan=False``: YAML's ``.nan``/``.inf`` are never meant as settings.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +372,7 @@ class QualityConfig(_Section):
         225.0, ge=0, le=255, description="highest mean luma (0..255) of the aligned crop"
     )
     min_sharpness: float = Field(
-        20.0, ge=0, le=100000,
+        25.0, ge=0, le=100000,
         description="lowest variance of the Laplacian of the grey crop (higher = sharper)",
     )
     multiple_faces: Literal["largest", "reject", "each"] = Field(
@@ -634,7 +638,10 @@ def _yaml_problem(exc: yaml.YAMLError, source: str) -> ConfigProblem:
         detail = str(exc)
     line = mark.line + 1 if mark is not None else None
     column = mark.column + 1 if mark is not None else None
-    return ConfigProblem(line, "", f"YAML syntax error: {detail}", NO_VALUE, source, column)
+    # a ConstructorError is well-formed YAML that SafeLoader will not build (e.g. !!python tags)
+    unbuildable = isinstance(exc, yaml.constructor.ConstructorError)
+    kind = "YAML error" if unbuildable else "YAML syntax error"
+    return ConfigProblem(line, "", f"{kind}: {detail}", NO_VALUE, source, column)
 
 
 def _read_yaml(text: str, source: str) -> _Located:
@@ -666,7 +673,7 @@ def _read_yaml(text: str, source: str) -> _Located:
             if id(node) in active:  # a recursive alias: nothing sane to record below it
                 return
             active = active | {id(node)}
-            value_lines.setdefault(path, node.start_mark.line + 1)
+            value_lines[path] = node.start_mark.line + 1
             if isinstance(node, yaml.MappingNode):
                 seen: dict[Any, int] = {}
                 merges: list[yaml.Node] = []
@@ -676,14 +683,13 @@ def _read_yaml(text: str, source: str) -> _Located:
                         continue
                     key = key_of(key_node)
                     line = key_node.start_mark.line + 1
-                    if key in seen:
+                    if key in seen:  # reported; its lines still recorded: it is the one kept
                         duplicates.append(ConfigProblem(
                             line, _dotted(path + (key,)),
                             f"duplicate key (first set on line {seen[key]}; YAML would keep "
                             "only the last)", NO_VALUE, source,
                         ))
-                        continue
-                    seen[key] = line
+                    seen.setdefault(key, line)
                     key_lines[path + (key,)] = line
                     walk(value_node, path + (key,), active)
                 for merged in merges:  # "<<: *defaults": explicit keys win, as in PyYAML

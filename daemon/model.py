@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 from .errors import ModelError
 from .faces.align import to_model_input
 from .faces.pipeline import DetectorSpec
-from .runtime import TFLiteModel
+from .runtime import DEFAULT_CHAIN, TFLiteModel
 from .scoring import l1_head_scores, l1_pair_scores, postprocess_embeddings
 
 logger = logging.getLogger(__name__)
@@ -148,10 +149,11 @@ def read_metadata(model_dir: str | Path) -> ModelMetadata:
 class FaceEmbedder:
     """Runs the exported tower: aligned RGB crops in, post-processed embeddings out."""
 
-    def __init__(self, model_dir: str | Path, num_threads: int = 1) -> None:
+    def __init__(self, model_dir: str | Path, num_threads: int = 1,
+                 runtimes: Sequence[str] = DEFAULT_CHAIN) -> None:
         self.model_dir = Path(model_dir)
         self.meta = read_metadata(self.model_dir)
-        self.tower = TFLiteModel(self.model_dir / TOWER_FILE, num_threads=num_threads)
+        self.tower = TFLiteModel(self.model_dir / TOWER_FILE, num_threads, runtimes)
         shape = self.tower.inputs[0].shape
         expected = (self.meta.input_size, self.meta.input_size, self.meta.channels)
         if tuple(shape[1:]) != expected:

@@ -3,11 +3,12 @@
 # emulation, on an x86 machine: no Pi, no chroot, no binfmt_misc needed.
 #
 #   scripts/arm64-tests.sh                      # the files in ARM64_TESTS below
-#   scripts/arm64-tests.sh tests/test_scoring.py -x   # arguments replace ARM64_TESTS, go to pytest
+#   scripts/arm64-tests.sh tests/test_scoring.py -x   # files/node ids replace ARM64_TESTS
+#   scripts/arm64-tests.sh -k blazeface          # options alone apply to ARM64_TESTS
 #
 # Idempotent and cached under ${TWINLOCK_ARM64_ROOT:-~/.cache/twinlock/arm64}:
 #   rootfs/      Debian bookworm arm64 (minbase + python3), from debootstrap's first stage with
-#                every downloaded .deb unpacked by dpkg-deb -x; rebuilt when ROOTFS_* changes
+#                every downloaded .deb unpacked (no second stage); rebuilt when ROOTFS_* changes
 #   site/        the device wheels for cp311 manylinux aarch64 (pip --target --platform);
 #                reinstalled when the requirement lists change
 # The checkout itself is never copied: each run links daemon/ and trainer/ as twinlock.daemon and
@@ -26,6 +27,14 @@ ARM64_TESTS=(
   tests/test_images.py
   tests/test_scoring.py
   tests/test_daemon_imports.py
+  tests/test_config.py
+  tests/test_camera.py
+  tests/test_quality.py
+  tests/test_audit.py
+  tests/test_notify.py
+  tests/test_actions.py
+  tests/test_daemon_e2e.py
+  tests/test_daemon_faults.py
 )
 # Node ids deselected in the guest (tests that cannot run there at all). Tests that need
 # TensorFlow skip themselves when it is missing (test_runtime's fallback test does), so: none.
@@ -94,7 +103,7 @@ exec 9>"$ROOT/.lock"
 flock 9
 
 # --- guest root file system ---------------------------------------------------------------------
-rootfs_key=$(printf '%s\n' arm64 "$ROOTFS_SUITE" "$ROOTFS_VARIANT" "$ROOTFS_INCLUDE" recipe-1 \
+rootfs_key=$(printf '%s\n' arm64 "$ROOTFS_SUITE" "$ROOTFS_VARIANT" "$ROOTFS_INCLUDE" recipe-2 \
   | sha256sum | cut -c1-16)
 if [ ! -f "$ROOT/rootfs.stamp" ] || [ "$(cat "$ROOT/rootfs.stamp")" != "$rootfs_key" ] \
     || [ ! -x "$ROOTFS/usr/bin/python3.11" ]; then
@@ -105,15 +114,24 @@ if [ ! -f "$ROOT/rootfs.stamp" ] || [ "$(cat "$ROOT/rootfs.stamp")" != "$rootfs_
     --include="$ROOTFS_INCLUDE" "$ROOTFS_SUITE" "$ROOT/rootfs.new" "$MIRROR" \
     > "$ROOT/debootstrap.log" 2>&1 \
     || { tail -n 30 "$ROOT/debootstrap.log" >&2; log "debootstrap failed (log: $ROOT/debootstrap.log)"; exit 1; }
+  # Host paths the guest should see as they are (qemu -L falls back to the host for any path
+  # missing under the rootfs): device nodes, /sys, /tmp. Inside Docker, debootstrap also makes
+  # /proc a symlink to the host's /proc; it must be a plain folder (for cpuinfo, below).
+  $SUDO rm -rf "$ROOT/rootfs.new/dev" "$ROOT/rootfs.new/sys" "$ROOT/rootfs.new/tmp" \
+    "$ROOT/rootfs.new/proc"
   # The first stage unpacked only the essentials; unpack everything it downloaded (no second
-  # stage: nothing needs configuring to run Python, and that would need a chroot).
+  # stage: nothing needs configuring to run Python, and that would need a chroot). This is
+  # dpkg-deb -x, but keeping bookworm's merged-/usr links (/lib -> usr/lib, ...) intact.
   debs=("$ROOT"/rootfs.new/var/cache/apt/archives/*.deb)
   [ -e "${debs[0]}" ] || { log "debootstrap downloaded no packages"; exit 1; }
   for deb in "${debs[@]}"; do
-    $SUDO dpkg-deb -x "$deb" "$ROOT/rootfs.new"
+    dpkg-deb --fsys-tarfile "$deb" | $SUDO tar -x --keep-directory-symlink -C "$ROOT/rootfs.new"
   done
   log "unpacked ${#debs[@]} packages"
-  $SUDO rm -rf "$ROOT/rootfs.new/var/cache/apt/archives" "$ROOT/rootfs.new/debootstrap"
+  $SUDO rm -rf "$ROOT/rootfs.new/var/cache/apt/archives" "$ROOT/rootfs.new/debootstrap" \
+    "$ROOT/rootfs.new/var/lib/apt/lists" "$ROOT/rootfs.new/dev" "$ROOT/rootfs.new/sys" \
+    "$ROOT/rootfs.new/tmp" "$ROOT/rootfs.new/proc"
+  $SUDO mkdir "$ROOT/rootfs.new/proc"
   [ -z "$SUDO" ] || $SUDO chown -R "$(id -u):$(id -g)" "$ROOT/rootfs.new"
   [ -x "$ROOT/rootfs.new/usr/bin/python3.11" ] || { log "no python3.11 in the new rootfs"; exit 1; }
   rm -rf "$ROOTFS"
@@ -157,10 +175,14 @@ if [ ! -f "$ROOT/site.stamp" ] || [ "$(cat "$ROOT/site.stamp")" != "$site_key" ]
   log "installing the aarch64 wheels into $SITE"
   rm -f "$ROOT/site.stamp"
   rm -rf "$ROOT/site.new"
-  "$PIP" install -q --disable-pip-version-check --target "$ROOT/site.new" \
-    "${PIP_PLATFORM_ARGS[@]}" "${REQUIREMENTS[@]}"
-  "$PIP" install -q --disable-pip-version-check --target "$ROOT/site.new" --no-deps \
-    "${PIP_PLATFORM_ARGS[@]}" "${NODEPS_REQUIREMENTS[@]}"
+  # (the filter drops pip's notes about configured indexes that are absent; with pipefail, pip's
+  # own exit status still decides)
+  pip_target() {
+    "$PIP" install -q --disable-pip-version-check --target "$ROOT/site.new" \
+      "${PIP_PLATFORM_ARGS[@]}" "$@" 2>&1 | { grep -v "is ignored" || true; }
+  }
+  pip_target "${REQUIREMENTS[@]}"
+  pip_target --no-deps "${NODEPS_REQUIREMENTS[@]}"
   rm -rf "$SITE"
   mv "$ROOT/site.new" "$SITE"
   echo "$site_key" > "$ROOT/site.stamp"
@@ -194,8 +216,20 @@ print(f"arm64: guest machine={platform.machine()} python={platform.python_versio
 sys.exit(platform.machine() != "aarch64" or sys.version_info[:2] != (3, 11))
 EOF
 
+# Arguments that name test files (or node ids) replace ARM64_TESTS; options alone (-x, -k EXPR,
+# --deselect NODE) apply to ARM64_TESTS.
 tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=("${ARM64_TESTS[@]}")
+names_tests=0
+skip_value=0
+for arg in "$@"; do
+  if [ "$skip_value" -eq 1 ]; then skip_value=0; continue; fi
+  case "$arg" in
+    -k|-m|-p|-o|-c|--deselect|--ignore|--ignore-glob|--basetemp|--rootdir) skip_value=1 ;;
+    -*) ;;
+    *) [ ! -e "${arg%%::*}" ] || names_tests=1 ;;
+  esac
+done
+[ "$names_tests" -eq 1 ] || tests+=("${ARM64_TESTS[@]}")
 deselect=()
 for node in "${ARM64_DESELECT[@]}"; do deselect+=(--deselect "$node"); done
 log "pytest under emulation: ${tests[*]}"

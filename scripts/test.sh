@@ -5,4 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=2
-exec .venv/bin/pytest -p no:cacheprovider "$@"
+status=0
+.venv/bin/pytest -p no:cacheprovider "$@" || status=$?
+# The daemon's tests again on the Pi's architecture (aarch64 under qemu), unless asked not to.
+if [ "${TWINLOCK_SKIP_ARM64:-0}" != "1" ] && [ $# -eq 0 -o "${CI:-}" = "true" ]; then
+  bash scripts/arm64-tests.sh || status=$?
+fi
+exit $status

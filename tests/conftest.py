@@ -76,3 +76,12 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory, trained_run: Path) 
     model_dir = tmp_path_factory.mktemp("models") / "tiny"
     assert main(["export", str(trained_run), "--out", str(model_dir)]) == 0
     return model_dir
+
+
+@pytest.fixture(scope="session")
+def door_model() -> Path:
+    """The shipped default model (models/default), used by the daemon's end-to-end tests."""
+    path = REPO / "models" / "default"
+    if not (path / "model.json").is_file():
+        pytest.fail(f"{path} is missing: the repository must ship a default model")
+    return path

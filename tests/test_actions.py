@@ -132,7 +132,8 @@ def test_active_low_inverts_the_physical_levels(factory: MockFactory) -> None:
 
 def test_close_mid_pulse_switches_off_at_once(factory: MockFactory) -> None:
     events = Events()
-    action = GpioAction(17, active_high=True, pulse_seconds=PULSE, pin_factory=factory,
+    pulse = 0.5  # long enough that only close() can have ended it early
+    action = GpioAction(17, active_high=True, pulse_seconds=pulse, pin_factory=factory,
                         on_event=events)
     pin = factory.pin(17)
     pin.clear_states()
@@ -141,8 +142,8 @@ def test_close_mid_pulse_switches_off_at_once(factory: MockFactory) -> None:
     action.close()
     assert not pin.state
     assert levels(pin) == [False, True, False]
-    assert pin.states[2].timestamp < 0.15  # cut short, not held for the pulse
-    time.sleep(PULSE + 0.2)  # the cancelled timer must not touch the pin again
+    assert pin.states[2].timestamp < pulse - 0.1  # cut short, not held for the pulse
+    time.sleep(pulse + 0.1)  # the cancelled timer must not touch the pin again
     assert levels(pin) == [False, True, False]
     assert pin.function == "input"  # released
     assert events.kinds() == ["pulse_start", "pulse_end"]
@@ -153,12 +154,13 @@ def test_close_mid_pulse_switches_off_at_once(factory: MockFactory) -> None:
 
 
 def test_safe_mid_pulse_then_unlock_again(factory: MockFactory) -> None:
-    action = GpioAction(17, active_high=True, pulse_seconds=PULSE, pin_factory=factory)
+    pulse = 0.4
+    action = GpioAction(17, active_high=True, pulse_seconds=pulse, pin_factory=factory)
     pin = factory.pin(17)
     pin.clear_states()
     try:
         action.unlock("alice")
-        time.sleep(0.05)
+        time.sleep(0.3)
         action.safe()
         assert not pin.state and not action.busy
         action.unlock("alice")
@@ -166,8 +168,9 @@ def test_safe_mid_pulse_then_unlock_again(factory: MockFactory) -> None:
         assert wait_until(lambda: not action.busy)
         time.sleep(0.1)
         assert levels(pin) == [False, True, False, True, False]
-        # the first timer was cancelled: the second pulse lasted its full length
-        assert PULSE_MIN <= pin.states[4].timestamp <= PULSE_MAX
+        # the first pulse's timer (due ~0.1 s into the second pulse) was cancelled: the second
+        # pulse lasted its full length
+        assert pulse - 0.05 <= pin.states[4].timestamp <= pulse + 0.8
     finally:
         action.close()
 
@@ -177,18 +180,22 @@ def test_second_unlock_during_a_pulse_is_ignored(
 ) -> None:
     caplog.set_level(logging.INFO, logger="twinlock.daemon.actions")
     events = Events()
-    action = GpioAction(17, active_high=True, pulse_seconds=PULSE, pin_factory=factory,
+    pulse = 0.5  # a wide margin between "ignored" and "extended" on a loaded machine
+    action = GpioAction(17, active_high=True, pulse_seconds=pulse, pin_factory=factory,
                         on_event=events)
     pin = factory.pin(17)
     pin.clear_states()
     try:
+        on_at = time.monotonic()
         action.unlock("alice")
-        time.sleep(0.15)
-        action.unlock("bob")  # would end at >= 0.35 s if it extended or restarted the pulse
+        time.sleep(0.4)
+        second_at = time.monotonic() - on_at
+        action.unlock("bob")
         assert wait_until(lambda: not action.busy)
         time.sleep(0.1)
         assert levels(pin) == [False, True, False]
-        assert PULSE_MIN <= pin.states[2].timestamp < 0.33
+        # extended or restarted, the relay would have stayed on until second_at + pulse
+        assert pulse - 0.05 <= pin.states[2].timestamp < second_at + pulse - 0.02
         assert events.kinds() == ["pulse_start", "pulse_end"]
         assert events.items[0][1] == "alice"
         assert any("ignored" in r.getMessage() and "bob" in r.getMessage()
@@ -325,6 +332,7 @@ def test_close_kills_a_running_hook(tmp_path: Path) -> None:
     assert time.monotonic() - started < 3
     assert not action.busy
     assert events.kinds() == ["hook_failed"]
+    assert "stopped by signal 9" in events.items[0][1]
     action.unlock("bob")  # ignored after close
     assert not action.busy
 

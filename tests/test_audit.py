@@ -179,7 +179,7 @@ def test_concurrent_writers_share_one_connection(log: AuditLog) -> None:
         try:
             for i in range(50):
                 ids.append(log.record("deny", "denied", "test", user=name, frame=i))
-        except BaseException as exc:  # surfaced below
+        except (AuditError, sqlite3.Error) as exc:  # surfaced below
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(f"u{n}",)) for n in range(4)]

@@ -83,14 +83,12 @@ def _key_lines(node: yaml.Node) -> list[int]:
 
 
 def test_shipped_config_comments_every_key() -> None:
-    """Each key has a comment above it, directly or shared with the keys right before it."""
+    """'Fully commented, key by key': a comment line right above every key."""
     text = SHIPPED.read_text()
     lines = text.splitlines()
-    for index in _key_lines(yaml.compose(text)):
-        back = index - 1
-        while not lines[back].lstrip().startswith("#"):
-            assert lines[back].strip(), f"config.yaml:{index + 1}: key without a comment"
-            back -= 1
+    keys = _key_lines(yaml.compose(text))
+    bare = [i + 1 for i in keys if not lines[i - 1].lstrip().startswith("#")]
+    assert not bare, f"config.yaml lines with a key but no comment above: {bare}"
 
 
 def test_empty_file_and_comment_only_file_are_the_defaults(tmp_path: Path) -> None:
@@ -197,6 +195,8 @@ BAD = [
     pytest.param("camera:\n  type: opencv\n  device: -1\n", 3, "camera.device",
                  "a camera index must be 0 or more (got -1)", id="opencv-device"),
     pytest.param("state_dir: ''\n", 1, "state_dir", "a path must not be empty", id="empty-path"),
+    pytest.param("service:\n  max_fps: .nan\n", 2, "service.max_fps", "finite number",
+                 id="nan"),
 ]
 
 
@@ -243,6 +243,11 @@ def test_yaml_syntax_errors_give_line_and_column(
     assert str(error).startswith(f"{tmp_path / 'config.yaml'}:{line}:{column}: YAML syntax error")
 
 
+def test_unsafe_yaml_tags_are_refused(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "camera: !!python/object/apply:os.system [echo hi]\n")
+    assert str(error).startswith(f"{tmp_path / 'config.yaml'}:1:9: YAML error: ")
+
+
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     error = load_error(tmp_path, "- camera\n- action\n")
     assert "the top level must be a mapping" in str(error)
@@ -267,9 +272,11 @@ def test_several_errors_are_reported_together_in_line_order(tmp_path: Path) -> N
         (3, "camera.fps"),
         (4, "camera.colour"),
         (7, "verification.frame_window"),
-        (10, "action.pin"),
-        (11, "action.pin"),  # the duplicate, reported alongside the bound
+        (11, "action.pin"),  # the duplicate ...
+        (11, "action.pin"),  # ... and the bound, on the value YAML keeps (the last)
     ]
+    assert "duplicate key (first set on line 10" in str(error)
+    assert "(got 98)" in str(error)
     assert len(str(error).splitlines()) == 5
 
 
@@ -295,7 +302,7 @@ def test_relative_paths_resolve_against_the_config_folder(
 ) -> None:
     folder = tmp_path / "etc"
     folder.mkdir()
-    path = write(folder, """
+    write(folder, """
         state_dir: state
         model:
           dir: models/current

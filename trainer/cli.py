@@ -146,10 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: beside --json, else MODEL_DIR/eval)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("pairs", help="make an LFW-protocol pairs file of held-out people",
+                       description="Pick people (seeded) from an LFW-style folder and write "
+                       "matched/mismatched pairs in the pairsDevTrain.txt format. Train with "
+                       "--holdout-pairs FILE so the model never sees them, then evaluate --pairs.")
+    p.add_argument("--images", type=Path, required=True, metavar="IMAGES_DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="PAIRS_FILE")
+    p.add_argument("--identities", type=int, default=300, help="held-out people with 2+ images")
+    p.add_argument("--pairs", type=int, default=1000, help="matched pairs (and as many mismatched)")
+    p.add_argument("--seed", type=int, default=0)
     return parser
 
 
-COMMANDS = {"train": _cmd_train, "export": _cmd_export, "evaluate": _cmd_evaluate}
+def _cmd_pairs(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .pairs import make_pairs_file
+
+    summary = make_pairs_file(args.images, args.out, args.identities, args.pairs, args.seed)
+    print(json.dumps(summary | {"file": str(args.out)}, indent=2))
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "export": _cmd_export, "evaluate": _cmd_evaluate,
+            "pairs": _cmd_pairs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -192,6 +192,7 @@ def export(run_dir: Path, out_dir: Path, quantization: str = "int8",
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.replace(out_dir)
+        out_dir.chmod(0o755)  # mkdtemp made it 0700; the model itself is not secret
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

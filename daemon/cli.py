@@ -1,0 +1,155 @@
+"""``twinlockd``: the device command line (run, check-config, verify, log)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import DEFAULT_CONFIG_PATH, load_config
+from .errors import TwinLockError
+
+logger = logging.getLogger("twinlockd")
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, default=None, metavar="FILE",
+                   help=f"config file (default {DEFAULT_CONFIG_PATH})")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .service import Daemon
+
+    daemon = Daemon(args.config)
+    logging.getLogger().setLevel(daemon.cfg.logging.level)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.file or args.config
+    cfg = load_config(path)
+    where = path or DEFAULT_CONFIG_PATH
+    print(f"{where}: ok (camera {cfg.camera.type}, action {cfg.action.type}, "
+          f"model {cfg.model.dir})")
+    for label, needed in (("model folder", cfg.model.dir), ("gallery", cfg.model.gallery)):
+        if not Path(needed).exists():
+            print(f"warning: {label} {needed} does not exist yet: the door stays locked until "
+                  "it does", file=sys.stderr)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """Answer once for each image: who is it, with which score, and would the door open."""
+    from . import quality as q
+    from .images import load_image
+    from .service import build_matcher
+
+    cfg = load_config(args.config)
+    if args.model or args.gallery:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={
+            k: v for k, v in (("dir", args.model), ("gallery", args.gallery)) if v is not None})})
+    matcher = build_matcher(cfg)
+    results = []
+    for path in args.images:
+        entry: dict[str, object] = {"image": str(path)}
+        try:
+            image = load_image(path)
+        except TwinLockError as exc:
+            entry["error"] = str(exc)
+            results.append(entry)
+            continue
+        faces = matcher.pipeline.detector.detect(image)
+        entry["faces"] = len(faces)
+        if not faces:
+            entry["decision"] = "no face"
+        else:
+            face = max(faces, key=lambda f: f.size)
+            measures = q.measure_image(image, face)
+            entry["quality"] = measures.to_dict()
+            problem = q.first_problem(measures, matcher.thresholds)
+            emb = matcher.embedder.embed(matcher.pipeline.align(image, face).crop)[0]
+            verdict = matcher.verifier.verify(emb)
+            entry.update(user=verdict.user, closest_user=verdict.best_user,
+                         best_score=round(verdict.best_score, 6),
+                         anchor_share=round(verdict.share, 3),
+                         threshold=round(matcher.verifier.threshold, 6))
+            entry["decision"] = (f"quality: {q.describe(problem)}" if problem else
+                                 f"match {verdict.user}" if verdict.user else "no match")
+        results.append(entry)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            score = f"score {r['best_score']:.4f} (closest {r['closest_user']})" \
+                if "best_score" in r else ""
+            print(f"{r['image']}: {r.get('error') or r['decision']} {score}".rstrip())
+    return 0
+
+
+def _cmd_log(args: argparse.Namespace) -> int:
+    from .audit import AuditLog, format_records, parse_since
+
+    cfg = load_config(args.config)
+    db = args.db or cfg.audit.db
+    if not Path(db).exists():
+        print(f"twinlockd log: no audit log at {db} yet", file=sys.stderr)
+        return 1
+    since = parse_since(args.since) if args.since else None
+    with AuditLog(db) as audit:
+        records = audit.query(since=since, event=args.event, user=args.user, limit=args.limit)
+    print(format_records(records, as_json=args.json))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twinlockd", description="TwinLock at the door: watch the camera, verify faces "
+        "against enrolled users, pulse the relay, log every decision.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("run", help="run the door (what systemd starts)")
+    _config_arg(p)
+    p = sub.add_parser("check-config", help="validate a config file (exit 2 when invalid)")
+    p.add_argument("file", nargs="?", type=Path, metavar="FILE")
+    _config_arg(p)
+    p = sub.add_parser("verify", help="answer once for given images, for testing at the door")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    _config_arg(p)
+    p.add_argument("--model", type=Path, help="model folder (overrides the config)")
+    p.add_argument("--gallery", type=Path, help="gallery file (overrides the config)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("log", help="show the audit log")
+    _config_arg(p)
+    p.add_argument("--since", help="e.g. 2h, 7d, 2026-11-28 or 2026-11-28T10:00")
+    p.add_argument("--event", help="only this event (unlock, deny, lockout, fault, ...)")
+    p.add_argument("--user", help="only this user")
+    p.add_argument("--limit", type=int, help="only the newest N records")
+    p.add_argument("--db", type=Path, help="audit database (overrides the config)")
+    p.add_argument("--json", action="store_true", help="JSON lines")
+    return parser
+
+
+COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "verify": _cmd_verify,
+            "log": _cmd_log}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return COMMANDS[args.command](args)
+    except TwinLockError as exc:
+        print(f"twinlockd {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

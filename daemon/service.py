@@ -1,0 +1,433 @@
+"""``twinlockd run``: camera -> faces -> verify -> relay, for months, failing safe.
+
+One thread reads frames and decides; the relay pulse and command hooks run in the action's own
+background thread. Everything that can break at run time (camera, model, a frame, the runtime)
+is caught where it happens, written to the audit log, and leaves the door locked while the loop
+goes on. SIGTERM stops cleanly with the relay off; SIGHUP reloads config, model and gallery,
+keeping the old ones if the new ones do not load.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import quality as q
+from .actions import Action, CommandAction, GpioAction, LogAction
+from .audit import AuditLog, SnapshotStore
+from .camera import Camera, Frame, OpenCVCamera, Picamera2Camera, ReplayCamera, ResilientCamera
+from .config import (
+    CommandActionConfig,
+    Config,
+    GpioActionConfig,
+    OpenCVCameraConfig,
+    Picamera2CameraConfig,
+    load_config,
+)
+from .errors import ModelError, TwinLockError
+from .faces.pipeline import FacePipeline
+from .faces.types import Face
+from .gallery import load_gallery
+from .model import FaceEmbedder
+from .notify import Notifier, watchdog_interval
+from .verify import AgreementWindow, Attempt, FrameVerdict, Lockout, Verifier
+
+logger = logging.getLogger(__name__)
+
+#: a visitor's attempt is cut after this long, so one long stay counts as several attempts
+ATTEMPT_MAX_SECONDS = 15.0
+#: the same fault message is written to the audit log at most once per this many seconds
+FAULT_REPEAT_SECONDS = 60.0
+
+
+@dataclass
+class Matcher:
+    """Everything built from the model and gallery; replaced as a whole on reload."""
+
+    embedder: FaceEmbedder
+    pipeline: FacePipeline
+    verifier: Verifier
+    thresholds: q.QualityThresholds
+    users: int
+
+    def describe(self) -> str:
+        meta = self.embedder.meta
+        return (f"model {meta.model_id} ({meta.architecture}, {meta.quantization}), "
+                f"{self.users} user(s), threshold {self.verifier.threshold:.4f}")
+
+
+def build_matcher(cfg: Config) -> Matcher:
+    """Load model + gallery and check they belong together. Raises TwinLockError."""
+    embedder = FaceEmbedder(cfg.model.dir, cfg.model.num_threads, tuple(cfg.model.runtimes))
+    meta = embedder.meta
+    gallery = load_gallery(cfg.model.gallery)
+    if gallery.model_id != meta.model_id:
+        raise ModelError(f"gallery {cfg.model.gallery} was made with model {gallery.model_id}, "
+                         f"not {meta.model_id}: re-enrol (twinlock enroll) for this model")
+    if gallery.embedding_dim not in (None, meta.embedding_dim):
+        raise ModelError(f"gallery anchors are {gallery.embedding_dim}-d, the model makes "
+                         f"{meta.embedding_dim}-d embeddings")
+    v = cfg.verification
+    threshold = v.threshold
+    if threshold is None:
+        if v.threshold_name not in meta.thresholds:
+            raise ModelError(f"the model has no calibrated threshold {v.threshold_name!r} "
+                             f"(it has {', '.join(sorted(meta.thresholds))})")
+        threshold = meta.thresholds[v.threshold_name]
+    detector = cfg.detector.to_spec(meta.detector).build(cfg.model.num_threads)
+    pipeline = FacePipeline(detector, meta.input_size, meta.alignment_zoom)
+    verifier = Verifier(gallery, meta.head_weights, meta.head_bias, threshold,
+                        v.verification_threshold)
+    qc = cfg.quality
+    thresholds = q.QualityThresholds(qc.min_face_px, qc.min_brightness, qc.max_brightness,
+                                     qc.min_sharpness)
+    return Matcher(embedder, pipeline, verifier, thresholds, len(gallery.users))
+
+
+def camera_factory(cfg: Config) -> Callable[[], Camera]:
+    c = cfg.camera
+    common: dict[str, Any] = {"rotate": c.rotate, "mirror": c.mirror}
+    if isinstance(c, OpenCVCameraConfig):
+        return lambda: OpenCVCamera(c.device, c.width, c.height, c.fps, **common)
+    if isinstance(c, Picamera2CameraConfig):
+        return lambda: Picamera2Camera(c.width, c.height, c.detect_width, c.detect_height,
+                                       c.fps, **common)
+    return lambda: ReplayCamera(c.source, c.realtime, c.loop, c.fps, **common)
+
+
+def build_action(cfg: Config, on_event: Callable[[str, str], None]) -> Action:
+    a = cfg.action
+    if isinstance(a, GpioActionConfig):
+        return GpioAction(a.pin, a.active_high, a.pulse_seconds, on_event=on_event)
+    if isinstance(a, CommandActionConfig):
+        return CommandAction(list(a.argv), a.timeout_s, on_event=on_event)
+    return LogAction(on_event=on_event)
+
+
+class Door:
+    """The decision state: frame agreement, attempts, cooldown and lockout -> action + audit."""
+
+    def __init__(self, cfg: Config, action: Action, audit: AuditLog,
+                 snapshots: SnapshotStore | None) -> None:
+        v, lk = cfg.verification, cfg.lockout
+        self.window = AgreementWindow(v.frames_required, v.frame_window, v.window_seconds)
+        self.lockout = Lockout(lk.enabled, lk.max_failures, lk.window_seconds, lk.lockout_seconds)
+        self.idle_seconds = v.window_seconds
+        self.cooldown_seconds = cfg.action.cooldown_seconds
+        self.action, self.audit, self.snapshots = action, audit, snapshots
+        self.attempt: Attempt | None = None
+        self.cooldown_until = 0.0
+        self.last_image: np.ndarray | None = None
+        self.last_decision = "none yet"
+
+    def observe(self, now: float, frame: Frame, verdict: FrameVerdict | None,
+                problem: str | None) -> None:
+        """One evaluated face: ``verdict`` when it was matched, ``problem`` when quality failed."""
+        if now < self.cooldown_until:
+            return  # the door just opened for this visit
+        if self.attempt is None:
+            self.attempt = Attempt(started=now, last_seen=now)
+        self.attempt.add(now, verdict, problem)
+        self.last_image = frame.image
+        if verdict is not None:
+            agreed = self.window.add(now, verdict.user)
+            logger.debug("frame %s: best %s %.4f, verified %s, agreed %s", frame.index,
+                         verdict.best_user, verdict.best_score, verdict.user, agreed)
+            if agreed is not None:
+                self._agreed(now, frame, agreed, verdict)
+                return
+        if self.attempt is not None and now - self.attempt.started > ATTEMPT_MAX_SECONDS:
+            self._end_attempt("not recognised within the attempt time")
+
+    def tick(self, now: float) -> None:
+        """Called every frame: ends an attempt once the face has been gone for a while."""
+        self.window.expire(now)
+        if self.attempt is not None and now - self.attempt.last_seen > self.idle_seconds:
+            self._end_attempt("face left without a match")
+
+    def finish(self) -> None:
+        """Record an attempt still open when the daemon stops, so no decision goes unlogged."""
+        if self.attempt is not None:
+            self._end_attempt("daemon stopped during the attempt")
+
+    def _agreed(self, now: float, frame: Frame, user: str, verdict: FrameVerdict) -> None:
+        assert self.attempt is not None
+        details = self._details(self.attempt)
+        if self.lockout.locked(now):
+            self.audit.record("deny", "deny", "locked out after repeated failures", user=user,
+                              best_score=verdict.best_score, frame=frame.source_index or frame.index,
+                              details=details | {"locked_until_s": self.lockout.until - now})
+            self.last_decision = f"deny {user} (locked out)"
+        else:
+            self.action.unlock(user)
+            self.cooldown_until = now + self.cooldown_seconds
+            self.audit.record("unlock", "unlock", f"verified in {self.window.frames_required} of "
+                              f"{self.window.frame_window} frames", user=user,
+                              best_score=verdict.best_score,
+                              frame=frame.source_index if frame.source_index is not None
+                              else frame.index, details=details)
+            self.last_decision = f"unlock {user} at {time.strftime('%H:%M:%S')}"
+            logger.info("door opened for %s (score %.4f)", user, verdict.best_score)
+        self.window.clear()
+        self.attempt = None
+
+    def _end_attempt(self, reason: str) -> None:
+        attempt, self.attempt = self.attempt, None
+        self.window.clear()
+        if attempt is None:
+            return
+        details = self._details(attempt)
+        if attempt.frames == 0:
+            worst = max(attempt.quality_rejections, key=attempt.quality_rejections.get)
+            self.audit.record("quality", "deny", f"face unusable: {q.describe(worst)}",
+                              details=details)
+            self.last_decision = f"deny ({worst})"
+            return
+        self.audit.record("deny", "deny", reason, user=None, best_score=attempt.best_score,
+                          details=details | {"closest_user": attempt.best_user})
+        self.last_decision = "deny (not recognised)"
+        if self.snapshots is not None and self.last_image is not None:
+            try:
+                self.snapshots.save(self.last_image, time.time(), "deny")
+            except (OSError, TwinLockError) as exc:
+                logger.warning("snapshot not saved: %s", exc)
+        if self.lockout.failure(attempt.last_seen):
+            self.audit.record("lockout", "deny", f"{self.lockout.max_failures} failed attempts "
+                              f"within {self.lockout.window_seconds:g} s",
+                              details={"lockout_seconds": self.lockout.lockout_seconds})
+            logger.warning("lockout for %.0f s", self.lockout.lockout_seconds)
+
+    @staticmethod
+    def _details(attempt: Attempt) -> dict[str, Any]:
+        return {"frames": attempt.frames, "verified_frames": attempt.verified_frames,
+                "quality_rejections": dict(attempt.quality_rejections),
+                "seconds": round(attempt.last_seen - attempt.started, 3)}
+
+
+class Daemon:
+    def __init__(self, config_path: Path | None, notifier: Notifier | None = None) -> None:
+        self.config_path = config_path
+        self.cfg = load_config(config_path)
+        self.notifier = notifier or Notifier.from_env()
+        self.stop_event = threading.Event()
+        self.reload_requested = threading.Event()
+        self.audit = AuditLog(self.cfg.audit.db)
+        self.audit.prune(self.cfg.audit.retention_days)
+        self.matcher: Matcher | None = None
+        self.action = build_action(self.cfg, self._action_event)
+        self.camera = self._camera()
+        self.door = self._door()
+        self._watchdog_period = watchdog_interval() if self.cfg.service.watchdog else None
+        self._last_ping = 0.0
+        self._faults: dict[str, tuple[float, int]] = {}
+        self._frame_times: deque[float] = deque(maxlen=30)
+
+    # -- construction and reload -----------------------------------------------------------
+
+    def _camera(self) -> ResilientCamera:
+        c = self.cfg.camera
+        return ResilientCamera(camera_factory(self.cfg), c.reopen_backoff_initial_s,
+                               c.reopen_backoff_max_s, sleep=self._wait,
+                               on_state=self._camera_state)
+
+    def _door(self) -> Door:
+        snaps = self.cfg.audit.snapshots
+        store = (SnapshotStore(snaps.dir, snaps.max_total_mb, snaps.jpeg_quality)
+                 if snaps.enabled else None)
+        return Door(self.cfg, self.action, self.audit, store)
+
+    def load_matcher(self) -> None:
+        """(Re)build the matcher; on failure the old one stays (or the door stays locked)."""
+        try:
+            matcher = build_matcher(self.cfg)
+        except TwinLockError as exc:
+            self.fault(f"model/gallery not loaded, door stays locked: {exc}", event="fault")
+            return
+        self.matcher = matcher
+        logger.info("loaded %s", matcher.describe())
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new_cfg = load_config(self.config_path)
+        except TwinLockError as exc:
+            self.fault(f"reload refused, keeping the running config: {exc}", event="reload")
+            self.notifier.ready()
+            return
+        old = self.cfg
+        self.cfg = new_cfg
+        try:
+            matcher = build_matcher(new_cfg)
+        except TwinLockError as exc:
+            self.cfg = old
+            self.fault(f"reload refused, keeping the running model: {exc}", event="reload")
+            self.notifier.ready()
+            return
+        if new_cfg.action != old.action:
+            self.action.close()  # relay off before anything else drives it
+            self.action = build_action(new_cfg, self._action_event)
+        if new_cfg.camera != old.camera:
+            self.camera.stop()
+            self.camera.close()
+            self.camera = self._camera()
+        self.matcher = matcher
+        self.door = self._door()
+        self.audit.record("reload", "ignore", f"reloaded: {matcher.describe()}")
+        logger.info("reloaded: %s", matcher.describe())
+        self.notifier.ready()
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    def fault(self, message: str, event: str = "fault", **details: Any) -> None:
+        """Log and audit a fault. The same message is written at most once a minute (a broken
+        runtime fails on every frame; the log should say so once, with a count)."""
+        now = time.monotonic()
+        last, suppressed = self._faults.get(message, (-1e9, 0))
+        if now - last < FAULT_REPEAT_SECONDS:
+            self._faults[message] = (last, suppressed + 1)
+            logger.debug("%s (repeated)", message)
+            return
+        self._faults[message] = (now, 0)
+        logger.error("%s", message)
+        if suppressed:
+            details["repeated_since_last_record"] = suppressed
+        self.audit.record(event, "deny" if event == "fault" else "ignore", message,
+                          details=details or None)
+
+    def _camera_state(self, state: str, reason: str) -> None:
+        if state == "failed":
+            self.fault(f"camera: {reason}")
+        elif state in ("reopened", "opened"):
+            logger.info("camera: %s", reason)
+
+    def _action_event(self, kind: str, detail: str) -> None:
+        if kind == "hook_failed":
+            self.fault(f"unlock hook failed: {detail}")
+        else:
+            logger.info("action: %s %s", kind, detail)
+
+    def _wait(self, seconds: float) -> None:
+        """The camera's backoff wait: stays responsive to stop and keeps the watchdog fed
+        (the daemon is alive, only the camera is away)."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._ping_watchdog()
+            self.stop_event.wait(min(left, 1.0))
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.camera.stop()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.audit.record("start", "ignore", f"twinlockd starting with {self.config_path}")
+        self.action.safe()
+        self.load_matcher()
+        self.camera.open()
+        self.notifier.ready()
+        self._status()
+        min_period = 1.0 / self.cfg.service.max_fps
+        last_status = last_processed = 0.0
+        try:
+            while not self.stop_event.is_set():
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload()
+                frame = self.camera.read()
+                if frame is None:
+                    if not self.stop_event.is_set():
+                        logger.info("camera source ended")
+                    break
+                self._ping_watchdog()
+                now = frame.timestamp
+                self.door.tick(now)
+                if now - last_processed >= 0.9 * min_period:  # 0.9: frame timing jitters
+                    last_processed = now
+                    self.process(frame)
+                if time.monotonic() - last_status >= self.cfg.service.status_interval_s:
+                    last_status = time.monotonic()
+                    self._status()
+        finally:
+            self.shutdown()
+        return 0
+
+    def process(self, frame: Frame) -> None:
+        """One frame. Any failure here is a fault for this frame only: door stays locked."""
+        matcher = self.matcher
+        if matcher is None:
+            return
+        self._frame_times.append(time.monotonic())
+        try:
+            faces = [frame.to_image_coords(f) for f in matcher.pipeline.detector.detect(
+                frame.detect_input)]
+            if not faces:
+                return
+            policy = self.cfg.quality.multiple_faces
+            if len(faces) > 1 and policy == "reject":
+                self.door.observe(frame.timestamp, frame, None, q.SEVERAL_FACES)
+                return
+            chosen = faces if policy == "each" else [max(faces, key=lambda f: f.size)]
+            for face in chosen:
+                self._evaluate(matcher, frame, face)
+        except TwinLockError as exc:
+            self.fault(f"frame skipped: {exc}", frame=frame.index)
+        except Exception as exc:  # noqa: BLE001 - a bug must not open the door or stop the loop
+            logger.debug("unexpected error on frame %s", frame.index, exc_info=True)
+            self.fault(f"frame skipped: {exc.__class__.__name__}: {exc}", frame=frame.index)
+
+    def _evaluate(self, matcher: Matcher, frame: Frame, face: Face) -> None:
+        aligned = matcher.pipeline.align(frame.image, face)
+        problem = q.first_problem(q.measure_image(frame.image, face), matcher.thresholds)
+        if problem is not None:
+            self.door.observe(frame.timestamp, frame, None, problem)
+            return
+        embedding = matcher.embedder.embed(aligned.crop)[0]
+        self.door.observe(frame.timestamp, frame, matcher.verifier.verify(embedding), None)
+
+    def _ping_watchdog(self) -> None:
+        if self._watchdog_period is None:
+            return
+        now = time.monotonic()
+        if now - self._last_ping >= self._watchdog_period:
+            self._last_ping = now
+            self.notifier.watchdog()
+
+    def _status(self) -> None:
+        times = self._frame_times
+        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and \
+            times[-1] > times[0] else 0.0
+        state = "matching" if self.matcher else "NO MODEL: door stays locked"
+        camera = "camera ok" if self.camera.healthy else f"camera down ({self.camera.last_error})"
+        self.notifier.status(f"{state}; {fps:.1f} fps; {camera}; last: {self.door.last_decision}")
+
+    def shutdown(self) -> None:
+        """Relay off first, then everything else."""
+        self.notifier.stopping()
+        try:
+            self.action.close()
+        finally:
+            self.door.finish()
+            self.camera.close()
+            self.audit.record("stop", "ignore", "twinlockd stopped")
+            self.audit.close()
+            self.notifier.close()

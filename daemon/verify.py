@@ -1,0 +1,154 @@
+"""From one face's embedding to an unlock decision.
+
+1. **Per frame** (the tutorial's two thresholds): a user is *verified* in a frame when the share of
+   their anchors whose score reaches the detection threshold is at least the verification
+   threshold.
+2. **Over frames**: the door opens for a user verified in at least k of the last n evaluated
+   frames that lie within t seconds. One good frame, or a lucky match, never opens the door.
+3. **Attempts**: a run of evaluated frames is one attempt; it ends with an unlock, after t seconds
+   without a face, or after ``attempt_seconds``. Too many failed attempts in a window lock the
+   door out for a while. Cooldown after an unlock stops repeated pulses for one visit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .gallery import Gallery
+from .scoring import l1_head_scores
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FrameVerdict:
+    """What one face in one frame showed."""
+
+    user: str | None  # the verified user, or None
+    best_user: str | None  # the user with the best single anchor score (even if not verified)
+    best_score: float  # best anchor score over all users (0 with an empty gallery)
+    share: float  # share of ``user``'s (else best_user's) anchors passing the threshold
+
+
+class Verifier:
+    """Scores a probe embedding against every enrolled anchor at once (one matrix product)."""
+
+    def __init__(self, gallery: Gallery, weights: np.ndarray, bias: float, threshold: float,
+                 verification_threshold: float) -> None:
+        self.threshold = threshold
+        self.verification_threshold = verification_threshold
+        self.weights, self.bias = weights, bias
+        names, blocks = [], []
+        for user in gallery.users.values():
+            names += [user.name] * len(user.anchors)
+            blocks.append(user.anchors)
+        self._owner = np.array(names)
+        self._anchors = (np.concatenate(blocks).astype(np.float32) if blocks
+                         else np.zeros((0, weights.shape[0]), np.float32))
+        self._users = list(gallery.users)
+
+    def verify(self, probe: np.ndarray) -> FrameVerdict:
+        if not len(self._anchors):
+            return FrameVerdict(None, None, 0.0, 0.0)
+        scores = l1_head_scores(probe, self._anchors, self.weights, self.bias)
+        best = int(np.argmax(scores))
+        verified: list[tuple[float, float, str]] = []
+        shares: dict[str, float] = {}
+        for name in self._users:
+            mine = scores[self._owner == name]
+            shares[name] = float((mine >= self.threshold).mean())
+            if shares[name] >= self.verification_threshold:
+                verified.append((shares[name], float(mine.max()), name))
+        best_user = str(self._owner[best])
+        if verified:
+            _, _, name = max(verified)
+            return FrameVerdict(name, best_user, float(scores[best]), shares[name])
+        return FrameVerdict(None, best_user, float(scores[best]), shares[best_user])
+
+
+@dataclass
+class AgreementWindow:
+    """k of the last n evaluated frames within t seconds must agree on one user."""
+
+    frames_required: int
+    frame_window: int
+    window_seconds: float
+    _history: deque[tuple[float, str | None]] = field(default_factory=deque)
+
+    def add(self, timestamp: float, user: str | None) -> str | None:
+        """Record one frame's verdict; returns the user the window now agrees on, if any."""
+        self._history.append((timestamp, user))
+        while len(self._history) > self.frame_window:
+            self._history.popleft()
+        self.expire(timestamp)
+        if user is None:
+            return None
+        votes = sum(1 for _, u in self._history if u == user)
+        return user if votes >= self.frames_required else None
+
+    def expire(self, now: float) -> None:
+        while self._history and now - self._history[0][0] > self.window_seconds:
+            self._history.popleft()
+
+    def clear(self) -> None:
+        self._history.clear()
+
+    def __len__(self) -> int:
+        return len(self._history)
+
+
+@dataclass
+class Attempt:
+    """One visitor's run of evaluated frames, summarised for the audit log."""
+
+    started: float
+    last_seen: float
+    frames: int = 0
+    verified_frames: int = 0
+    best_score: float = 0.0
+    best_user: str | None = None
+    quality_rejections: dict[str, int] = field(default_factory=dict)
+
+    def add(self, now: float, verdict: FrameVerdict | None, quality: str | None) -> None:
+        self.last_seen = now
+        if quality is not None:
+            self.quality_rejections[quality] = self.quality_rejections.get(quality, 0) + 1
+            return
+        assert verdict is not None
+        self.frames += 1
+        self.verified_frames += verdict.user is not None
+        if verdict.best_score >= self.best_score:
+            self.best_score, self.best_user = verdict.best_score, verdict.best_user
+
+
+@dataclass
+class Lockout:
+    """After ``max_failures`` failed attempts within ``window_seconds``, refuse every unlock for
+    ``lockout_seconds``: slows down anyone trying photo after photo."""
+
+    enabled: bool
+    max_failures: int
+    window_seconds: float
+    lockout_seconds: float
+    _failures: deque[float] = field(default_factory=deque)
+    until: float = 0.0
+
+    def locked(self, now: float) -> bool:
+        return self.enabled and now < self.until
+
+    def failure(self, now: float) -> bool:
+        """Count a failed attempt; True when this one starts a lockout."""
+        if not self.enabled:
+            return False
+        self._failures.append(now)
+        while self._failures and now - self._failures[0] > self.window_seconds:
+            self._failures.popleft()
+        if len(self._failures) >= self.max_failures and not self.locked(now):
+            self.until = now + self.lockout_seconds
+            self._failures.clear()
+            return True
+        return False

@@ -1,0 +1,139 @@
+"""The door end to end: enrol the clip's performer, replay the real video through the daemon with
+a gpiozero MockFactory relay, and check the pin's recorded states and times against the frames."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory
+
+from twinlock.daemon.audit import AuditLog
+from twinlock.daemon.camera import Frame
+from twinlock.daemon.service import Daemon
+
+from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, write_config
+
+pytestmark = [pytest.mark.data, pytest.mark.slow]
+
+
+class RecordingDaemon(Daemon):
+    """The real daemon, noting when each frame was handled (test instrumentation only)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.seen: list[tuple[int, float]] = []
+        super().__init__(*args, **kwargs)
+
+    def process(self, frame: Frame) -> None:
+        self.seen.append((frame.source_index, time.monotonic()))
+        super().process(frame)
+
+
+@pytest.fixture()
+def mock_pins() -> MockFactory:
+    factory = MockFactory()
+    previous = Device.pin_factory
+    Device.pin_factory = factory
+    yield factory
+    factory.reset()
+    Device.pin_factory = previous
+
+
+def pin_changes(pin: object) -> list[tuple[float, bool]]:
+    """Absolute monotonic times of a MockPin's changes (gpiozero stores deltas)."""
+    states = list(pin.states)  # type: ignore[attr-defined]
+    t = pin._last_change  # type: ignore[attr-defined]  # monotonic time of the last change
+    out = []
+    for delta, state in reversed(states):
+        out.append((t, bool(state)))
+        t -= delta
+    return list(reversed(out))
+
+
+def pulses(pin: object) -> list[tuple[float, float]]:
+    """(on, off) times of every high period of the pin."""
+    result, on = [], None
+    for t, state in pin_changes(pin)[1:]:
+        if state and on is None:
+            on = t
+        elif not state and on is not None:
+            result.append((on, t))
+            on = None
+    if on is not None:
+        result.append((on, float("inf")))
+    return result
+
+
+@pytest.fixture()
+def door(tmp_path: Path, door_model: Path, examples_dir: Path) -> Path:
+    enrol_miranda(door_model, examples_dir, tmp_path / "gallery.json")
+    return write_config(tmp_path / "config.yaml", tmp_path / "state", door_model,
+                        tmp_path / "gallery.json", str(examples_dir / CLIP))
+
+
+def test_relay_pulses_only_while_the_enrolled_person_is_on_screen(
+        door: Path, mock_pins: MockFactory, tmp_path: Path) -> None:
+    daemon = RecordingDaemon(door)
+    assert daemon.run() == 0
+    pin = mock_pins.pin(17)
+    assert pin.state is False  # relay off after the run
+    assert pin_changes(pin)[0][1] is False  # and off from the start: never high at start-up
+    seen = dict(daemon.seen)
+    assert min(seen) <= 5 and max(seen) >= 270, "the whole clip was played"
+    first = min(t for i, t in seen.items() if i >= min(MIRANDA_FRAMES))
+    last = max(t for i, t in seen.items() if i <= max(MIRANDA_FRAMES))
+    highs = pulses(pin)
+    assert highs, "the door never opened for the enrolled person"
+    for on, off in highs:
+        assert first <= on <= last + 0.2, (on - first, last - on)
+        assert 0.4 <= off - on <= 1.5  # the configured 0.5 s pulse
+    with AuditLog(tmp_path / "state" / "audit.db") as audit:
+        unlocks = audit.query(event="unlock")
+        assert len(unlocks) == len(highs)
+        assert all(r.user == "lin" and r.frame in MIRANDA_FRAMES for r in unlocks)
+        events = [r.event for r in audit.query()]
+    assert events[0] == "start" and events[-1] == "stop"
+
+
+def test_sigterm_during_a_pulse_leaves_the_relay_off(
+        door: Path, mock_pins: MockFactory, tmp_path: Path) -> None:
+    write_config(door, tmp_path / "state", *_paths(tmp_path, door),
+                 action={"pulse_seconds": 5.0, "cooldown_seconds": 10.0})
+    daemon = Daemon(door)
+    daemon.install_signal_handlers()
+    pin = mock_pins.pin(17)
+    sent: list[float] = []
+
+    def kill_when_high() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not pin.state:
+            time.sleep(0.01)
+        if pin.state:
+            sent.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    watcher = threading.Thread(target=kill_when_high, daemon=True)
+    watcher.start()
+    try:
+        assert daemon.run() == 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    watcher.join(5)
+    assert sent, "the relay never switched on"
+    assert pin.state is False
+    (on, off), = pulses(pin)
+    assert off - on < 2.0  # cut short: the configured pulse was 5 s
+
+
+def _paths(tmp_path: Path, config: Path) -> tuple[Path, Path, str]:
+    import yaml
+
+    cfg = yaml.safe_load(config.read_text())
+    return Path(cfg["model"]["dir"]), Path(cfg["model"]["gallery"]), cfg["camera"]["source"]

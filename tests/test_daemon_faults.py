@@ -1,0 +1,240 @@
+"""The daemon fails safe: faults keep the door locked, are logged, and the loop goes on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory
+
+from twinlock.daemon.audit import AuditLog
+from twinlock.daemon.camera import CameraError, Frame, ReplayCamera, ResilientCamera
+from twinlock.daemon.errors import RuntimeBackendError
+from twinlock.daemon.service import Daemon
+
+from daemon_helpers import CLIP, enrol_miranda, write_config
+
+pytestmark = [pytest.mark.data, pytest.mark.slow]
+
+
+@pytest.fixture()
+def mock_pins() -> MockFactory:
+    factory = MockFactory()
+    previous = Device.pin_factory
+    Device.pin_factory = factory
+    yield factory
+    factory.reset()
+    Device.pin_factory = previous
+
+
+@pytest.fixture()
+def setup(tmp_path: Path, door_model: Path, examples_dir: Path) -> dict[str, Path]:
+    gallery = tmp_path / "gallery.json"
+    enrol_miranda(door_model, examples_dir, gallery)
+    return {"tmp": tmp_path, "model": door_model, "gallery": gallery,
+            "clip": examples_dir / CLIP, "state": tmp_path / "state"}
+
+
+def _config(s: dict[str, Path], source: str, **overrides: object) -> Path:
+    return write_config(s["tmp"] / "config.yaml", s["state"], s["model"], s["gallery"], source,
+                        **overrides)
+
+
+def _records(s: dict[str, Path], event: str | None = None) -> list:
+    with AuditLog(s["state"] / "audit.db") as audit:
+        return audit.query(event=event)
+
+
+def _run_in_thread(daemon: Daemon) -> threading.Thread:
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_truncated_video_is_a_logged_fault_and_the_daemon_keeps_going(
+        setup: dict[str, Path], mock_pins: MockFactory) -> None:
+    truncated = setup["tmp"] / "truncated.mp4"
+    data = setup["clip"].read_bytes()
+    truncated.write_bytes(data[: len(data) * 2 // 5])
+    daemon = Daemon(_config(setup, str(truncated)))
+    thread = _run_in_thread(daemon)
+    time.sleep(2.0)
+    assert thread.is_alive(), "the daemon must keep running without a camera"
+    daemon.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    faults = _records(setup, "fault")
+    assert any("camera" in r.reason for r in faults)
+    assert daemon.camera.stats["failures"] >= 2  # it kept retrying
+    assert mock_pins.pin(17).state is False
+    assert not _records(setup, "unlock")
+
+
+class FlakyReplay(ReplayCamera):
+    """The real video, but reads fail for a while mid-stream and some frames arrive corrupt."""
+
+    failures_left = 3
+
+    def read(self) -> Frame | None:
+        frame = super().read()
+        if frame is None:
+            return None
+        if frame.source_index in (10, 11) :
+            return Frame(np.zeros((0, 0, 3), np.uint8), index=frame.index)  # zero-size
+        if frame.source_index == 12:
+            return Frame(np.zeros((360, 640), np.float32), index=frame.index)  # wrong dtype/shape
+        if frame.source_index >= 40 and FlakyReplay.failures_left > 0:
+            FlakyReplay.failures_left -= 1
+            raise CameraError("VIDIOC_DQBUF: No such device (simulated)")
+        return frame
+
+
+def test_failing_reads_and_corrupt_frames_do_not_stop_the_door(
+        setup: dict[str, Path], mock_pins: MockFactory) -> None:
+    daemon = Daemon(_config(setup, str(setup["clip"])))
+    FlakyReplay.failures_left = 3
+    opened: list[int] = []
+
+    def factory() -> FlakyReplay:
+        camera = FlakyReplay(str(setup["clip"]), realtime=True)
+        opened.append(1)
+        return camera
+
+    daemon.camera = ResilientCamera(factory, 0.05, 0.2, sleep=daemon._wait,
+                                    on_state=daemon._camera_state)
+    assert daemon.run() == 0  # a reopened replay starts again at frame 0 and plays to the end
+    stats = daemon.camera.stats
+    assert stats["corrupt"] >= 3 and stats["failures"] == 3 and stats["reopens"] == 3
+    assert len(opened) == 4
+    assert any("camera: read failed" in r.reason for r in _records(setup, "fault"))
+    assert _records(setup, "unlock"), "after the faults the door still works"
+    assert mock_pins.pin(17).state is False
+
+
+def test_a_runtime_that_raises_keeps_the_door_locked(
+        setup: dict[str, Path], mock_pins: MockFactory) -> None:
+    daemon = Daemon(_config(setup, str(setup["clip"])))
+    daemon.load_matcher()
+    calls = {"n": 0}
+
+    def broken_embed(crops: np.ndarray) -> np.ndarray:
+        calls["n"] += 1
+        raise RuntimeBackendError("tower.tflite: inference failed: simulated")
+
+    daemon.load_matcher = lambda: None  # keep the sabotaged matcher
+    assert daemon.matcher is not None
+    daemon.matcher.embedder.embed = broken_embed  # type: ignore[method-assign]
+    assert daemon.run() == 0
+    assert calls["n"] > 50, "every frame with a face tried the runtime"
+    faults = _records(setup, "fault")
+    assert 1 <= len(faults) <= 3, "the same fault is written once, not once per frame"
+    assert "inference failed" in faults[0].reason
+    assert not _records(setup, "unlock")
+    assert mock_pins.pin(17).state is False
+    assert len(mock_pins.pin(17).states) == 1  # never switched on
+
+
+def test_a_missing_gallery_keeps_the_door_locked_and_running(
+        setup: dict[str, Path], mock_pins: MockFactory) -> None:
+    config = write_config(setup["tmp"] / "config.yaml", setup["state"], setup["model"],
+                          setup["tmp"] / "no-gallery.json", str(setup["clip"]),
+                          camera={"realtime": False})
+    daemon = Daemon(config)
+    assert daemon.run() == 0
+    assert daemon.camera.stats["frames"] == 275
+    assert any("door stays locked" in r.reason for r in _records(setup, "fault"))
+    assert mock_pins.pin(17).state is False and len(mock_pins.pin(17).states) == 1
+
+
+def _spawn(config: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "twinlock.daemon.cli", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=os.environ | {"GPIOZERO_PIN_FACTORY": "mock"} | env)
+
+
+def test_kill_9_during_a_burst_of_decisions_loses_no_committed_record(
+        setup: dict[str, Path]) -> None:
+    # fast replay in a loop with no cooldown: decisions come as fast as the CPU allows
+    config = _config(setup, str(setup["clip"]), camera={"realtime": False, "loop": True},
+                     action={"type": "log", "cooldown_seconds": 0.0},
+                     verification={"frames_required": 1, "frame_window": 1},
+                     service={"max_fps": 120})
+    proc = _spawn(config, {})
+    opened = 0
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:  # "door opened" is logged after the unlock record is committed
+        if "door opened for" in line:
+            opened += 1
+            if opened >= 12:
+                proc.send_signal(signal.SIGKILL)
+                break
+        if time.monotonic() > deadline:
+            break
+    proc.wait(10)
+    assert opened >= 12, "the daemon did not make enough decisions"
+    assert proc.returncode == -signal.SIGKILL
+    with AuditLog(setup["state"] / "audit.db") as audit:  # opens cleanly after the kill
+        unlocks = audit.query(event="unlock")
+        check = audit._conn.execute("PRAGMA integrity_check").fetchone()[0]  # noqa: SLF001
+    assert check == "ok"
+    assert len(unlocks) >= opened
+
+
+def test_sd_notify_messages_reach_a_real_socket(setup: dict[str, Path]) -> None:
+    sock_path = setup["tmp"] / "notify.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(sock_path))
+    server.settimeout(30)
+    config = _config(setup, str(setup["clip"]), service={"status_interval_s": 0.2})
+    proc = _spawn(config, {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"})
+    messages: list[str] = []
+    try:
+        while not any("WATCHDOG=1" in m for m in messages) or \
+                not any(m.startswith("STATUS=") and "fps" in m for m in messages[1:]):
+            messages.append(server.recv(4096).decode())
+        proc.send_signal(signal.SIGTERM)
+        while not any("STOPPING=1" in m for m in messages):
+            messages.append(server.recv(4096).decode())
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.close()
+    assert "READY=1" in messages
+    ready_at = messages.index("READY=1")
+    assert any("WATCHDOG=1" in m for m in messages[ready_at:])
+    assert any(m.startswith("STATUS=matching;") for m in messages)
+
+
+def test_sighup_reloads_and_refuses_a_broken_gallery(setup: dict[str, Path]) -> None:
+    config = _config(setup, str(setup["clip"]), camera={"loop": True},
+                     action={"type": "log", "cooldown_seconds": 1.0})
+    proc = _spawn(config, {})
+    try:
+        time.sleep(3)
+        setup["gallery"].write_text("{not json")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        assert proc.poll() is None, "a bad reload must not stop the daemon"
+        enrol_miranda(setup["model"], setup["clip"].parent, setup["gallery"])
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reloads = _records(setup, "reload")
+    assert any("reload refused" in r.reason for r in reloads)
+    assert any(r.reason.startswith("reloaded:") for r in reloads)
