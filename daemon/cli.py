@@ -33,9 +33,16 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     path = args.file or args.config
     cfg = load_config(path)
     where = path or DEFAULT_CONFIG_PATH
-    print(f"{where}: ok (camera {cfg.camera.type}, action {cfg.action.type}, "
-          f"model {cfg.model.dir})")
-    for label, needed in (("model folder", cfg.model.dir), ("gallery", cfg.model.gallery)):
+    if cfg.model.source == "bundle":
+        from .bundle import bundles_dir
+
+        model = f"signed bundles in {bundles_dir(cfg.state_dir)}"
+        needed_files = (("trusted public key", cfg.model.public_key),)
+    else:
+        model = f"UNSIGNED model folder {cfg.model.dir}"
+        needed_files = (("model folder", cfg.model.dir), ("gallery", cfg.model.gallery))
+    print(f"{where}: ok (camera {cfg.camera.type}, action {cfg.action.type}, {model})")
+    for label, needed in needed_files:
         if not Path(needed).exists():
             print(f"warning: {label} {needed} does not exist yet: the door stays locked until "
                   "it does", file=sys.stderr)
@@ -105,6 +112,39 @@ def _cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key(args: argparse.Namespace) -> Path:
+    return args.key or load_config(args.config).model.public_key
+
+
+def _cmd_check_bundle(args: argparse.Namespace) -> int:
+    from .bundle import verify_bundle
+
+    verified = verify_bundle(args.file, _key(args))
+    print(json.dumps({"ok": True, "file": str(args.file)} | verified.summary(), indent=2))
+    return 0
+
+
+def _cmd_install_bundle(args: argparse.Namespace) -> int:
+    """Verify and install a bundle by hand (an SD card, a USB stick); reload to use it."""
+    from .bundle import install_bundle
+
+    cfg = load_config(args.config)
+    path = install_bundle(args.file, _key(args), cfg.state_dir)
+    print(f"installed {args.file} as {path}; the previous bundle is kept for rollback. "
+          "Reload the daemon to use it: systemctl reload twinlockd")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from .bundle import rollback
+
+    cfg = load_config(args.config)
+    path = rollback(cfg.state_dir, _key(args))
+    print(f"rolled back: {path} is the previous bundle again. Reload the daemon to use it: "
+          "systemctl reload twinlockd")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twinlockd", description="TwinLock at the door: watch the camera, verify faces "
@@ -130,11 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the newest N records")
     p.add_argument("--db", type=Path, help="audit database (overrides the config)")
     p.add_argument("--json", action="store_true", help="JSON lines")
+    for name, text in (("check-bundle", "verify a bundle's signature and checksums"),
+                       ("install-bundle", "verify and install a bundle (keeps the previous)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("file", type=Path, metavar="FILE")
+        _config_arg(p)
+        p.add_argument("--key", type=Path, help="trusted public key (default: model.public_key)")
+    p = sub.add_parser("rollback", help="go back to the previously installed bundle")
+    _config_arg(p)
+    p.add_argument("--key", type=Path, help="trusted public key (default: model.public_key)")
     return parser
 
 
 COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "verify": _cmd_verify,
-            "log": _cmd_log}
+            "log": _cmd_log, "check-bundle": _cmd_check_bundle,
+            "install-bundle": _cmd_install_bundle, "rollback": _cmd_rollback}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -181,13 +181,27 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """The exported twin model and the enrolled users' anchors."""
 
+    source: Literal["bundle", "folder"] = Field(
+        "bundle",
+        description="'bundle': only a signed bundle installed under state_dir/bundles (the "
+        "door's setting); 'folder': an unsigned model folder + gallery file (development only)",
+    )
+    public_key: ConfigPath = Field(
+        Path("/etc/twinlock/trusted_key.pub"),
+        description="Ed25519 public key (PEM) that bundles must be signed with",
+    )
+    incoming: ConfigPath = Field(
+        Path("/var/spool/twinlock"),
+        description="drop folder for 'twinlock deploy': the newest verified *.twinlock there is "
+        "installed at start and on reload; refused ones move to its rejected/ folder",
+    )
     dir: ConfigPath = Field(
         DEFAULT_STATE_DIR / "model",
-        description="exported model folder (tower.tflite + model.json, from 'twinlock export')",
+        description="source 'folder' only: exported model folder (tower.tflite + model.json)",
     )
     gallery: ConfigPath = Field(
         DEFAULT_STATE_DIR / "gallery.json",
-        description="enrolled users' anchors (embeddings), from 'twinlock enroll'",
+        description="source 'folder' only: enrolled users' anchors, from 'twinlock enroll'",
     )
     num_threads: int = Field(
         1, ge=1, le=8,

@@ -10,6 +10,7 @@ keeping the old ones if the new ones do not load.
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 import time
@@ -24,6 +25,7 @@ import numpy as np
 from . import quality as q
 from .actions import Action, CommandAction, GpioAction, LogAction
 from .audit import AuditLog, SnapshotStore
+from .bundle import BUNDLE_SUFFIX, current_bundle, install_bundle, unpack, verify_bundle
 from .camera import Camera, Frame, OpenCVCamera, Picamera2Camera, ReplayCamera, ResilientCamera
 from .config import (
     CommandActionConfig,
@@ -31,6 +33,7 @@ from .config import (
     GpioActionConfig,
     OpenCVCameraConfig,
     Picamera2CameraConfig,
+    ReplayCameraConfig,
     load_config,
 )
 from .errors import ModelError, TwinLockError
@@ -58,20 +61,70 @@ class Matcher:
     verifier: Verifier
     thresholds: q.QualityThresholds
     users: int
+    origin: str
 
     def describe(self) -> str:
         meta = self.embedder.meta
         return (f"model {meta.model_id} ({meta.architecture}, {meta.quantization}), "
-                f"{self.users} user(s), threshold {self.verifier.threshold:.4f}")
+                f"{self.users} user(s), threshold {self.verifier.threshold:.4f}, from "
+                f"{self.origin}")
+
+
+def pick_up_incoming(cfg: Config, audit: AuditLog | None) -> None:
+    """Install the newest bundle that ``twinlock deploy`` dropped into ``model.incoming``.
+
+    Installing verifies it first and keeps the running bundle as ``previous`` (for rollback). A
+    bundle that fails verification is moved to incoming/rejected and changes nothing.
+    """
+    incoming = cfg.model.incoming
+    if cfg.model.source != "bundle" or not incoming.is_dir():
+        return
+    candidates = sorted(incoming.glob(f"*{BUNDLE_SUFFIX}"), key=lambda p: p.stat().st_mtime)
+    for path in candidates[:-1]:
+        logger.info("ignoring older incoming bundle %s", path.name)
+    if not candidates:
+        return
+    newest = candidates[-1]
+    try:
+        install_bundle(newest, cfg.model.public_key, cfg.state_dir)
+    except TwinLockError as exc:
+        rejected = incoming / "rejected"
+        rejected.mkdir(mode=0o700, exist_ok=True)
+        newest.replace(rejected / newest.name)
+        logger.error("bundle %s refused: %s", newest.name, exc)
+        if audit is not None:
+            audit.record("bundle", "deny", f"bundle {newest.name} refused: {exc}")
+        return
+    for path in candidates:
+        path.unlink(missing_ok=True)
+    logger.info("installed bundle %s", newest.name)
+    if audit is not None:
+        audit.record("bundle", "ignore", f"bundle {newest.name} installed")
+
+
+def model_files(cfg: Config) -> tuple[Path, Path, str]:
+    """(model folder, gallery file, description) from a verified bundle or, in development,
+    from the configured folder. Raises TwinLockError (BundleError for a refused bundle)."""
+    if cfg.model.source == "folder":
+        logger.warning("model.source is 'folder': loading an UNSIGNED model and gallery")
+        return cfg.model.dir, cfg.model.gallery, f"unsigned folder {cfg.model.dir}"
+    verified = verify_bundle(current_bundle(cfg.state_dir), cfg.model.public_key)
+    active = cfg.state_dir / "active"
+    root = unpack(verified, active)
+    for old in active.iterdir():  # one unpacked bundle at a time
+        if old.is_dir() and old != root and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
+    return root / "model", root / "gallery.json", f"bundle {verified.bundle_id}"
 
 
 def build_matcher(cfg: Config) -> Matcher:
     """Load model + gallery and check they belong together. Raises TwinLockError."""
-    embedder = FaceEmbedder(cfg.model.dir, cfg.model.num_threads, tuple(cfg.model.runtimes))
+    model_dir, gallery_path, origin = model_files(cfg)
+    embedder = FaceEmbedder(model_dir, cfg.model.num_threads, tuple(cfg.model.runtimes))
     meta = embedder.meta
-    gallery = load_gallery(cfg.model.gallery)
+    gallery = load_gallery(gallery_path)
     if gallery.model_id != meta.model_id:
-        raise ModelError(f"gallery {cfg.model.gallery} was made with model {gallery.model_id}, "
+        raise ModelError(f"gallery {gallery_path} was made with model {gallery.model_id}, "
                          f"not {meta.model_id}: re-enrol (twinlock enroll) for this model")
     if gallery.embedding_dim not in (None, meta.embedding_dim):
         raise ModelError(f"gallery anchors are {gallery.embedding_dim}-d, the model makes "
@@ -90,7 +143,7 @@ def build_matcher(cfg: Config) -> Matcher:
     qc = cfg.quality
     thresholds = q.QualityThresholds(qc.min_face_px, qc.min_brightness, qc.max_brightness,
                                      qc.min_sharpness)
-    return Matcher(embedder, pipeline, verifier, thresholds, len(gallery.users))
+    return Matcher(embedder, pipeline, verifier, thresholds, len(gallery.users), origin)
 
 
 def camera_factory(cfg: Config) -> Callable[[], Camera]:
@@ -247,6 +300,7 @@ class Daemon:
 
     def load_matcher(self) -> None:
         """(Re)build the matcher; on failure the old one stays (or the door stays locked)."""
+        pick_up_incoming(self.cfg, self.audit)
         try:
             matcher = build_matcher(self.cfg)
         except TwinLockError as exc:
@@ -265,6 +319,7 @@ class Daemon:
             return
         old = self.cfg
         self.cfg = new_cfg
+        pick_up_incoming(new_cfg, self.audit)
         try:
             matcher = build_matcher(new_cfg)
         except TwinLockError as exc:
@@ -346,7 +401,10 @@ class Daemon:
         self.camera.open()
         self.notifier.ready()
         self._status()
-        min_period = 1.0 / self.cfg.service.max_fps
+        camera = self.cfg.camera
+        # max_fps caps the CPU a live camera costs; an unpaced replay means "every frame, now"
+        unpaced = isinstance(camera, ReplayCameraConfig) and not camera.realtime
+        min_period = 0.0 if unpaced else 1.0 / self.cfg.service.max_fps
         last_status = last_processed = 0.0
         try:
             while not self.stop_event.is_set():

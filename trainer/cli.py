@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +27,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue an interrupted run from its last checkpoint")
     p.add_argument("--architecture", choices=("compact", "koch"), default="compact")
-    p.add_argument("--loss", choices=("bce", "contrastive", "triplet", "cosface"), default="bce",
-                   help="bce: the paper's twin; cosface: identity pre-training (head fitted after)")
+    p.add_argument("--loss", choices=("bce", "contrastive", "triplet", "cosface", "distill"),
+                   default="bce",
+                   help="bce: the paper's twin; cosface: identity pre-training (head fitted after); "
+                   "distill: regress a dlib teacher's embedding (needs the [teacher] extra)")
     p.add_argument("--input-size", type=int, default=0, help="crop side in pixels (koch 105, compact 64)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=0,
                    help="1 = grey (koch default), 3 = RGB (compact default)")
@@ -39,6 +42,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--patience", type=int, default=5, help="early stop after N epochs without "
                    "validation AUC gain")
+    p.add_argument("--distill-weight", type=float, default=0.0,
+                   help="cosface: add W * (1 - cos(student, dlib teacher)) to the loss "
+                   "(needs the [teacher] extra; embedding dim 128)")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--hard-negatives", type=float, default=0.0,
                    help="share of different-person pairs mined as hard negatives")
@@ -72,6 +78,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             batch_size=args.batch_size, learning_rate=args.learning_rate,
             weight_decay=args.weight_decay, patience=args.patience,
             val_fraction=args.val_fraction, hard_negatives=args.hard_negatives,
+            distill_weight=args.distill_weight,
             augment=args.augment, flip_average=args.flip_average,
             holdout_pairs=str(args.holdout_pairs.resolve()) if args.holdout_pairs else None,
             max_identities=args.max_identities, strategy=args.strategy, seed=args.seed,
@@ -155,6 +162,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identities", type=int, default=300, help="held-out people with 2+ images")
     p.add_argument("--pairs", type=int, default=1000, help="matched pairs (and as many mismatched)")
     p.add_argument("--seed", type=int, default=0)
+    db_help = "enrolment database (default $TWINLOCK_ENROL_DB or ~/.local/share/twinlock/enrolment.db)"
+    p = sub.add_parser("enroll", help="enrol a resident from photos or a camera",
+                       description="Turn a few photos of a person into anchors for a model: each "
+                       "photo needs exactly one sharp, well-lit, large enough face; every "
+                       "rejected photo is listed with its reason. No retraining.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--images", nargs="+", type=Path, metavar="DIR_OR_FILE")
+    p.add_argument("--camera", metavar="DEVICE", help="OpenCV camera index or /dev/v4l/by-id/...")
+    p.add_argument("--count", type=int, default=5, help="camera: photos to keep (default 5)")
+    p.add_argument("--timeout", type=float, default=60.0, help="camera: give up after seconds")
+    p.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR")
+    p.add_argument("--db", type=Path, help=db_help)
+    p = sub.add_parser("users", help="list, remove or rename enrolled residents")
+    p.add_argument("action", choices=("list", "remove", "rename"))
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--model", type=Path, metavar="MODEL_DIR", help="also count anchors for it")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--db", type=Path, help=db_help)
+    p = sub.add_parser("keygen", help="make the Ed25519 key pair that signs bundles")
+    p.add_argument("--out", type=Path, default=Path("twinlock-signing"), metavar="PREFIX",
+                   help="writes PREFIX.key (secret, 0600) and PREFIX.pub")
+    p = sub.add_parser("bundle", help="write a signed bundle (model, thresholds, anchors)",
+                       description="Write one signed file with the model, its calibrated "
+                       "thresholds and the enrolled users' anchors for it: what a door needs.")
+    p.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR")
+    p.add_argument("--users", nargs="+", metavar="NAME", help="only these users (default all)")
+    p.add_argument("--key", type=Path, required=True, metavar="KEY", help="private key (keygen)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    p.add_argument("--db", type=Path, help=db_help)
+    p = sub.add_parser("deploy", help="copy a bundle to the door and reload it",
+                       description="Copy a bundle over OpenSSH (sftp; atomic rename on the door) "
+                       "and ask the daemon to reload, or write it to a folder (an SD card).")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE")
+    p.add_argument("--to", required=True, metavar="TARGET",
+                   help="ssh://USER@HOST[:PORT][/PATH] or a folder")
+    p.add_argument("--reload-command", default="sudo systemctl reload twinlockd")
+    p.add_argument("--no-reload", action="store_true")
+    p.add_argument("-i", "--identity", type=Path, help="ssh private key")
+    p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
+                   help="extra ssh option, e.g. -o StrictHostKeyChecking=yes (repeatable)")
     return parser
 
 
@@ -166,8 +213,139 @@ def _cmd_pairs(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _store(args: argparse.Namespace):  # noqa: ANN202 - EnrolmentStore, imported lazily
+    from .enroll_store import EnrolmentStore
+
+    return EnrolmentStore(args.db)
+
+
+def _cmd_enroll(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .enroll import CaptureProgress, describe, enroll_from_camera, enroll_from_images
+
+    if bool(args.images) == (args.camera is not None):
+        raise _usage("enroll: give either --images DIR (or files) or --camera DEVICE")
+    with _store(args) as store:
+        if args.images:
+            paths: list[Path] = []
+            for item in args.images:
+                if item.is_dir():
+                    paths += sorted(p for p in item.iterdir() if p.is_file())
+                elif item.exists():
+                    paths.append(item)
+                else:
+                    raise _usage(f"enroll: {item} does not exist")
+            report = enroll_from_images(store, args.name, paths, args.model)
+        else:
+            from twinlock.daemon.camera import OpenCVCamera
+
+            device = int(args.camera) if str(args.camera).isdigit() else args.camera
+
+            def show(p: CaptureProgress) -> bool:
+                last = f", last frame: {describe(p.last_reason)}" if p.last_reason else ""
+                print(f"\r  kept {p.kept}/{p.count}, looked at {p.seen} frames, "
+                      f"{p.elapsed_s:.0f}/{p.timeout_s:.0f} s{last}   ", end="",
+                      file=sys.stderr, flush=True)
+                return True
+
+            print(f"Look at the camera, {args.name}; turn your head a little between shots.",
+                  file=sys.stderr)
+            report = enroll_from_camera(store, args.name, OpenCVCamera(device), args.model,
+                                        count=args.count, timeout_s=args.timeout, progress=show)
+            print(file=sys.stderr)
+    for source, reason in report.rejected:
+        print(f"  rejected {source}: {describe(reason)}", file=sys.stderr)
+    print(json.dumps({"user": report.user, "model_id": report.model_id,
+                      "accepted": report.accepted, "rejected": len(report.rejected),
+                      "anchors_for_model": report.anchors}, indent=2))
+    if not report.accepted:
+        print(f"twinlock enroll: no usable face for {args.name}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_users(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    model_id = None
+    if args.model:
+        from twinlock.daemon.model import read_metadata
+
+        model_id = read_metadata(args.model).model_id
+    with _store(args) as store:
+        if args.action == "list":
+            rows = store.users(model_id)
+            if args.json:
+                print(json.dumps([{"name": u.name, "samples": u.samples,
+                                   "anchors_for_model": u.anchors_for_model,
+                                   "created": u.created} for u in rows], indent=2))
+            elif not rows:
+                print("no users enrolled")
+            else:
+                for u in rows:
+                    extra = f", {u.anchors_for_model} anchors for this model" if model_id else ""
+                    print(f"{u.name}: {u.samples} photos{extra} (since {u.created})")
+        elif args.action == "remove":
+            if not args.names:
+                raise _usage("users remove NAME")
+            for name in args.names:
+                print(f"removed {name} ({store.remove_user(name)} photos)")
+        else:
+            if len(args.names) != 2:
+                raise _usage("users rename OLD NEW")
+            print(f"renamed to {store.rename_user(*args.names)}")
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .bundles import keygen
+
+    info = keygen(args.out, echo=False)
+    print(json.dumps(info, indent=2))
+    print(f"keep {info['private_key']} secret; install {info['public_key']} on the door "
+          "(deploy/install.sh --key)", file=sys.stderr)
+    return 0
+
+
+def _cmd_bundle(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import tempfile
+
+    from twinlock.daemon.errors import UsageError
+
+    from .bundles import make_bundle
+    from .enroll import export_gallery
+
+    with _store(args) as store, tempfile.TemporaryDirectory() as tmp:
+        gallery_path = Path(tmp) / "gallery.json"
+        gallery = export_gallery(store, args.model, gallery_path)
+        if args.users:
+            missing = sorted(set(args.users) - set(gallery.users))
+            if missing:
+                raise UsageError(f"bundle: not enrolled for this model: {', '.join(missing)}")
+            gallery.users = {n: u for n, u in gallery.users.items() if n in args.users}
+            gallery.save(gallery_path)
+        if not gallery.users:
+            print("twinlock bundle: warning: no users in this bundle: the door will open for "
+                  "nobody", file=sys.stderr)
+        info = make_bundle(args.model, gallery_path, args.key, args.out, echo=False)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .deploy import deploy
+
+    report = deploy(args.bundle, args.to,
+                    reload_command=None if args.no_reload else args.reload_command,
+                    ssh_options=[t for o in args.ssh_option for t in shlex.split(o)],
+                    identity=args.identity)
+    if args.verbose:
+        for step in report.steps:
+            print(f"  $ {step}", file=sys.stderr)
+    print(report.summary())
+    return 0
+
+
 COMMANDS = {"train": _cmd_train, "export": _cmd_export, "evaluate": _cmd_evaluate,
-            "pairs": _cmd_pairs}
+            "pairs": _cmd_pairs, "enroll": _cmd_enroll, "users": _cmd_users,
+            "keygen": _cmd_keygen, "bundle": _cmd_bundle, "deploy": _cmd_deploy}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -168,6 +168,35 @@ def build_classifier(tower: keras.Model, n_classes: int, scale: float, margin: f
     return keras.Model([crop, label], logits, name="identity_classifier")
 
 
+def build_distill_model(tower: keras.Model) -> keras.Model:
+    """Crop in, L2-normalised embedding out (regressed onto a teacher's unit embedding)."""
+    crop = keras.Input(tower.input_shape[1:], name="crop")
+    embedding = layers.UnitNormalization(name="unit_embedding")(tower(crop))
+    return keras.Model(crop, embedding, name="twin_distill")
+
+
+def build_classifier_distill(tower: keras.Model, n_classes: int, scale: float,
+                             margin: float) -> keras.Model:
+    """Crop and label in; CosFace logits and the unit embedding out (cosface + distillation)."""
+    crop = keras.Input(tower.input_shape[1:], name="crop")
+    label = keras.Input((1,), name="label", dtype="int32")
+    embedding = tower(crop)
+    logits = CosFaceLogits(n_classes, scale, margin, name="cosface")(embedding, label)
+    unit = layers.UnitNormalization(name="unit_embedding")(embedding)
+    return keras.Model([crop, label], [logits, unit], name="identity_classifier_distill")
+
+
+def cosine_distill_loss():
+    """mean(1 - cos(student, teacher)); both sides normalised, so any teacher scale works."""
+
+    def loss(teacher: tf.Tensor, student: tf.Tensor) -> tf.Tensor:
+        t = tf.math.l2_normalize(tf.cast(teacher, student.dtype), axis=1)
+        s = tf.math.l2_normalize(student, axis=1)
+        return tf.reduce_mean(1.0 - tf.reduce_sum(t * s, axis=1))
+
+    return loss
+
+
 def contrastive_loss(margin: float = 1.0):
     """Hadsell et al. 2006 on distances: same pairs pulled together, different pushed past m."""
 

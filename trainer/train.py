@@ -37,7 +37,7 @@ from .provenance import data_fingerprint, provenance
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("bce", "contrastive", "triplet", "cosface")
+LOSSES = ("bce", "contrastive", "triplet", "cosface", "distill")
 RUN_FILE = "run.json"
 STATE_FILE = "state.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -71,6 +71,7 @@ class TrainConfig:
     min_images_per_class: int = 2  # cosface: identities with fewer images only serve as negatives
     cosface_scale: float = 20.0
     cosface_margin: float = 0.2
+    distill_weight: float = 0.0  # cosface: weight of the dlib-teacher cosine term (0 = off)
     contrastive_margin: float = 1.0
     triplet_margin: float = 0.3
     zoom: float = 1.0
@@ -98,6 +99,22 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
         if not 0.0 <= self.hard_negatives <= 1.0:
             raise UsageError("--hard-negatives must be within [0, 1]")
+        if self.distill_weight < 0:
+            raise UsageError("--distill-weight must be >= 0")
+        if self.distill_weight > 0 and self.loss != "cosface":
+            raise UsageError("--distill-weight goes with --loss cosface (--loss distill is "
+                             "distillation alone)")
+        if self.uses_teacher:
+            from .teacher import TEACHER_DIM
+
+            if self.architecture != "compact" or self.embedding_dim != TEACHER_DIM:
+                raise UsageError(f"distillation regresses the teacher's {TEACHER_DIM}-d embedding: "
+                                 f"use --architecture compact --embedding-dim {TEACHER_DIM}")
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Distillation from the dlib teacher (--loss distill, or cosface with a distill weight)."""
+        return self.loss == "distill" or self.distill_weight > 0
 
     @property
     def l2_normalize(self) -> bool:
@@ -120,6 +137,7 @@ class PreparedData:
     train_idx: np.ndarray
     val_idx: np.ndarray
     report: dict[str, Any]
+    teacher: np.ndarray | None = None  # (N, 128) dlib embeddings (distillation); NaN rows: none
 
 
 def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
@@ -164,8 +182,15 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     is_val = np.array([label in val_set for label in labels])
     report["train_images"], report["val_images"] = int((~is_val).sum()), int(is_val.sum())
     report["train_identities"], report["val_identities"] = len(train_ids), len(val_ids)
+    teacher = None
+    if cfg.uses_teacher:
+        from .teacher import teacher_embeddings
+
+        teacher = teacher_embeddings(paths, cfg.crop_spec.detector, cfg.crop_spec.policy,
+                                     progress=progress)
+        report["teacher_embeddings_missing"] = int(np.isnan(teacher[:, 0]).sum())
     return PreparedData(crops.crops[ok], labels, identities, paths,
-                        np.flatnonzero(~is_val), np.flatnonzero(is_val), report)
+                        np.flatnonzero(~is_val), np.flatnonzero(is_val), report, teacher)
 
 
 def _pairs_identities(path: Path) -> set[str]:
@@ -280,7 +305,7 @@ def epoch_samples(cfg: TrainConfig, labels: np.ndarray, epoch: int,
     n = cfg.steps_per_epoch * cfg.batch_size
     if cfg.loss == "triplet":
         return sample_triplets(labels, n, rng)
-    if cfg.loss == "cosface":
+    if cfg.loss in ("cosface", "distill"):
         return (rng.choice(len(labels), n, replace=True),)
     ia, ib, y = sample_pairs(labels, n, rng)
     if embeddings is not None and cfg.hard_negatives > 0:

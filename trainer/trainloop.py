@@ -21,11 +21,14 @@ from .embed import cosine_pair_scores, head_pair_scores, keras_embed
 from .head import fit_l1_head, temperature_scale
 from .model import (
     build_classifier,
+    build_classifier_distill,
     build_distance_model,
+    build_distill_model,
     build_tower,
     build_triplet_model,
     build_twin,
     contrastive_loss,
+    cosine_distill_loss,
     triplet_loss,
 )
 from .train import (
@@ -69,16 +72,32 @@ class TrainLoop:
         self.class_of = np.full(counts.shape[0], -1)
         self.class_of[classes] = np.arange(len(classes))
         self.cosface_images = np.flatnonzero(self.class_of[self.train_labels] >= 0)
+        # distillation: the teacher's unit embedding of each training image (NaN rows: excluded)
+        self.teacher = None
+        if cfg.uses_teacher:
+            if data.teacher is None:
+                raise RuntimeError("distillation needs PreparedData.teacher")
+            self.teacher = np.nan_to_num(data.teacher[data.train_idx]).astype(np.float32)
+            has_teacher = np.isfinite(data.teacher[data.train_idx]).all(axis=1)
+            self.distill_images = np.flatnonzero(has_teacher)
+            self.cosface_images = self.cosface_images[has_teacher[self.cosface_images]]
+            if not len(self.distill_images):
+                from twinlock.daemon.errors import DataError
+                raise DataError("the teacher found no face in any training image")
+            logger.info("distillation: %d training images with a teacher embedding (of %d)",
+                        len(self.distill_images), len(data.train_idx))
         with self.strategy.scope():
             self.tower = build_tower(cfg.architecture, cfg.input_size, cfg.channels,
                                      cfg.embedding_dim)
+            self.loss_weights: list[float] | None = None
             self.model, loss = self._training_model(len(classes))
             total_steps = cfg.epochs * cfg.steps_per_epoch
             schedule = keras.optimizers.schedules.CosineDecay(
                 cfg.learning_rate, decay_steps=total_steps, alpha=0.02,
                 warmup_target=None, warmup_steps=0)
             self.optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
-            self.model.compile(optimizer=self.optimizer, loss=loss)
+            self.model.compile(optimizer=self.optimizer, loss=loss,
+                               loss_weights=self.loss_weights)
         logger.info("tower %s: %d parameters; training model %s",
                     self.tower.name, self.tower.count_params(), self.model.name)
 
@@ -92,12 +111,20 @@ class TrainLoop:
             return build_distance_model(self.tower), contrastive_loss(cfg.contrastive_margin)
         if cfg.loss == "triplet":
             return build_triplet_model(self.tower), triplet_loss(cfg.triplet_margin)
+        if cfg.loss == "distill":
+            return build_distill_model(self.tower), cosine_distill_loss()
         if n_classes < 2:
             from twinlock.daemon.errors import DataError
             raise DataError("cosface needs at least 2 training identities with "
                             f"{cfg.min_images_per_class}+ images")
+        xent = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if cfg.distill_weight > 0:
+            model = build_classifier_distill(self.tower, n_classes, cfg.cosface_scale,
+                                             cfg.cosface_margin)
+            self.loss_weights = [1.0, cfg.distill_weight]
+            return model, [xent, cosine_distill_loss()]
         model = build_classifier(self.tower, n_classes, cfg.cosface_scale, cfg.cosface_margin)
-        return model, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return model, xent
 
     def _dataset(self, samples: tuple[np.ndarray, ...]) -> tf.data.Dataset:
         cfg, x = self.cfg, self.x_train
@@ -107,7 +134,17 @@ class TrainLoop:
             batch = tf.cast(tf.gather(x, idx), tf.float32)
             return augment_batch(batch, aug) if aug else batch
 
-        if cfg.loss == "cosface":
+        if cfg.loss == "distill":
+            idx = self.distill_images[samples[0] % len(self.distill_images)]
+            ds = tf.data.Dataset.from_tensor_slices((idx, self.teacher[idx]))
+            ds = ds.batch(cfg.batch_size, True).map(lambda i, t: (images(i), t), tf.data.AUTOTUNE)
+        elif cfg.loss == "cosface" and cfg.distill_weight > 0:
+            idx = self.cosface_images[samples[0] % len(self.cosface_images)]
+            cls = self.class_of[self.train_labels[idx]].astype(np.int32)
+            ds = tf.data.Dataset.from_tensor_slices((idx, cls, self.teacher[idx]))
+            ds = ds.batch(cfg.batch_size, True).map(
+                lambda i, c, t: ((images(i), c[:, None]), (c, t)), tf.data.AUTOTUNE)
+        elif cfg.loss == "cosface":
             idx = self.cosface_images[samples[0] % len(self.cosface_images)]
             cls = self.class_of[self.train_labels[idx]].astype(np.int32)
             ds = tf.data.Dataset.from_tensor_slices((idx, cls)).batch(cfg.batch_size, True)

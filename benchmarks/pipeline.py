@@ -1,0 +1,399 @@
+"""Per-stage latency of the door's frame path on the real clip, and whether it meets the target.
+
+Why: the daemon's budget is "one 640x480 frame through detect -> align -> embed -> score against
+50 anchors in <= 10 ms on one x86 thread". This script times each stage of that chain on the
+real video frames with the same daemon code the door runs, so a regression shows which stage
+it came from, and it checks one thread against two (on small models one is often faster).
+
+Measures, for each ``--threads`` setting (LiteRT ``num_threads`` and ``cv2.setNumThreads``):
+
+- decode: ``ReplayCamera.read()`` with pacing off (as fast as the file decodes);
+- detect: the model's own detector (``model.json``'s ``detector``) on the whole frame;
+- align: ``FacePipeline.align`` of the largest face (the daemon's default policy);
+- embed: ``FaceEmbedder.embed`` on that one crop (with the flip-average second run when the
+  model asks for it);
+- score: ``l1_head_scores`` against ``--anchors`` random unit-length anchors;
+- quality: the daemon's ``measure_image`` + ``first_problem`` (reported, not in the total);
+- total: detect + align + embed + score for one frame, and frames per second;
+
+on the clip's native 640x360 frames and on the same frames resized to 640x480 (the target's
+size; the aspect ratio is stretched, as in benchmarks/detector.py). Thread settings are
+interleaved frame by frame so machine noise hits them alike. Peak RSS is the whole process's
+(``ru_maxrss``): frames are streamed, never all held.
+
+Usage::
+
+    .venv/bin/python benchmarks/pipeline.py [--data DIR] [--model DIR] [--threads 1,2]
+                                            [--frames N] [--anchors 50] [--json OUT]
+
+Prints one JSON document. Times are wall-clock (``time.perf_counter``) after a warm-up; on a
+shared machine expect noise, so compare medians from runs made close together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from twinlock.daemon import quality as q
+from twinlock.daemon.camera import ReplayCamera
+from twinlock.daemon.faces.pipeline import FacePipeline
+from twinlock.daemon.model import FaceEmbedder
+from twinlock.daemon.scoring import l1_head_scores
+
+logger = logging.getLogger("benchmarks.pipeline")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "models" / "default"
+VIDEO_SUBPATH = ("face_recognition_examples", "short_hamilton_clip.mp4")
+TARGET_SIZE = (640, 480)  # width, height
+TARGET_MS = 10.0
+TARGET_THREADS = 1
+WARMUP_CALLS = 10
+STAGES = ("detect", "align", "embed", "score")
+
+
+def data_root(arg: str | None) -> Path:
+    """--data, else $TWINLOCK_DATA, else ../shared/data beside the repository (as the tests)."""
+    if arg:
+        return Path(arg)
+    env = os.environ.get("TWINLOCK_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def timing(seconds: Iterable[float]) -> dict[str, float | int]:
+    """Summary of per-call times in milliseconds."""
+    ms = np.asarray(list(seconds), dtype=np.float64) * 1000.0
+    if ms.size == 0:
+        return {"n": 0}
+    return {
+        "n": int(ms.size),
+        "median_ms": round(float(np.median(ms)), 3),
+        "p90_ms": round(float(np.percentile(ms, 90)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+        "min_ms": round(float(ms.min()), 3),
+    }
+
+
+def fps(seconds: Sequence[float]) -> float | None:
+    """Throughput: frames divided by the summed time (not 1 / median: slow frames count)."""
+    total = float(np.sum(seconds)) if len(seconds) else 0.0
+    return round(len(seconds) / total, 1) if total > 0 else None
+
+
+def rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def progress(items: Iterable[Any], desc: str, total: int | None) -> Iterable[Any]:
+    """tqdm on stderr when installed (long runs show progress), plain iteration otherwise."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, mininterval=1.0)
+
+
+def replay_frames(video: Path, limit: int | None) -> Iterable[np.ndarray]:
+    """The clip's RGB frames through the daemon's own replay camera, unpaced, one at a time."""
+    camera = ReplayCamera(video, realtime=False)
+    camera.open()
+    try:
+        count = 0
+        while limit is None or count < limit:
+            frame = camera.read()
+            if frame is None:
+                return
+            count += 1
+            yield frame.image
+    finally:
+        camera.close()
+
+
+@dataclass
+class Chain:
+    """One door's worth of models at one thread setting: detector, pipeline, tower, anchors."""
+
+    threads: int
+    pipeline: FacePipeline
+    embedder: FaceEmbedder
+    anchors: np.ndarray
+    times: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, model_dir: Path, threads: int, anchors: np.ndarray) -> Chain:
+        embedder = FaceEmbedder(model_dir, num_threads=threads)
+        meta = embedder.meta
+        detector = meta.detector.build(num_threads=threads)
+        return cls(threads, FacePipeline(detector, meta.input_size, meta.alignment_zoom),
+                   embedder, anchors)
+
+    def run(self, image: np.ndarray, record: str | None) -> bool:
+        """detect -> largest face -> align -> embed -> score; True when a face was found.
+
+        Times go to ``self.times[record]`` (None: warm-up, not recorded).
+        """
+        cv2.setNumThreads(self.threads)  # OpenCV's pool (warpAffine, resizes) follows suit
+        meta = self.embedder.meta
+        t0 = time.perf_counter()
+        faces = self.pipeline.detector.detect(image)
+        t1 = time.perf_counter()
+        stamps = {"detect": t1 - t0, "total_all_frames": t1 - t0}
+        found = bool(faces)
+        if found:
+            face = max(faces, key=lambda f: f.size)
+            aligned = self.pipeline.align(image, face)
+            t2 = time.perf_counter()
+            embedding = self.embedder.embed(aligned.crop)[0]
+            t3 = time.perf_counter()
+            l1_head_scores(embedding, self.anchors, meta.head_weights, meta.head_bias)
+            t4 = time.perf_counter()
+            q.first_problem(q.measure_image(image, face))
+            t5 = time.perf_counter()
+            stamps.update(align=t2 - t1, embed=t3 - t2, score=t4 - t3, quality=t5 - t4,
+                          total_face_frames=t4 - t0, total_all_frames=t4 - t0)
+        if record is not None:
+            bucket = self.times.setdefault(record, {})
+            for name, seconds in stamps.items():
+                bucket.setdefault(name, []).append(seconds)
+        return found
+
+    def report(self, record: str, frames: int) -> dict[str, Any]:
+        bucket = self.times.get(record, {})
+        face_totals = bucket.get("total_face_frames", [])
+        all_totals = bucket.get("total_all_frames", [])
+        out: dict[str, Any] = {
+            "frames": frames,
+            "frames_with_face": len(face_totals),
+        }
+        for stage in (*STAGES, "quality"):
+            out[stage] = timing(bucket.get(stage, []))
+        out["quality"]["note"] = "daemon runs it per face; not part of total"
+        out["total_face_frames"] = timing(face_totals)
+        out["total_all_frames"] = timing(all_totals)
+        out["fps_face_frames"] = fps(face_totals)
+        out["fps_all_frames"] = fps(all_totals)
+        return out
+
+
+def random_anchors(count: int, dim: int, seed: int) -> np.ndarray:
+    """``count`` random unit-length float32 anchors: the head's cost depends on shape only."""
+    rng = np.random.default_rng(seed)
+    anchors = rng.standard_normal((count, dim)).astype(np.float32)
+    anchors /= np.linalg.norm(anchors, axis=1, keepdims=True)
+    return anchors
+
+
+def time_decode(video: Path, threads: Sequence[int], limit: int | None) -> dict[str, Any]:
+    """Per-frame ``ReplayCamera.read()`` time, one full pass per thread setting."""
+    out: dict[str, Any] = {}
+    for n in threads:
+        cv2.setNumThreads(n)
+        seconds: list[float] = []
+        frames = iter(replay_frames(video, limit))
+        while True:
+            start = time.perf_counter()
+            image = next(frames, None)
+            elapsed = time.perf_counter() - start
+            if image is None:
+                break
+            seconds.append(elapsed)
+        out[f"threads_{n}"] = {**timing(seconds), "fps": fps(seconds)}
+    return out
+
+
+def first_face_frame(chain: Chain, video: Path, limit: int | None) -> np.ndarray:
+    """A frame with a face for warm-up, so every stage (not only detect) gets warmed."""
+    first = None
+    for image in replay_frames(video, limit):
+        first = image if first is None else first
+        if chain.pipeline.detector.detect(image):
+            return image
+    if first is None:
+        raise SystemExit(f"{video}: no frames")
+    return first
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    root = data_root(args.data)
+    video = root.joinpath(*VIDEO_SUBPATH)
+    if not video.is_file():
+        raise SystemExit(f"no video at {video} (use --data or $TWINLOCK_DATA)")
+    started = time.perf_counter()
+    rss_start = rss_mb()
+
+    probe = FaceEmbedder(args.model, num_threads=1)
+    meta = probe.meta
+    anchors = random_anchors(args.anchors, meta.embedding_dim, args.seed)
+    del probe
+    chains = {n: Chain.build(args.model, n, anchors) for n in args.threads}
+    rss_loaded = rss_mb()
+
+    decode = time_decode(video, args.threads, args.frames)
+
+    warm = first_face_frame(chains[args.threads[0]], video, args.frames)
+    warm_480 = cv2.resize(warm, TARGET_SIZE, interpolation=cv2.INTER_LINEAR)
+    for chain in chains.values():
+        for _ in range(WARMUP_CALLS):
+            chain.run(warm, None)
+            chain.run(warm_480, None)
+
+    frames = 0
+    native_size = None
+    for image in progress(replay_frames(video, args.frames), "frames", args.frames):
+        frames += 1
+        native_size = native_size or (image.shape[1], image.shape[0])
+        resized = cv2.resize(image, TARGET_SIZE, interpolation=cv2.INTER_LINEAR)
+        for chain in chains.values():  # interleaved: noise hits every setting alike
+            chain.run(image, "native")
+            chain.run(resized, "640x480")
+
+    runs: dict[str, Any] = {}
+    for n, chain in chains.items():
+        native = chain.report("native", frames)
+        runs[f"threads_{n}"] = {
+            "decode": decode[f"threads_{n}"],
+            f"native_{native_size[0]}x{native_size[1]}" if native_size else "native": native,
+            "resized_640x480": chain.report("640x480", frames),
+        }
+        decode_s = decode[f"threads_{n}"].get("mean_ms", 0.0) / 1000.0
+        per_frame = native["total_all_frames"].get("mean_ms")
+        if per_frame is not None:
+            runs[f"threads_{n}"]["fps_native_with_decode"] = round(
+                1.0 / (decode_s + per_frame / 1000.0), 1)
+
+    target: dict[str, Any] = {
+        "goal": f"one 640x480 frame through detect -> align -> embed -> score against "
+                f"{args.anchors} anchors in <= {TARGET_MS:g} ms on {TARGET_THREADS} x86 thread",
+        "anchors": args.anchors,
+    }
+    if TARGET_THREADS in chains:
+        totals = chains[TARGET_THREADS].report("640x480", frames)["total_face_frames"]
+        if totals.get("n"):
+            target.update(
+                frames_with_face=totals["n"],
+                median_ms=totals["median_ms"],
+                p90_ms=totals["p90_ms"],
+                met=totals["median_ms"] <= TARGET_MS,
+                met_at_p90=totals["p90_ms"] <= TARGET_MS,
+                judged_on="median of frames with a face (a frame without one stops at detect)",
+            )
+        else:
+            target.update(met=None, why="no face found in any 640x480 frame")
+    else:
+        target.update(met=None, why=f"--threads did not include {TARGET_THREADS}")
+
+    return {
+        "benchmark": "pipeline",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "data": str(root),
+        "video": f"{video.name}: {frames} frames, "
+                 f"{native_size[0]}x{native_size[1]}" if native_size else video.name,
+        "model": {
+            "dir": str(args.model),
+            "model_id": meta.model_id,
+            "architecture": meta.architecture,
+            "quantization": meta.quantization,
+            "input_size": meta.input_size,
+            "embedding_dim": meta.embedding_dim,
+            "flip_average": meta.flip_average,
+            "detector": meta.detector.describe(),
+            "runtime": chains[args.threads[0]].embedder.tower.backend,
+        },
+        "threads": list(args.threads),
+        "warmup_calls": WARMUP_CALLS,
+        "runs": runs,
+        "target": target,
+        "memory": {
+            "peak_rss_mb": rss_mb(),
+            "rss_at_start_mb": rss_start,
+            "peak_rss_after_loading_models_mb": rss_loaded,
+            "note": f"whole benchmark process (ru_maxrss), {len(chains)} detector+tower sets "
+                    "loaded; frames are streamed, never all held",
+        },
+        "environment": environment(),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers came from; the load average says how busy the shared machine was."""
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        env["ai_edge_litert"] = version("ai-edge-litert")
+    except PackageNotFoundError:
+        env["ai_edge_litert"] = None  # another runtime of the fallback chain is in use
+    for name in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def thread_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers such as 1,2, got {text!r}") from None
+    if not values or any(v < 1 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct positive numbers, got {text!r}")
+    return values
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="data folder (default: $TWINLOCK_DATA or ../shared/data)")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help="exported model folder (default: models/default)")
+    parser.add_argument("--threads", type=thread_list, default=(1, 2),
+                        help="thread settings to compare, comma-separated (default 1,2)")
+    parser.add_argument("--frames", type=int, help="use at most N video frames (default: all)")
+    parser.add_argument("--anchors", type=int, default=50, help="anchors to score against")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random anchors")
+    parser.add_argument("--json", type=Path, help="also write the JSON report to this file")
+    args = parser.parse_args(argv)
+    if args.frames is not None and args.frames < 1:
+        parser.error("--frames must be at least 1")
+    if args.anchors < 1:
+        parser.error("--anchors must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    report = run(args)
+    text = json.dumps(report, indent=2)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
