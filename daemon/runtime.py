@@ -40,7 +40,7 @@ def interpreter_class(chain: Sequence[str] = DEFAULT_CHAIN) -> tuple[str, Any]:
         try:
             module = importlib.import_module(BACKENDS[name])
             cls = module.Interpreter
-        except Exception as exc:  # ImportError, a broken native library, no Interpreter class
+        except Exception as exc:  # noqa: BLE001 - ImportError, a broken native library, no Interpreter class
             failures.append(f"{name}: {exc.__class__.__name__}: {exc}")
             logger.info("LiteRT backend %s unavailable (%s)", name, exc)
             continue

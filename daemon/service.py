@@ -449,7 +449,7 @@ class Daemon:
                 self._evaluate(matcher, frame, face)
         except TwinLockError as exc:
             self.fault(f"frame skipped: {exc}", frame=frame.index)
-        except Exception as exc:  # noqa: BLE001 - a bug must not open the door or stop the loop
+        except Exception as exc:
             logger.debug("unexpected error on frame %s", frame.index, exc_info=True)
             self.fault(f"frame skipped: {exc.__class__.__name__}: {exc}", frame=frame.index)
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from gpiozero.pins.mock import MockFactory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,3 +89,18 @@ def door_model() -> Path:
     if not (path / "model.json").is_file():
         pytest.fail(f"{path} is missing: the repository must ship a default model")
     return path
+
+
+@pytest.fixture()
+def mock_pins() -> MockFactory:
+    """gpiozero's MockFactory as the pin factory: real pin objects that record every state
+    change with its time, so tests assert on what the relay line really did."""
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    factory = MockFactory()
+    previous = Device.pin_factory
+    Device.pin_factory = factory
+    yield factory
+    factory.reset()
+    Device.pin_factory = previous

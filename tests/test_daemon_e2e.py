@@ -10,14 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from gpiozero import Device
+from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, write_config
 from gpiozero.pins.mock import MockFactory
 
 from twinlock.daemon.audit import AuditLog
 from twinlock.daemon.camera import Frame
 from twinlock.daemon.service import Daemon
-
-from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, write_config
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
@@ -32,16 +30,6 @@ class RecordingDaemon(Daemon):
     def process(self, frame: Frame) -> None:
         self.seen.append((frame.source_index, time.monotonic()))
         super().process(frame)
-
-
-@pytest.fixture()
-def mock_pins() -> MockFactory:
-    factory = MockFactory()
-    previous = Device.pin_factory
-    Device.pin_factory = factory
-    yield factory
-    factory.reset()
-    Device.pin_factory = previous
 
 
 def pin_changes(pin: object) -> list[tuple[float, bool]]:

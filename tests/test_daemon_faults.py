@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpiozero import Device
+from daemon_helpers import CLIP, enrol_miranda, write_config
 from gpiozero.pins.mock import MockFactory
 
 from twinlock.daemon.audit import AuditLog
@@ -21,19 +21,7 @@ from twinlock.daemon.camera import CameraError, Frame, ReplayCamera, ResilientCa
 from twinlock.daemon.errors import RuntimeBackendError
 from twinlock.daemon.service import Daemon
 
-from daemon_helpers import CLIP, enrol_miranda, write_config
-
 pytestmark = [pytest.mark.data, pytest.mark.slow]
-
-
-@pytest.fixture()
-def mock_pins() -> MockFactory:
-    factory = MockFactory()
-    previous = Device.pin_factory
-    Device.pin_factory = factory
-    yield factory
-    factory.reset()
-    Device.pin_factory = previous
 
 
 @pytest.fixture()
@@ -186,7 +174,7 @@ def test_kill_9_during_a_burst_of_decisions_loses_no_committed_record(
     assert proc.returncode == -signal.SIGKILL
     with AuditLog(setup["state"] / "audit.db") as audit:  # opens cleanly after the kill
         unlocks = audit.query(event="unlock")
-        check = audit._conn.execute("PRAGMA integrity_check").fetchone()[0]  # noqa: SLF001
+        check = audit._conn.execute("PRAGMA integrity_check").fetchone()[0]
     assert check == "ok"
     assert len(unlocks) >= opened
 

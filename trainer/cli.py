@@ -213,7 +213,7 @@ def _cmd_pairs(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def _store(args: argparse.Namespace):  # noqa: ANN202 - EnrolmentStore, imported lazily
+def _store(args: argparse.Namespace):
     from .enroll_store import EnrolmentStore
 
     return EnrolmentStore(args.db)

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ class CropSpec:
 
     size: int
     zoom: float = 1.0
-    detector: DetectorSpec = DetectorSpec()
+    detector: DetectorSpec = field(default_factory=DetectorSpec)
     policy: SelectPolicy = "center"
 
     def key(self) -> str:
