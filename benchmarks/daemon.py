@@ -36,10 +36,8 @@ different (usually somewhat smaller) figures, so compare runs on one machine.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -47,21 +45,30 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, from any working directory
+from _common import (
+    REPO,
+    add_json_option,
+    add_model_option,
+    data_root,
+    environment,
+    make_parser,
+    report_header,
+    timing,
+)
+from _common import main as run_main
 
 from twinlock.daemon.audit import AuditLog
 
 logger = logging.getLogger("benchmarks.daemon")
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "models" / "default"
 EXAMPLES_SUBDIR = "face_recognition_examples"
 RSS_TARGET_MB = 120.0
 POLL_SECONDS = 0.05
@@ -76,14 +83,6 @@ VERDICT = re.compile(r"DEBUG .*: frame \d+: best ")
 VERIFIED = re.compile(r"DEBUG .*: frame \d+: .*, verified (?!None\b)")
 
 
-def data_root(arg: str | None) -> Path:
-    """--data, else $TWINLOCK_DATA, else ../shared/data beside the repository (as the tests)."""
-    if arg:
-        return Path(arg)
-    env = os.environ.get("TWINLOCK_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
-
-
 def load_test_helpers() -> Any:
     """``tests/daemon_helpers``: the tests' own enrolment and config writer, so the benchmark
     runs the door exactly as the end-to-end tests do."""
@@ -93,20 +92,6 @@ def load_test_helpers() -> Any:
     import daemon_helpers
 
     return daemon_helpers
-
-
-def timing(seconds: Iterable[float]) -> dict[str, float | int]:
-    """Summary of per-call times in milliseconds."""
-    ms = np.asarray(list(seconds), dtype=np.float64) * 1000.0
-    if ms.size == 0:
-        return {"n": 0}
-    return {
-        "n": int(ms.size),
-        "median_ms": round(float(np.median(ms)), 3),
-        "p90_ms": round(float(np.percentile(ms, 90)), 3),
-        "mean_ms": round(float(ms.mean()), 3),
-        "max_ms": round(float(ms.max()), 3),
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,8 +289,9 @@ def in_process(config: Path, db: Path, performer_frames: range) -> dict[str, Any
         "frames_read": frames_read,
         "frames_processed": len(processed),
         "frames_skipped_by_max_fps": frames_read - len(processed),
-        "process_per_frame": timing(processed),
-        "camera_read_per_frame": timing(read_seconds[:-1] if read_seconds else []),
+        "process_per_frame": timing(processed, extreme="max"),
+        "camera_read_per_frame": timing(read_seconds[:-1] if read_seconds else [],
+                                        extreme="max"),
         "processed_per_s": round(len(processed) / sum(processed), 1) if processed else None,
         "audit": audit_report(db, performer_frames),
     }
@@ -363,10 +349,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     performer = helpers.MIRANDA_FRAMES
     started = time.perf_counter()
     report: dict[str, Any] = {
-        "benchmark": "daemon",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "data": str(root),
+        **report_header("daemon", root),
         "clip": str(clip.name),
         "model": str(args.model),
         "action": f"{args.action}" + (" (gpiozero MockFactory)" if args.action == "gpio" else ""),
@@ -407,23 +390,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "met": (max(peaks) <= RSS_TARGET_MB) if peaks else None,
         "measured_as": "max VmHWM of the child process over the subprocess runs",
     }
-    report["environment"] = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
+    report["environment"] = environment()
     report["wall_s"] = round(time.perf_counter() - started, 1)
     return report
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="data folder (default: $TWINLOCK_DATA or ../shared/data)")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help="exported model folder (default: models/default)")
+    parser = make_parser(__doc__)
+    add_model_option(parser)
     parser.add_argument("--action", choices=("gpio", "log"), default="gpio",
                         help="relay action: gpio on gpiozero's mock pins (default) or log")
     parser.add_argument("--realtime-fps", type=fps_list, default=(15.0, 30.0),
@@ -435,7 +409,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="seconds before a child is stopped with SIGTERM (default 300)")
     parser.add_argument("--skip-in-process", action="store_true",
                         help="no in-process run with per-frame timing")
-    parser.add_argument("--json", type=Path, help="also write the JSON report to this file")
+    add_json_option(parser)
     return parser.parse_args(argv)
 
 
@@ -451,15 +425,7 @@ def fps_list(text: str) -> tuple[float, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    report = run(args)
-    text = json.dumps(report, indent=2)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    print(text)
-    return 0
+    return run_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

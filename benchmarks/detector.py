@@ -22,19 +22,31 @@ shared machine expect noise, so compare medians from runs made close together.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, from any working directory
+from _common import (
+    FRAME_SIZE,
+    VIDEO_SUBPATH,
+    add_json_option,
+    data_root,
+    environment,
+    make_parser,
+    progress,
+    report_header,
+    timing,
+    warm_up,
+)
+from _common import main as run_main
 
 from twinlock.daemon.faces.align import align_face
 from twinlock.daemon.faces.pipeline import Detector, DetectorSpec
@@ -43,20 +55,9 @@ from twinlock.daemon.images import load_image
 
 logger = logging.getLogger("benchmarks.detector")
 
-REPO = Path(__file__).resolve().parents[1]
 LFW_SUBDIR = ("lfw", "lfw-deepfunneled")
 YUNET_SUBPATH = ("face_detection_yunet", "face_detection_yunet_2023mar.onnx")
-VIDEO_SUBPATH = ("face_recognition_examples", "short_hamilton_clip.mp4")
-FRAME_SIZE = (640, 480)  # width, height
 WARMUP_CALLS = 10
-
-
-def data_root(arg: str | None) -> Path:
-    """--data, else $TWINLOCK_DATA, else ../shared/data beside the repository (as the tests)."""
-    if arg:
-        return Path(arg)
-    env = os.environ.get("TWINLOCK_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
 
 
 def lfw_images(root: Path, limit: int | None, seed: int) -> list[Path]:
@@ -101,20 +102,6 @@ def placed_frames(paths: Sequence[Path], size: tuple[int, int], count: int) -> l
     return frames
 
 
-def timing(seconds: Iterable[float]) -> dict[str, float | int]:
-    """Summary of per-call times in milliseconds."""
-    ms = np.asarray(list(seconds), dtype=np.float64) * 1000.0
-    if ms.size == 0:
-        return {"n": 0}
-    return {
-        "n": int(ms.size),
-        "median_ms": round(float(np.median(ms)), 3),
-        "p90_ms": round(float(np.percentile(ms, 90)), 3),
-        "mean_ms": round(float(ms.mean()), 3),
-        "min_ms": round(float(ms.min()), 3),
-    }
-
-
 def face_counts(counts: Sequence[int]) -> dict[str, Any]:
     """Shares (and raw counts) of inputs with exactly one face, none, several."""
     n = len(counts)
@@ -136,15 +123,6 @@ def timed(call: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def progress(items: Sequence[Any], desc: str) -> Iterable[Any]:
-    """tqdm on stderr when installed (long runs show progress), plain iteration otherwise."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, file=sys.stderr, leave=False, mininterval=1.0)
-
-
 def build_detectors(root: Path, threads: int, threshold: float | None) -> dict[str, Detector]:
     """The detectors the pipeline would build from these specs (same code path as the daemon)."""
     extra = {} if threshold is None else {"score_threshold": threshold}
@@ -163,12 +141,6 @@ def build_detectors(root: Path, threads: int, threshold: float | None) -> dict[s
     return detectors
 
 
-def warm_up(detectors: dict[str, Detector], image: np.ndarray) -> None:
-    for detector in detectors.values():
-        for _ in range(WARMUP_CALLS):
-            detector.detect(image)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     root = data_root(args.data)
     cv2.setNumThreads(args.threads)  # YuNet runs in OpenCV's pool; resizes too
@@ -178,7 +150,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # (a) LFW: counts and time per detection; detectors interleaved per image so machine noise
     # hits all of them alike
-    warm_up(detectors, load_image(paths[0]))
+    first = load_image(paths[0])
+    warm_up([partial(d.detect, first) for d in detectors.values()], WARMUP_CALLS)
     lfw_counts: dict[str, list[int]] = {name: [] for name in detectors}
     lfw_times: dict[str, list[float]] = {name: [] for name in detectors}
     align_inputs: list[tuple[np.ndarray, Face]] = []
@@ -199,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         frames = placed_frames(paths, FRAME_SIZE, args.frames or 250)
         frame_source = f"{len(frames)} LFW images placed on 640x480 grey frames (no video found)"
-    warm_up(detectors, frames[0])
+    warm_up([partial(d.detect, frames[0]) for d in detectors.values()], WARMUP_CALLS)
     frame_counts: dict[str, list[int]] = {name: [] for name in detectors}
     frame_times: dict[str, list[float]] = {name: [] for name in detectors}
     for frame in progress(frames, "frames"):
@@ -217,10 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             align_times.append(timed(lambda i=image, f=face: align_face(i, f, args.crop_size))[1])
 
     report: dict[str, Any] = {
-        "benchmark": "detector",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "data": str(root),
+        **report_header("detector", root),
         "lfw_images": len(paths),
         "lfw_subset": None if args.limit is None else {"limit": args.limit, "seed": args.seed},
         "frames": frame_source,
@@ -228,13 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_calls": WARMUP_CALLS,
         "detectors": {},
         "align_face": {"crop_size": args.crop_size, "zoom": 1.0, **timing(align_times)},
-        "environment": {
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "numpy": np.__version__,
-            "opencv": cv2.__version__,
-        },
+        "environment": environment(load_average=False),
     }
     for name, detector in detectors.items():
         entry: dict[str, Any] = {
@@ -253,11 +217,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="data folder (default: $TWINLOCK_DATA or ../shared/data)")
+    parser = make_parser(__doc__)
     parser.add_argument("--limit", type=int, help="seeded random subset of N LFW images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
-    parser.add_argument("--json", type=Path, help="also write the JSON report to this file")
+    add_json_option(parser)
     parser.add_argument("--threads", type=int, default=1, help="threads per detector (default 1)")
     parser.add_argument("--frames", type=int, help="use at most N video frames (default: all)")
     parser.add_argument("--align", type=int, default=1000,
@@ -272,15 +235,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    report = run(args)
-    text = json.dumps(report, indent=2)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    print(text)
-    return 0
+    return run_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

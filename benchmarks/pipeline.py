@@ -33,21 +33,33 @@ shared machine expect noise, so compare medians from runs made close together.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
 import resource
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, from any working directory
+from _common import (
+    FRAME_SIZE,
+    VIDEO_SUBPATH,
+    add_json_option,
+    add_model_option,
+    data_root,
+    environment,
+    make_parser,
+    progress,
+    report_header,
+    timing,
+    warm_up,
+)
+from _common import main as run_main
 
 from twinlock.daemon import quality as q
 from twinlock.daemon.camera import ReplayCamera
@@ -57,36 +69,10 @@ from twinlock.daemon.scoring import l1_head_scores
 
 logger = logging.getLogger("benchmarks.pipeline")
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "models" / "default"
-VIDEO_SUBPATH = ("face_recognition_examples", "short_hamilton_clip.mp4")
-TARGET_SIZE = (640, 480)  # width, height
 TARGET_MS = 10.0
 TARGET_THREADS = 1
 WARMUP_CALLS = 10
 STAGES = ("detect", "align", "embed", "score")
-
-
-def data_root(arg: str | None) -> Path:
-    """--data, else $TWINLOCK_DATA, else ../shared/data beside the repository (as the tests)."""
-    if arg:
-        return Path(arg)
-    env = os.environ.get("TWINLOCK_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
-
-
-def timing(seconds: Iterable[float]) -> dict[str, float | int]:
-    """Summary of per-call times in milliseconds."""
-    ms = np.asarray(list(seconds), dtype=np.float64) * 1000.0
-    if ms.size == 0:
-        return {"n": 0}
-    return {
-        "n": int(ms.size),
-        "median_ms": round(float(np.median(ms)), 3),
-        "p90_ms": round(float(np.percentile(ms, 90)), 3),
-        "mean_ms": round(float(ms.mean()), 3),
-        "min_ms": round(float(ms.min()), 3),
-    }
 
 
 def fps(seconds: Sequence[float]) -> float | None:
@@ -98,15 +84,6 @@ def fps(seconds: Sequence[float]) -> float | None:
 def rss_mb() -> float:
     """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
-
-
-def progress(items: Iterable[Any], desc: str, total: int | None) -> Iterable[Any]:
-    """tqdm on stderr when installed (long runs show progress), plain iteration otherwise."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, mininterval=1.0)
 
 
 def replay_frames(video: Path, limit: int | None) -> Iterable[np.ndarray]:
@@ -247,18 +224,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     decode = time_decode(video, args.threads, args.frames)
 
     warm = first_face_frame(chains[args.threads[0]], video, args.frames)
-    warm_480 = cv2.resize(warm, TARGET_SIZE, interpolation=cv2.INTER_LINEAR)
-    for chain in chains.values():
-        for _ in range(WARMUP_CALLS):
-            chain.run(warm, None)
-            chain.run(warm_480, None)
+    warm_480 = cv2.resize(warm, FRAME_SIZE, interpolation=cv2.INTER_LINEAR)
+    warm_up([lambda c=chain: (c.run(warm, None), c.run(warm_480, None))
+             for chain in chains.values()], WARMUP_CALLS)
 
     frames = 0
     native_size = None
     for image in progress(replay_frames(video, args.frames), "frames", args.frames):
         frames += 1
         native_size = native_size or (image.shape[1], image.shape[0])
-        resized = cv2.resize(image, TARGET_SIZE, interpolation=cv2.INTER_LINEAR)
+        resized = cv2.resize(image, FRAME_SIZE, interpolation=cv2.INTER_LINEAR)
         for chain in chains.values():  # interleaved: noise hits every setting alike
             chain.run(image, "native")
             chain.run(resized, "640x480")
@@ -299,10 +274,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         target.update(met=None, why=f"--threads did not include {TARGET_THREADS}")
 
     return {
-        "benchmark": "pipeline",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "data": str(root),
+        **report_header("pipeline", root),
         "video": f"{video.name}: {frames} frames, "
                  f"{native_size[0]}x{native_size[1]}" if native_size else video.name,
         "model": {
@@ -327,31 +299,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "note": f"whole benchmark process (ru_maxrss), {len(chains)} detector+tower sets "
                     "loaded; frames are streamed, never all held",
         },
-        "environment": environment(),
+        "environment": environment(
+            # ai_edge_litert None: another runtime of the fallback chain is in use
+            packages={"ai_edge_litert": "ai-edge-litert"},
+            variables=("OPENBLAS_CORETYPE", "OMP_NUM_THREADS")),
         "wall_s": round(time.perf_counter() - started, 1),
     }
-
-
-def environment() -> dict[str, Any]:
-    """Where the numbers came from; the load average says how busy the shared machine was."""
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        env["ai_edge_litert"] = version("ai-edge-litert")
-    except PackageNotFoundError:
-        env["ai_edge_litert"] = None  # another runtime of the fallback chain is in use
-    for name in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    return env
 
 
 def thread_list(text: str) -> tuple[int, ...]:
@@ -365,16 +318,14 @@ def thread_list(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="data folder (default: $TWINLOCK_DATA or ../shared/data)")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help="exported model folder (default: models/default)")
+    parser = make_parser(__doc__)
+    add_model_option(parser)
     parser.add_argument("--threads", type=thread_list, default=(1, 2),
                         help="thread settings to compare, comma-separated (default 1,2)")
     parser.add_argument("--frames", type=int, help="use at most N video frames (default: all)")
     parser.add_argument("--anchors", type=int, default=50, help="anchors to score against")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random anchors")
-    parser.add_argument("--json", type=Path, help="also write the JSON report to this file")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     if args.frames is not None and args.frames < 1:
         parser.error("--frames must be at least 1")
@@ -384,15 +335,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    report = run(args)
-    text = json.dumps(report, indent=2)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    print(text)
-    return 0
+    return run_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":
