@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import DEFAULT_CONFIG_PATH, load_config
-from .errors import TwinLockError
+from .errors import TwinLockError, UsageError
 
 logger = logging.getLogger("twinlockd")
 
@@ -21,11 +21,22 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
+    # Signals that arrive while the daemon starts (imports and model loading take seconds on a
+    # Pi) are remembered and honoured once it runs, instead of killing it (SIGHUP's default).
+    early: set[int] = set()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda number, _frame: early.add(number))
     from .service import Daemon
 
     daemon = Daemon(args.config)
     logging.getLogger().setLevel(daemon.cfg.logging.level)
     daemon.install_signal_handlers()
+    if early & {signal.SIGTERM, signal.SIGINT}:
+        daemon.stop()
+    if signal.SIGHUP in early:
+        daemon.reload_requested.set()
     return daemon.run()
 
 
@@ -57,8 +68,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     if args.model or args.gallery:
+        if not (args.model and args.gallery):
+            raise UsageError("verify: give both --model and --gallery (or neither, to use the "
+                             "configured bundle)")
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={
-            k: v for k, v in (("dir", args.model), ("gallery", args.gallery)) if v is not None})})
+            "source": "folder", "dir": args.model, "gallery": args.gallery})})
     matcher = build_matcher(cfg)
     results = []
     for path in args.images:

@@ -35,6 +35,8 @@ ARM64_TESTS=(
   tests/test_actions.py
   tests/test_daemon_e2e.py
   tests/test_daemon_faults.py
+  tests/test_daemon_cli.py
+  tests/test_bundle.py
 )
 # Node ids deselected in the guest (tests that cannot run there at all). Tests that need
 # TensorFlow skip themselves when it is missing (test_runtime's fallback test does), so: none.

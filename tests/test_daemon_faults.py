@@ -205,21 +205,34 @@ def test_sd_notify_messages_reach_a_real_socket(setup: dict[str, Path]) -> None:
     assert any(m.startswith("STATUS=matching;") for m in messages)
 
 
+def _wait_for(s: dict[str, Path], event: str, proc: subprocess.Popen[str], text: str = "",
+              timeout: float = 180.0) -> None:
+    """Wait until the daemon has audited ``event`` (with ``text`` in its reason); generous,
+    because the aarch64 run is emulated and slow."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (s["state"] / "audit.db").exists() and any(
+                text in r.reason for r in _records(s, event)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {event!r} record with {text!r} (daemon exit {proc.poll()})")
+
+
 def test_sighup_reloads_and_refuses_a_broken_gallery(setup: dict[str, Path]) -> None:
     config = _config(setup, str(setup["clip"]), camera={"loop": True},
                      action={"type": "log", "cooldown_seconds": 1.0})
     proc = _spawn(config, {})
     try:
-        time.sleep(3)
+        _wait_for(setup, "start", proc)
         setup["gallery"].write_text("{not json")
         proc.send_signal(signal.SIGHUP)
-        time.sleep(2)
+        _wait_for(setup, "reload", proc, "reload refused")
         assert proc.poll() is None, "a bad reload must not stop the daemon"
         enrol_miranda(setup["model"], setup["clip"].parent, setup["gallery"])
         proc.send_signal(signal.SIGHUP)
-        time.sleep(2)
+        _wait_for(setup, "reload", proc, "reloaded:")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
