@@ -335,7 +335,11 @@ class Daemon:
             self.camera.close()
             self.camera = self._camera()
         self.matcher = matcher
+        self.door.finish()  # log the attempt in progress under the old settings
+        old_lockout = self.door.lockout
         self.door = self._door()
+        if new_cfg.lockout == old.lockout:
+            self.door.lockout = old_lockout  # a reload must not lift a running lockout
         self.audit.record("reload", "ignore", f"reloaded: {matcher.describe()}")
         logger.info("reloaded: %s", matcher.describe())
         self.notifier.ready()

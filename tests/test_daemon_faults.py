@@ -239,3 +239,15 @@ def test_sighup_reloads_and_refuses_a_broken_gallery(setup: dict[str, Path]) -> 
     reloads = _records(setup, "reload")
     assert any("reload refused" in r.reason for r in reloads)
     assert any(r.reason.startswith("reloaded:") for r in reloads)
+
+
+def test_a_reload_does_not_lift_a_lockout(setup: dict[str, Path]) -> None:
+    daemon = Daemon(_config(setup, str(setup["clip"]), action={"type": "log"}))
+    daemon.load_matcher()
+    lockout = daemon.door.lockout
+    for t in range(lockout.max_failures):
+        lockout.failure(1000.0 + t)
+    assert lockout.locked(1000.0 + lockout.max_failures)
+    daemon.reload()
+    assert daemon.door.lockout.locked(1000.0 + lockout.max_failures)
+    daemon.shutdown()
