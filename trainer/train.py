@@ -182,15 +182,18 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     is_val = np.array([label in val_set for label in labels])
     report["train_images"], report["val_images"] = int((~is_val).sum()), int(is_val.sum())
     report["train_identities"], report["val_identities"] = len(train_ids), len(val_ids)
-    teacher = None
-    if cfg.uses_teacher:
-        from .teacher import teacher_embeddings
-
-        teacher = teacher_embeddings(paths, cfg.crop_spec.detector, cfg.crop_spec.policy,
-                                     progress=progress)
-        report["teacher_embeddings_missing"] = int(np.isnan(teacher[:, 0]).sum())
     return PreparedData(crops.crops[ok], labels, identities, paths,
-                        np.flatnonzero(~is_val), np.flatnonzero(is_val), report, teacher)
+                        np.flatnonzero(~is_val), np.flatnonzero(is_val), report)
+
+
+def attach_teacher(cfg: TrainConfig, data: PreparedData, progress: bool = True) -> None:
+    """Distillation only: the dlib teacher's embedding of every image (cached; needs the
+    optional [teacher] extra). Export and evaluation never need it."""
+    from .teacher import teacher_embeddings
+
+    data.teacher = teacher_embeddings(data.paths, cfg.crop_spec.detector, cfg.crop_spec.policy,
+                                      progress=progress)
+    data.report["teacher_embeddings_missing"] = int(np.isnan(data.teacher[:, 0]).sum())
 
 
 def _pairs_identities(path: Path) -> set[str]:
@@ -268,6 +271,8 @@ def train(cfg: TrainConfig, run_dir: Path, argv: Sequence[str] | None = None,
 
     run_dir.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg, progress)
+    if cfg.uses_teacher:
+        attach_teacher(cfg, data, progress)
     for key, value in data.report.items():
         logger.info("data: %s = %s", key, value)
     if not resume:
