@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${TWINLOCK_VENV:-.venv}
 # Debian packages the tests and tools need (each checked by the command it provides).
-APT_PACKAGES=(openssh-server openssh-client systemd ${TWINLOCK_APT_PACKAGES:-})
+APT_PACKAGES=(openssh-server openssh-client systemd sudo shellcheck ${TWINLOCK_APT_PACKAGES:-})
 
 need_apt=()
 for pkg in "${APT_PACKAGES[@]}"; do
