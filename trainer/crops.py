@@ -68,8 +68,10 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "twinlock"
 
 
-def _cache_key(paths: Sequence[Path], spec: CropSpec) -> str:
-    digest = hashlib.sha256(spec.key().encode())
+def files_key(prefix: str, paths: Sequence[Path]) -> str:
+    """Cache key for a computation over ``paths``: ``prefix`` (what is computed and how) plus
+    each file's resolved path, size and mtime, so an edited or replaced image invalidates it."""
+    digest = hashlib.sha256(prefix.encode())
     for path in paths:
         try:
             st = path.stat()
@@ -88,7 +90,7 @@ def make_crops(
 ) -> CropResult:
     """Detect and align one face per image (the one ``spec.policy`` picks)."""
     paths = [Path(p) for p in paths]
-    cache_file = cache_dir() / "crops" / f"{_cache_key(paths, spec)}.npz"
+    cache_file = cache_dir() / "crops" / f"{files_key(spec.key(), paths)}.npz"
     if use_cache and cache_file.is_file():
         try:
             with np.load(cache_file) as data:

@@ -14,7 +14,6 @@ without a face get a NaN row.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing as mp
 import os
@@ -31,7 +30,7 @@ from twinlock.daemon.errors import DataError, UsageError
 from twinlock.daemon.faces.pipeline import DetectorSpec, SelectPolicy, select_face
 from twinlock.daemon.images import load_image
 
-from .crops import cache_dir
+from .crops import cache_dir, files_key
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +76,8 @@ class DlibTeacher:
 
 
 def _cache_key(paths: Sequence[Path], detector: DetectorSpec, policy: str) -> str:
-    digest = hashlib.sha256(
-        f"teacher-v{TEACHER_CODE_VERSION}|dlib_resnet_v1|5pt|{detector.describe()}|{policy}".encode())
-    for path in paths:
-        try:
-            st = path.stat()
-            digest.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{path}|missing\n".encode())
-    return digest.hexdigest()[:24]
+    return files_key(
+        f"teacher-v{TEACHER_CODE_VERSION}|dlib_resnet_v1|5pt|{detector.describe()}|{policy}", paths)
 
 
 # -- worker processes (module-level so that "spawn" can pickle them) ----------------------------
