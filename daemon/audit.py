@@ -36,6 +36,7 @@ from typing import Any, Self
 import numpy as np
 
 from .errors import AuditError, UsageError
+from .private_db import PRIVATE_FILE_MODE, make_private_dirs, open_private_db
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +49,8 @@ EVENTS: frozenset[str] = frozenset(
 #: the schema this code writes; the file's ``PRAGMA user_version`` holds the schema it has
 SCHEMA_VERSION = 1
 
-#: how long a writer waits for another connection's lock (``twinlockd log`` reading, say)
-BUSY_TIMEOUT_MS = 5000
-
 #: a ``details`` object larger than this is refused: the log is for facts, not payloads
 MAX_DETAILS_BYTES = 64 * 1024
-
-PRIVATE_DIR_MODE = 0o700
-PRIVATE_FILE_MODE = 0o600
 
 
 def _migrate_to_1(conn: sqlite3.Connection) -> None:
@@ -115,29 +110,6 @@ def _private_umask() -> Iterator[None]:
         os.umask(old)
 
 
-def _make_private_dirs(folder: Path) -> None:
-    """Create ``folder`` and any missing parents with mode 0700; leave existing ones alone.
-
-    Existing parents may be shared places (``/var/lib``, a test's tmp folder) that are not ours
-    to change; folders we create are ours and private.
-    """
-    missing: list[Path] = []
-    probe = folder
-    while not probe.exists():
-        missing.append(probe)
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
-            os.chmod(path, PRIVATE_DIR_MODE)
-        except OSError as exc:
-            raise AuditError(f"cannot create folder {path}: {exc.strerror or exc}") from exc
-    if not folder.is_dir():
-        raise AuditError(f"{folder} is not a folder")
-
-
 def _utc_iso(ts: float) -> str:
     """UTC ISO-8601 with milliseconds and a ``Z``: sorts as text, reads the same everywhere."""
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -188,41 +160,14 @@ class AuditLog:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         with _private_umask():
-            _make_private_dirs(self.path.parent)
-            try:
-                # create the file ourselves so it is 0600 before SQLite ever writes to it
-                os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, PRIVATE_FILE_MODE))
-                conn = sqlite3.connect(
-                    str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                    check_same_thread=False,
-                )
-            except (OSError, sqlite3.Error) as exc:
-                raise AuditError(f"cannot open audit log {self.path}: {exc}") from exc
-            try:
-                self._configure(conn)
-                self._migrate(conn)
-            except sqlite3.Error as exc:
-                conn.close()
-                raise AuditError(f"cannot set up audit log {self.path}: {exc}") from exc
-            except AuditError:
-                conn.close()
-                raise
-            self._chmod_files()
+            make_private_dirs(self.path.parent, AuditError)
+            # check_same_thread=False: the action's timer thread records too, under self._lock
+            conn = open_private_db(self.path, AuditError, "audit log", self._migrate,
+                                   check_same_thread=False)
         self._conn = conn
         logger.debug("audit log open: %s (schema %s)", self.path, SCHEMA_VERSION)
 
     # -- set-up ------------------------------------------------------------------------------
-
-    def _configure(self, conn: sqlite3.Connection) -> None:
-        """Durability first: WAL with a sync at every commit, and a wait instead of 'locked'."""
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise AuditError(
-                f"audit log {self.path}: SQLite refused WAL mode (got {mode!r}); the folder must "
-                "be on a local file system that supports shared memory"
-            )
-        conn.execute("PRAGMA synchronous = FULL")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring the file up to SCHEMA_VERSION, one transaction per step."""
@@ -242,17 +187,6 @@ class AuditLog:
                 conn.execute("ROLLBACK")
                 raise
             logger.info("audit log %s: schema %s -> %s", self.path, version - 1, version)
-
-    def _chmod_files(self) -> None:
-        """0600 for the database and its WAL companions, whoever created them and when."""
-        for suffix in ("", "-wal", "-shm"):
-            file = Path(f"{self.path}{suffix}")
-            try:
-                os.chmod(file, PRIVATE_FILE_MODE)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise AuditError(f"cannot make {file} private: {exc.strerror or exc}") from exc
 
     @property
     def schema_version(self) -> int:
@@ -508,7 +442,7 @@ class SnapshotStore:
         self.dir = Path(dir)
         self.max_total_bytes = int(float(max_total_mb) * 1024 * 1024)
         self.jpeg_quality = jpeg_quality
-        _make_private_dirs(self.dir)
+        make_private_dirs(self.dir, AuditError)
 
     def snapshots(self) -> list[Path]:
         """Our snapshots, oldest first."""

@@ -33,6 +33,12 @@ import numpy as np
 from twinlock.daemon.errors import DataError, EnrolmentError, UsageError
 from twinlock.daemon.gallery import Gallery
 from twinlock.daemon.images import decode_image
+from twinlock.daemon.private_db import (
+    PRIVATE_DIR_MODE,
+    chmod_private,
+    make_private_dirs,
+    open_private_db,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +47,6 @@ ENV_DB = "TWINLOCK_ENROL_DB"
 DB_NAME = "enrolment.db"
 
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 5000
-PRIVATE_DIR_MODE = 0o700
-PRIVATE_FILE_MODE = 0o600
 
 #: side of the thumbnails kept for people to look at (any size is accepted)
 THUMBNAIL_PX = 96
@@ -176,43 +179,18 @@ class EnrolmentStore:
         self.path = Path(path) if path is not None else default_path()
         self._conn: sqlite3.Connection | None = None
         folder = self.path.parent
-        created = _make_private_dirs(folder)
+        created = make_private_dirs(folder, EnrolmentError)
         if not created and self.path == default_path() and folder.name == "twinlock":
-            _chmod(folder, PRIVATE_DIR_MODE)  # our own folder: private even if made by hand
-        try:
-            # create the file ourselves so it is 0600 before SQLite writes a byte into it;
-            # SQLite gives the -wal and -shm files the database file's mode
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, PRIVATE_FILE_MODE))
-            _chmod(self.path, PRIVATE_FILE_MODE)
-            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000,
-                                   isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise EnrolmentError(f"cannot open enrolment store {self.path}: {exc}") from exc
-        try:
-            self._configure(conn)
-            self._migrate(conn)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise EnrolmentError(f"{self.path}: not a usable enrolment store ({exc})") from exc
-        except EnrolmentError:
-            conn.close()
-            raise
-        for suffix in ("-wal", "-shm"):
-            _chmod(Path(f"{self.path}{suffix}"), PRIVATE_FILE_MODE, missing_ok=True)
+            # our own folder: private even if made by hand
+            chmod_private(folder, PRIVATE_DIR_MODE, EnrolmentError)
+        # foreign keys: remove/rename cascade to every row; secure_delete: removed faces are
+        # overwritten, not left in free pages
+        conn = open_private_db(self.path, EnrolmentError, "enrolment store", self._migrate,
+                               pragmas=("foreign_keys = ON", "secure_delete = ON"))
         self._conn = conn
         logger.debug("enrolment store open: %s", self.path)
 
     # -- set-up ------------------------------------------------------------------------------
-
-    def _configure(self, conn: sqlite3.Connection) -> None:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA foreign_keys = ON")  # cascades: remove/rename reach every row
-        conn.execute("PRAGMA secure_delete = ON")  # removed faces are overwritten, not left
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise EnrolmentError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); keep the "
-                                 "store on a local file system")
-        conn.execute("PRAGMA synchronous = FULL")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -403,6 +381,15 @@ class EnrolmentStore:
         return [StoredSample(int(i), str(u), str(s), bytes(c), float(z))
                 for i, u, s, c, z in rows]
 
+    def stored_samples(self, user: str) -> list[StoredSample]:
+        """Every sample of one resident with its crop, oldest first (fine-tuning on them)."""
+        with self._tx() as conn:
+            stored = self._require_user(conn, user)
+            rows = conn.execute("SELECT id, user, source, crop, crop_zoom FROM samples "
+                                "WHERE user = ? ORDER BY id", (stored,)).fetchall()
+        return [StoredSample(int(i), str(u), str(s), bytes(c), float(z))
+                for i, u, s, c, z in rows]
+
     # -- anchors -----------------------------------------------------------------------------
 
     def set_anchor(self, sample_id: int, model_id: str, embedding: np.ndarray) -> None:
@@ -475,36 +462,3 @@ def _json_default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"a {type(value).__name__} is not JSON data")
-
-
-def _chmod(path: Path, mode: int, missing_ok: bool = False) -> None:
-    try:
-        os.chmod(path, mode)
-    except FileNotFoundError:
-        if not missing_ok:
-            raise EnrolmentError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise EnrolmentError(f"cannot make {path} private: {exc.strerror or exc}") from exc
-
-
-def _make_private_dirs(folder: Path) -> bool:
-    """Create ``folder`` and missing parents 0700; True if ``folder`` itself was created.
-
-    Existing parents may be shared places (a home folder, /tmp) that are not ours to change.
-    """
-    missing: list[Path] = []
-    probe = folder
-    while not probe.exists():
-        missing.append(probe)
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
-        except OSError as exc:
-            raise EnrolmentError(f"cannot create folder {path}: {exc.strerror or exc}") from exc
-        _chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode is cut by the umask
-    if not folder.is_dir():
-        raise EnrolmentError(f"{folder} is not a folder")
-    return bool(missing)
