@@ -109,6 +109,23 @@ class TFLiteModel:
         except Exception as exc:
             raise RuntimeBackendError(f"{self.path.name}: inference failed: {exc}") from exc
 
+    def first_quantize_scale(self) -> float | None:
+        """Scale of the QUANTIZE op fed by the first input, or None if there is none.
+
+        A model with float input and an int8 body rounds its pixels there; export checks that
+        the scale is 1, so whole-number pixels pass unchanged.
+        """
+        first = self.inputs[0].index
+        for op in self._interpreter._get_ops_details():
+            if op["op_name"] == "QUANTIZE" and first in list(op["inputs"]):
+                out = int(op["outputs"][0])
+                try:  # ai-edge-litert and TF >= 2.16 take a subgraph index, older ones do not
+                    details = self._interpreter._get_tensor_details(out, 0)
+                except TypeError:
+                    details = self._interpreter._get_tensor_details(out)
+                return float(details["quantization"][0])
+        return None
+
     def _dequantize(self, info: TensorInfo) -> np.ndarray:
         raw = self._interpreter.get_tensor(info.index)
         if info.quantized:

@@ -61,6 +61,33 @@ def test_export_is_small_int8_with_uint8_input_and_parity(exported_model: Path) 
     assert info.dtype == np.uint8 and info.scale == pytest.approx(1.0) and info.zero_point == 0
 
 
+def test_mixed_export_keeps_the_embedding_layer_float_and_pixels_exact(
+        trained_run: Path, exported_model: Path, orl_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--quantization mixed``: int8 convolutions, a float32 last fully connected layer (the
+    shipped model's form), float pixels quantized with scale 1; stdout stays the JSON report."""
+    from twinlock.trainer.crops import CropSpec, make_crops
+
+    out = tmp_path / "mixed"
+    capsys.readouterr()
+    assert main(["export", str(trained_run), "--out", str(out), "--quantization", "mixed"]) == 0
+    report = json.loads(capsys.readouterr().out)  # nothing else may reach stdout
+    assert report["quantization"] == "mixed" and report["auc_drop"] <= 0.01
+    assert json.loads((out / "model.json").read_text())["quantization"] == "mixed"
+    embedder = FaceEmbedder(out)
+    assert embedder.tower.inputs[0].dtype == np.float32
+    assert embedder.tower.first_quantize_scale() == pytest.approx(1.0)
+    ops = embedder.tower._interpreter._get_ops_details()
+    kinds = {op["op_name"]: op for op in ops}
+    assert kinds["CONV_2D"]["operand_types"][0] == np.int8
+    assert kinds["FULLY_CONNECTED"]["operand_types"][0] == np.float32
+    # the same faces give nearly the same embeddings as the full-integer export
+    paths = [orl_dir / f"s{p}" / f"{i}.pgm" for p in (35, 36) for i in (1, 2)]
+    crops = make_crops(paths, CropSpec(64), use_cache=False, progress=False).crops
+    mixed, full = embedder.embed(crops), FaceEmbedder(exported_model).embed(crops)
+    assert np.all(np.sum(mixed * full, 1) > 0.95)
+
+
 def test_label_one_means_same_person(exported_model: Path, orl_dir: Path) -> None:
     """Higher scores for two photos of one person than for photos of two people."""
     from twinlock.trainer.crops import CropSpec, make_crops

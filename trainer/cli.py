@@ -139,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "parity against Keras, calibrate thresholds, write a model folder.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
-    p.add_argument("--quantization", choices=("int8", "float32"), default="int8")
+    p.add_argument("--quantization", choices=("int8", "mixed", "float32"), default="int8",
+                   help="int8: full integer (smallest); mixed: int8 but the last fully connected "
+                   "layer float32, for towers that lose AUC in int8 there; float32")
     p.add_argument("--max-auc-drop", type=float, default=0.01)
     p = sub.add_parser("evaluate", help="measure an exported model on faces it never saw",
                        description="Evaluate an exported model through the daemon's runtime. With "
