@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from twinlock.daemon.errors import TwinLockError
 
 logger = logging.getLogger("twinlock")
+DB_HELP = "enrolment database (default $TWINLOCK_ENROL_DB or ~/.local/share/twinlock/enrolment.db)"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
 
 
@@ -21,7 +23,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a twin network on face folders",
                        description="Train a Siamese twin network (Koch et al. 2015) on folders of "
                        "faces (<root>/<person>/<image>, or the tutorial's anchor/positive/negative "
-                       "layout). Writes a run folder with checkpoints, curves and metrics.")
+                       "layout). Writes a run folder with checkpoints, curves and metrics. "
+                       "With --personalize: fine-tune a finished run on enrolled residents.")
     p.add_argument("--data", nargs="+", type=Path, help="dataset folder(s)")
     p.add_argument("--out", type=Path, help="run folder to create (default runs/<architecture>-<loss>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
@@ -35,10 +38,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3), default=0,
                    help="1 = grey (koch default), 3 = RGB (compact default)")
     p.add_argument("--embedding-dim", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--steps-per-epoch", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, help="default 30 (--personalize: 5)")
+    p.add_argument("--steps-per-epoch", type=int, help="default 200 (--personalize: 40)")
+    p.add_argument("--batch-size", type=int, help="default 32")
+    p.add_argument("--learning-rate", type=float, help="default 1e-3 (--personalize: 1e-4)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--patience", type=int, default=5, help="early stop after N epochs without "
                    "validation AUC gain")
@@ -58,12 +61,53 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", choices=("default", "mirrored"), default="default",
                    help="mirrored: tf.distribute over every local GPU")
     p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group(
+        "personalize", "Fine-tune a finished general run on enrolled residents' stored crops "
+        "(anchor/positive pairs, other people as negatives), export it, and report on held-out "
+        "photos whether it beats the general model. The general model stays the default.")
+    g.add_argument("--personalize", action="store_true",
+                   help="fine-tune --from RUN_DIR for the enrolled residents into --out NEW_RUN")
+    g.add_argument("--from", dest="from_run", type=Path, metavar="RUN_DIR",
+                   help="the general model's run folder (its tower.keras is the starting point)")
+    g.add_argument("--db", "--store", dest="db", type=Path, metavar="PATH", help=DB_HELP)
+    g.add_argument("--users", nargs="+", metavar="NAME", help="only these residents (default all)")
+    g.add_argument("--negatives", nargs="+", type=Path, metavar="DIR",
+                   help="other people's faces (default: the general run's --data folders)")
+    g.add_argument("--holdout-share", type=float, default=0.3,
+                   help="share of each resident's photos held out to test (default 0.3)")
+    g.add_argument("--general-share", type=float, default=1 / 3, metavar="SHARE",
+                   help="share of fine-tuning pairs from other people only, so the tower keeps "
+                   "telling strangers apart (default 1/3)")
+    g.add_argument("--general-model", type=Path, metavar="MODEL_DIR",
+                   help="the general run's exported model (default: export it into NEW_RUN)")
+    g.add_argument("--export", type=Path, metavar="MODEL_DIR",
+                   help="where to export the personalized model (default NEW_RUN/model)")
+
+
+#: what ``twinlock train`` uses when an option is not given (--personalize has its own)
+TRAIN_DEFAULTS = {"epochs": 30, "steps_per_epoch": 200, "batch_size": 32, "learning_rate": 1e-3}
+PERSONALIZE_ONLY = {"from_run": "--from", "db": "--db", "users": "--users",
+                    "negatives": "--negatives", "general_model": "--general-model",
+                    "export": "--export"}
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .train import TrainConfig, load_run_config, train
 
+    if args.personalize:
+        return _cmd_personalize(args, argv)
+    stray = [flag for name, flag in PERSONALIZE_ONLY.items() if getattr(args, name)]
+    if stray:
+        raise _usage(f"train: without --personalize, {', '.join(stray)} does not apply")
+    for name, default in TRAIN_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.resume:
+        from .personalize import is_personalized
+
+        if is_personalized(args.resume):
+            raise _usage(f"train: {args.resume} is a personalized run and cannot be resumed; "
+                         "run train --personalize again with another --out")
         cfg = load_run_config(args.resume)
         run_dir = args.resume
     else:
@@ -91,6 +135,33 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     result = train(cfg, run_dir, argv=argv, resume=bool(args.resume), progress=_tty())
     print(json.dumps(result, indent=2))
     print(f"run folder: {run_dir}", file=sys.stderr)
+    return 0
+
+
+def _cmd_personalize(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .personalize import PersonalizeOptions, personalize
+
+    if args.data or args.resume:
+        raise _usage("train --personalize: other people's faces go in --negatives DIR (default: "
+                     "the general run's data); --data and --resume do not apply")
+    if args.from_run is None or args.out is None:
+        raise _usage("train --personalize needs --from RUN_DIR (the general model's run) and "
+                     "--out NEW_RUN")
+    given = {name: value for name in TRAIN_DEFAULTS
+             if (value := getattr(args, name)) is not None}
+    opts = PersonalizeOptions(
+        from_run=args.from_run, out=args.out, db=args.db, users=args.users,
+        negatives=args.negatives, holdout_share=args.holdout_share,
+        general_share=args.general_share, augment=args.augment,
+        seed=args.seed, general_model=args.general_model, export_dir=args.export, **given)
+    # stdout is the report's: Keras (epoch logs) and TFLite export print there while working
+    with contextlib.redirect_stdout(sys.stderr):
+        report = personalize(opts, argv, progress=_tty())
+    print(json.dumps(report, indent=2))
+    verdict = "beats" if report["personalized_better"] else "does not beat"
+    print(f"personalized model {verdict} the general one on held-out photos "
+          f"({report['reason']})\n{report['note']}\nreport: {args.out / 'personalize_report.json'}",
+          file=sys.stderr)
     return 0
 
 
@@ -164,7 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identities", type=int, default=300, help="held-out people with 2+ images")
     p.add_argument("--pairs", type=int, default=1000, help="matched pairs (and as many mismatched)")
     p.add_argument("--seed", type=int, default=0)
-    db_help = "enrolment database (default $TWINLOCK_ENROL_DB or ~/.local/share/twinlock/enrolment.db)"
     p = sub.add_parser("enroll", help="enrol a resident from photos or a camera",
                        description="Turn a few photos of a person into anchors for a model: each "
                        "photo needs exactly one sharp, well-lit, large enough face; every "
@@ -175,13 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=5, help="camera: photos to keep (default 5)")
     p.add_argument("--timeout", type=float, default=60.0, help="camera: give up after seconds")
     p.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR")
-    p.add_argument("--db", type=Path, help=db_help)
+    p.add_argument("--db", type=Path, help=DB_HELP)
     p = sub.add_parser("users", help="list, remove or rename enrolled residents")
     p.add_argument("action", choices=("list", "remove", "rename"))
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--model", type=Path, metavar="MODEL_DIR", help="also count anchors for it")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--db", type=Path, help=db_help)
+    p.add_argument("--db", type=Path, help=DB_HELP)
     p = sub.add_parser("keygen", help="make the Ed25519 key pair that signs bundles")
     p.add_argument("--out", type=Path, default=Path("twinlock-signing"), metavar="PREFIX",
                    help="writes PREFIX.key (secret, 0600) and PREFIX.pub")
@@ -192,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", nargs="+", metavar="NAME", help="only these users (default all)")
     p.add_argument("--key", type=Path, required=True, metavar="KEY", help="private key (keygen)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE")
-    p.add_argument("--db", type=Path, help=db_help)
+    p.add_argument("--db", type=Path, help=DB_HELP)
     p = sub.add_parser("deploy", help="copy a bundle to the door and reload it",
                        description="Copy a bundle over OpenSSH (sftp; atomic rename on the door) "
                        "and ask the daemon to reload, or write it to a folder (an SD card).")

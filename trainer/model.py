@@ -130,12 +130,21 @@ def build_tower(architecture: str, input_size: int, channels: int, embedding_dim
     raise UsageError(f"unknown architecture {architecture!r}; use one of {ARCHITECTURES}")
 
 
-def build_twin(tower: keras.Model) -> keras.Model:
-    """Two image inputs, shared tower, L1 distance, Dense(1, sigmoid): P(same person)."""
+def build_twin(tower: keras.Model, unit_embeddings: bool = False) -> keras.Model:
+    """Two image inputs, shared tower, L1 distance, Dense(1, sigmoid): P(same person).
+
+    ``unit_embeddings``: L2-normalise both embeddings first, as the device does for towers whose
+    model says so (fine-tuning a CosFace tower as a twin must see the distances it will be
+    scored on).
+    """
     shape = tower.input_shape[1:]
     a = keras.Input(shape, name="crop_a")
     b = keras.Input(shape, name="crop_b")
-    distance = L1Distance(name="l1_distance")(tower(a), tower(b))
+    ea, eb = tower(a), tower(b)
+    if unit_embeddings:
+        norm = layers.UnitNormalization(axis=-1, name="unit_length")
+        ea, eb = norm(ea), norm(eb)
+    distance = L1Distance(name="l1_distance")(ea, eb)
     score = layers.Dense(1, activation="sigmoid", name="head")(distance)
     return keras.Model([a, b], score, name="twin")
 

@@ -78,6 +78,12 @@ class TrainConfig:
     detector: dict[str, Any] = field(default_factory=lambda: dataclasses.asdict(DetectorSpec()))
     holdout_pairs: str | None = None  # a pairs file whose people are never trained on
     max_identities: int = 0  # 0 = all; for quick runs on a subset of a large dataset
+    # people left out of training and validation after the split (matched by folder name,
+    # case-insensitive): enrolled residents whose photos also sit in a data folder
+    exclude_identities: list[str] = field(default_factory=list)
+    # unit-length embeddings; None = by the loss. A personalized twin (bce) keeps the setting of
+    # the tower it was fine-tuned from, so the device post-processes both alike.
+    unit_embeddings: bool | None = None
     strategy: str = "default"  # or "mirrored" (tf.distribute.MirroredStrategy)
     seed: int = 0
 
@@ -118,8 +124,9 @@ class TrainConfig:
 
     @property
     def l2_normalize(self) -> bool:
-        """Metric-learning losses train unit-length embeddings; the BCE twin does not."""
-        return self.loss != "bce"
+        """Metric-learning losses train unit-length embeddings; the BCE twin does not (unless
+        ``unit_embeddings`` says otherwise)."""
+        return self.loss != "bce" if self.unit_embeddings is None else self.unit_embeddings
 
     @property
     def crop_spec(self) -> CropSpec:
@@ -176,14 +183,36 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     if (counts >= 2).sum() < 2:
         raise DataError("training needs at least 2 people with 2 or more usable face images; "
                         f"found {(counts >= 2).sum()} in {', '.join(cfg.data)}")
-    train_ids, val_ids = split_identities(identities, cfg.val_fraction, cfg.seed,
-                                          counts={n: int(c) for n, c in zip(identities, counts)})
+    _, val_ids = split_identities(identities, cfg.val_fraction, cfg.seed,
+                                  counts={n: int(c) for n, c in zip(identities, counts)})
     val_set = {index[n] for n in val_ids}
     is_val = np.array([label in val_set for label in labels])
-    report["train_images"], report["val_images"] = int((~is_val).sum()), int(is_val.sum())
-    report["train_identities"], report["val_identities"] = len(train_ids), len(val_ids)
-    return PreparedData(crops.crops[ok], labels, identities, paths,
-                        np.flatnonzero(~is_val), np.flatnonzero(is_val), report)
+    keep = _not_excluded(identities, labels, cfg.exclude_identities, report)
+    train_idx, val_idx = np.flatnonzero(~is_val & keep), np.flatnonzero(is_val & keep)
+    val_counts = np.bincount(labels[val_idx], minlength=len(identities))
+    if cfg.exclude_identities and ((val_counts > 0).sum() < 2 or val_counts.max() < 2):
+        raise DataError(f"after leaving out {', '.join(report['identities_excluded'])}, "
+                        f"validation keeps {(val_counts > 0).sum()} people: it needs 2 or more, "
+                        "one of them with 2+ images")
+    report["train_images"], report["val_images"] = len(train_idx), len(val_idx)
+    report["train_identities"] = len(np.unique(labels[train_idx]))
+    report["val_identities"] = len(np.unique(labels[val_idx]))
+    return PreparedData(crops.crops[ok], labels, identities, paths, train_idx, val_idx, report)
+
+
+def _not_excluded(identities: list[str], labels: np.ndarray, exclude: Sequence[str],
+                  report: dict[str, Any]) -> np.ndarray:
+    """Mask of images whose identity is not in ``exclude`` (by folder name, ignoring case); the
+    identities dropped go into ``report``."""
+    if not exclude:
+        return np.ones(len(labels), dtype=bool)
+    wanted = {name.casefold() for name in exclude}
+    dropped = [i for i, name in enumerate(identities) if name.split("/")[-1].casefold() in wanted]
+    report["identities_excluded"] = [identities[i] for i in dropped]
+    if dropped:
+        logger.info("left out of training and validation: %s", ", ".join(
+            report["identities_excluded"]))
+    return ~np.isin(labels, dropped)
 
 
 def attach_teacher(cfg: TrainConfig, data: PreparedData, progress: bool = True) -> None:
