@@ -30,7 +30,6 @@ state_dir: $PWD/$OUT/door/state
 model: {source: bundle, public_key: $PWD/$OUT/signing.pub}
 camera: {type: replay, source: $MEDIA/short_hamilton_clip.mp4, realtime: true}
 action: {type: gpio, pin: 17, pulse_seconds: 1.0, cooldown_seconds: 3.0}
-verification: {threshold_name: far_1e-02}  # the shipped default is far_1e-03: see README "Limits"
 service: {max_fps: 30}
 audit: {db: $PWD/$OUT/door/state/audit.db}
 YAML

@@ -45,9 +45,10 @@ def write_config(path: Path, state: Path, model_dir: Path, gallery: Path, source
         "action": {"type": "gpio", "pin": 17, "pulse_seconds": 0.5, "cooldown_seconds": 1.0},
         "audit": {"db": str(state / "audit.db")},
         "service": {"max_fps": 30, "status_interval_s": 0.5},
-        # FAR 1e-2, the calibrated threshold at which the shipped model opens the door for a
-        # one-photo enrolment on this clip; the stricter default (far_1e-03) does not yet
-        # (issue 3 is still improving the model).
+        # FAR 1e-2: with real-time pacing the camera drops the frames a slow machine cannot
+        # keep up with (under aarch64 emulation, most of them), and the door must still open.
+        # The shipped default, far_1e-03, is tested with every frame seen
+        # (test_daemon_e2e.py::test_the_shipped_threshold_opens_only_for_the_enrolled_person).
         "verification": {"threshold_name": "far_1e-02"},
     }
     for section, values in overrides.items():

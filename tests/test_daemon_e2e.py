@@ -125,3 +125,29 @@ def _paths(tmp_path: Path, config: Path) -> tuple[Path, Path, str]:
 
     cfg = yaml.safe_load(config.read_text())
     return Path(cfg["model"]["dir"]), Path(cfg["model"]["gallery"]), cfg["camera"]["source"]
+
+
+def test_the_shipped_threshold_opens_only_for_the_enrolled_person(
+        door: Path, mock_pins: MockFactory, tmp_path: Path) -> None:
+    """config.yaml's own threshold (calibrated for FAR 1e-3), every frame of the clip seen (no
+    real-time pacing, so a slow or emulated machine drops none): the door opens, and only while
+    the enrolled person is on screen."""
+    import yaml
+
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
+    threshold = shipped["verification"]["threshold_name"]
+    assert threshold == "far_1e-03"
+    write_config(door, tmp_path / "state", *_paths(tmp_path, door),
+                 camera={"realtime": False}, verification={"threshold_name": threshold})
+    daemon = RecordingDaemon(door)
+    assert daemon.run() == 0
+    assert len(daemon.seen) == 275, "every frame was handled"
+    pin = mock_pins.pin(17)
+    assert pin.state is False
+    highs = pulses(pin)
+    with AuditLog(tmp_path / "state" / "audit.db") as audit:
+        unlocks = audit.query(event="unlock")
+    assert unlocks, "the door never opened for the enrolled person at the shipped threshold"
+    assert len(unlocks) == len(highs)
+    assert all(r.user == "lin" and r.frame in MIRANDA_FRAMES for r in unlocks), \
+        [(r.user, r.frame) for r in unlocks]
