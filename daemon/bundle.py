@@ -714,8 +714,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_file_synced(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+def _fill_synced(fd: int, data: bytes, mode: int) -> None:
+    """Give the open file ``fd`` its mode and ``data``, on disk before returning; closes it."""
     with os.fdopen(fd, "wb") as handle:
         os.fchmod(handle.fileno(), mode)
         handle.write(data)
@@ -723,16 +723,16 @@ def _write_file_synced(path: Path, data: bytes, mode: int) -> None:
         os.fsync(handle.fileno())
 
 
+def _write_file_synced(path: Path, data: bytes, mode: int) -> None:
+    _fill_synced(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), data, mode)
+
+
 def _atomic_write(path: Path, data: bytes, mode: int) -> None:
     """Temp file beside ``path``, fsync, rename over it, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _fill_synced(fd, data, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -746,11 +746,7 @@ def _write_new_file(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _fill_synced(fd, data, mode)
         try:
             os.link(tmp, path)
         except FileExistsError:

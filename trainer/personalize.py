@@ -460,12 +460,16 @@ def compare(general_dir: Path, personal_dir: Path, users: Sequence[UserSplit],
         raise DataError("no impostor pairs to measure: the negatives' validation people and the "
                         "other residents are missing")
     scores: dict[str, np.ndarray] = {}
+    framed: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}  # both models share one
     for name, embedder in models.items():
-        size, zoom = embedder.meta.input_size, embedder.meta.alignment_zoom
-        anchors = embedder.embed(np.concatenate(
-            [user_crops(u.train, size, zoom)[0] for u in users]))
-        probes = embedder.embed(np.concatenate(
-            [user_crops(u.held_out, size, zoom)[0] for u in users] + [stranger_crops]))
+        key = (embedder.meta.input_size, embedder.meta.alignment_zoom)
+        if key not in framed:
+            framed[key] = (
+                np.concatenate([user_crops(u.train, *key)[0] for u in users]),
+                np.concatenate([user_crops(u.held_out, *key)[0] for u in users]
+                               + [stranger_crops]))
+        anchor_crops, probe_crops = framed[key]
+        anchors, probes = embedder.embed(anchor_crops), embedder.embed(probe_crops)
         scores[name] = embedder.pair_scores(probes[pairs.probe], anchors[pairs.anchor])
     thresholds = {f"{name} {key}": value for name, embedder in models.items()
                   for key, value in sorted(embedder.meta.thresholds.items())
