@@ -1,4 +1,4 @@
-"""``twinlockd``: the device command line (run, check-config, verify, log)."""
+"""``twinlockd``: the device command line (run, relay-off, check-config, verify, log, ...)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if signal.SIGHUP in early:
         daemon.reload_requested.set()
     return daemon.run()
+
+
+def _cmd_relay_off(args: argparse.Namespace) -> int:
+    """Drive the relay inactive and let go of the pin: the unit's ExecStopPost=.
+
+    It runs after every stop, including a crash or ``kill -9`` in the middle of a pulse, and
+    needs only the config's action section: a broken model, camera or audit setting must not
+    leave the door open. Imports nothing but the config schema and gpiozero.
+    """
+    from .actions import GpioAction
+    from .config import GpioActionConfig, load_action_config
+
+    action = load_action_config(args.config)
+    if not isinstance(action, GpioActionConfig):
+        print(f"relay-off: action is {action.type!r}, not gpio: no relay to switch off")
+        return 0
+    relay = GpioAction(action.pin, action.active_high, action.pulse_seconds)
+    relay.close()
+    print(f"relay-off: GPIO{action.pin} driven inactive "
+          f"({'low' if action.active_high else 'high'})")
+    return 0
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -167,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("run", help="run the door (what systemd starts)")
     _config_arg(p)
+    p = sub.add_parser("relay-off", help="switch the relay off (the unit's ExecStopPost=); "
+                       "reads only the config's action section")
+    _config_arg(p)
     p = sub.add_parser("check-config", help="validate a config file (exit 2 when invalid)")
     p.add_argument("file", nargs="?", type=Path, metavar="FILE")
     _config_arg(p)
@@ -196,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "verify": _cmd_verify,
-            "log": _cmd_log, "check-bundle": _cmd_check_bundle,
+COMMANDS = {"run": _cmd_run, "relay-off": _cmd_relay_off, "check-config": _cmd_check_config,
+            "verify": _cmd_verify, "log": _cmd_log, "check-bundle": _cmd_check_bundle,
             "install-bundle": _cmd_install_bundle, "rollback": _cmd_rollback}
 
 

@@ -70,6 +70,7 @@ __all__ = [
     "SnapshotsConfig",
     "VerificationConfig",
     "dump_defaults",
+    "load_action_config",
     "load_config",
     "parse_config",
 ]
@@ -871,15 +872,30 @@ def load_config(path: Path | str | None = None) -> Config:
     ``None`` means ``DEFAULT_CONFIG_PATH``, and only there does a missing file mean the
     defaults: a path the user names must exist.
     """
+    path = _named_or_default(path)
     if path is None:
-        if not DEFAULT_CONFIG_PATH.exists():
-            logger.warning("no %s: using the built-in defaults", DEFAULT_CONFIG_PATH)
-            return Config()
-        path = DEFAULT_CONFIG_PATH
-    path = Path(path)
+        return Config()
     source = str(path)
+    config = parse_config(_read_text(path, source), source, base_dir=path.absolute().parent)
+    logger.debug("loaded config from %s", source)
+    return config
+
+
+def _named_or_default(path: Path | str | None) -> Path | None:
+    """The file to read; None (use the defaults) only when none is named and the default
+    path does not exist."""
+    if path is not None:
+        return Path(path)
+    if DEFAULT_CONFIG_PATH.exists():
+        return DEFAULT_CONFIG_PATH
+    logger.warning("no %s: using the built-in defaults", DEFAULT_CONFIG_PATH)
+    return None
+
+
+def _read_text(path: Path, source: str) -> str:
+    """The file as UTF-8 text; ConfigError (one line) when it cannot be read as such."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         _raise([ConfigProblem(None, "", "config file not found", NO_VALUE, source)])
     except IsADirectoryError:
@@ -892,9 +908,36 @@ def load_config(path: Path | str | None = None) -> Config:
         _raise([ConfigProblem(
             None, "", f"cannot read: {exc.strerror or exc}", NO_VALUE, source
         )])
-    config = parse_config(text, source, base_dir=path.absolute().parent)
-    logger.debug("loaded config from %s", source)
-    return config
+
+
+class _ActionOnly(BaseModel):
+    """The ``action`` section alone; every other section is ignored, however broken."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    action: Annotated[ActionConfig, _section("gpio")] = Field(default_factory=GpioActionConfig)
+
+
+def load_action_config(path: Path | str | None = None) -> ActionConfig:
+    """Only the ``action`` section of a config file, for ``twinlockd relay-off``.
+
+    Switching the relay off after a crash must not depend on the model, camera or any other
+    section being valid: a config that breaks anywhere else still yields its relay pin. The file
+    must still be YAML with a valid ``action`` section (else ConfigError, one line per problem).
+    """
+    path = _named_or_default(path)
+    if path is None:
+        return GpioActionConfig()
+    source = str(path)
+    located = _read_yaml(_read_text(path, source), source)
+    data = located.data if isinstance(located.data, Mapping) else {}
+    section = data.get("action")
+    try:
+        only = _ActionOnly.model_validate(
+            {"action": section}, context={"base_dir": path.absolute().parent})
+    except ValidationError as exc:
+        _raise([_problem(error, located, source) for error in exc.errors()])
+    return only.action
 
 
 def dump_defaults() -> str:

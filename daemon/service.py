@@ -273,12 +273,18 @@ class Daemon:
         self.notifier = notifier or Notifier.from_env()
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
-        self.audit = AuditLog(self.cfg.audit.db)
-        self.audit.prune(self.cfg.audit.retention_days)
         self.matcher: Matcher | None = None
+        # The relay first: claiming the pin drives it inactive, so a relay left on by a crashed
+        # run goes off even when what follows (audit DB, camera, model) fails.
         self.action = build_action(self.cfg, self._action_event)
-        self.camera = self._camera()
-        self.door = self._door()
+        try:
+            self.audit = AuditLog(self.cfg.audit.db)
+            self.audit.prune(self.cfg.audit.retention_days)
+            self.camera = self._camera()
+            self.door = self._door()
+        except BaseException:
+            self.action.close()
+            raise
         self._watchdog_period = watchdog_interval() if self.cfg.service.watchdog else None
         self._last_ping = 0.0
         self._faults: dict[str, tuple[float, int]] = {}

@@ -131,6 +131,9 @@ def test_unit_has_the_settings_the_daemon_relies_on() -> None:
                                   "/etc/twinlock/config.yaml"
     assert one["ExecStart"] == "/opt/twinlock/venv/bin/twinlockd run --config " \
                                "/etc/twinlock/config.yaml"
+    # the relay goes off after every stop, even after kill -9 in a pulse (tests/test_relay_off.py)
+    assert one["ExecStopPost"] == "/opt/twinlock/venv/bin/twinlockd relay-off --config " \
+                                  "/etc/twinlock/config.yaml"
     assert (one["WatchdogSec"], one["Restart"], one["RestartSec"]) == ("30", "on-failure", "5")
     assert (one["User"], one["SupplementaryGroups"]) == ("twinlock", "video gpio")
     assert (one["StateDirectory"], one["StateDirectoryMode"]) == ("twinlock", "0700")
