@@ -489,11 +489,20 @@ class LockoutConfig(_Section):
     max_failures: int = Field(
         5, ge=1, le=1000, description="failed attempts within window_seconds that lock"
     )
+    max_failed_frames: int = Field(
+        150, ge=1, le=100_000,
+        description="face-frames that verified nobody within window_seconds that lock (an "
+        "attacker without gaps spends frames, not attempts)",
+    )
     window_seconds: float = Field(
         60.0, gt=0, le=86400, description="seconds over which failures are counted"
     )
     lockout_seconds: float = Field(
         300.0, gt=0, le=86400, description="seconds during which nobody is verified"
+    )
+    attempt_seconds: float = Field(
+        15.0, ge=1, le=600,
+        description="an attempt without a match is cut after this long; each cut is a failure",
     )
 
 

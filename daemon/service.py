@@ -46,8 +46,6 @@ from .verify import AgreementWindow, Attempt, FrameVerdict, Lockout, Verifier
 
 logger = logging.getLogger(__name__)
 
-#: a visitor's attempt is cut after this long, so one long stay counts as several attempts
-ATTEMPT_MAX_SECONDS = 15.0
 #: the same fault message is written to the audit log at most once per this many seconds
 FAULT_REPEAT_SECONDS = 60.0
 
@@ -173,7 +171,9 @@ class Door:
                  snapshots: SnapshotStore | None) -> None:
         v, lk = cfg.verification, cfg.lockout
         self.window = AgreementWindow(v.frames_required, v.frame_window, v.window_seconds)
-        self.lockout = Lockout(lk.enabled, lk.max_failures, lk.window_seconds, lk.lockout_seconds)
+        self.lockout = Lockout(lk.enabled, lk.max_failures, lk.window_seconds, lk.lockout_seconds,
+                               lk.max_failed_frames)
+        self.attempt_seconds = lk.attempt_seconds
         self.idle_seconds = v.window_seconds
         self.cooldown_seconds = cfg.action.cooldown_seconds
         self.action, self.audit, self.snapshots = action, audit, snapshots
@@ -198,7 +198,9 @@ class Door:
             if agreed is not None:
                 self._agreed(now, frame, agreed, verdict)
                 return
-        if self.attempt is not None and now - self.attempt.started > ATTEMPT_MAX_SECONDS:
+            if verdict.user is None and self.lockout.failed_frame(now):
+                self._locked_out()
+        if self.attempt is not None and now - self.attempt.started > self.attempt_seconds:
             self._end_attempt("not recognised within the attempt time")
 
     def tick(self, now: float) -> None:
@@ -254,10 +256,14 @@ class Door:
             except (OSError, TwinLockError) as exc:
                 logger.warning("snapshot not saved: %s", exc)
         if self.lockout.failure(attempt.last_seen):
-            self.audit.record("lockout", "deny", f"{self.lockout.max_failures} failed attempts "
-                              f"within {self.lockout.window_seconds:g} s",
-                              details={"lockout_seconds": self.lockout.lockout_seconds})
-            logger.warning("lockout for %.0f s", self.lockout.lockout_seconds)
+            self._locked_out()
+
+    def _locked_out(self) -> None:
+        """A lockout just started: say why, once."""
+        self.audit.record("lockout", "deny", self.lockout.reason,
+                          details={"lockout_seconds": self.lockout.lockout_seconds})
+        logger.warning("lockout for %.0f s: %s", self.lockout.lockout_seconds,
+                       self.lockout.reason)
 
     @staticmethod
     def _details(attempt: Attempt) -> dict[str, Any]:

@@ -127,28 +127,51 @@ class Attempt:
 
 @dataclass
 class Lockout:
-    """After ``max_failures`` failed attempts within ``window_seconds``, refuse every unlock for
-    ``lockout_seconds``: slows down anyone trying photo after photo."""
+    """Refuse every unlock for ``lockout_seconds`` after ``max_failures`` failed attempts, or
+    ``max_failed_frames`` face-frames that verified nobody, within ``window_seconds``.
+
+    Attempts alone are not enough: an attacker who never lets the face leave the camera makes
+    one attempt per ``attempt_seconds``, so a few failed attempts can span more than the window
+    while every frame in between was a new guess. Frames are what an attacker spends, so they
+    are counted too.
+    """
 
     enabled: bool
     max_failures: int
     window_seconds: float
     lockout_seconds: float
+    max_failed_frames: int | None = None
     _failures: deque[float] = field(default_factory=deque)
+    _failed_frames: deque[float] = field(default_factory=deque)
     until: float = 0.0
+    #: why the current (or last) lockout started
+    reason: str = ""
 
     def locked(self, now: float) -> bool:
         return self.enabled and now < self.until
 
     def failure(self, now: float) -> bool:
         """Count a failed attempt; True when this one starts a lockout."""
-        if not self.enabled:
+        return self._count(self._failures, now, self.max_failures,
+                           f"{self.max_failures} failed attempts")
+
+    def failed_frame(self, now: float) -> bool:
+        """Count a face-frame that verified nobody; True when this one starts a lockout."""
+        if self.max_failed_frames is None:
             return False
-        self._failures.append(now)
-        while self._failures and now - self._failures[0] > self.window_seconds:
-            self._failures.popleft()
-        if len(self._failures) >= self.max_failures and not self.locked(now):
-            self.until = now + self.lockout_seconds
-            self._failures.clear()
-            return True
-        return False
+        return self._count(self._failed_frames, now, self.max_failed_frames,
+                           f"{self.max_failed_frames} unrecognised face-frames")
+
+    def _count(self, events: deque[float], now: float, limit: int, what: str) -> bool:
+        if not self.enabled or self.locked(now):
+            return False  # during a lockout nothing can open anyway; it is not extended
+        events.append(now)
+        while events and now - events[0] > self.window_seconds:
+            events.popleft()
+        if len(events) < limit:
+            return False
+        self.until = now + self.lockout_seconds
+        self.reason = f"{what} within {self.window_seconds:g} s"
+        self._failures.clear()
+        self._failed_frames.clear()
+        return True

@@ -1,0 +1,125 @@
+"""The lockout holds against a gapless stream of strangers, and the resident waits it out.
+
+Fast tests drive the real ``Door`` (real audit log in SQLite, the log action) with a fake clock;
+one test replays 400 different LFW strangers' faces, then the enrolled resident, through the real
+daemon.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, write_config
+
+from twinlock.daemon.actions import LogAction
+from twinlock.daemon.audit import AuditLog
+from twinlock.daemon.camera import Frame
+from twinlock.daemon.config import Config, parse_config
+from twinlock.daemon.service import Daemon, Door
+from twinlock.daemon.verify import FrameVerdict, Lockout
+
+FPS = 15.0
+STRANGER = FrameVerdict(None, "lin", 0.2, 0.0)
+RESIDENT = FrameVerdict("lin", "lin", 0.9, 1.0)
+
+
+def door(tmp_path: Path, **lockout: object) -> tuple[Door, LogAction, AuditLog]:
+    cfg = parse_config(yaml.safe_dump({"action": {"type": "log", "cooldown_seconds": 5},
+                                       "lockout": lockout}))
+    action, audit = LogAction(), AuditLog(tmp_path / "audit.db")
+    return Door(cfg, action, audit, None), action, audit
+
+
+def feed(d: Door, start: float, frames: int, verdict: FrameVerdict, fps: float = FPS) -> float:
+    """``frames`` evaluated faces, ``1/fps`` apart and without gaps; returns the next time."""
+    image = np.zeros((8, 8, 3), np.uint8)
+    for i in range(frames):
+        now = start + i / fps
+        d.tick(now)
+        d.observe(now, Frame(image, index=i), verdict, None)
+    return start + frames / fps
+
+
+def test_failed_frames_without_gaps_lock_and_thin_ones_do_not() -> None:
+    lockout = Lockout(True, 5, 60.0, 300.0, max_failed_frames=150)
+    started = [i for i in range(400) if lockout.failed_frame(1000.0 + i / FPS)]
+    assert started == [149] and lockout.locked(1000.0 + 400 / FPS)
+    assert "150 unrecognised face-frames within 60 s" in lockout.reason
+    thin = Lockout(True, 5, 60.0, 300.0, max_failed_frames=150)
+    assert not any(thin.failed_frame(1000.0 + i * 0.5) for i in range(2000))  # 2 a second
+
+
+def test_a_stream_of_strangers_locks_out_the_resident_until_it_expires(tmp_path: Path) -> None:
+    d, action, audit = door(tmp_path)
+    t = feed(d, 1000.0, 400, STRANGER)  # 400 strangers in 27 s, one after another
+    t = feed(d, t, 30, RESIDENT)
+    assert action.calls == [], "the resident opened the door right after the strangers"
+    lockouts = audit.query(event="lockout")
+    assert len(lockouts) == 1 and "unrecognised face-frames" in lockouts[0].reason
+    assert any("locked out" in r.reason for r in audit.query(event="deny"))
+    feed(d, d.lockout.until + 0.1, 30, RESIDENT)  # after the lockout: in
+    assert len(action.calls) == 1
+
+
+def test_attempt_length_is_a_config_key_and_each_cut_counts(tmp_path: Path) -> None:
+    """One face in view without a match for 60 s, at one frame a second: attempts are cut every
+    ``attempt_seconds`` and five cuts within the window lock (the frame budget never fills)."""
+    d, _action, audit = door(tmp_path, attempt_seconds=5, window_seconds=30,
+                            max_failed_frames=100_000)
+    feed(d, 1000.0, 60, STRANGER, fps=1.0)
+    denies = [r for r in audit.query(event="deny")
+              if r.reason == "not recognised within the attempt time"]
+    assert len(denies) >= 5
+    lockouts = audit.query(event="lockout")
+    assert len(lockouts) == 1 and "5 failed attempts within 30 s" in lockouts[0].reason
+
+
+def test_the_defaults_count_frames() -> None:
+    lk = Config().lockout
+    assert (lk.max_failed_frames, lk.attempt_seconds) == (150, 15.0)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_replayed_strangers_without_gaps_lock_out_the_resident(
+        tmp_path: Path, door_model: Path, examples_dir: Path, lfw_dir: Path) -> None:
+    """400 different people's faces back to back, then the enrolled resident: no unlock. The
+    same replay with the lockout off lets the resident in (the refusal is the lockout's)."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    people = sorted(p for p in lfw_dir.iterdir() if p.is_dir())[:400]
+    for i, person in enumerate(people):
+        (frames / f"{i:04d}.jpg").symlink_to(min(person.glob("*.jpg")))
+    video = cv2.VideoCapture(str(examples_dir / CLIP))
+    index = 0
+    while True:
+        ok, image = video.read()
+        if not ok:
+            break
+        if index in MIRANDA_FRAMES and index % 2 == 0:
+            cv2.imwrite(str(frames / f"{400 + index:04d}.png"), image)
+        index += 1
+    video.release()
+    enrol_miranda(door_model, examples_dir, tmp_path / "gallery.json")
+
+    def replay(name: str, **lockout: object) -> AuditLog:
+        state = tmp_path / name
+        config = write_config(tmp_path / f"{name}.yaml", state, door_model,
+                              tmp_path / "gallery.json", str(frames), camera={"realtime": False},
+                              action={"type": "log"}, lockout=lockout)
+        assert Daemon(config).run() == 0
+        return AuditLog(state / "audit.db")
+
+    with replay("locked") as audit:
+        lockouts = audit.query(event="lockout")
+        unlocks = audit.query(event="unlock")
+        refused = [r for r in audit.query(event="deny") if "locked out" in r.reason]
+    assert lockouts and "unrecognised face-frames" in lockouts[0].reason
+    assert not unlocks, [(r.user, r.frame) for r in unlocks]
+    assert refused and all(r.user == "lin" for r in refused)
+    with replay("control", enabled=False) as audit:
+        assert [r.user for r in audit.query(event="unlock")][:1] == ["lin"]
