@@ -9,7 +9,8 @@ A bundle (``*.twinlock``) is an uncompressed POSIX ustar archive whose members a
     gallery.json         the enrolled users' anchors, made with that model_id
 
 The manifest names every content file with its sha256 and size, so one signature covers all of
-them. The host writes bundles (``write_bundle``); the door checks them (``verify_bundle``) before
+them. Its ``sequence`` (the writing time in microseconds unless given) orders bundles: a door
+never installs one older than its current bundle, except through ``rollback``. The host writes bundles (``write_bundle``); the door checks them (``verify_bundle``) before
 anything is unpacked or installed, and keeps the previous good bundle for ``rollback``.
 
 Version-1 bundles are canonical, and the verifier is strict about layout as well as content:
@@ -65,6 +66,8 @@ MAX_MEMBER_SIZE = 64 * 1024 * 1024
 #: cap on the whole file, checked before it is read into memory
 MAX_BUNDLE_SIZE = len(MEMBER_ORDER) * (MAX_MEMBER_SIZE + 1024) + 64 * 1024
 KEY_ID_LENGTH = 16
+#: the largest bundle sequence (fits SQLite's and JSON readers' 64-bit integers)
+MAX_SEQUENCE = 2**63 - 1
 
 CURRENT_NAME = "current" + BUNDLE_SUFFIX
 PREVIOUS_NAME = "previous" + BUNDLE_SUFFIX
@@ -176,8 +179,12 @@ def canonical_json(data: dict[str, Any]) -> bytes:
 
 
 def write_bundle(model_dir: str | Path, gallery_path: str | Path, private_key_path: str | Path,
-                 out_path: str | Path) -> dict[str, Any]:
+                 out_path: str | Path, sequence: int | None = None) -> dict[str, Any]:
     """Pack a model folder and a gallery into one signed bundle; return its manifest.
+
+    ``sequence`` (signed, default: the time of writing in microseconds since the epoch) orders
+    bundles: a door refuses one lower than its current bundle's, so yesterday's bundle, replayed,
+    cannot bring back a resident removed since.
 
     Refuses a gallery enrolled with another model (its anchors would live in another embedding
     space). Each file is read once, so the bytes hashed are the bytes packed. The result is
@@ -204,11 +211,18 @@ def write_bundle(model_dir: str | Path, gallery_path: str | Path, private_key_pa
         METADATA_MEMBER: _read_member_source(model_dir / METADATA_FILE),
         GALLERY_MEMBER: _read_member_source(gallery_path),
     }
-    now = datetime.now(UTC).replace(microsecond=0)
+    stamp = datetime.now(UTC)
+    now = stamp.replace(microsecond=0)
+    if sequence is None:
+        sequence = int(stamp.timestamp() * 1_000_000)
+    if type(sequence) is not int or not 0 <= sequence <= MAX_SEQUENCE:
+        raise BundleError(f"bundle sequence must be an integer 0..{MAX_SEQUENCE}, not "
+                          f"{sequence!r}")
     manifest: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
         "created": now.isoformat(),
+        "sequence": sequence,
         "model_id": meta.model_id,
         "users": list(gallery.users),
         "key_id": key_id(key),
@@ -286,6 +300,12 @@ class VerifiedBundle:
         return list(self.manifest["users"])
 
     @property
+    def sequence(self) -> int:
+        """The signed order of this bundle: its ``sequence``, or for bundles written before
+        there was one, its ``created`` time in microseconds (the same scale)."""
+        return manifest_sequence(self.manifest)
+
+    @property
     def bundle_id(self) -> str:
         """``<model_id>-<digest[:12]>``: the folder name an unpacked copy gets."""
         return f"{self.model_id}-{self.digest[:12]}"
@@ -297,10 +317,18 @@ class VerifiedBundle:
             "model_id": self.model_id,
             "users": self.users,
             "created": self.manifest.get("created"),
+            "sequence": self.sequence,
             "key_id": self.key_id,
             "manifest_sha256": self.digest,
             "files": {name: dict(entry) for name, entry in self.manifest["files"].items()},
         }
+
+
+def manifest_sequence(manifest: dict[str, Any]) -> int:
+    """A checked manifest's order: ``sequence``, else ``created`` in microseconds."""
+    if "sequence" in manifest:
+        return int(manifest["sequence"])
+    return int(datetime.fromisoformat(manifest["created"]).timestamp() * 1_000_000)
 
 
 def verify_bundle(path: str | Path, public_key_path: str | Path) -> VerifiedBundle:
@@ -524,8 +552,20 @@ def _parse_manifest(manifest_bytes: bytes, source: str) -> dict[str, Any]:
         problems.append("users is not a list of names")
     if not isinstance(manifest.get("key_id"), str):
         problems.append("key_id is missing")
-    if not isinstance(manifest.get("created"), str):
+    created = manifest.get("created")
+    if not isinstance(created, str):
         problems.append("created is missing")
+    elif "sequence" not in manifest:
+        try:
+            if datetime.fromisoformat(created).tzinfo is None:
+                problems.append(f"created {created[:40]!r} has no time zone")
+        except ValueError:
+            problems.append(f"created {created[:40]!r} is not an ISO 8601 time")
+    if "sequence" in manifest:
+        sequence = manifest["sequence"]
+        if type(sequence) is not int or not 0 <= sequence <= MAX_SEQUENCE:
+            problems.append(f"sequence {str(sequence)[:40]!r} is not an integer "
+                            f"0..{MAX_SEQUENCE}")
     files = manifest.get("files")
     if not isinstance(files, dict) or sorted(files) != sorted(CONTENT_MEMBERS):
         problems.append(f"files must list exactly {list(CONTENT_MEMBERS)}")
@@ -643,7 +683,8 @@ def install_bundle(bundle_path: str | Path, public_key_path: str | Path,
                    state_dir: str | Path) -> Path:
     """Verify a bundle and make it ``current``, keeping the one it replaces as ``previous``.
 
-    A bundle that fails verification changes nothing. The bytes installed are the bytes that
+    A bundle that fails verification changes nothing, and so does one whose signed sequence is
+    lower than the current bundle's (only :func:`rollback` goes back). The bytes installed are the bytes that
     were verified. Each step is an atomic replace of a fsynced file, so after a power cut
     ``current`` is always one complete, good bundle (the old or the new one).
     """
@@ -659,6 +700,8 @@ def install_bundle(bundle_path: str | Path, public_key_path: str | Path,
             logger.info("bundle %s is already current", verified.bundle_id)
             return current
         if old is not None:
+            _refuse_older(verified, old, public_key, str(bundle_path), current)
+        if old is not None:
             _atomic_write(previous, old, 0o600)
         _atomic_write(current, data, 0o600)
     except OSError as exc:
@@ -667,6 +710,27 @@ def install_bundle(bundle_path: str | Path, public_key_path: str | Path,
                 verified.model_id, len(verified.users), verified.key_id,
                 "; kept the one before as previous" if old is not None else "")
     return current
+
+
+def _refuse_older(new: VerifiedBundle, old: bytes, public_key: Ed25519PublicKey, source: str,
+                  current: Path) -> None:
+    """BundleError unless ``new`` comes after the installed bundle. Going back is what
+    ``twinlockd rollback`` is for; a replayed old bundle would undo what changed since (a
+    resident removed, a key rotated). A damaged current bundle orders nothing."""
+    try:
+        installed = _verify_data(old, public_key, str(current))
+    except BundleError as exc:
+        logger.warning("the installed bundle does not verify (%s): replacing it", exc)
+        return
+    if new.sequence < installed.sequence:
+        raise BundleError(
+            f"{source}: older than the installed bundle (sequence {new.sequence}, created "
+            f"{new.manifest['created']}; installed: {installed.sequence}, created "
+            f"{installed.manifest['created']}): refusing to go back. To return to the previous "
+            "bundle on purpose, run 'twinlockd rollback' on the door")
+    if new.sequence == installed.sequence:
+        raise BundleError(f"{source}: same sequence {new.sequence} as the installed bundle "
+                          f"{installed.bundle_id} but different contents: refusing it")
 
 
 def rollback(state_dir: str | Path, public_key_path: str | Path) -> Path:

@@ -626,3 +626,67 @@ def test_trainer_keygen_and_make_bundle(door: Door, tmp_path: Path,
     assert summary["key_id"] == keys["key_id"] == verified.key_id
     assert summary["sha256"] == file_sha256(out) and summary["bytes"] == out.stat().st_size
     assert summary["users"] == ["alice", "bob"]
+
+
+# ------------------------------------------------------------------------------------------
+# replay of an older bundle
+
+
+def test_a_replayed_older_bundle_is_refused_and_only_rollback_goes_back(
+        door: Door, tmp_path: Path) -> None:
+    """Yesterday's bundle still holds bob, removed since: dropped into the door's drop folder
+    again, it is refused with the reason, and bob stays out until an administrator rolls back."""
+    from twinlock.daemon.audit import AuditLog
+    from twinlock.daemon.config import parse_config
+    from twinlock.daemon.service import pick_up_incoming
+
+    make_gallery(door.meta.model_id, door.meta.embedding_dim, ["alice"], seed=5).save(
+        tmp_path / "without-bob.json")
+    yesterday, today = tmp_path / "yesterday.twinlock", tmp_path / "today.twinlock"
+    b.write_bundle(door.model_dir, door.gallery_path, door.key, yesterday, sequence=100)
+    b.write_bundle(door.model_dir, tmp_path / "without-bob.json", door.key, today, sequence=200)
+    old_data = yesterday.read_bytes()
+    state, spool = tmp_path / "state", tmp_path / "spool"
+    b.install_bundle(yesterday, door.pub, state)
+    b.install_bundle(today, door.pub, state)
+
+    spool.mkdir()
+    (spool / "replay.twinlock").write_bytes(old_data)
+    cfg = parse_config(f"state_dir: {state}\nmodel:\n  incoming: {spool}\n"
+                       f"  public_key: {door.pub}\n")
+    with AuditLog(tmp_path / "audit.db") as audit:
+        pick_up_incoming(cfg, audit)
+        refused = audit.query(event="bundle")
+    assert b.verify_bundle(b.current_bundle(state), door.pub).users == ["alice"]
+    assert (spool / "rejected" / "replay.twinlock").read_bytes() == old_data
+    assert len(refused) == 1 and "older than the installed bundle (sequence 100" in \
+        refused[0].reason and "twinlockd rollback" in refused[0].reason
+    with pytest.raises(BundleError, match="older than the installed bundle"):
+        b.install_bundle(yesterday, door.pub, state)  # by hand: the same answer
+
+    b.rollback(state, door.pub)  # the administrator's way back
+    assert b.verify_bundle(b.current_bundle(state), door.pub).users == ["alice", "bob"]
+    b.install_bundle(today, door.pub, state)  # and forward again
+    assert b.verify_bundle(b.current_bundle(state), door.pub).sequence == 200
+
+
+def test_bundles_without_a_sequence_order_by_their_signed_creation_time(
+        door: Door, tmp_path: Path) -> None:
+    key, files = load_signer(door), door.source_bytes()
+    legacy = write(tmp_path, signed_bundle(files, key), "legacy.twinlock")  # created 2025-01-01
+    assert b.verify_bundle(legacy, door.pub).sequence == 1735689600 * 1_000_000
+    state = tmp_path / "state"
+    b.install_bundle(door.bundle, door.pub, state)  # written now
+    with pytest.raises(BundleError, match="older than the installed bundle"):
+        b.install_bundle(legacy, door.pub, state)
+    same = write(tmp_path, signed_bundle(files, key, sequence=door.manifest["sequence"]),
+                 "same.twinlock")
+    with pytest.raises(BundleError, match="same sequence"):
+        b.install_bundle(same, door.pub, state)
+
+
+@pytest.mark.parametrize("sequence", ["5", -1, 1.5, True, 2**63])
+def test_a_malformed_sequence_is_refused(door: Door, tmp_path: Path, sequence: object) -> None:
+    bad = write(tmp_path, signed_bundle(door.source_bytes(), load_signer(door),
+                                        sequence=sequence))
+    refuse(bad, door.pub, "malformed manifest: sequence")
