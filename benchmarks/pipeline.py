@@ -117,7 +117,7 @@ class Chain:
         embedder = FaceEmbedder(model_dir, num_threads=threads)
         meta = embedder.meta
         detector = meta.detector.build(num_threads=threads)
-        return cls(threads, FacePipeline(detector, meta.input_size, meta.alignment_zoom),
+        return cls(threads, meta.face_pipeline(detector),
                    embedder, anchors)
 
     def run(self, image: np.ndarray, record: str | None) -> bool:

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelError
-from .faces.align import to_model_input
-from .faces.pipeline import DetectorSpec
+from .faces.align import DEFAULT_TEMPLATE, TEMPLATES, to_model_input
+from .faces.pipeline import Detector, DetectorSpec, FacePipeline
 from .runtime import DEFAULT_CHAIN, TFLiteModel
 from .scoring import l1_head_scores, l1_pair_scores, postprocess_embeddings
 
@@ -43,6 +43,7 @@ class ModelMetadata:
     head_weights: np.ndarray
     head_bias: float
     alignment_zoom: float = 1.0
+    alignment_template: str = DEFAULT_TEMPLATE
     flip_average: bool = False
     l2_normalize: bool = False
     detector: DetectorSpec = field(default_factory=DetectorSpec)
@@ -63,7 +64,7 @@ class ModelMetadata:
             "quantization": self.quantization,
             "tower_file": TOWER_FILE,
             "input": {"size": self.input_size, "channels": self.channels, "dtype": "uint8"},
-            "alignment": {"template": "arcface-4pt", "zoom": self.alignment_zoom},
+            "alignment": {"template": self.alignment_template, "zoom": self.alignment_zoom},
             "detector": self.detector.to_dict(),
             "embedding": {
                 "dim": self.embedding_dim,
@@ -97,6 +98,7 @@ class ModelMetadata:
                 head_weights=weights,
                 head_bias=float(data["head"]["bias"]),
                 alignment_zoom=float(data["alignment"].get("zoom", 1.0)),
+                alignment_template=str(data["alignment"].get("template", DEFAULT_TEMPLATE)),
                 flip_average=bool(data["embedding"].get("flip_average", False)),
                 l2_normalize=bool(data["embedding"].get("l2_normalize", False)),
                 detector=DetectorSpec(**data.get("detector", {})),
@@ -110,10 +112,19 @@ class ModelMetadata:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{source}: malformed model metadata ({exc!r})") from None
+        if meta.alignment_template not in TEMPLATES:
+            raise ModelError(f"{source}: unknown alignment template "
+                             f"{meta.alignment_template!r} (this build knows "
+                             f"{', '.join(TEMPLATES)})")
         if weights.shape != (meta.embedding_dim,):
             raise ModelError(f"{source}: head has {weights.shape} weights, expected "
                              f"({meta.embedding_dim},)")
         return meta
+
+    def face_pipeline(self, detector: Detector) -> FacePipeline:
+        """The detect -> align path that makes this model's crops (size, zoom, template)."""
+        return FacePipeline(detector, self.input_size, self.alignment_zoom,
+                            self.alignment_template)
 
     @property
     def threshold(self) -> float:

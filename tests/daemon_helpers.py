@@ -13,7 +13,6 @@ import yaml
 
 from twinlock.daemon import quality as q
 from twinlock.daemon.anchors import anchors_from_files
-from twinlock.daemon.faces.pipeline import FacePipeline
 from twinlock.daemon.gallery import Gallery
 from twinlock.daemon.model import FaceEmbedder
 
@@ -24,7 +23,7 @@ CLIP = "short_hamilton_clip.mp4"
 def enrol_miranda(model_dir: Path, examples: Path, gallery_path: Path) -> Gallery:
     embedder = FaceEmbedder(model_dir)
     meta = embedder.meta
-    pipeline = FacePipeline(meta.detector.build(), meta.input_size, meta.alignment_zoom)
+    pipeline = meta.face_pipeline(meta.detector.build())
     result = anchors_from_files([examples / "lin-manuel-miranda.png"], pipeline, embedder,
                                 q.QualityThresholds())
     assert len(result.anchors) == 1, result.rejected

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from twinlock.daemon.errors import DataError
+from twinlock.daemon.faces.align import DEFAULT_TEMPLATE
 from twinlock.daemon.faces.pipeline import DetectorSpec, FacePipeline, SelectPolicy
 from twinlock.daemon.images import load_image
 
@@ -38,10 +39,13 @@ class CropSpec:
     zoom: float = 1.0
     detector: DetectorSpec = field(default_factory=DetectorSpec)
     policy: SelectPolicy = "center"
+    template: str = DEFAULT_TEMPLATE
 
     def key(self) -> str:
+        # the default template keeps its old key, so existing caches stay valid
+        template = "" if self.template == DEFAULT_TEMPLATE else f"|{self.template}"
         return (f"v{CROP_CODE_VERSION}|{self.detector.describe()}|{self.size}|{self.zoom:g}|"
-                f"{self.policy}")
+                f"{self.policy}{template}")
 
 
 @dataclass
@@ -99,7 +103,7 @@ def make_crops(
             return result
         except (OSError, KeyError, ValueError) as exc:
             logger.warning("ignoring unreadable crop cache %s (%s)", cache_file, exc)
-    pipeline = FacePipeline(spec.detector.build(num_threads), spec.size, spec.zoom)
+    pipeline = FacePipeline(spec.detector.build(num_threads), spec.size, spec.zoom, spec.template)
     crops = np.zeros((len(paths), spec.size, spec.size, 3), dtype=np.uint8)
     status = np.full(len(paths), OK, dtype=np.uint8)
     n_faces = np.zeros(len(paths), dtype=np.int16)

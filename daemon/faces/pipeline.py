@@ -10,7 +10,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from ..errors import UsageError
-from .align import align_face
+from .align import DEFAULT_TEMPLATE, align_face
 from .types import Face
 
 logger = logging.getLogger(__name__)
@@ -83,13 +83,15 @@ def select_face(faces: list[Face], image_shape: tuple[int, ...], policy: SelectP
 class FacePipeline:
     """Find faces in an RGB image and return aligned crops at the model's input size."""
 
-    def __init__(self, detector: Detector, crop_size: int, zoom: float = 1.0) -> None:
+    def __init__(self, detector: Detector, crop_size: int, zoom: float = 1.0,
+                 template: str = DEFAULT_TEMPLATE) -> None:
         self.detector = detector
         self.crop_size = crop_size
         self.zoom = zoom
+        self.template = template
 
     def align(self, image: np.ndarray, face: Face) -> AlignedFace:
-        return AlignedFace(face, align_face(image, face, self.crop_size, self.zoom))
+        return AlignedFace(face, align_face(image, face, self.crop_size, self.zoom, self.template))
 
     def faces(self, image: np.ndarray) -> list[AlignedFace]:
         """Every detected face, aligned, best detection score first."""
