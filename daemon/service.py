@@ -9,6 +9,7 @@ keeping the old ones if the new ones do not load.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import signal
@@ -144,6 +145,13 @@ def build_matcher(cfg: Config) -> Matcher:
     return Matcher(embedder, pipeline, verifier, thresholds, len(gallery.users), origin)
 
 
+def _digest(array: np.ndarray) -> bytes:
+    """Content digest of a crop or an embedding: equal only for identical values."""
+    data = np.ascontiguousarray(array)
+    return hashlib.blake2b(str((data.dtype, data.shape)).encode() + data.tobytes(),
+                           digest_size=16).digest()
+
+
 def camera_factory(cfg: Config) -> Callable[[], Camera]:
     c = cfg.camera
     common: dict[str, Any] = {"rotate": c.rotate, "mirror": c.mirror}
@@ -183,8 +191,9 @@ class Door:
         self.last_decision = "none yet"
 
     def observe(self, now: float, frame: Frame, verdict: FrameVerdict | None,
-                problem: str | None) -> None:
-        """One evaluated face: ``verdict`` when it was matched, ``problem`` when quality failed."""
+                problem: str | None, evidence: tuple[bytes, ...] = ()) -> None:
+        """One evaluated face: ``verdict`` when it was matched, ``problem`` when quality failed;
+        ``evidence`` identifies its content (see AgreementWindow: a repeat gets no vote)."""
         if now < self.cooldown_until:
             return  # the door just opened for this visit
         if self.attempt is None:
@@ -192,7 +201,7 @@ class Door:
         self.attempt.add(now, verdict, problem)
         self.last_image = frame.image
         if verdict is not None:
-            agreed = self.window.add(now, verdict.user)
+            agreed = self.window.add(now, verdict.user, evidence)
             logger.debug("frame %s: best %s %.4f, verified %s, agreed %s", frame.index,
                          verdict.best_user, verdict.best_score, verdict.user, agreed)
             if agreed is not None:
@@ -476,7 +485,8 @@ class Daemon:
             self.door.observe(frame.timestamp, frame, None, problem)
             return
         embedding = matcher.embedder.embed(aligned.crop)[0]
-        self.door.observe(frame.timestamp, frame, matcher.verifier.verify(embedding), None)
+        self.door.observe(frame.timestamp, frame, matcher.verifier.verify(embedding), None,
+                          (_digest(aligned.crop), _digest(embedding)))
 
     def _ping_watchdog(self) -> None:
         if self._watchdog_period is None:

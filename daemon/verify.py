@@ -72,18 +72,44 @@ class Verifier:
 
 @dataclass
 class AgreementWindow:
-    """k of the last n evaluated frames within t seconds must agree on one user."""
+    """k of the last n evaluated frames within t seconds must agree on one user.
+
+    A frame whose face crop or embedding is identical to the previous frame's, or to a frame
+    still in the window, is no new evidence (a still photo, a frozen or replayed feed, two photos
+    in turn): it gets no vote. Real camera frames always differ by sensor noise. The previous
+    frame's evidence outlives :meth:`clear`, so a frozen picture gets one vote in all, not one
+    per attempt.
+    """
 
     frames_required: int
     frame_window: int
     window_seconds: float
     _history: deque[tuple[float, str | None]] = field(default_factory=deque)
+    _evidence: deque[tuple[bytes, ...]] = field(default_factory=deque)  # beside _history
+    _last_evidence: tuple[bytes, ...] = ()
+    #: frames refused as repeats (for the log and tests)
+    repeats: int = 0
 
-    def add(self, timestamp: float, user: str | None) -> str | None:
-        """Record one frame's verdict; returns the user the window now agrees on, if any."""
+    def add(self, timestamp: float, user: str | None,
+            evidence: tuple[bytes, ...] = ()) -> str | None:
+        """Record one frame's verdict; returns the user the window now agrees on, if any.
+
+        ``evidence`` is what identifies the frame's content (e.g. digests of the face crop and
+        of the embedding); equal in any position to the previous frame's or to a frame still in
+        the window, the frame is a repeat.
+        """
+        self.expire(timestamp)
+        last, self._last_evidence = self._last_evidence, evidence
+        if any(a == b for seen in (last, *self._evidence)
+               for a, b in zip(evidence, seen, strict=False)):
+            self.repeats += 1
+            logger.debug("frame at %.3f repeats an earlier one: no new evidence", timestamp)
+            return None
         self._history.append((timestamp, user))
+        self._evidence.append(evidence)
         while len(self._history) > self.frame_window:
             self._history.popleft()
+            self._evidence.popleft()
         self.expire(timestamp)
         if user is None:
             return None
@@ -93,9 +119,11 @@ class AgreementWindow:
     def expire(self, now: float) -> None:
         while self._history and now - self._history[0][0] > self.window_seconds:
             self._history.popleft()
+            self._evidence.popleft()
 
     def clear(self) -> None:
         self._history.clear()
+        self._evidence.clear()
 
     def __len__(self) -> int:
         return len(self._history)
