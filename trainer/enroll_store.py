@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from twinlock.daemon.errors import DataError, EnrolmentError, UsageError
+from twinlock.daemon.faces.align import DEFAULT_TEMPLATE
 from twinlock.daemon.gallery import Gallery
 from twinlock.daemon.images import decode_image
 from twinlock.daemon.private_db import (
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 ENV_DB = "TWINLOCK_ENROL_DB"
 DB_NAME = "enrolment.db"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: side of the thumbnails kept for people to look at (any size is accepted)
 THUMBNAIL_PX = 96
@@ -54,6 +55,12 @@ JPEG_QUALITY = 90
 
 MAX_NAME_LENGTH = 64
 _NAME_RE = re.compile(r"[\w .-]+")  # \w: letters (any script), digits and "_"
+
+#: schema upgrades in order: _UPGRADES[v - 1] takes a version-v store to v + 1
+_UPGRADES = (
+    # v2: the alignment template a crop was made with (models may use different ones)
+    f"ALTER TABLE samples ADD COLUMN crop_template TEXT NOT NULL DEFAULT '{DEFAULT_TEMPLATE}'",
+)
 
 _SCHEMA = (
     # COLLATE NOCASE: "bob" and "Bob" are one resident (and `users remove bob` finds "Bob")
@@ -69,6 +76,7 @@ _SCHEMA = (
            added TEXT NOT NULL,
            crop BLOB NOT NULL,
            crop_zoom REAL NOT NULL DEFAULT 1.0,
+           crop_template TEXT NOT NULL DEFAULT 'arcface-4pt',
            thumbnail BLOB NOT NULL,
            quality TEXT NOT NULL
        )""",
@@ -163,6 +171,7 @@ class StoredSample:
     source: str
     crop_png: bytes
     crop_zoom: float
+    crop_template: str = DEFAULT_TEMPLATE
 
     def crop(self) -> np.ndarray:
         """The aligned uint8 RGB crop."""
@@ -201,7 +210,8 @@ class EnrolmentStore:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA:
+            # a new store gets the current schema; an older one the upgrades it lacks
+            for statement in _SCHEMA if version == 0 else _UPGRADES[version - 1:]:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -313,11 +323,12 @@ class EnrolmentStore:
 
     def add_sample(self, user: str, source: str, crop: np.ndarray,
                    thumbnail: np.ndarray | bytes, quality: Mapping[str, Any],
-                   crop_zoom: float = 1.0) -> int:
+                   crop_zoom: float = 1.0, crop_template: str = DEFAULT_TEMPLATE) -> int:
         """Keep one accepted face of ``user``; returns the sample id.
 
         ``crop`` is the aligned RGB crop at the model's input size (stored as PNG), ``crop_zoom``
-        the alignment zoom it was made with, ``thumbnail`` an RGB image or JPEG bytes.
+        and ``crop_template`` the alignment it was made with, ``thumbnail`` an RGB image or JPEG
+        bytes.
         """
         crop_png = encode_png(crop)
         thumb = thumbnail if isinstance(thumbnail, bytes) else encode_jpeg(thumbnail)
@@ -329,9 +340,10 @@ class EnrolmentStore:
         with self._tx(write=True) as conn:
             stored = self._require_user(conn, user)
             cursor = conn.execute(
-                "INSERT INTO samples (user, source, added, crop, crop_zoom, thumbnail, quality) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (stored, str(source), _now(), crop_png, float(crop_zoom), thumb, quality_json),
+                "INSERT INTO samples (user, source, added, crop, crop_zoom, crop_template, "
+                "thumbnail, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (stored, str(source), _now(), crop_png, float(crop_zoom), str(crop_template),
+                 thumb, quality_json),
             )
         sample_id = cursor.lastrowid
         assert sample_id is not None
@@ -369,7 +381,7 @@ class EnrolmentStore:
     def samples_missing_anchor(self, model_id: str, user: str | None = None
                                ) -> list[StoredSample]:
         """Samples (with crops) that have no anchor made by ``model_id`` yet, oldest first."""
-        query = ("SELECT id, user, source, crop, crop_zoom FROM samples s WHERE NOT EXISTS "
+        query = ("SELECT id, user, source, crop, crop_zoom, crop_template FROM samples s WHERE NOT EXISTS "
                  "(SELECT 1 FROM anchors a WHERE a.sample_id = s.id AND a.model_id = ?)")
         with self._tx() as conn:
             if user is None:
@@ -378,17 +390,17 @@ class EnrolmentStore:
                 stored = self._require_user(conn, user)
                 rows = conn.execute(query + " AND s.user = ? ORDER BY id",
                                     (model_id, stored)).fetchall()
-        return [StoredSample(int(i), str(u), str(s), bytes(c), float(z))
-                for i, u, s, c, z in rows]
+        return [StoredSample(int(i), str(u), str(s), bytes(c), float(z), str(t))
+                for i, u, s, c, z, t in rows]
 
     def stored_samples(self, user: str) -> list[StoredSample]:
         """Every sample of one resident with its crop, oldest first (fine-tuning on them)."""
         with self._tx() as conn:
             stored = self._require_user(conn, user)
-            rows = conn.execute("SELECT id, user, source, crop, crop_zoom FROM samples "
+            rows = conn.execute("SELECT id, user, source, crop, crop_zoom, crop_template FROM samples "
                                 "WHERE user = ? ORDER BY id", (stored,)).fetchall()
-        return [StoredSample(int(i), str(u), str(s), bytes(c), float(z))
-                for i, u, s, c, z in rows]
+        return [StoredSample(int(i), str(u), str(s), bytes(c), float(z), str(t))
+                for i, u, s, c, z, t in rows]
 
     # -- anchors -----------------------------------------------------------------------------
 

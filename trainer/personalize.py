@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from twinlock.daemon.errors import DataError, UsageError
+from twinlock.daemon.faces.align import DEFAULT_TEMPLATE
 from twinlock.daemon.model import FaceEmbedder, read_metadata
 
 from . import metrics
@@ -173,13 +174,14 @@ def load_users(store: EnrolmentStore, names: Sequence[str] | None, share: float,
     return splits
 
 
-def user_crops(samples: Sequence[StoredSample], size: int, zoom: float) -> tuple[np.ndarray, int]:
-    """Stored crops at ``size`` px and alignment ``zoom`` (re-framed where made otherwise);
-    returns (crops, how many had to be re-framed)."""
+def user_crops(samples: Sequence[StoredSample], size: int, zoom: float,
+               template: str = DEFAULT_TEMPLATE) -> tuple[np.ndarray, int]:
+    """Stored crops at ``size`` px, alignment ``zoom`` and ``template`` (re-framed where made
+    otherwise); returns (crops, how many had to be re-framed)."""
     crops, reframed = [], 0
     for sample in samples:
         crop = sample.crop()
-        fitted = fit_crop(crop, sample.crop_zoom, size, zoom)
+        fitted = fit_crop(crop, sample.crop_zoom, size, zoom, sample.crop_template, template)
         reframed += fitted is not crop
         crops.append(fitted)
     return np.stack(crops), reframed
@@ -322,7 +324,7 @@ def personalize(opts: PersonalizeOptions, argv: Sequence[str] | None = None,
         users = load_users(store, opts.users, opts.holdout_share, opts.seed)
     cfg = personal_config(general_cfg, opts, residents)
     data = prepare_data(cfg, progress)
-    fitted = [user_crops(u.train, cfg.input_size, cfg.zoom) for u in users]
+    fitted = [user_crops(u.train, cfg.input_size, cfg.zoom, cfg.template) for u in users]
     merged, resident_labels = merge_residents(data, users, [c for c, _ in fitted])
 
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -460,9 +462,10 @@ def compare(general_dir: Path, personal_dir: Path, users: Sequence[UserSplit],
         raise DataError("no impostor pairs to measure: the negatives' validation people and the "
                         "other residents are missing")
     scores: dict[str, np.ndarray] = {}
-    framed: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}  # both models share one
+    framed: dict[tuple[int, float, str], tuple[np.ndarray, np.ndarray]] = {}  # both models share one
     for name, embedder in models.items():
-        key = (embedder.meta.input_size, embedder.meta.alignment_zoom)
+        key = (embedder.meta.input_size, embedder.meta.alignment_zoom,
+               embedder.meta.alignment_template)
         if key not in framed:
             framed[key] = (
                 np.concatenate([user_crops(u.train, *key)[0] for u in users]),

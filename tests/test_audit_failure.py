@@ -1,0 +1,110 @@
+"""No record, no unlock: a door whose audit log cannot be written stays locked and keeps running.
+
+The audit log is made full for real: SQLite's ``max_page_count`` caps the file, and every write
+then fails with SQLite's own "database or disk is full", as on a full card.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from daemon_helpers import CLIP, enrol_miranda, write_config
+from gpiozero.pins.mock import MockFactory
+
+from twinlock.daemon.actions import LogAction
+from twinlock.daemon.audit import AuditLog
+from twinlock.daemon.camera import Frame
+from twinlock.daemon.config import parse_config
+from twinlock.daemon.errors import AuditError
+from twinlock.daemon.notify import Notifier
+from twinlock.daemon.service import Daemon, Door
+from twinlock.daemon.verify import FrameVerdict
+
+RESIDENT = FrameVerdict("lin", "lin", 0.9, 1.0)
+
+
+def fill(audit: AuditLog) -> None:
+    """Cap the file at its current size and write until SQLite says it is full."""
+    conn = audit._conn
+    assert conn is not None
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(AuditError, match="full"):
+        for _ in range(10_000):
+            audit.record("fault", "deny", "filler " * 50)
+
+
+def free(audit: AuditLog) -> None:
+    assert audit._conn is not None
+    audit._conn.execute("PRAGMA max_page_count = 1000000000")
+
+
+class CheckingAction(LogAction):
+    """The log action, noting how many unlock records were committed when each unlock began."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        super().__init__()
+        self.audit = audit
+        self.records_at_unlock: list[int] = []
+
+    def unlock(self, user: str) -> None:
+        self.records_at_unlock.append(len(self.audit.query(event="unlock")))
+        super().unlock(user)
+
+
+def knock(d: Door, start: float, frames: int = 5) -> float:
+    for i in range(frames):
+        image = np.full((8, 8, 3), i, np.uint8)
+        d.observe(start + i * 0.1, Frame(image, index=i), RESIDENT, None,
+                  (f"crop-{start}-{i}".encode(), f"emb-{start}-{i}".encode()))
+    return start + frames * 0.1 + 20
+
+
+def test_the_unlock_is_committed_before_the_door_opens_and_never_without_it(
+        tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path / "audit.db")
+    action = CheckingAction(audit)
+    cfg = parse_config(yaml.safe_dump({"action": {"type": "log", "cooldown_seconds": 5}}))
+    d = Door(cfg, action, audit, None)
+    fill(audit)
+    t = knock(d, 1000.0)  # the resident, recognised, while no record can be written
+    assert action.calls == [], "the door opened without an audit record"
+    assert d.audit.failures >= 1 and "audit log" in d.last_decision
+    free(audit)
+    knock(d, t)
+    assert len(action.calls) == 1
+    assert action.records_at_unlock == [1], "the unlock record must be committed first"
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_a_full_audit_log_keeps_the_running_door_locked_and_says_so(
+        tmp_path: Path, door_model: Path, examples_dir: Path, mock_pins: MockFactory) -> None:
+    enrol_miranda(door_model, examples_dir, tmp_path / "gallery.json")
+    config = write_config(tmp_path / "config.yaml", tmp_path / "state", door_model,
+                          tmp_path / "gallery.json", str(examples_dir / CLIP),
+                          camera={"realtime": False})
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(tmp_path / "notify.sock"))
+    server.setblocking(False)
+    try:
+        daemon = Daemon(config, Notifier(str(tmp_path / "notify.sock")))
+        fill(daemon.audit)
+        assert daemon.run() == 0, "the daemon plays the whole clip and stops normally"
+        messages = []
+        while True:
+            try:
+                messages.append(server.recv(65536).decode())
+            except BlockingIOError:
+                break
+    finally:
+        server.close()
+    assert daemon.camera.stats["frames"] == 275
+    pin = mock_pins.pin(17)
+    assert pin.state is False and len(pin.states) == 1, "the relay never switched on"
+    assert daemon.records.failures > 0
+    assert any("STATUS=AUDIT LOG FAILING" in m and "no unlock" in m for m in messages), messages
