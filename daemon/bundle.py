@@ -32,18 +32,20 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import BundleError, ModelError
+from .errors import BundleError, ModelError, TwinLockError
 from .gallery import load_gallery
-from .model import METADATA_FILE, TOWER_FILE, ModelMetadata, read_metadata
+from .model import METADATA_FILE, TOWER_FILE, FaceEmbedder, ModelMetadata, read_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -679,12 +681,58 @@ def current_bundle(state_dir: str | Path) -> Path:
     return path
 
 
+def check_runs(verified: VerifiedBundle, work_dir: Path,
+               runtimes: Sequence[str] | None = None) -> None:
+    """Load the bundle's model and gallery as the door will and run one test embedding.
+
+    A signed bundle can still be unusable (anchors of another width than the model's, a tower
+    the runtime cannot load): it must be refused before it becomes ``current``, or the next
+    start finds no model. Unpacks into a private temporary folder under ``work_dir``.
+    BundleError says what failed.
+    """
+    source = verified.bundle_id
+    work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".check-", dir=work_dir) as tmp:
+            root = unpack(verified, tmp)
+            chain = tuple(runtimes) if runtimes else ()
+            embedder = (FaceEmbedder(root / "model", 1, chain) if chain
+                        else FaceEmbedder(root / "model"))
+            meta = embedder.meta
+            gallery = load_gallery(root / GALLERY_MEMBER)
+            dim = meta.embedding_dim
+            if np.asarray(meta.head_weights).shape != (dim,):
+                raise ModelError(f"head weights are {np.asarray(meta.head_weights).shape}, the "
+                                 f"model makes {dim}-d embeddings")
+            for user in gallery.users.values():
+                if user.anchors.shape[1] != dim:
+                    raise ModelError(f"user {user.name!r} has {user.anchors.shape[1]}-d anchors, "
+                                     f"the model makes {dim}-d embeddings")
+                if not np.isfinite(user.anchors).all():
+                    raise ModelError(f"user {user.name!r} has non-finite anchors")
+            size = meta.input_size
+            probe = embedder.embed(np.full((1, size, size, 3), 128, np.uint8))
+            if probe.shape != (1, dim) or not np.isfinite(probe).all():
+                raise ModelError(f"a test embedding came out as {probe.shape} "
+                                 f"{'finite' if np.isfinite(probe).all() else 'non-finite'}, "
+                                 f"not (1, {dim})")
+    except BundleError:
+        raise
+    except TwinLockError as exc:
+        raise BundleError(f"{source}: signed, but it cannot run on this door: {exc}") from None
+    except OSError as exc:
+        raise BundleError(f"{source}: cannot check the bundle ({exc.strerror or exc})") from None
+    logger.info("bundle %s loads and runs (%d-d embeddings, %d user(s))", source, dim,
+                len(gallery.users))
+
+
 def install_bundle(bundle_path: str | Path, public_key_path: str | Path,
-                   state_dir: str | Path) -> Path:
+                   state_dir: str | Path, runtimes: Sequence[str] | None = None) -> Path:
     """Verify a bundle and make it ``current``, keeping the one it replaces as ``previous``.
 
     A bundle that fails verification changes nothing, and so does one whose signed sequence is
-    lower than the current bundle's (only :func:`rollback` goes back). The bytes installed are the bytes that
+    lower than the current bundle's (only :func:`rollback` goes back), and one whose model and
+    gallery do not load and run together (:func:`check_runs`, with LiteRT ``runtimes``). The bytes installed are the bytes that
     were verified. Each step is an atomic replace of a fsynced file, so after a power cut
     ``current`` is always one complete, good bundle (the old or the new one).
     """
@@ -701,6 +749,7 @@ def install_bundle(bundle_path: str | Path, public_key_path: str | Path,
             return current
         if old is not None:
             _refuse_older(verified, old, public_key, str(bundle_path), current)
+        check_runs(verified, folder, runtimes)
         if old is not None:
             _atomic_write(previous, old, 0o600)
         _atomic_write(current, data, 0o600)

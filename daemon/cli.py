@@ -164,7 +164,7 @@ def _cmd_install_bundle(args: argparse.Namespace) -> int:
     from .bundle import install_bundle
 
     cfg = load_config(args.config)
-    path = install_bundle(args.file, _key(args), cfg.state_dir)
+    path = install_bundle(args.file, _key(args), cfg.state_dir, cfg.model.runtimes)
     print(f"installed {args.file} as {path}; the previous bundle is kept for rollback. "
           "Reload the daemon to use it: systemctl reload twinlockd")
     return 0

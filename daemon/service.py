@@ -126,7 +126,7 @@ def pick_up_incoming(cfg: Config, audit: AuditLog | GuardedAudit | None) -> None
         return
     newest = candidates[-1]
     try:
-        install_bundle(newest, cfg.model.public_key, cfg.state_dir)
+        install_bundle(newest, cfg.model.public_key, cfg.state_dir, cfg.model.runtimes)
     except TwinLockError as exc:
         rejected = incoming / "rejected"
         rejected.mkdir(mode=0o700, exist_ok=True)

@@ -690,3 +690,45 @@ def test_a_malformed_sequence_is_refused(door: Door, tmp_path: Path, sequence: o
     bad = write(tmp_path, signed_bundle(door.source_bytes(), load_signer(door),
                                         sequence=sequence))
     refuse(bad, door.pub, "malformed manifest: sequence")
+
+
+# ------------------------------------------------------------------------------------------
+# signed but unusable
+
+
+def test_a_signed_bundle_that_cannot_run_never_becomes_current(door: Door, tmp_path: Path) -> None:
+    """64-d anchors for the model's wider embeddings, or a tower the runtime cannot load: signed
+    and consistent on paper, refused before it replaces the good bundle, so the door (also after
+    a restart) still has a model."""
+    from twinlock.daemon.audit import AuditLog
+    from twinlock.daemon.config import parse_config
+    from twinlock.daemon.service import build_matcher, pick_up_incoming
+
+    assert door.meta.embedding_dim != 64
+    state, spool = tmp_path / "state", tmp_path / "spool"
+    b.install_bundle(door.bundle, door.pub, state)
+    good = b.current_bundle(state).read_bytes()
+    make_gallery(door.meta.model_id, 64, ["alice", "bob"]).save(tmp_path / "narrow.json")
+    narrow = tmp_path / "narrow.twinlock"
+    b.write_bundle(door.model_dir, tmp_path / "narrow.json", door.key, narrow)
+    b.verify_bundle(narrow, door.pub)  # the signature and manifest are fine
+    with pytest.raises(BundleError, match="cannot run on this door: user 'alice' has 64-d"):
+        b.install_bundle(narrow, door.pub, state)
+    broken_tower = door.source_bytes() | {"model/tower.tflite": b"TFL3" + bytes(4096)}
+    junk = write(tmp_path, signed_bundle(broken_tower, load_signer(door),
+                                         sequence=2**62), "junk-tower.twinlock")
+    with pytest.raises(BundleError, match="cannot run on this door"):
+        b.install_bundle(junk, door.pub, state)
+    assert b.current_bundle(state).read_bytes() == good
+
+    spool.mkdir()
+    shutil.copyfile(narrow, spool / "narrow.twinlock")
+    cfg = parse_config(f"state_dir: {state}\nmodel:\n  incoming: {spool}\n"
+                       f"  public_key: {door.pub}\n")
+    with AuditLog(tmp_path / "audit.db") as audit:
+        pick_up_incoming(cfg, audit)
+        refused = audit.query(event="bundle")
+    assert (spool / "rejected" / "narrow.twinlock").exists()
+    assert "64-d anchors" in refused[0].reason
+    assert b.current_bundle(state).read_bytes() == good
+    assert build_matcher(cfg).users == 2  # what a restart loads
