@@ -409,15 +409,22 @@ class VerificationConfig(_Section):
 
     threshold: float | None = Field(
         None, ge=0, le=1,
-        description="per-anchor score threshold; empty: the model's calibrated threshold_name",
+        description="score threshold on the fused score; empty: a calibrated one from model.json",
     )
-    threshold_name: str = Field(
-        "far_1e-03", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+\-]+$",
-        description="which calibrated threshold in model.json to use when threshold is empty",
+    threshold_name: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+\-]+$",
+        description="which calibrated threshold in model.json to use when threshold is empty; "
+        "empty: the model's own default_threshold (one source of truth)",
+    )
+    fusion: Literal["max", "share", "centroid"] | None = Field(
+        None,
+        description="how one resident's anchor scores become one: max (best anchor), share "
+        "(verification_threshold of them must pass), centroid (one mean template); empty: the "
+        "rule the model's door calibration was made for (share for a model without one)",
     )
     verification_threshold: float = Field(
         0.5, gt=0, le=1,
-        description="share of a user's anchors whose score must pass the threshold",
+        description="fusion 'share' only: share of a user's anchors whose score must pass",
     )
     frames_required: int = Field(
         3, ge=1, le=100, description="k: frames that must verify the same user ..."

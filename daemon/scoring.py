@@ -17,6 +17,19 @@ def l1_head_scores(
     return _sigmoid(logits)
 
 
+def l1_head_matrix(
+    probes: np.ndarray, anchors: np.ndarray, weights: np.ndarray, bias: float, chunk: int = 64
+) -> np.ndarray:
+    """Same-person probability of every probe (N, D) against every anchor (A, D): (N, A).
+    Row by row the same numbers as ``l1_head_scores``; for host-side door evaluation."""
+    out = np.empty((len(probes), len(anchors)), dtype=np.float32)
+    for start in range(0, len(probes), chunk):
+        block = probes[start:start + chunk]
+        out[start:start + chunk] = _sigmoid(np.abs(anchors[None] - block[:, None]) @ weights
+                                            + bias)
+    return out
+
+
 def l1_pair_scores(
     a: np.ndarray, b: np.ndarray, weights: np.ndarray, bias: float, chunk: int = 65536
 ) -> np.ndarray:

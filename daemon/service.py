@@ -40,6 +40,7 @@ from .config import (
 from .errors import AuditError, ModelError, TwinLockError
 from .faces.pipeline import FacePipeline
 from .faces.types import Face
+from .fusion import decision_settings
 from .gallery import load_gallery
 from .model import FaceEmbedder
 from .notify import Notifier, watchdog_interval
@@ -170,16 +171,14 @@ def build_matcher(cfg: Config) -> Matcher:
         raise ModelError(f"gallery anchors are {gallery.embedding_dim}-d, the model makes "
                          f"{meta.embedding_dim}-d embeddings")
     v = cfg.verification
-    threshold = v.threshold
-    if threshold is None:
-        if v.threshold_name not in meta.thresholds:
-            raise ModelError(f"the model has no calibrated threshold {v.threshold_name!r} "
-                             f"(it has {', '.join(sorted(meta.thresholds))})")
-        threshold = meta.thresholds[v.threshold_name]
+    threshold, threshold_from, fusion = decision_settings(
+        meta.thresholds, meta.default_threshold, meta.metrics, v.threshold, v.threshold_name,
+        v.fusion)
+    logger.info("decision: fusion %s, threshold %.4f (%s)", fusion, threshold, threshold_from)
     detector = cfg.detector.to_spec(meta.detector).build(cfg.model.num_threads)
     pipeline = FacePipeline(detector, meta.input_size, meta.alignment_zoom)
     verifier = Verifier(gallery, meta.head_weights, meta.head_bias, threshold,
-                        v.verification_threshold)
+                        v.verification_threshold, fusion)
     qc = cfg.quality
     thresholds = q.QualityThresholds(qc.min_face_px, qc.min_brightness, qc.max_brightness,
                                      qc.min_sharpness)

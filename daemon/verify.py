@@ -1,8 +1,10 @@
 """From one face's embedding to an unlock decision.
 
-1. **Per frame** (the tutorial's two thresholds): a user is *verified* in a frame when the share of
-   their anchors whose score reaches the detection threshold is at least the verification
-   threshold.
+1. **Per frame**: the face is scored against every anchor of every resident at once; each
+   resident's scores are fused into one (``verification.fusion``: the best anchor by default,
+   chosen by the door-level measurement in README "Door-level figures"); the resident with the
+   best fused score is *verified* when it reaches the threshold (the model's door-calibrated
+   ``default_threshold`` unless the config names another).
 2. **Over frames**: the door opens for a user verified in at least k of the last n evaluated
    frames that lie within t seconds. One good frame, or a lucky match, never opens the door.
 3. **Attempts**: a run of evaluated frames is one attempt; it ends with an unlock, after t seconds
@@ -18,8 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .fusion import Fusion, templates
 from .gallery import Gallery
-from .scoring import l1_head_scores
+from .scoring import l1_head_matrix, l1_head_scores
 
 logger = logging.getLogger(__name__)
 
@@ -31,43 +34,48 @@ class FrameVerdict:
     user: str | None  # the verified user, or None
     best_user: str | None  # the user with the best single anchor score (even if not verified)
     best_score: float  # best anchor score over all users (0 with an empty gallery)
-    share: float  # share of ``user``'s (else best_user's) anchors passing the threshold
+    share: float  # share of ``user``'s (else the top resident's) anchors passing the threshold
+    score: float = 0.0  # the top resident's fused score (what the threshold is compared with)
+    top_user: str | None = None  # the resident with the best fused score (even if not verified)
 
 
 class Verifier:
-    """Scores a probe embedding against every enrolled anchor at once (one matrix product)."""
+    """Scores a probe against every resident's templates at once (one matrix product), fuses
+    each resident's scores with ``fusion`` (daemon/fusion.py) and verifies the top resident when
+    the fused score reaches ``threshold``."""
 
     def __init__(self, gallery: Gallery, weights: np.ndarray, bias: float, threshold: float,
-                 verification_threshold: float) -> None:
+                 verification_threshold: float = 0.5, fusion: str = "max") -> None:
         self.threshold = threshold
         self.verification_threshold = verification_threshold
+        self.fusion = fusion
         self.weights, self.bias = weights, bias
-        names, blocks = [], []
-        for user in gallery.users.values():
-            names += [user.name] * len(user.anchors)
-            blocks.append(user.anchors)
-        self._owner = np.array(names)
-        self._anchors = (np.concatenate(blocks).astype(np.float32) if blocks
-                         else np.zeros((0, weights.shape[0]), np.float32))
         self._users = list(gallery.users)
+        blocks = [user.anchors for user in gallery.users.values()]
+        self._anchors, self._owner = templates(blocks, fusion)
+        if not len(self._anchors):
+            self._anchors = np.zeros((0, weights.shape[0]), np.float32)
+        self._fuse = Fusion(self._owner, len(self._users), fusion, verification_threshold)
+
+    def resident_scores(self, probes: np.ndarray, chunk: int = 64) -> np.ndarray:
+        """Fused score of each probe (N, D) for each resident (N, R): the door's per-frame
+        numbers for many faces at once (host-side evaluation; the daemon calls ``verify``)."""
+        probes = np.atleast_2d(np.asarray(probes, np.float32))
+        return self._fuse(l1_head_matrix(probes, self._anchors, self.weights, self.bias, chunk))
 
     def verify(self, probe: np.ndarray) -> FrameVerdict:
         if not len(self._anchors):
             return FrameVerdict(None, None, 0.0, 0.0)
         scores = l1_head_scores(probe, self._anchors, self.weights, self.bias)
+        fused = self._fuse(scores)
+        top = int(np.argmax(fused))
         best = int(np.argmax(scores))
-        verified: list[tuple[float, float, str]] = []
-        shares: dict[str, float] = {}
-        for name in self._users:
-            mine = scores[self._owner == name]
-            shares[name] = float((mine >= self.threshold).mean())
-            if shares[name] >= self.verification_threshold:
-                verified.append((shares[name], float(mine.max()), name))
-        best_user = str(self._owner[best])
-        if verified:
-            _, _, name = max(verified)
-            return FrameVerdict(name, best_user, float(scores[best]), shares[name])
-        return FrameVerdict(None, best_user, float(scores[best]), shares[best_user])
+        mine = scores[self._owner == top]
+        share = float((mine >= self.threshold).mean())
+        top_user, best_user = self._users[top], self._users[int(self._owner[best])]
+        user = top_user if fused[top] >= self.threshold else None
+        return FrameVerdict(user, best_user, float(scores[best]), share, float(fused[top]),
+                            top_user)
 
 
 @dataclass

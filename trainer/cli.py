@@ -178,6 +178,11 @@ def _cmd_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .evaluate import evaluate, write_json
 
+    if args.door:
+        return _cmd_evaluate_door(args, argv)
+    if args.write_thresholds:
+        raise _usage("evaluate: --write-thresholds needs --door")
+
     plots = args.plots or (args.json.parent if args.json else args.model / "eval")
     result = evaluate(args.model, args.images, args.pairs, plots_dir=plots, seed=args.seed,
                       num_threads=args.threads, progress=_tty())
@@ -185,6 +190,22 @@ def _cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.json:
         write_json(result, args.json)
     print(text)
+    return 0
+
+
+def _cmd_evaluate_door(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .door_eval import default_pairs_file, evaluate_door, write_thresholds
+    from .evaluate import write_json
+
+    out = args.plots or (args.json.parent if args.json else args.model / "door")
+    result = evaluate_door(args.model, args.images, args.pairs or default_pairs_file(args.model),
+                           out, args.residents, args.anchors, args.doors, args.seed,
+                           args.examples, calibrate=tuple(args.calibrate),
+                           num_threads=args.threads, progress=_tty())
+    write_json(result, args.json or out / "door.json")
+    if args.write_thresholds:
+        write_thresholds(args.model, result, argv)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -226,6 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: beside --json, else MODEL_DIR/eval)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group(
+        "door", "With --door: build doors from the model's held-out people (--pairs, default the "
+        "model's own --holdout-pairs file) and measure what one knock risks: genuine, "
+        "wrong-resident and impostor accepts per fusion rule, R x M, k-of-n on sequences "
+        "(trainer/door_eval.py).")
+    g.add_argument("--door", action="store_true", help="door-level evaluation instead of pairs")
+    g.add_argument("--residents", type=int, nargs="+", default=[1, 2, 5, 10], metavar="R")
+    g.add_argument("--anchors", type=int, nargs="+", default=[1, 3, 5, 10], metavar="M")
+    g.add_argument("--doors", type=int, default=20, help="seeded doors per (R, M) setting")
+    g.add_argument("--calibrate", type=int, nargs=2, default=[5, 5], metavar=("R", "M"),
+                   help="the door the thresholds and fusion rule are chosen for (default 5 5)")
+    g.add_argument("--examples", type=Path, metavar="DIR",
+                   help="face_recognition_examples folder with the clip (k-of-n on real video)")
+    g.add_argument("--write-thresholds", action="store_true",
+                   help="store the door-level thresholds and rule in MODEL_DIR/model.json")
     p = sub.add_parser("pairs", help="make an LFW-protocol pairs file of held-out people",
                        description="Pick people (seeded) from an LFW-style folder and write "
                        "matched/mismatched pairs in the pairsDevTrain.txt format. Train with "
