@@ -23,6 +23,7 @@ This module runs on the door: it must never import TensorFlow or ``twinlock.trai
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -30,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 from collections.abc import Sequence
@@ -65,14 +67,19 @@ MEMBER_ORDER: tuple[str, ...] = (MANIFEST_NAME, SIGNATURE_NAME, *CONTENT_MEMBERS
 SIGNATURE_SIZE = 64
 #: per-member cap: the Koch tower is ~39 MB int8; anything much bigger is not a bundle of ours
 MAX_MEMBER_SIZE = 64 * 1024 * 1024
-#: cap on the whole file, checked before it is read into memory
-MAX_BUNDLE_SIZE = len(MEMBER_ORDER) * (MAX_MEMBER_SIZE + 1024) + 64 * 1024
+#: cap on the whole file, checked before it is read: one big member (the tower) and room for the
+#: small ones; the file is held in memory once (members are views into it), so this must fit in
+#: the unit's MemoryMax beside the running daemon
+MAX_BUNDLE_SIZE = MAX_MEMBER_SIZE + 16 * 1024 * 1024
 KEY_ID_LENGTH = 16
 #: the largest bundle sequence (fits SQLite's and JSON readers' 64-bit integers)
 MAX_SEQUENCE = 2**63 - 1
 
 CURRENT_NAME = "current" + BUNDLE_SUFFIX
 PREVIOUS_NAME = "previous" + BUNDLE_SUFFIX
+
+#: a member's verified content: bytes, or for the (large) tower a view into the bundle's bytes
+Content = bytes | memoryview
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = 20 * BLOCK  # the POSIX default blocking factor, which tarfile and GNU tar both write
@@ -282,12 +289,13 @@ class VerifiedBundle:
     """A bundle whose signature, hashes and layout all checked out, held in memory.
 
     ``members`` maps each content file's name (``model/tower.tflite``, ``model/model.json``,
-    ``gallery.json``) to its verified bytes; ``digest`` is the sha256 of the signed manifest
+    ``gallery.json``) to its verified bytes (the tower as a view into the file's bytes, so a
+    bundle is held in memory once); ``digest`` is the sha256 of the signed manifest
     bytes, which names this exact bundle.
     """
 
     manifest: dict[str, Any]
-    members: dict[str, bytes]
+    members: dict[str, Content]
     key_id: str = ""
     digest: str = ""
     manifest_bytes: bytes = field(default=b"", repr=False)
@@ -345,20 +353,56 @@ def verify_bundle(path: str | Path, public_key_path: str | Path) -> VerifiedBund
     return _verify_data(data, public_key, str(path))
 
 
-def _read_bundle_bytes(path: Path) -> bytes:
+def open_regular(path: Path, what: str = "bundle") -> tuple[int, os.stat_result]:
+    """Open ``path`` for reading only if it is a regular file, never following a symlink and
+    never blocking (a FIFO would block ``open`` until a writer came). Returns the descriptor
+    (blocking again) and its ``fstat``; BundleError names what ``path`` is instead."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        size = path.stat().st_size
-        if size > MAX_BUNDLE_SIZE:
-            raise BundleError(f"{path}: {size} bytes, larger than any bundle can be "
-                              f"({MAX_BUNDLE_SIZE} bytes)")
-        with path.open("rb") as handle:
-            return handle.read(MAX_BUNDLE_SIZE + 1)
+        fd = os.open(path, flags)
     except FileNotFoundError:
-        raise BundleError(f"{path}: bundle not found") from None
-    except IsADirectoryError:
-        raise BundleError(f"{path}: is a folder, not a bundle file") from None
+        raise BundleError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BundleError(f"{path}: is a symbolic link; a {what} is read only from a "
+                              "regular file") from None
+        raise BundleError(f"{path}: cannot open {what} ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{path}: is {_file_kind(st.st_mode)}, not a regular {what} file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISLNK, "a link"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _read_bundle_bytes(path: Path) -> bytes:
+    """The whole file, checked against MAX_BUNDLE_SIZE before anything is read (and read no
+    further than that, should it grow meanwhile)."""
+    fd, st = open_regular(path)
+    try:
+        if st.st_size > MAX_BUNDLE_SIZE:
+            raise BundleError(f"{path}: {st.st_size} bytes, larger than any bundle can be "
+                              f"({MAX_BUNDLE_SIZE} bytes)")
+        with os.fdopen(fd, "rb", buffering=0) as handle:
+            fd = -1
+            data = handle.read(st.st_size + 1)  # one allocation of the announced size
+            if len(data) > st.st_size and (len(data) > MAX_BUNDLE_SIZE or handle.read(1)):
+                raise BundleError(f"{path}: grew while it was being read; refusing it")
     except OSError as exc:
         raise BundleError(f"{path}: cannot read bundle ({exc.strerror or exc})") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return data
 
 
 def _verify_data(data: bytes, public_key: Ed25519PublicKey, source: str) -> VerifiedBundle:
@@ -377,7 +421,7 @@ def _verify_data(data: bytes, public_key: Ed25519PublicKey, source: str) -> Veri
     if SIGNATURE_NAME not in names:
         raise BundleError(f"{source}: no {SIGNATURE_NAME}: the bundle is unsigned")
     by_name = dict(raw)
-    manifest_bytes, signature = by_name[MANIFEST_NAME], by_name[SIGNATURE_NAME]
+    manifest_bytes, signature = bytes(by_name[MANIFEST_NAME]), bytes(by_name[SIGNATURE_NAME])
     if not signature:
         raise BundleError(f"{source}: {SIGNATURE_NAME} is empty: the bundle is unsigned")
     if len(signature) != SIGNATURE_SIZE:
@@ -413,7 +457,7 @@ def _verify_data(data: bytes, public_key: Ed25519PublicKey, source: str) -> Veri
     if tuple(names) != MEMBER_ORDER:
         raise BundleError(f"{source}: members out of order: {names} (expected "
                           f"{list(MEMBER_ORDER)})")
-    members: dict[str, bytes] = {}
+    members: dict[str, Content] = {}
     for name, entry in files.items():
         content = by_name[name]
         if len(content) != entry["size"]:
@@ -433,7 +477,7 @@ def _verify_data(data: bytes, public_key: Ed25519PublicKey, source: str) -> Veri
     return verified
 
 
-def _read_tar_members(data: bytes, source: str) -> list[tuple[str, bytes]]:
+def _read_tar_members(data: bytes, source: str) -> list[tuple[str, Content]]:
     """Walk the archive in memory; check types, names, sizes and the canonical layout."""
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
@@ -446,9 +490,10 @@ def _read_tar_members(data: bytes, source: str) -> list[tuple[str, bytes]]:
                           f"({_first_line(exc)})") from None
     if not infos:
         raise BundleError(f"{source}: an empty tar archive, not a TwinLock bundle")
-    result: list[tuple[str, bytes]] = []
+    result: list[tuple[str, Content]] = []
     seen: set[str] = set()
     expected_offset = 0
+    view = memoryview(data)  # members are views: the file is held in memory once
     for info in infos:
         name = info.name
         _check_member_name(name, source)
@@ -474,7 +519,8 @@ def _read_tar_members(data: bytes, source: str) -> list[tuple[str, bytes]]:
         if data[end:padded_end].strip(b"\0"):
             raise BundleError(f"{source}: non-zero padding after member {name!r}: altered or "
                               "corrupted")
-        result.append((name, data[info.offset_data:end]))
+        content = view[info.offset_data:end]
+        result.append((name, content if name == TOWER_MEMBER else bytes(content)))
         expected_offset = padded_end
     # two zero blocks end the archive, then zeros up to a whole tar record (what tar writes)
     expected_size = -(-(expected_offset + 2 * BLOCK) // RECORD) * RECORD
@@ -582,7 +628,7 @@ def _parse_manifest(manifest_bytes: bytes, source: str) -> dict[str, Any]:
     return manifest
 
 
-def _check_contents(manifest: dict[str, Any], members: dict[str, bytes], source: str) -> None:
+def _check_contents(manifest: dict[str, Any], members: dict[str, Content], source: str) -> None:
     model_id = manifest["model_id"]
     try:
         meta = ModelMetadata.from_json(json.loads(members[METADATA_MEMBER].decode("utf-8")),

@@ -9,10 +9,13 @@ keeping the old ones if the new ones do not load.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import shutil
 import signal
+import stat
 import threading
 import time
 from collections import deque
@@ -115,32 +118,101 @@ def pick_up_incoming(cfg: Config, audit: AuditLog | GuardedAudit | None) -> None
     """Install the newest bundle that ``twinlock deploy`` dropped into ``model.incoming``.
 
     Installing verifies it first and keeps the running bundle as ``previous`` (for rollback). A
-    bundle that fails verification is moved to incoming/rejected and changes nothing.
+    bundle that fails verification is moved to incoming/rejected and changes nothing. The drop
+    folder is writable by the deploy group, so nothing in it is trusted: only regular files are
+    opened (without following a symlink and without blocking on a FIFO), anything else named
+    ``*.twinlock`` is quarantined unread, ``rejected`` itself is never followed, and no error
+    here stops the door.
     """
     incoming = cfg.model.incoming
-    if cfg.model.source != "bundle" or not incoming.is_dir():
+    if cfg.model.source != "bundle":
         return
-    candidates = sorted(incoming.glob(f"*{BUNDLE_SUFFIX}"), key=lambda p: p.stat().st_mtime)
-    for path in candidates[:-1]:
-        logger.info("ignoring older incoming bundle %s", path.name)
-    if not candidates:
-        return
-    newest = candidates[-1]
     try:
-        install_bundle(newest, cfg.model.public_key, cfg.state_dir, cfg.model.runtimes)
-    except TwinLockError as exc:
-        rejected = incoming / "rejected"
-        rejected.mkdir(mode=0o700, exist_ok=True)
-        newest.replace(rejected / newest.name)
-        logger.error("bundle %s refused: %s", newest.name, exc)
-        if audit is not None:
-            audit.record("bundle", "deny", f"bundle {newest.name} refused: {exc}")
+        folder = os.open(incoming, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
         return
-    for path in candidates:
-        path.unlink(missing_ok=True)
-    logger.info("installed bundle %s", newest.name)
+    except OSError as exc:
+        _drop_problem(audit, f"drop folder {incoming} not used: {exc.strerror or exc} (it must "
+                      "be a real folder, not a symbolic link)")
+        return
+    try:
+        _pick_up(cfg, audit, folder)
+    except (OSError, TwinLockError) as exc:  # keep running, whatever the folder holds
+        _drop_problem(audit, f"drop folder {incoming}: {exc}")
+    finally:
+        os.close(folder)
+
+
+def _drop_problem(audit: AuditLog | GuardedAudit | None, message: str) -> None:
+    logger.error("%s", message)
     if audit is not None:
-        audit.record("bundle", "ignore", f"bundle {newest.name} installed")
+        audit.record("bundle", "deny", message)
+
+
+def _pick_up(cfg: Config, audit: AuditLog | GuardedAudit | None, folder: int) -> None:
+    incoming = cfg.model.incoming
+    regular: list[tuple[float, str]] = []
+    with os.scandir(folder) as entries:
+        listed = [(e.name, e.stat(follow_symlinks=False)) for e in entries
+                  if e.name.endswith(BUNDLE_SUFFIX) and not e.name.startswith(".")]
+    for name, st in listed:
+        if stat.S_ISREG(st.st_mode):
+            regular.append((st.st_mtime, name))
+        else:
+            _quarantine(audit, folder, incoming, name, "not a regular file (a symbolic link, "
+                        "FIFO, folder or device); not read")
+    regular.sort()
+    for _, name in regular[:-1]:
+        logger.info("ignoring older incoming bundle %s", name)
+    if not regular:
+        return
+    newest = regular[-1][1]
+    try:
+        install_bundle(incoming / newest, cfg.model.public_key, cfg.state_dir,
+                       cfg.model.runtimes)
+    except TwinLockError as exc:
+        _quarantine(audit, folder, incoming, newest, str(exc))
+        return
+    for _, name in regular:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=folder)
+    logger.info("installed bundle %s", newest)
+    if audit is not None:
+        audit.record("bundle", "ignore", f"bundle {newest} installed")
+
+
+def _quarantine(audit: AuditLog | GuardedAudit | None, folder: int, incoming: Path, name: str,
+                reason: str) -> None:
+    """Move ``name`` into ``rejected/`` (made afresh if it is not a real folder), by descriptor:
+    no path in the drop folder is ever followed. Failing that, delete it."""
+    _drop_problem(audit, f"bundle {name} refused: {reason}")
+    try:
+        rejected = _rejected_folder(folder, incoming)
+        try:
+            os.replace(name, name, src_dir_fd=folder, dst_dir_fd=rejected)
+        finally:
+            os.close(rejected)
+    except OSError as exc:
+        logger.error("cannot move %s to %s/rejected (%s); deleting it", name, incoming, exc)
+        try:
+            os.unlink(name, dir_fd=folder)
+        except OSError as again:
+            logger.error("cannot delete %s from %s either: %s", name, incoming, again)
+
+
+def _rejected_folder(folder: int, incoming: Path) -> int:
+    """A descriptor of incoming/rejected: a real folder, never a link to somewhere else."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        os.mkdir("rejected", 0o700, dir_fd=folder)
+    except FileExistsError:
+        st = os.stat("rejected", dir_fd=folder, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            aside = f"rejected.not-a-folder-{int(time.time())}"
+            logger.error("%s/rejected is not a folder; moved it to %s", incoming, aside)
+            os.replace("rejected", aside, src_dir_fd=folder, dst_dir_fd=folder)
+            os.mkdir("rejected", 0o700, dir_fd=folder)
+    return os.open("rejected", flags, dir_fd=folder)
 
 
 def model_files(cfg: Config) -> tuple[Path, Path, str]:
