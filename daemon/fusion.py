@@ -124,6 +124,10 @@ def decision_settings(thresholds: dict[str, float], default_threshold: str,
         raise ModelError(f"the model has no calibrated threshold {name!r} (it has "
                          f"{', '.join(sorted(thresholds)) or 'none'})"
                          + ("" if threshold_name else " and names it as its default_threshold"))
+    if not calibrated and not threshold_name:
+        logger.warning("model thresholds are per pair only (no door calibration): %s lets more "
+                       "strangers in at a door than its name says; run twinlock evaluate --door "
+                       "--write-thresholds on the model", name)
     if threshold_name and threshold_name != default_threshold:
         logger.warning("verification.threshold_name %s overrides the model's default_threshold %s",
                        threshold_name, default_threshold)

@@ -24,8 +24,15 @@ DOOR = PAIR | {"door_far_1e-03": 0.996, "door_far_1e-04": 0.998}
 CALIBRATED = {"door": {"fusion": "centroid", "residents": 5, "anchors_per_resident": 5}}
 
 
-def test_a_pair_calibrated_model_keeps_its_default_and_the_share_rule() -> None:
-    assert decision_settings(PAIR, "far_1e-03", {}) == (0.98, "far_1e-03", "share")
+def test_a_pair_calibrated_model_keeps_its_default_and_the_share_rule(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="twinlock.daemon.fusion"):
+        assert decision_settings(PAIR, "far_1e-03", {}) == (0.98, "far_1e-03", "share")
+    assert "no door calibration" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="twinlock.daemon.fusion"):
+        decision_settings(DOOR, "door_far_1e-03", CALIBRATED)
+    assert not caplog.text
 
 
 def test_a_door_calibrated_model_brings_its_threshold_and_rule() -> None:

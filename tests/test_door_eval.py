@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from twinlock.daemon.errors import UsageError
-from twinlock.daemon.faces.pipeline import FacePipeline
 from twinlock.daemon.fusion import FUSION_RULES, decision_settings
 from twinlock.daemon.gallery import Gallery
 from twinlock.daemon.model import FaceEmbedder, read_metadata
@@ -39,7 +38,7 @@ def held_out(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path) -> Path:
 def real(door_model: Path, lfw_dir: Path, held_out: Path):
     embedder = FaceEmbedder(door_model)
     meta = embedder.meta
-    pipeline = FacePipeline(meta.detector.build(), meta.input_size, meta.alignment_zoom)
+    pipeline = meta.face_pipeline(meta.detector.build())
     people = de.held_out_people(held_out, lfw_dir)
     photos = de.embed_photos(embedder, pipeline, lfw_dir, people, progress=False)
     return embedder, photos, de.pair_matrix(embedder, photos.embedding)

@@ -565,8 +565,7 @@ def evaluate_door(model_dir: Path, images_root: Path, holdout_pairs: Path,
     started = time.perf_counter()
     embedder = FaceEmbedder(model_dir, num_threads=num_threads)
     meta = embedder.meta
-    pipeline = FacePipeline(meta.detector.build(num_threads), meta.input_size,
-                            meta.alignment_zoom)
+    pipeline = meta.face_pipeline(meta.detector.build(num_threads))  # the model's own template
     people = held_out_people(holdout_pairs, images_root)
     removed = (meta.provenance.get("training", {}).get("data", {})
                .get("holdout_identities_removed"))
@@ -630,7 +629,7 @@ def evaluate_door(model_dir: Path, images_root: Path, holdout_pairs: Path,
     loose = threshold_for(pooled(setting(1, cal_m), photos, matrix, embedder,
                                  winner).impostor_top, 1e-2)
     base = None
-    for r in residents:
+    for r in sorted({1, *residents}):  # ratios are to one resident
         try:
             pool = pooled(setting(r, cal_m), photos, matrix, embedder, winner)
         except UsageError:
