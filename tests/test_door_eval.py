@@ -25,6 +25,8 @@ from twinlock.trainer import door_eval as de
 from twinlock.trainer.enroll import DUPLICATE_COSINE
 from twinlock.trainer.pairs import make_pairs_file
 
+pytestmark = pytest.mark.data
+
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path) -> Path:
