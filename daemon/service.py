@@ -248,7 +248,7 @@ def build_matcher(cfg: Config) -> Matcher:
         v.fusion)
     logger.info("decision: fusion %s, threshold %.4f (%s)", fusion, threshold, threshold_from)
     detector = cfg.detector.to_spec(meta.detector).build(cfg.model.num_threads)
-    pipeline = FacePipeline(detector, meta.input_size, meta.alignment_zoom)
+    pipeline = meta.face_pipeline(detector)
     verifier = Verifier(gallery, meta.head_weights, meta.head_bias, threshold,
                         v.verification_threshold, fusion)
     qc = cfg.quality

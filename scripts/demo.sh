@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=2
 OUT=${DEMO_OUT:-out/demo}
-MODEL=models/default
+MODEL=${TWINLOCK_MODEL:-models/default}
 MEDIA=$(.venv/bin/python scripts/sample_media.py)
 rm -rf "$OUT"; mkdir -p "$OUT/door"
 export TWINLOCK_ENROL_DB="$OUT/enrolment.db"

@@ -173,3 +173,14 @@ def test_the_doors_chip_is_close_to_dlibs(dlib_chips, tower) -> None:
     arc_distance = np.linalg.norm(tower.predict(np.array(arc, np.float32), verbose=0)
                                   - refs[:20], axis=1)
     assert float(np.mean(arc_distance)) > float(np.mean(distance[:20])) + 0.1
+
+
+def test_multiply_accumulates_of_the_imported_tower(tower) -> None:
+    """0.27 GMAC per chip, as dlib-resnet.md derives from the layer stack (and by hand: the
+    first conv alone is 72 * 72 * 32 * 7 * 7 * 3 = 24.4 M)."""
+    from twinlock.trainer.model import multiply_accumulates
+
+    first = tower.get_layer("conv1")
+    assert tuple(first.output.shape[1:]) == (72, 72, 32)
+    macs = multiply_accumulates(tower)
+    assert 0.25e9 < macs < 0.30e9

@@ -29,7 +29,12 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="run folder to create (default runs/<architecture>-<loss>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--architecture", choices=("compact", "koch"), default="compact")
+    p.add_argument("--architecture", choices=("compact", "koch", "dlib-resnet"), default="compact",
+                   help="dlib-resnet: dlib's public-domain ResNet, its weights read from the "
+                   "face-recognition-models wheel (150 px dlib chips; --epochs 0 fits the head "
+                   "only, more epochs fine-tune and are kept only if validation AUC improves)")
+    p.add_argument("--unit-embeddings", choices=("auto", "on", "off"), default="auto",
+                   help="L2-normalise embeddings before the head (auto: by the loss)")
     p.add_argument("--loss", choices=("bce", "contrastive", "triplet", "cosface", "distill"),
                    default="bce",
                    help="bce: the paper's twin; cosface: identity pre-training (head fitted after); "
@@ -123,6 +128,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             weight_decay=args.weight_decay, patience=args.patience,
             val_fraction=args.val_fraction, hard_negatives=args.hard_negatives,
             distill_weight=args.distill_weight,
+            unit_embeddings={"auto": None, "on": True, "off": False}[args.unit_embeddings],
             augment=args.augment, flip_average=args.flip_average,
             holdout_pairs=str(args.holdout_pairs.resolve()) if args.holdout_pairs else None,
             max_identities=args.max_identities, strategy=args.strategy, seed=args.seed,

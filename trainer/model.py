@@ -251,3 +251,21 @@ def triplet_loss(margin: float = 0.3):
         return tf.reduce_mean(tf.nn.relu(d_ap - d_an + margin))
 
     return loss
+
+
+def multiply_accumulates(model: keras.Model) -> int:
+    """Multiply-accumulates of one forward pass (convolutions and dense layers; the adds of
+    pooling, padding and activations are not counted), for speed estimates across devices."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.DepthwiseConv2D):
+            _, h, w, c = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += h * w * c * kh * kw
+        elif isinstance(layer, layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += h * w * c_out * kh * kw * layer.input.shape[-1]
+        elif isinstance(layer, layers.Dense):
+            total += int(layer.kernel.shape[0]) * int(layer.kernel.shape[1])
+    return int(total)

@@ -272,9 +272,27 @@ class TrainLoop:
         auc = metrics.roc_auc(scores, y)
         logger.info("imported tower before any training: val AUC %.4f", auc)
         state.update(best_auc=auc, best_epoch=0)
+        if self.cfg.loss == "cosface" and self.cfg.epochs > 0:
+            self._class_centres_from_embeddings()
         self._save_checkpoint("best")
         self._save_checkpoint("last")
         _atomic_write_json(self.run_dir / STATE_FILE, state)
+
+    def _class_centres_from_embeddings(self) -> None:
+        """CosFace's class centres start at each class's mean unit embedding, not at random:
+        fine-tuning a trained tower at a low learning rate would otherwise push it towards
+        random centres it can barely move."""
+        images = self.cosface_images
+        emb = self.embed(self.data.train_idx[images])
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        classes = self.class_of[self.train_labels[images]]
+        centres = np.zeros((emb.shape[1], int(classes.max()) + 1), np.float32)
+        np.add.at(centres.T, classes, emb)
+        centres /= np.maximum(np.linalg.norm(centres, axis=0, keepdims=True), 1e-12)
+        layer = self.model.get_layer("cosface")
+        layer.set_weights([centres])
+        logger.info("CosFace centres set from the mean embeddings of %d classes",
+                    centres.shape[1])
 
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
         """Best weights -> fitted head -> calibrated thresholds -> files people look at."""
