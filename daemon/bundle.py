@@ -7,6 +7,8 @@ A bundle (``*.twinlock``) is an uncompressed POSIX ustar archive whose members a
     model/tower.tflite   the exported tower
     model/model.json     its metadata (head, thresholds, model_id)
     gallery.json         the enrolled users' anchors, made with that model_id
+    model/*.tflite       the model's assets (detector, face mesh), as model.json lists them
+                         with their sha256; sorted by name (none in older bundles)
 
 The manifest names every content file with its sha256 and size, so one signature covers all of
 them. Its ``sequence`` (the writing time in microseconds unless given) orders bundles: a door
@@ -63,6 +65,18 @@ GALLERY_MEMBER = "gallery.json"
 #: content files, in the order they follow the manifest and its signature
 CONTENT_MEMBERS: tuple[str, ...] = (TOWER_MEMBER, METADATA_MEMBER, GALLERY_MEMBER)
 MEMBER_ORDER: tuple[str, ...] = (MANIFEST_NAME, SIGNATURE_NAME, *CONTENT_MEMBERS)
+#: an asset member: a plain *.tflite name in model/ (checked against model.json's assets)
+_ASSET_MEMBER_RE = re.compile(r"model/[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.tflite")
+
+
+def _is_asset_member(name: str) -> bool:
+    return name not in CONTENT_MEMBERS and bool(_ASSET_MEMBER_RE.fullmatch(name))
+
+
+def member_order(files: Sequence[str]) -> tuple[str, ...]:
+    """The members a bundle listing ``files`` must have, in order: the fixed ones, then the
+    model's assets sorted by name."""
+    return (*MEMBER_ORDER, *sorted(n for n in files if _is_asset_member(n)))
 
 SIGNATURE_SIZE = 64
 #: per-member cap: the Koch tower is ~39 MB int8; anything much bigger is not a bundle of ours
@@ -220,6 +234,8 @@ def write_bundle(model_dir: str | Path, gallery_path: str | Path, private_key_pa
         METADATA_MEMBER: _read_member_source(model_dir / METADATA_FILE),
         GALLERY_MEMBER: _read_member_source(gallery_path),
     }
+    for asset in sorted(meta.assets.values(), key=lambda a: a.file):
+        contents[f"model/{asset.file}"] = _read_member_source(model_dir / asset.file)
     stamp = datetime.now(UTC)
     now = stamp.replace(microsecond=0)
     if sequence is None:
@@ -454,9 +470,9 @@ def _verify_data(data: bytes, public_key: Ed25519PublicKey, source: str) -> Veri
     for name in files:
         if name not in by_name:
             raise BundleError(f"{source}: member {name!r} listed in the manifest is missing")
-    if tuple(names) != MEMBER_ORDER:
+    if tuple(names) != member_order(list(files)):
         raise BundleError(f"{source}: members out of order: {names} (expected "
-                          f"{list(MEMBER_ORDER)})")
+                          f"{list(member_order(list(files)))})")
     members: dict[str, Content] = {}
     for name, entry in files.items():
         content = by_name[name]
@@ -615,8 +631,10 @@ def _parse_manifest(manifest_bytes: bytes, source: str) -> dict[str, Any]:
             problems.append(f"sequence {str(sequence)[:40]!r} is not an integer "
                             f"0..{MAX_SEQUENCE}")
     files = manifest.get("files")
-    if not isinstance(files, dict) or sorted(files) != sorted(CONTENT_MEMBERS):
-        problems.append(f"files must list exactly {list(CONTENT_MEMBERS)}")
+    if not isinstance(files, dict) or sorted(n for n in files if not _is_asset_member(n)) \
+            != sorted(CONTENT_MEMBERS):
+        problems.append(f"files must list exactly {list(CONTENT_MEMBERS)} and the model's "
+                        "assets (model/*.tflite)")
     else:
         for name, entry in files.items():
             if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
@@ -641,6 +659,13 @@ def _check_contents(manifest: dict[str, Any], members: dict[str, Content], sourc
     if meta.model_id != model_id:
         raise BundleError(f"{source}: {METADATA_MEMBER} is model {meta.model_id!r}, the "
                           f"manifest says {model_id!r}")
+    # the assets model.json names are exactly the asset members, with the same hashes
+    files = manifest["files"]
+    listed = {f"model/{a.file}": a.sha256 for a in meta.assets.values()}
+    carried = {n: files[n]["sha256"] for n in files if _is_asset_member(n)}
+    if listed != carried:
+        raise BundleError(f"{source}: {METADATA_MEMBER} lists assets {sorted(listed)} but the "
+                          f"bundle carries {sorted(carried)} (or their sha256 differ)")
     try:
         gallery = json.loads(members[GALLERY_MEMBER].decode("utf-8"))
         gallery_model = gallery["model_id"]

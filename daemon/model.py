@@ -5,15 +5,17 @@ Layout written by ``twinlock export`` (see trainer/export.py)::
     MODEL_DIR/tower.tflite   the tower: uint8 crop in, embedding out (int8 or float32 inside)
     MODEL_DIR/model.json     input size, pixel format, alignment, detector, head weights,
                              calibrated thresholds, provenance and metrics
+    MODEL_DIR/*.tflite       the detector (and face mesh) the model was made with: ``assets``
+                             in model.json gives each one's sha256, size and licence notice;
+                             the detector is loaded from here, checked (see faces/assets.py)
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,15 @@ import numpy as np
 
 from .errors import ModelError
 from .faces.align import DEFAULT_TEMPLATE, TEMPLATES, to_model_input
+from .faces.assets import DETECTOR_ROLE, Asset, check_asset, file_sha256
 from .faces.pipeline import Detector, DetectorSpec, FacePipeline
 from .runtime import DEFAULT_CHAIN, TFLiteModel
 from .scoring import l1_head_scores, l1_pair_scores, postprocess_embeddings
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["METADATA_FILE", "TOWER_FILE", "FaceEmbedder", "ModelMetadata", "file_sha256",
+           "read_metadata", "resolve_assets"]
 
 MODEL_FORMAT = "twinlock-model"
 MODEL_FORMAT_VERSION = 1
@@ -54,6 +60,16 @@ class ModelMetadata:
     model_id: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: role ("detector", "face_mesh") -> a file in the model folder (faces/assets.py)
+    assets: dict[str, Asset] = field(default_factory=dict)
+    #: set by read_metadata: the folder the assets were checked in
+    folder: Path | None = None
+
+    def asset_path(self, role: str) -> Path | None:
+        """The checked file for ``role`` in the model folder, or None when it carries none."""
+        if self.folder is None or role not in self.assets:
+            return None
+        return self.folder / self.assets[role].file
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,7 +81,11 @@ class ModelMetadata:
             "tower_file": TOWER_FILE,
             "input": {"size": self.input_size, "channels": self.channels, "dtype": "uint8"},
             "alignment": {"template": self.alignment_template, "zoom": self.alignment_zoom},
-            "detector": self.detector.to_dict(),
+            # a detector resolved to this folder's own file is written as it was recorded
+            "detector": (replace(self.detector, model_path=None).to_dict()
+                         if self.asset_path(DETECTOR_ROLE) is not None
+                         and self.detector.model_path == str(self.asset_path(DETECTOR_ROLE))
+                         else self.detector.to_dict()),
             "embedding": {
                 "dim": self.embedding_dim,
                 "flip_average": self.flip_average,
@@ -80,6 +100,7 @@ class ModelMetadata:
             "default_threshold": self.default_threshold,
             "metrics": self.metrics,
             "provenance": self.provenance,
+            "assets": {role: asset.to_dict() for role, asset in self.assets.items()},
         }
 
     @classmethod
@@ -109,6 +130,8 @@ class ModelMetadata:
                 model_id=str(data.get("model_id", "")),
                 metrics=dict(data.get("metrics", {})),
                 provenance=dict(data.get("provenance", {})),
+                assets={str(role): Asset.from_dict(entry, f"{source}: assets.{role}")
+                        for role, entry in dict(data.get("assets", {})).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{source}: malformed model metadata ({exc!r})") from None
@@ -135,14 +158,6 @@ class ModelMetadata:
         return self.thresholds[self.default_threshold]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_metadata(model_dir: str | Path) -> ModelMetadata:
     path = Path(model_dir) / METADATA_FILE
     if not Path(model_dir).is_dir():
@@ -154,7 +169,23 @@ def read_metadata(model_dir: str | Path) -> ModelMetadata:
             from None
     except json.JSONDecodeError as exc:
         raise ModelError(f"{path}: not valid JSON ({exc})") from None
-    return ModelMetadata.from_json(data, str(path))
+    meta = ModelMetadata.from_json(data, str(path))
+    return resolve_assets(meta, Path(model_dir))
+
+
+def resolve_assets(meta: ModelMetadata, model_dir: Path) -> ModelMetadata:
+    """Check every asset's sha256 in ``model_dir`` (an altered file is a ModelError) and point
+    the detector at the folder's own file unless model.json names another path."""
+    for asset in meta.assets.values():
+        check_asset(model_dir, asset)
+    meta.folder = model_dir
+    detector_file = meta.asset_path(DETECTOR_ROLE)
+    if detector_file is not None and meta.detector.model_path is None:
+        meta.detector = replace(meta.detector, model_path=str(detector_file))
+    elif detector_file is None and meta.detector.type == "blazeface":
+        logger.warning("%s carries no detector file: using the installed copy (add it with "
+                       "'twinlock add-detector %s')", model_dir, model_dir)
+    return meta
 
 
 class FaceEmbedder:

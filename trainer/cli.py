@@ -241,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: full integer (smallest); mixed: int8 but the last fully connected "
                    "layer float32, for towers that lose AUC in int8 there; float32")
     p.add_argument("--max-auc-drop", type=float, default=0.01)
+    p = sub.add_parser("add-detector", help="put the detector (and face mesh) into an "
+                       "exported model folder", description="Copy the BlazeFace detector and "
+                       "the face mesh into MODEL_DIR and record their sha256 and licence in "
+                       "model.json (export does this itself; this is for older folders).")
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    p.add_argument("--no-mesh", action="store_true", help="the detector only")
     p = sub.add_parser("evaluate", help="measure an exported model on faces it never saw",
                        description="Evaluate an exported model through the daemon's runtime. With "
                        "--pairs: the LFW protocol (10-fold accuracy); without: every same-person "
@@ -408,6 +414,13 @@ def _cmd_users(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_add_detector(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .model_assets import add_detector
+
+    print(json.dumps(add_detector(args.model_dir, mesh=not args.no_mesh), indent=2))
+    return 0
+
+
 def _cmd_keygen(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .bundles import keygen
 
@@ -458,7 +471,8 @@ def _cmd_deploy(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "export": _cmd_export, "evaluate": _cmd_evaluate,
-            "pairs": _cmd_pairs, "enroll": _cmd_enroll, "users": _cmd_users,
+            "pairs": _cmd_pairs, "add-detector": _cmd_add_detector,
+            "enroll": _cmd_enroll, "users": _cmd_users,
             "keygen": _cmd_keygen, "bundle": _cmd_bundle, "deploy": _cmd_deploy}
 
 

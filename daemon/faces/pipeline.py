@@ -17,6 +17,10 @@ logger = logging.getLogger(__name__)
 
 SelectPolicy = Literal["largest", "center"]
 
+#: BlazeFace's standard file per variant (blazeface.VARIANTS; that module needs LiteRT and cv2)
+_BLAZEFACE_FILES = {"short": "face_detection_short_range.tflite",
+                    "full": "face_detection_full_range.tflite"}
+
 #: score thresholds that work for each detector (YuNet's from the OpenCV zoo's examples)
 DEFAULT_SCORE: dict[str, float] = {"blazeface": 0.5, "yunet": 0.7}
 
@@ -61,6 +65,8 @@ class DetectorSpec:
     def describe(self) -> str:
         """A short stable text identifying this detector setup (cache keys, logs)."""
         model = Path(self.model_path).name if self.model_path else "bundled"
+        if self.type == "blazeface" and model == _BLAZEFACE_FILES.get(self.variant):
+            model = "bundled"  # the standard file, in a model folder or installed
         variant = f":{self.variant}" if self.type == "blazeface" else ""
         return f"{self.type}{variant}:{model}:{self.threshold:g}"
 
