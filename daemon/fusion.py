@@ -23,6 +23,7 @@ the default is in config.yaml and README ("Door-level figures").
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -103,10 +104,52 @@ def door_calibration(metrics: dict[str, Any]) -> dict[str, Any]:
     return door if isinstance(door, dict) else {}
 
 
+def door_target(name: str) -> float | None:
+    """The impostor accept rate per knock a ``door_far_<rate>`` threshold name stands for."""
+    if not name.startswith("door_far_"):
+        return None
+    try:
+        return float(name.removeprefix("door_far_"))
+    except ValueError:
+        return None
+
+
+def threshold_for_residents(calibration: dict[str, Any], target: float,
+                            residents: int) -> tuple[float, float] | None:
+    """(threshold, one-resident rate) that keeps ``target`` per knock at a door of ``residents``.
+
+    A stranger is let in when they pass for any resident, so the rate per knock is at most R
+    times the one-resident rate (measured: 4.4x at R = 5, 8.4x at R = 10 for models/default).
+    The door therefore asks the one-resident ladder that ``twinlock evaluate --door`` measured
+    (impostor rate per knock at a door of one resident, against threshold) for ``target / R``,
+    interpolating log-linearly. Past the strictest rung it keeps that rung and warns: the
+    target is then not measured for this many residents. None when the model has no ladder.
+    """
+    ladder = calibration.get("one_resident", {}).get("ladder") if calibration else None
+    if not ladder or residents < 1:
+        return None
+    rungs = sorted((float(far), float(t)) for far, t in ladder)  # strictest (lowest far) first
+    want = target / residents
+    if want <= rungs[0][0]:
+        if want < rungs[0][0] * (1 - 1e-9):
+            logger.warning("%d residents: a per-knock target of %.0e needs a one-resident rate "
+                           "of %.1e, below the strictest measured (%.0e); using that one",
+                           residents, target, want, rungs[0][0])
+        return rungs[0][1], rungs[0][0]
+    if want >= rungs[-1][0]:
+        return rungs[-1][1], rungs[-1][0]
+    for (f0, t0), (f1, t1) in itertools.pairwise(rungs):
+        if f0 <= want <= f1:
+            w = (math.log(want) - math.log(f0)) / (math.log(f1) - math.log(f0))
+            return t0 + w * (t1 - t0), want
+    return None  # unreachable: the rungs cover [rungs[0], rungs[-1]]
+
+
 def decision_settings(thresholds: dict[str, float], default_threshold: str,
                       metrics: dict[str, Any], threshold: float | None = None,
                       threshold_name: str | None = None,
-                      fusion: str | None = None) -> tuple[float, str, str]:
+                      fusion: str | None = None,
+                      residents: int | None = None) -> tuple[float, str, str]:
     """(threshold, where it came from, fusion rule) for a model and the config's overrides.
 
     The model is the one source of truth: its ``default_threshold`` and, when it has a door
@@ -134,4 +177,12 @@ def decision_settings(thresholds: dict[str, float], default_threshold: str,
     if name.startswith("door_") and calibrated and rule != calibrated:
         logger.warning("threshold %s was calibrated for fusion %r, the config asks for %r: its "
                        "false-accept rate does not hold", name, calibrated, rule)
+        return thresholds[name], name, rule
+    target = door_target(name)
+    if residents and target is not None and not threshold_name:
+        fitted = threshold_for_residents(door_calibration(metrics), target, residents)
+        if fitted is not None:
+            value, per_resident = fitted
+            return value, (f"{name} for {residents} resident(s): one-resident rate "
+                           f"{per_resident:.1e}"), rule
     return thresholds[name], name, rule

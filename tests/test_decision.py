@@ -153,3 +153,56 @@ def test_without_cooldown_the_next_two_frames_open_again(tmp_path: Path) -> None
         door.tick(now)
         door.observe(now, _frame(i, now), _verdict("ana"), None, (bytes([i]),))
     assert len(action.calls) == 2  # frames 0+1, then 2+3: the window starts empty after each
+
+
+LADDER = [[1e-2, 0.90], [1e-3, 0.98], [1e-4, 0.995]]
+FITTED = {"door": CALIBRATED["door"] | {"one_resident": {"anchors": 5, "ladder": LADDER}}}
+
+
+def test_the_threshold_follows_the_number_of_residents() -> None:
+    """A stranger passes if they pass for anyone: the door asks the one-resident ladder for
+    target / R, interpolating in log rate between rungs."""
+    one, source, rule = decision_settings(DOOR, "door_far_1e-03", FITTED, residents=1)
+    assert (one, rule) == (0.98, "centroid") and "1 resident" in source
+    ten, _, _ = decision_settings(DOOR, "door_far_1e-03", FITTED, residents=10)
+    assert ten == pytest.approx(0.995)
+    three, _, _ = decision_settings(DOOR, "door_far_1e-03", FITTED, residents=3)
+    # 1e-3 / 3 lies log(3)/log(10) of the way from the 1e-3 rung to the 1e-4 rung
+    assert three == pytest.approx(0.98 + np.log10(3) * 0.015)
+    assert 0.98 < three < 0.995
+
+
+def test_past_the_last_rung_the_strictest_is_kept_and_said(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="twinlock.daemon.fusion"):
+        value, _, _ = decision_settings(DOOR, "door_far_1e-04", FITTED, residents=4)
+    assert value == 0.995 and "below the strictest measured" in caplog.text
+
+
+def test_named_or_numeric_thresholds_and_ladderless_models_are_not_fitted() -> None:
+    assert decision_settings(DOOR, "door_far_1e-03", FITTED, threshold_name="door_far_1e-03",
+                             residents=1)[0] == 0.996
+    assert decision_settings(DOOR, "door_far_1e-03", FITTED, threshold=0.5,
+                             residents=1)[0] == 0.5
+    assert decision_settings(DOOR, "door_far_1e-03", CALIBRATED, residents=1)[0] == 0.996
+    assert decision_settings(DOOR, "door_far_1e-03", FITTED, fusion="max",
+                             residents=1)[0] == 0.996  # another rule: its calibration is void
+
+
+def test_the_shipped_ladder_is_monotone_and_brackets_its_own_door_threshold() -> None:
+    """models/default: stricter thresholds for rarer strangers, and its R = 5 door threshold
+    sits near the one-resident 1e-3 / 5 rung (the union bound; measured 4.4x at R = 5)."""
+    import json
+
+    from conftest import REPO
+
+    meta = json.loads((REPO / "models" / "default" / "model.json").read_text())
+    ladder = meta["metrics"]["door"]["one_resident"]["ladder"]
+    rungs = sorted(ladder)
+    assert [t for _, t in rungs] == sorted((t for _, t in rungs), reverse=True)
+    five, _, _ = decision_settings(meta["thresholds"], meta["default_threshold"],
+                                   meta["metrics"], residents=5)
+    assert abs(five - meta["thresholds"]["door_far_1e-03"]) < 0.002
+    one, _, _ = decision_settings(meta["thresholds"], meta["default_threshold"],
+                                  meta["metrics"], residents=1)
+    assert one < five

@@ -45,7 +45,7 @@ from twinlock.daemon.anchors import anchor_from_image
 from twinlock.daemon.camera import ReplayCamera
 from twinlock.daemon.errors import DataError, UsageError
 from twinlock.daemon.faces.pipeline import FacePipeline, select_face
-from twinlock.daemon.fusion import FUSION_RULES, Fusion, templates
+from twinlock.daemon.fusion import FUSION_RULES, Fusion, templates, threshold_for_residents
 from twinlock.daemon.gallery import Gallery
 from twinlock.daemon.images import load_image
 from twinlock.daemon.model import FaceEmbedder
@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 #: door-level impostor-accept targets per knock that get a calibrated threshold
 DOOR_FARS = (1e-2, 1e-3, 1e-4)
+#: one-resident impostor rates the ladder is measured at (the door picks target / R from it)
+LADDER_FARS = (1e-2, 5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4)
 #: the setting the thresholds are calibrated for, and the issue's headline door
 HEADLINE_R, HEADLINE_M = 5, 5
 CLIP = "short_hamilton_clip.mp4"
@@ -640,6 +642,21 @@ def evaluate_door(model_dir: Path, images_root: Path, holdout_pairs: Path,
                        "independent_prediction": 1.0 - (1.0 - base) ** r,
                        "ratio_to_one_resident": rate / base if base else None})
 
+    # the one-resident ladder, and what it gives at each door size (the daemon's rule)
+    one = pooled(setting(1, cal_m), photos, matrix, embedder, winner)
+    ladder = [[far, threshold_for(one.impostor_top, far)] for far in LADDER_FARS]
+    by_size = []
+    for r in sorted({1, *residents}):
+        try:
+            pool = pooled(setting(r, cal_m), photos, matrix, embedder, winner)
+        except UsageError:
+            continue
+        for far in (1e-3, 1e-4):
+            fitted = threshold_for_residents({"one_resident": {"ladder": ladder}}, far, r)
+            if fitted is not None:
+                by_size.append({"residents": r, "target": far,
+                                "one_resident_rate": fitted[1]} | pool.at(fitted[0]))
+
     looser = {name: t for name, t in calibrated.items() if name != "door_far_1e-04"}
     sequences = {name: photo_sequences(head_doors, photos, matrix, embedder, winner, t, fps[0],
                                        15, seed) for name, t in looser.items()}
@@ -657,6 +674,12 @@ def evaluate_door(model_dir: Path, images_root: Path, holdout_pairs: Path,
                        "by_threshold": {name: clip_runs(clip, enrolled[None], others, embedder,
                                                         winner, t, fps)
                                         for name, t in (calibrated | pair).items()}}
+        # the demo's door: the clip's person alone, at the threshold the daemon picks for R = 1
+        alone = threshold_for_residents({"one_resident": {"ladder": ladder}}, 1e-3, 1)
+        if alone is not None:
+            clip_result["alone_at_door_far_1e-03"] = {
+                "door": f"{CLIP_PERSON} alone (1 resident, 1 anchor)",
+                **clip_runs(clip, enrolled[None], [], embedder, winner, alone[0], fps)}
     agreement = choose_agreement(sequences["door_far_1e-03"]["grid"],
                                  clip_result["by_threshold"]["door_far_1e-03"]["runs"]
                                  if clip_result else [], fps[0])
@@ -677,6 +700,7 @@ def evaluate_door(model_dir: Path, images_root: Path, holdout_pairs: Path,
         "enrolment_check": _check_enrolment(head_doors[0], photos, model_dir),
         "rules": rules, "winner": winner, "thresholds": calibrated,
         "cross_calibration": cross, "grid": grid, "far_growth": growth,
+        "one_resident": {"anchors": cal_m, "ladder": ladder, "by_door_size": by_size},
         "far_growth_rule": _growth_rule(growth),
         "sequences": sequences, "clip": clip_result, "agreement": agreement,
         "embed_ms_per_photo": photos.embed_ms, "seconds": time.perf_counter() - started,
@@ -762,6 +786,8 @@ def write_thresholds(model_dir: Path, result: dict[str, Any], argv: Sequence[str
         "thresholds": {name: result["rules"][winner][name] for name in result["thresholds"]},
         "cross_calibration": result["cross_calibration"],
         "far_growth_rule": result["far_growth_rule"],
+        # the daemon's threshold for a door of R residents: the ladder's target / R rung
+        "one_resident": {k: result["one_resident"][k] for k in ("anchors", "ladder")},
         "command": "twinlock " + " ".join(argv),
     }
     path.write_text(json.dumps(data, indent=2) + "\n")
