@@ -1,7 +1,7 @@
 """Per-stage latency of the door's frame path on the real clip, and whether it meets the target.
 
 Why: the daemon's budget is "one 640x480 frame through detect -> align -> embed -> score against
-50 anchors in <= 10 ms on one x86 thread". This script times each stage of that chain on the
+50 anchors in <= 10 ms on one x86 thread" (40 ms for the imported dlib-resnet tower). This script times each stage of that chain on the
 real video frames with the same daemon code the door runs, so a regression shows which stage
 it came from, and it checks one thread against two (on small models one is often faster).
 
@@ -70,6 +70,8 @@ from twinlock.daemon.scoring import l1_head_scores
 logger = logging.getLogger("benchmarks.pipeline")
 
 TARGET_MS = 10.0
+#: budgets per tower (issue targets): the imported dlib ResNet is meant for a Pi 4 or 5
+TARGETS_MS = {"dlib-resnet": 40.0}
 TARGET_THREADS = 1
 WARMUP_CALLS = 10
 STAGES = ("detect", "align", "embed", "score")
@@ -252,9 +254,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs[f"threads_{n}"]["fps_native_with_decode"] = round(
                 1.0 / (decode_s + per_frame / 1000.0), 1)
 
+    budget = TARGETS_MS.get(meta.architecture, TARGET_MS)
     target: dict[str, Any] = {
         "goal": f"one 640x480 frame through detect -> align -> embed -> score against "
-                f"{args.anchors} anchors in <= {TARGET_MS:g} ms on {TARGET_THREADS} x86 thread",
+                f"{args.anchors} anchors in <= {budget:g} ms on {TARGET_THREADS} x86 thread",
         "anchors": args.anchors,
     }
     if TARGET_THREADS in chains:
@@ -264,8 +267,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 frames_with_face=totals["n"],
                 median_ms=totals["median_ms"],
                 p90_ms=totals["p90_ms"],
-                met=totals["median_ms"] <= TARGET_MS,
-                met_at_p90=totals["p90_ms"] <= TARGET_MS,
+                met=totals["median_ms"] <= budget,
+                met_at_p90=totals["p90_ms"] <= budget,
                 judged_on="median of frames with a face (a frame without one stops at detect)",
             )
         else:

@@ -175,6 +175,77 @@ class _Section(BaseModel):
     )
 
 
+def _scalar_kinds(annotation: Any) -> set[str]:
+    """{"bool"}, {"int"} or {"int", "float"} for a plain (optional) scalar field, else empty:
+    strings, paths, literals of words, unions with str are left to their own validation."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (
+        typing.Union, types.UnionType) else (annotation,)
+    args = tuple(a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is Literal or (len(args) == 1 and
+                                                   typing.get_origin(args[0]) is Literal):
+        values = typing.get_args(args[0] if args else annotation)
+        return {"int"} if values and all(type(v) is int for v in values) else set()
+    if args == (bool,):
+        return {"bool"}
+    if args == (int,):
+        return {"int"}
+    if args == (float,):
+        return {"int", "float"}
+    return set()
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "text (write a number without quotes)"
+    return f"a {type(value).__name__}"
+
+
+def _scalar_problem(kinds: set[str], value: Any) -> str | None:
+    if value is None:
+        return None
+    if "bool" in kinds:
+        return None if isinstance(value, bool) else "expected true or false"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"expected {'a whole number' if kinds == {'int'} else 'a number'}, not " \
+            f"{_kind_of(value)}"
+    if kinds == {"int"} and isinstance(value, float):
+        return "expected a whole number, not a decimal"
+    return None
+
+
+def _strict_problems(data: Any, model: type[BaseModel], path: KeyPath) -> list[tuple[KeyPath, str]]:
+    """Numbers must be numbers and switches true/false, as written in the file.
+
+    Pydantic's lax mode would take ``pin: true`` as GPIO 1, ``enabled: 1`` or ``"yes"`` as a
+    switch and ``"30"`` as a number; in a lock's config each is more likely a mistake than a
+    wish. Walks the raw data beside the schema (sections, ``type:``-switched sections)."""
+    if not isinstance(data, Mapping):
+        return []
+    found: list[tuple[KeyPath, str]] = []
+    for key, value in data.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        annotation = field.annotation
+        tags = _model_union(annotation)
+        if tags is not None:
+            default = field.get_default(call_default_factory=True)
+            tag = value.get("type", getattr(default, "type", None)) \
+                if isinstance(value, Mapping) else None
+            if isinstance(tag, str) and tag in tags:
+                found += _strict_problems(value, tags[tag], path + (key,))
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found += _strict_problems(value, annotation, path + (key,))
+        else:
+            kinds = _scalar_kinds(annotation)
+            problem = _scalar_problem(kinds, value) if kinds else None
+            if problem is not None:
+                found.append((path + (key,), problem))
+    return found
+
+
 # --------------------------------------------------------------------------------------------
 # sections
 
@@ -647,6 +718,13 @@ def _raise(problems: list[ConfigProblem]) -> typing.NoReturn:
 
 KeyPath = tuple[Any, ...]
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+#: a config file larger than this is refused before it is read (the shipped one is ~12 KB)
+MAX_CONFIG_BYTES = 256 * 1024
+#: nesting deeper than this is no config of ours (ours is 3 levels deep)
+MAX_DEPTH = 32
+#: nodes visited with aliases expanded: a few hundred bytes of nested aliases ("billion laughs")
+#: would otherwise expand to gigabytes
+MAX_NODES = 20_000
 
 
 @dataclass
@@ -660,7 +738,14 @@ class _Located:
     duplicates: list[ConfigProblem]
 
 
-def _yaml_problem(exc: yaml.YAMLError, source: str) -> ConfigProblem:
+def _yaml_problem(exc: yaml.YAMLError, source: str, text: str = "") -> ConfigProblem:
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character (NUL, BEL, ...)
+        position = int(exc.position)
+        line = text.count("\n", 0, position) + 1
+        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+        return ConfigProblem(line, "", f"YAML error: character #x{char:04x} is not allowed "
+                             "in a config file (a control character)", NO_VALUE, source, column)
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     if isinstance(exc, yaml.MarkedYAMLError):
         parts = [exc.context, exc.problem] if exc.context and exc.problem else [exc.problem]
@@ -681,11 +766,13 @@ def _read_yaml(text: str, source: str) -> _Located:
     PyYAML keeps the last of two equal keys without a word; in a lock's config a duplicated key
     is almost always a mistake that would hide the setting the user meant, so it is an error.
     """
-    loader = yaml.SafeLoader(text)
     key_lines: dict[KeyPath, int] = {}
     value_lines: dict[KeyPath, int] = {}
     duplicates: list[ConfigProblem] = []
+    visited = 0
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
         if root is None:  # empty, or only comments
             return _Located({}, key_lines, value_lines, 1, duplicates)
@@ -701,8 +788,18 @@ def _read_yaml(text: str, source: str) -> _Located:
             return key
 
         def walk(node: yaml.Node, path: KeyPath, active: set[int]) -> None:
+            nonlocal visited
             if id(node) in active:  # a recursive alias: nothing sane to record below it
                 return
+            visited += 1
+            if visited > MAX_NODES:
+                _raise([ConfigProblem(node.start_mark.line + 1, _dotted(path), "more than "
+                                      f"{MAX_NODES} values once aliases are expanded (an alias "
+                                      "bomb?); not a TwinLock config", NO_VALUE, source)])
+            if len(path) > MAX_DEPTH:
+                _raise([ConfigProblem(node.start_mark.line + 1, "", f"nested more than "
+                                      f"{MAX_DEPTH} levels deep; not a TwinLock config",
+                                      NO_VALUE, source)])
             active = active | {id(node)}
             value_lines[path] = node.start_mark.line + 1
             if isinstance(node, yaml.MappingNode):
@@ -740,10 +837,20 @@ def _read_yaml(text: str, source: str) -> _Located:
         walk(root, (), set())
         data = loader.construct_document(root)
     except yaml.YAMLError as exc:
-        _raise([_yaml_problem(exc, source)])
+        _raise([_yaml_problem(exc, source, text)])
+    except RecursionError:  # PyYAML composes nested collections recursively
+        _raise([ConfigProblem(None, "", f"nested too deeply (more than {MAX_DEPTH} levels); not "
+                              "a TwinLock config", NO_VALUE, source)])
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return _Located(data, key_lines, value_lines, root.start_mark.line + 1, duplicates)
+
+
+def _value_at(data: Any, path: KeyPath) -> Any:
+    for key in path:
+        data = data[key]
+    return data
 
 
 def _dotted(path: KeyPath) -> str:
@@ -876,6 +983,12 @@ def parse_config(text: str, source: str = "<string>", base_dir: Path | None = No
     except ValidationError as exc:
         problems += [_problem(error, located, source) for error in exc.errors()]
         config = None
+    reported = {p.path for p in problems}
+    for path, message in _strict_problems(data, Config, ()):
+        if _dotted(path) not in reported:  # pydantic already said what is wrong there
+            value = _value_at(data, path)
+            problems.append(ConfigProblem(_line_for(path, located), _dotted(path), message,
+                                          value, source))
     if problems:
         _raise(problems)
     assert config is not None
@@ -909,9 +1022,17 @@ def _named_or_default(path: Path | str | None) -> Path | None:
 
 
 def _read_text(path: Path, source: str) -> str:
-    """The file as UTF-8 text; ConfigError (one line) when it cannot be read as such."""
+    """The file as UTF-8 text, at most MAX_CONFIG_BYTES (checked before reading); ConfigError
+    (one line) when it cannot be read as such."""
     try:
-        return path.read_bytes().decode("utf-8")
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if max(size, len(data)) > MAX_CONFIG_BYTES:
+            _raise([ConfigProblem(None, "", f"{max(size, len(data))} bytes, over the "
+                                  f"{MAX_CONFIG_BYTES} byte cap for a config file", NO_VALUE,
+                                  source)])
+        return data.decode("utf-8")
     except FileNotFoundError:
         _raise([ConfigProblem(None, "", "config file not found", NO_VALUE, source)])
     except IsADirectoryError:

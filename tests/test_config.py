@@ -401,3 +401,65 @@ def test_detector_to_spec() -> None:
     assert yunet.to_spec(trained) == DetectorSpec("yunet", "short", "/m/yunet.onnx", None)
     full = DetectorConfig(type="blazeface", variant="full")
     assert full.to_spec(trained).variant == "full"
+
+
+# --------------------------------------------------------------------------------------------
+# hostile and odd files: one line each, quickly, never a traceback
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}]\n" for i in range(8))
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    pytest.param("camera:\n  fps: 1\x00\n", "config.yaml:2:9: YAML error: character #x0000",
+                 id="nul"),
+    pytest.param("camera:\n  fps: 1\x07\n", "config.yaml:2:9: YAML error: character #x0007",
+                 id="bel"),
+    pytest.param("a: " + "[" * 20000 + "]" * 20000 + "\n", "nested", id="deep-flow"),
+    pytest.param("a:\n" + "".join("  " * i + "- \n" for i in range(1, 200)), "nested",
+                 id="deep-block"),
+    pytest.param(BOMB, "alias bomb", id="alias-bomb"),
+    pytest.param("action:\n  pin: true\n", "config.yaml:2: action.pin: expected a whole number, "
+                 "not a boolean (got True)", id="pin-true"),
+    pytest.param("action:\n  pin: 17.5\n", "action.pin: Input should be a valid integer",
+                 id="pin-fraction"),
+    pytest.param("action:\n  pin: '17'\n", "action.pin: expected a whole number, not text",
+                 id="pin-text"),
+    pytest.param("camera:\n  fps: '15'\n", "camera.fps: expected a number, not text",
+                 id="fps-text"),
+    pytest.param("camera:\n  mirror: 1\n", "camera.mirror: expected true or false (got 1)",
+                 id="bool-one"),
+    pytest.param("lockout:\n  enabled: 'yes'\n", "lockout.enabled: expected true or false",
+                 id="bool-text"),
+    pytest.param("camera:\n  rotate: false\n", "camera.rotate: expected a whole number, not a "
+                 "boolean", id="rotate-false"),
+    pytest.param("lockout:\n  window_seconds: true\n", "lockout.window_seconds: expected a "
+                 "number, not a boolean", id="seconds-true"),
+])
+def test_hostile_files_give_one_line_quickly(tmp_path: Path, text: str, fragment: str) -> None:
+    import time
+
+    started = time.monotonic()
+    error = load_error(tmp_path, text)
+    assert time.monotonic() - started < 5.0
+    message = str(error)
+    assert "\n" not in message and fragment in message, message
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    with path.open("wb") as handle:
+        handle.truncate(50 * 1024 * 1024)  # sparse
+    with pytest.raises(ConfigError, match=r"over the 262144 byte cap"):
+        load_config(path)
+
+
+def test_numbers_and_switches_that_are_what_they_say_still_load(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "action:\n  pin: 22\n  pulse_seconds: 2\n"
+                                      "camera:\n  mirror: true\n  fps: 7.5\n"
+                                      "verification:\n  threshold: 0.5\n"))
+    assert (cfg.action.pin, cfg.action.pulse_seconds) == (22, 2.0)
+    assert cfg.camera.mirror is True and cfg.camera.fps == 7.5
