@@ -33,7 +33,11 @@ from twinlock.trainer.bundles import keygen, make_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "default"
-CONTENT = ("model/tower.tflite", "model/model.json", "gallery.json")
+FIXED = ("model/tower.tflite", "model/model.json", "gallery.json")
+#: the shipped model's assets (detector, face mesh): bundle members after the fixed ones, sorted
+ASSETS = tuple(sorted(f"model/{a['file']}" for a in json.loads(
+    (DEFAULT_MODEL / "model.json").read_text()).get("assets", {}).values()))
+CONTENT = (*FIXED, *ASSETS)
 
 
 # ------------------------------------------------------------------------------------------
@@ -47,7 +51,9 @@ class Door:
         self.root = root
         self.model_dir = root / "model"
         self.model_dir.mkdir(parents=True)
-        for name in ("tower.tflite", "model.json"):
+        # the tower, model.json and the assets it lists (detector, face mesh)
+        for name in ("tower.tflite", "model.json", *(a["file"] for a in json.loads(
+                (DEFAULT_MODEL / "model.json").read_text()).get("assets", {}).values())):
             shutil.copyfile(DEFAULT_MODEL / name, self.model_dir / name)
         self.meta = read_metadata(self.model_dir)
         self.gallery_path = root / "gallery.json"
@@ -62,7 +68,9 @@ class Door:
     def source_bytes(self) -> dict[str, bytes]:
         return {"model/tower.tflite": (self.model_dir / "tower.tflite").read_bytes(),
                 "model/model.json": (self.model_dir / "model.json").read_bytes(),
-                "gallery.json": self.gallery_path.read_bytes()}
+                "gallery.json": self.gallery_path.read_bytes(),
+                **{name: (self.model_dir / name.removeprefix("model/")).read_bytes()
+                   for name in ASSETS}}
 
 
 def make_gallery(model_id: str, dim: int, names: list[str], seed: int = 0) -> Gallery:
@@ -122,7 +130,8 @@ def signed_bundle(files: dict[str, bytes], key: Ed25519PrivateKey, *, order: lis
     manifest.update(overrides)
     raw = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
     entries = {"manifest.json": raw, "manifest.sig": key.sign(raw), **files}
-    names = order or ["manifest.json", "manifest.sig", *CONTENT]
+    names = order or ["manifest.json", "manifest.sig", *FIXED,
+                      *sorted(n for n in files if n not in FIXED)]
     return make_tar([(name, entries[name]) for name in names])
 
 
@@ -322,8 +331,12 @@ def test_duplicate_member_is_refused(door: Door, tmp_path: Path) -> None:
 def test_reordered_members_are_refused(door: Door, tmp_path: Path) -> None:
     data = signed_bundle(door.source_bytes(), load_signer(door),
                          order=["manifest.json", "manifest.sig", "gallery.json",
-                                "model/tower.tflite", "model/model.json"])
+                                "model/tower.tflite", "model/model.json", *ASSETS])
     refuse(write(tmp_path, data), door.pub, "members out of order")
+    if len(ASSETS) > 1:  # assets follow the fixed members sorted by name
+        data = signed_bundle(door.source_bytes(), load_signer(door),
+                             order=["manifest.json", "manifest.sig", *FIXED, *ASSETS[::-1]])
+        refuse(write(tmp_path, data), door.pub, "members out of order")
 
 
 @pytest.mark.parametrize("kind, match", [
@@ -732,3 +745,21 @@ def test_a_signed_bundle_that_cannot_run_never_becomes_current(door: Door, tmp_p
     assert "64-d anchors" in refused[0].reason
     assert b.current_bundle(state).read_bytes() == good
     assert build_matcher(cfg).users == 2  # what a restart loads
+
+
+def test_assets_listed_in_model_json_must_be_carried_with_their_hashes(
+        door: Door, tmp_path: Path) -> None:
+    """A signed bundle whose model.json names a detector it does not carry, or carries another
+    file under that name, is refused: the door would otherwise detect with something else."""
+    assert ASSETS, "the shipped model carries its detector"
+    signer = load_signer(door)
+    files = door.source_bytes()
+    missing = {k: v for k, v in files.items() if k not in ASSETS}
+    refuse(write(tmp_path, signed_bundle(missing, signer), "missing.twinlock"), door.pub,
+           "lists assets .* but the bundle carries")
+    other = files | {ASSETS[0]: files[ASSETS[0]][:-1] + b"\0"}
+    refuse(write(tmp_path, signed_bundle(other, signer), "other.twinlock"), door.pub,
+           r"lists assets .*\(or their sha256 differ\)")
+    stray = files | {"model/extra.tflite": b"TFL3"}
+    refuse(write(tmp_path, signed_bundle(stray, signer), "stray.twinlock"), door.pub,
+           "lists assets")
