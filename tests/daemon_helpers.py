@@ -58,3 +58,11 @@ def write_config(path: Path, state: Path, model_dir: Path, gallery: Path, source
             cfg[section] = values
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def liveness_off() -> dict[str, Any]:
+    """``write_config``/``parse_config`` overrides that turn liveness off where the schema has
+    it: for tests of other rules (lockout, repeated frames, audit faults) on replayed frames."""
+    from twinlock.daemon.config import Config
+
+    return {"liveness": {"mode": "off"}} if "liveness" in Config.model_fields else {}

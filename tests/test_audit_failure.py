@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from daemon_helpers import CLIP, enrol_miranda, write_config
+from daemon_helpers import CLIP, enrol_miranda, liveness_off, write_config
 from gpiozero.pins.mock import MockFactory
 
 from twinlock.daemon.actions import LogAction
@@ -68,7 +68,8 @@ def test_the_unlock_is_committed_before_the_door_opens_and_never_without_it(
         tmp_path: Path) -> None:
     audit = AuditLog(tmp_path / "audit.db")
     action = CheckingAction(audit)
-    cfg = parse_config(yaml.safe_dump({"action": {"type": "log", "cooldown_seconds": 5}}))
+    cfg = parse_config(yaml.safe_dump({"action": {"type": "log", "cooldown_seconds": 5},
+                                       **liveness_off()}))
     d = Door(cfg, action, audit, None)
     fill(audit)
     t = knock(d, 1000.0)  # the resident, recognised, while no record can be written
@@ -87,7 +88,7 @@ def test_a_full_audit_log_keeps_the_running_door_locked_and_says_so(
     enrol_miranda(door_model, examples_dir, tmp_path / "gallery.json")
     config = write_config(tmp_path / "config.yaml", tmp_path / "state", door_model,
                           tmp_path / "gallery.json", str(examples_dir / CLIP),
-                          camera={"realtime": False})
+                          camera={"realtime": False}, **liveness_off())
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(str(tmp_path / "notify.sock"))
     server.setblocking(False)

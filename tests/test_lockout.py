@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, write_config
+from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, liveness_off, write_config
 
 from twinlock.daemon.actions import LogAction
 from twinlock.daemon.audit import AuditLog
@@ -29,7 +29,7 @@ RESIDENT = FrameVerdict("lin", "lin", 0.9, 1.0)
 
 def door(tmp_path: Path, **lockout: object) -> tuple[Door, LogAction, AuditLog]:
     cfg = parse_config(yaml.safe_dump({"action": {"type": "log", "cooldown_seconds": 5},
-                                       "lockout": lockout}))
+                                       "lockout": lockout, **liveness_off()}))
     action, audit = LogAction(), AuditLog(tmp_path / "audit.db")
     return Door(cfg, action, audit, None), action, audit
 
@@ -110,7 +110,7 @@ def test_replayed_strangers_without_gaps_lock_out_the_resident(
         state = tmp_path / name
         config = write_config(tmp_path / f"{name}.yaml", state, door_model,
                               tmp_path / "gallery.json", str(frames), camera={"realtime": False},
-                              action={"type": "log"}, lockout=lockout)
+                              action={"type": "log"}, lockout=lockout, **liveness_off())
         assert Daemon(config).run() == 0
         return AuditLog(state / "audit.db")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from daemon_helpers import CLIP, enrol_miranda, write_config
+from daemon_helpers import CLIP, enrol_miranda, liveness_off, write_config
 from file_pins import ENV, read_level, write_level
 
 from twinlock.daemon.cli import main as twinlockd
@@ -97,7 +97,8 @@ def test_kill_9_during_a_pulse_then_relay_off_leaves_the_pin_off(
     config = write_config(tmp_path / "config.yaml", tmp_path / "state", door_model,
                           tmp_path / "gallery.json", str(examples_dir / CLIP),
                           camera={"realtime": False},
-                          action={"pin": PIN, "pulse_seconds": 60.0, "cooldown_seconds": 60.0})
+                          action={"pin": PIN, "pulse_seconds": 60.0, "cooldown_seconds": 60.0},
+                          **liveness_off())
     proc = file_pins("run", "--config", config, pin_dir=pin_dir, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300  # the whole clip once, even emulated

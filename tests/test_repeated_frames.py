@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from daemon_helpers import CLIP, enrol_miranda, write_config
+from daemon_helpers import CLIP, enrol_miranda, liveness_off, write_config
 
 from twinlock.daemon.audit import AuditLog
 from twinlock.daemon.config import load_config
@@ -61,7 +61,8 @@ def test_a_still_picture_of_the_resident_never_opens_the_door(
     def config(frames: Path) -> Path:
         return write_config(tmp_path / f"{frames.name}.yaml", tmp_path / f"state-{frames.name}",
                             door_model, tmp_path / "gallery.json", str(frames),
-                            camera={"realtime": False}, action={"type": "log"})
+                            camera={"realtime": False}, action={"type": "log"},
+                            **liveness_off())
 
     matcher = build_matcher(load_config(config(moving)))
     for path in sorted(moving.iterdir()):  # the frame that matches the resident best
