@@ -184,3 +184,25 @@ def test_multiply_accumulates_of_the_imported_tower(tower) -> None:
     assert tuple(first.output.shape[1:]) == (72, 72, 32)
     macs = multiply_accumulates(tower)
     assert 0.25e9 < macs < 0.30e9
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_the_shipped_int8_tower_keeps_dlibs_descriptor(dlib_chips, door_model: Path) -> None:
+    """models/default's tower.tflite, through the daemon's runtime, on dlib's own chips: the
+    quantized descriptor points where dlib's does (cosine >= 0.995 asked; 0.9994 measured)."""
+    from twinlock.daemon.model import read_metadata
+    from twinlock.daemon.runtime import TFLiteModel
+
+    meta = read_metadata(door_model)
+    assert meta.architecture == "dlib-resnet" and meta.alignment_template == "dlib-4pt"
+    assert meta.quantization == "int8" and meta.input_size == 150
+    chips, refs, _, _ = dlib_chips
+    lite = TFLiteModel(door_model / "tower.tflite", num_threads=1)
+    ours = np.concatenate([lite.run(c[None])[0] for c in chips])
+    cos = np.sum(ours * refs, axis=1) / (np.linalg.norm(ours, axis=1)
+                                         * np.linalg.norm(refs, axis=1))
+    assert float(cos.mean()) >= 0.995 and float(cos.min()) >= 0.99
+    # and the scale is kept too (the head works on raw, not unit, descriptors)
+    ratio = np.linalg.norm(ours, axis=1) / np.linalg.norm(refs, axis=1)
+    assert abs(float(np.median(ratio)) - 1.0) < 0.02
