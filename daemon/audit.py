@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 #: every event the log accepts; anything else is a programming error
 EVENTS: frozenset[str] = frozenset(
     {"unlock", "deny", "no_match", "lockout", "quality", "fault", "start", "stop", "reload",
-     "bundle"}
+     "bundle", "remote"}  # remote: a refused remote (MQTT) unlock; an accepted one is "unlock"
 )
 
 #: the schema this code writes; the file's ``PRAGMA user_version`` holds the schema it has

