@@ -187,3 +187,97 @@ def test_directory(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="pictures.jpg.*cannot read") as caught:
         load_image(folder)
     assert not isinstance(caught.value, DataNotFoundError)
+
+
+# ---- sizes checked before decoding ------------------------------------------------------------
+
+
+def png_of_zeros(path: Path, width: int, height: int) -> Path:
+    """A real, complete grey PNG of ``width`` x ``height`` black pixels, streamed row by row so
+    that making it needs no memory: a small file that decodes to a huge array."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body))
+
+    packer, row = zlib.compressobj(9), bytes(width + 1)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                                       8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_small_file_of_too_many_pixels_is_skipped_before_decoding(tmp_path: Path) -> None:
+    import resource
+    import time
+
+    path = png_of_zeros(tmp_path / "huge.png", 20000, 20000)  # 400 Mpix: 1.2 GB as RGB
+    assert path.stat().st_size < 2_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    with pytest.raises(DataError, match=r"huge.png: 20000x20000 pixels, over the 50000000 pixel "
+                                        r"cap \(checked before decoding\)"):
+        load_image(path)
+    assert time.monotonic() - started < 2.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+def test_a_header_claiming_40000_squared_is_a_reason_not_a_cv2_error(tmp_path: Path) -> None:
+    real = png_of_zeros(tmp_path / "small.png", 8, 8).read_bytes()
+    forged = bytearray(real)
+    forged[16:24] = (40000).to_bytes(4, "big") * 2  # IHDR width and height (CRC now wrong)
+    path = tmp_path / "forged.png"
+    path.write_bytes(bytes(forged))
+    with pytest.raises(DataError, match="40000x40000 pixels, over the"):
+        load_image(path)
+
+
+def test_a_replay_folder_skips_an_oversized_picture_and_moves_on(tmp_path: Path) -> None:
+    from twinlock.daemon.camera import ReplayCamera
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in (0, 2):
+        write_bgr(folder / f"{i}.png", np.full((16, 16, 3), 40 * i, np.uint8))
+    png_of_zeros(folder / "1.png", 20000, 20000)
+    camera = ReplayCamera(str(folder), realtime=False)
+    camera.open()
+    frames = []
+    while (frame := camera.read()) is not None:
+        frames.append(frame.source_index)
+    camera.close()
+    assert frames == [0, 2] and camera.skipped == 1  # played once, not from frame 0 forever
+
+
+def test_image_sizes_come_from_headers_for_every_format(tmp_path: Path) -> None:
+    from twinlock.daemon.images import image_size
+
+    picture = np.zeros((13, 21, 3), np.uint8)
+    for suffix in (".png", ".jpg", ".bmp", ".tiff", ".webp", ".ppm", ".pgm"):
+        data = cv2.imencode(suffix, picture if suffix != ".pgm" else picture[:, :, 0])[1]
+        assert image_size(data.tobytes()) == (21, 13), suffix
+    assert image_size(b"GIF89a\x15\x00\x0d\x00" + bytes(20)) == (21, 13)
+    assert image_size(b"hello, not an image") is None
+
+
+def test_a_huge_file_or_a_fifo_is_not_read(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    big = tmp_path / "big.jpg"
+    with big.open("wb") as handle:
+        handle.truncate(200 * 1024 * 1024)  # sparse
+    with pytest.raises(DataError, match="byte cap for an image file"):
+        load_image(big)
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    errors: list[Exception] = []
+    reader = threading.Thread(target=lambda: errors.append(
+        pytest.raises(DataError, load_image, fifo).value), daemon=True)
+    reader.start()
+    reader.join(30)
+    assert not reader.is_alive(), "load_image blocked on a FIFO"
+    assert "not a regular file" in str(errors[0])
