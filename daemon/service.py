@@ -41,10 +41,13 @@ from .config import (
     load_config,
 )
 from .errors import AuditError, ModelError, TwinLockError
+from .faces.assets import MESH_ROLE
+from .faces.mesh import FaceMesh, Mesh
 from .faces.pipeline import FacePipeline
 from .faces.types import Face
 from .fusion import decision_settings
 from .gallery import load_gallery
+from .liveness import LivenessTracker
 from .model import FaceEmbedder
 from .notify import Notifier, watchdog_interval
 from .verify import AgreementWindow, Attempt, FrameVerdict, Lockout, Verifier
@@ -65,6 +68,7 @@ class Matcher:
     thresholds: q.QualityThresholds
     users: int
     origin: str
+    mesh: FaceMesh | None = None  # the face mesh for liveness; None when liveness is off
 
     def describe(self) -> str:
         meta = self.embedder.meta
@@ -245,7 +249,7 @@ def build_matcher(cfg: Config) -> Matcher:
     v = cfg.verification
     threshold, threshold_from, fusion = decision_settings(
         meta.thresholds, meta.default_threshold, meta.metrics, v.threshold, v.threshold_name,
-        v.fusion)
+        v.fusion, residents=len(gallery.users))
     logger.info("decision: fusion %s, threshold %.4f (%s)", fusion, threshold, threshold_from)
     detector = cfg.detector.to_spec(meta.detector).build(cfg.model.num_threads)
     pipeline = meta.face_pipeline(detector)
@@ -254,7 +258,16 @@ def build_matcher(cfg: Config) -> Matcher:
     qc = cfg.quality
     thresholds = q.QualityThresholds(qc.min_face_px, qc.min_brightness, qc.max_brightness,
                                      qc.min_sharpness)
-    return Matcher(embedder, pipeline, verifier, thresholds, len(gallery.users), origin)
+    mesh = None
+    if cfg.liveness.mode != "off":
+        # the model folder's (signed, checked) copy unless the config names another file
+        mesh_file = cfg.liveness.mesh_model_path or meta.asset_path(MESH_ROLE)
+        mesh = FaceMesh(mesh_file, cfg.model.num_threads,
+                        eyes=cfg.liveness.settings().needs_blink)
+        logger.info("liveness: %s (face mesh %s)", cfg.liveness.mode, mesh.model_path)
+    else:
+        logger.warning("liveness is off: a photo of a resident can open the door")
+    return Matcher(embedder, pipeline, verifier, thresholds, len(gallery.users), origin, mesh)
 
 
 def _digest(array: np.ndarray) -> bytes:
@@ -302,34 +315,70 @@ class Door:
         self.cooldown_until = 0.0
         self.last_image: np.ndarray | None = None
         self.last_decision = "none yet"
+        self.liveness_settings = cfg.liveness.settings()
+        self.liveness: LivenessTracker | None = None  # the open attempt's evidence
+        #: when recognition first agreed in this attempt while liveness had not passed
+        self.awaiting_liveness_since: float | None = None
+
+    @property
+    def needs_liveness(self) -> bool:
+        """Whether a matched frame's face mesh is wanted (liveness on)."""
+        return self.liveness_settings.enabled
 
     def observe(self, now: float, frame: Frame, verdict: FrameVerdict | None,
-                problem: str | None, evidence: tuple[bytes, ...] = ()) -> None:
+                problem: str | None, evidence: tuple[bytes, ...] = (),
+                mesh: Mesh | None = None) -> None:
         """One evaluated face: ``verdict`` when it was matched, ``problem`` when quality failed;
-        ``evidence`` identifies its content (see AgreementWindow: a repeat gets no vote)."""
+        ``evidence`` identifies its content (see AgreementWindow: a repeat gets no vote);
+        ``mesh``: its face mesh, for a frame that verified a resident while liveness is on."""
         if now < self.cooldown_until:
             return  # the door just opened for this visit
         if self.attempt is None:
             self.attempt = Attempt(started=now, last_seen=now)
+            self.liveness = LivenessTracker(self.liveness_settings)
+            self.awaiting_liveness_since = None
         self.attempt.add(now, verdict, problem)
         self.last_image = frame.image
         if verdict is not None:
+            label = frame.source_index if frame.source_index is not None else frame.index
+            if mesh is not None and verdict.user is not None and self.liveness is not None:
+                self.liveness.add(now, mesh, label)
             agreed = self.window.add(now, verdict.user, evidence)
             logger.debug("frame %s: best %s %.4f, verified %s, agreed %s", frame.index,
                          verdict.best_user, verdict.best_score, verdict.user, agreed)
-            if agreed is not None:
+            if agreed is not None and (self.liveness is None or self.liveness.passed
+                                       or self.lockout.locked(now)):
                 self._agreed(now, frame, agreed, verdict)
+                return
+            if agreed is not None and self.awaiting_liveness_since is None:
+                self.awaiting_liveness_since = now
+                logger.info("%s recognised; waiting for liveness (%s)", agreed,
+                            self.liveness_settings.mode)
+            if self._liveness_timed_out(now):
+                assert self.liveness is not None
+                self._end_attempt(self.liveness.failure_reason())
                 return
             if verdict.user is None and self.lockout.failed_frame(now):
                 self._locked_out()
         if self.attempt is not None and now - self.attempt.started > self.attempt_seconds:
-            self._end_attempt("not recognised within the attempt time")
+            self._end_attempt("not recognised within the attempt time"
+                              if self.awaiting_liveness_since is None or self.liveness is None
+                              else self.liveness.failure_reason())
+
+    def _liveness_timed_out(self, now: float) -> bool:
+        """Recognised, but no liveness within ``liveness.timeout_seconds`` of that."""
+        since = self.awaiting_liveness_since
+        return since is not None and now - since > self.liveness_settings.timeout_seconds
 
     def tick(self, now: float) -> None:
         """Called every frame: ends an attempt once the face has been gone for a while."""
         self.window.expire(now)
-        if self.attempt is not None and now - self.attempt.last_seen > self.idle_seconds:
-            self._end_attempt("face left without a match")
+        if self.attempt is not None and self.liveness is not None \
+                and self._liveness_timed_out(now):
+            self._end_attempt(self.liveness.failure_reason())
+        elif self.attempt is not None and now - self.attempt.last_seen > self.idle_seconds:
+            self._end_attempt("face left without a match" if self.awaiting_liveness_since is None
+                              or self.liveness is None else self.liveness.failure_reason())
 
     def finish(self) -> None:
         """Record an attempt still open when the daemon stops, so no decision goes unlogged."""
@@ -338,7 +387,7 @@ class Door:
 
     def _agreed(self, now: float, frame: Frame, user: str, verdict: FrameVerdict) -> None:
         assert self.attempt is not None
-        details = self._details(self.attempt)
+        details = self._details(self.attempt) | self._liveness_details()
         if self.lockout.locked(now):
             self.audit.record("deny", "deny", "locked out after repeated failures", user=user,
                               best_score=verdict.best_score, frame=frame.source_index or frame.index,
@@ -359,13 +408,16 @@ class Door:
             logger.info("door opened for %s (score %.4f)", user, verdict.best_score)
         self.window.clear()
         self.attempt = None
+        self.liveness, self.awaiting_liveness_since = None, None
 
     def _end_attempt(self, reason: str) -> None:
         attempt, self.attempt = self.attempt, None
         self.window.clear()
+        liveness = self._liveness_details()
+        self.liveness, self.awaiting_liveness_since = None, None
         if attempt is None:
             return
-        details = self._details(attempt)
+        details = self._details(attempt) | liveness
         if attempt.frames == 0:
             worst = max(attempt.quality_rejections, key=attempt.quality_rejections.get)
             self.audit.record("quality", "deny", f"face unusable: {q.describe(worst)}",
@@ -374,7 +426,8 @@ class Door:
             return
         self.audit.record("deny", "deny", reason, user=None, best_score=attempt.best_score,
                           details=details | {"closest_user": attempt.best_user})
-        self.last_decision = "deny (not recognised)"
+        self.last_decision = ("deny (liveness)" if reason.startswith("liveness")
+                              else "deny (not recognised)")
         if self.snapshots is not None and self.last_image is not None:
             try:
                 self.snapshots.save(self.last_image, time.time(), "deny")
@@ -389,6 +442,12 @@ class Door:
                           details={"lockout_seconds": self.lockout.lockout_seconds})
         logger.warning("lockout for %.0f s: %s", self.lockout.lockout_seconds,
                        self.lockout.reason)
+
+    def _liveness_details(self) -> dict[str, Any]:
+        """The attempt's liveness evidence for its audit record (empty when liveness is off)."""
+        if self.liveness is None or not self.liveness_settings.enabled:
+            return {}
+        return {"liveness": self.liveness.summary()}
 
     @staticmethod
     def _details(attempt: Attempt) -> dict[str, Any]:
@@ -609,8 +668,12 @@ class Daemon:
             self.door.observe(frame.timestamp, frame, None, problem)
             return
         embedding = matcher.embedder.embed(aligned.crop)[0]
-        self.door.observe(frame.timestamp, frame, matcher.verifier.verify(embedding), None,
-                          (_digest(aligned.crop), _digest(embedding)))
+        verdict = matcher.verifier.verify(embedding)
+        mesh = None
+        if verdict.user is not None and matcher.mesh is not None and self.door.needs_liveness:
+            mesh = matcher.mesh.landmarks(frame.image, face)  # matched frames only
+        self.door.observe(frame.timestamp, frame, verdict, None,
+                          (_digest(aligned.crop), _digest(embedding)), mesh)
 
     def _ping_watchdog(self) -> None:
         if self._watchdog_period is None:

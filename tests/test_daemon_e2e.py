@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, write_config
+from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, liveness_off, write_config
 from gpiozero.pins.mock import MockFactory
 
 from twinlock.daemon.audit import AuditLog
@@ -127,10 +127,10 @@ def _paths(tmp_path: Path, config: Path) -> tuple[Path, Path, str]:
     return Path(cfg["model"]["dir"]), Path(cfg["model"]["gallery"]), cfg["camera"]["source"]
 
 
-#: models/default, the compact tower: at its door-level threshold (door_far_1e-03, 1 impostor
-#: knock in 1000) the clip's performer, enrolled from one portrait, scores at most 0.991 against
-#: 0.9963 and is not let in (README "Door-level figures"). A stronger tower must pass.
-WEAK_TOWER = "4a2d4b3a1b1b09d7"
+#: the issue's target: the door opens within 0.5 s of the enrolled person's face first appearing
+#: (frame 82 at 29.97 fps), recognition alone (liveness adds its own, separately measured delay)
+OPEN_WITHIN_S = 0.5
+CLIP_FPS = 29.97
 
 
 def _shipped_run(door: Path, tmp_path: Path, mock_pins: MockFactory) -> tuple[RecordingDaemon, list]:
@@ -140,7 +140,8 @@ def _shipped_run(door: Path, tmp_path: Path, mock_pins: MockFactory) -> tuple[Re
 
     shipped = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
     write_config(door, tmp_path / "state", *_paths(tmp_path, door),
-                 camera={"realtime": False}, verification=shipped["verification"])
+                 camera={"realtime": False}, verification=shipped["verification"],
+                 **liveness_off())
     daemon = RecordingDaemon(door)
     assert daemon.run() == 0
     assert len(daemon.seen) == 275, "every frame was handled"
@@ -154,12 +155,17 @@ def _shipped_run(door: Path, tmp_path: Path, mock_pins: MockFactory) -> tuple[Re
 
 def test_the_shipped_decision_never_opens_outside_the_enrolled_persons_frames(
         door: Path, mock_pins: MockFactory, tmp_path: Path) -> None:
+    from twinlock.daemon.fusion import decision_settings
     from twinlock.daemon.model import read_metadata
 
     daemon, unlocks = _shipped_run(door, tmp_path, mock_pins)
     meta = read_metadata(Path(daemon.cfg.model.dir))
     assert daemon.matcher is not None
-    assert daemon.matcher.verifier.threshold == meta.thresholds[meta.default_threshold]
+    # the model's own threshold, fitted to this door's one resident (looser than for five)
+    fitted, _, _ = decision_settings(meta.thresholds, meta.default_threshold, meta.metrics,
+                                     residents=1)
+    assert daemon.matcher.verifier.threshold == fitted
+    assert fitted < meta.thresholds[meta.default_threshold]
     assert daemon.matcher.verifier.fusion == meta.metrics["door"]["fusion"]
     assert all(r.user == "lin" and r.frame in MIRANDA_FRAMES for r in unlocks), \
         [(r.user, r.frame) for r in unlocks]
@@ -167,11 +173,9 @@ def test_the_shipped_decision_never_opens_outside_the_enrolled_persons_frames(
 
 def test_the_shipped_decision_opens_for_the_enrolled_person(
         door: Path, mock_pins: MockFactory, tmp_path: Path) -> None:
-    from twinlock.daemon.model import read_metadata
-
-    daemon, unlocks = _shipped_run(door, tmp_path, mock_pins)
-    if not unlocks and read_metadata(Path(daemon.cfg.model.dir)).model_id == WEAK_TOWER:
-        pytest.xfail("the compact tower at door FAR 1e-3 does not let a one-portrait enrolment "
-                     "in (README 'Door-level figures')")
+    _, unlocks = _shipped_run(door, tmp_path, mock_pins)
     assert unlocks, "the door never opened for the enrolled person at the shipped threshold"
     assert all(r.user == "lin" and r.frame in MIRANDA_FRAMES for r in unlocks)
+    first = min(r.frame for r in unlocks)
+    delay = (first - MIRANDA_FRAMES[0]) / CLIP_FPS
+    assert delay <= OPEN_WITHIN_S, f"opened {delay:.2f} s after the face appeared (frame {first})"
