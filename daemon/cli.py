@@ -121,6 +121,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                          threshold=round(matcher.verifier.threshold, 6))
             entry["decision"] = (f"quality: {q.describe(problem)}" if problem else
                                  f"match {verdict.user}" if verdict.user else "no match")
+        # one still image cannot show a blink or a head turn: recognition only
+        entry["liveness"] = f"not checked (one image cannot show it; the door's mode is " \
+            f"{cfg.liveness.mode})"
         results.append(entry)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -129,6 +132,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             score = f"score {r['best_score']:.4f} (closest {r['closest_user']})" \
                 if "best_score" in r else ""
             print(f"{r['image']}: {r.get('error') or r['decision']} {score}".rstrip())
+        print(f"liveness not checked: a still image cannot show it; at the door an unlock also "
+              f"needs liveness (mode {cfg.liveness.mode})")
     return 0
 
 

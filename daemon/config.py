@@ -43,6 +43,7 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .faces.pipeline import DetectorSpec
+    from .liveness import LivenessSettings
 
 logger = logging.getLogger(__name__)
 
@@ -516,6 +517,78 @@ class VerificationConfig(_Section):
         return value
 
 
+class LivenessConfig(_Section):
+    """Presence checks on frames that matched a resident: a photo must not open the door.
+
+    An unlock needs recognition and this check within one attempt; a failure is audited with
+    its own reason and counts towards the lockout. See daemon/liveness.py and README
+    "Liveness" for what it stops and what it does not (a video on a screen, a 3-D mask).
+    """
+
+    mode: Literal["off", "blink", "motion", "both"] = Field(
+        "motion",
+        description="off; blink (eyes close and reopen); motion (head-turn parallax that a "
+        "flat picture cannot make); both (each must pass)",
+    )
+    timeout_seconds: float = Field(
+        5.0, ge=0.5, le=60,
+        description="seconds from the first matched frame for the check to pass; then the "
+        "attempt fails (audited, counted towards the lockout)",
+    )
+    blink_closed_ratio: float = Field(
+        0.6, gt=0, lt=1,
+        description="eye aspect ratio below this share of the open-eye level counts as closed",
+    )
+    blink_open_ratio: float = Field(
+        0.85, gt=0, le=1.5,
+        description="... and back above this share counts as open again (must exceed "
+        "blink_closed_ratio)",
+    )
+    blink_max_seconds: float = Field(
+        0.6, ge=0.05, le=3,
+        description="longest closed time that is a blink (a real blink: 0.1-0.4 s)",
+    )
+    motion_threshold: float = Field(
+        0.12, ge=0.02, le=1,
+        description="nose parallax against the face outline, in inter-ocular distances, that "
+        "a frame must reach (photos moved by homographies stay under ~0.09)",
+    )
+    motion_frames: int = Field(
+        2, ge=1, le=30, description="frames of an attempt that must reach motion_threshold"
+    )
+    min_presence: float = Field(
+        0.5, ge=0, le=1,
+        description="the face mesh's own face score below which a frame is not used",
+    )
+    mesh_model_path: ConfigPath | None = Field(
+        None,
+        description="face_landmark.tflite; empty: the model folder's copy (assets.face_mesh), else "
+        "the installed one",
+    )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads an unquoted ``mode: off`` as false: that is the mode off."""
+        return "off" if value is False else value
+
+    @field_validator("blink_open_ratio")
+    @classmethod
+    def _open_above_closed(cls, value: float, info: ValidationInfo) -> float:
+        closed = info.data.get("blink_closed_ratio")
+        if closed is not None and value <= closed:
+            raise ValueError(f"must be greater than blink_closed_ratio ({closed:g})")
+        return value
+
+    def settings(self) -> LivenessSettings:
+        """The check's own settings object (daemon/liveness.py takes no pydantic model)."""
+        from .liveness import LivenessSettings
+
+        return LivenessSettings(self.mode, self.timeout_seconds, self.blink_closed_ratio,
+                                self.blink_open_ratio, self.blink_max_seconds,
+                                self.motion_threshold, self.motion_frames, self.min_presence)
+
+
 class _ActionBase(_Section):
     cooldown_seconds: float = Field(
         10.0, ge=0, le=3600,
@@ -649,6 +722,9 @@ class Config(_Section):
     )
     verification: Annotated[VerificationConfig, _section()] = Field(
         default_factory=VerificationConfig, description="thresholds and frame agreement"
+    )
+    liveness: Annotated[LivenessConfig, _section()] = Field(
+        default_factory=LivenessConfig, description="presence checks (blink, head motion)"
     )
     action: Annotated[ActionConfig, _section("gpio")] = Field(
         default_factory=GpioActionConfig, description="what an unlock does"

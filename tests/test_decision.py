@@ -117,7 +117,8 @@ def _door(tmp_path: Path, cooldown: float) -> tuple[Door, LogAction, AuditLog]:
     cfg = parse_config(
         "verification: {frames_required: 2, frame_window: 3, window_seconds: 2}\n"
         f"action: {{type: log, cooldown_seconds: {cooldown}}}\n"
-        f"audit: {{db: {tmp_path / 'audit.db'}}}\n", "test.yaml")
+        f"audit: {{db: {tmp_path / 'audit.db'}}}\n"
+        "liveness: {mode: off}\n", "test.yaml")  # the rules of recognition alone
     action = LogAction()
     audit = AuditLog(tmp_path / "audit.db")
     return Door(cfg, action, audit, None), action, audit
