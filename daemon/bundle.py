@@ -12,13 +12,17 @@ A bundle (``*.twinlock``) is an uncompressed POSIX ustar archive whose members a
 
 The manifest names every content file with its sha256 and size, so one signature covers all of
 them. Its ``sequence`` (the writing time in microseconds unless given) orders bundles: a door
-never installs one older than its current bundle, except through ``rollback``. The host writes bundles (``write_bundle``); the door checks them (``verify_bundle``) before
-anything is unpacked or installed, and keeps the previous good bundle for ``rollback``.
+never installs one older than its current bundle, except through ``rollback``. The host writes
+bundles (``write_bundle``); the door checks them (``verify_bundle``) before anything is unpacked
+or installed, and keeps the previous good bundle for ``rollback``.
 
 Version-1 bundles are canonical, and the verifier is strict about layout as well as content:
-headers must be plain ustar with a well-formed checksum field, members must be contiguous, and
-block padding and the end-of-archive blocks must be zeros. No byte of the file goes unchecked, so
-any change (tampering or storage corruption) is refused instead of silently tolerated.
+headers must be plain ustar with a valid checksum, members must be contiguous, and block padding
+and the end-of-archive blocks must be zeros. Every byte the door uses is signed: the manifest by
+the signature, each member by its sha256 in the manifest. What the signature does not cover is
+tar header metadata the door never reads (timestamps, modes, owner names): a header re-forged
+with a valid checksum is accepted and changes nothing the door does; any other change (tampering
+or storage corruption) is refused.
 
 This module runs on the door: it must never import TensorFlow or ``twinlock.trainer``.
 """
@@ -50,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from .errors import BundleError, ModelError, TwinLockError
 from .gallery import load_gallery
 from .model import METADATA_FILE, TOWER_FILE, FaceEmbedder, ModelMetadata, read_metadata
+from .private_db import make_private_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -694,7 +699,7 @@ def unpack(verified: VerifiedBundle, dest_dir: str | Path) -> Path:
     exists with identical files it is reused; a damaged one is replaced.
     """
     dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(dest_dir, BundleError)
     target = dest_dir / verified.bundle_id
     if target.is_dir() and not target.is_symlink() and _folder_matches(target, verified):
         logger.info("bundle %s already unpacked in %s", verified.bundle_id, target)
@@ -762,7 +767,7 @@ def check_runs(verified: VerifiedBundle, work_dir: Path,
     BundleError says what failed.
     """
     source = verified.bundle_id
-    work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(work_dir, BundleError)
     try:
         with tempfile.TemporaryDirectory(prefix=".check-", dir=work_dir) as tmp:
             root = unpack(verified, tmp)
@@ -813,7 +818,7 @@ def install_bundle(bundle_path: str | Path, public_key_path: str | Path,
     folder = bundles_dir(state_dir)
     current, previous = folder / CURRENT_NAME, folder / PREVIOUS_NAME
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(folder, BundleError)  # state_dir too, if this makes it: 0700
         old = current.read_bytes() if current.is_file() else None
         if old == data:
             logger.info("bundle %s is already current", verified.bundle_id)

@@ -763,3 +763,32 @@ def test_assets_listed_in_model_json_must_be_carried_with_their_hashes(
     stray = files | {"model/extra.tflite": b"TFL3"}
     refuse(write(tmp_path, signed_bundle(stray, signer), "stray.twinlock"), door.pub,
            "lists assets")
+
+
+def test_install_makes_a_missing_state_dir_private(door: Door, tmp_path: Path) -> None:
+    old_umask = os.umask(0o022)  # the usual umask: mkdir would give 0755
+    try:
+        b.install_bundle(door.bundle, door.pub, tmp_path / "new" / "state")
+    finally:
+        os.umask(old_umask)
+    for folder in (tmp_path / "new", tmp_path / "new" / "state",
+                   tmp_path / "new" / "state" / "bundles"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+def test_unsigned_tar_header_metadata_changes_nothing_the_door_uses(door: Door,
+                                                                     tmp_path: Path) -> None:
+    """What README and the module promise, exactly: a member header re-forged with a valid
+    checksum (here its mtime) is outside the signature, and the door gets the same bundle."""
+    data = bytearray(door.data)
+    infos = [info for info, _ in tar_members(door.data)]
+    header = infos[-1].offset  # the last member's header
+    data[header + 136:header + 148] = b"%011o\0" % 12345
+    data[header + 148:header + 156] = b" " * 8
+    data[header + 148:header + 156] = b"%06o\0 " % sum(data[header:header + tarfile.BLOCKSIZE])
+    assert bytes(data) != door.data
+    forged = b.verify_bundle(write(tmp_path, bytes(data)), door.pub)
+    original = b.verify_bundle(door.bundle, door.pub)
+    assert forged.digest == original.digest
+    assert {k: bytes(v) for k, v in forged.members.items()} == \
+        {k: bytes(v) for k, v in original.members.items()}
