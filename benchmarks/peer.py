@@ -259,17 +259,20 @@ def subset(pairs: list[Pair], limit: int | None, seed: int) -> list[Pair]:
 
 
 def kfold(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict[str, Any]:
-    """10-fold accuracy and AUC, or the reason they could not be computed."""
+    """10-fold accuracy, AUC, EER and TAR at FAR 1e-2 / 1e-3, or why they could not be
+    computed (the same metrics code as ``twinlock evaluate``)."""
     try:
         result = metrics.kfold_accuracy(scores, labels, folds)
-        auc = metrics.roc_auc(scores, labels)
+        summary = metrics.summarize(scores, labels, fars=(1e-2, 1e-3))
     except TwinLockError as exc:
         return {"pairs": int(labels.size), "error": str(exc)}
     return {
         "pairs": int(labels.size),
         "accuracy": round(result["accuracy"], 4),
         "accuracy_std": round(result["accuracy_std"], 4),
-        "auc": round(float(auc), 4),
+        "auc": round(float(summary["auc"]), 4),
+        "eer": round(float(summary["eer"]), 4),
+        "tar_at_far": {k: round(float(v), 4) for k, v in summary["tar_at_far"].items()},
     }
 
 
