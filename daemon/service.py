@@ -314,6 +314,8 @@ class Door:
         self.attempt: Attempt | None = None
         self.cooldown_until = 0.0
         self.last_image: np.ndarray | None = None
+        #: unlocks refused per user during the current lockout (recorded once, when it ends)
+        self._refusals: dict[str, int] = {}
         self.last_decision = "none yet"
         self.liveness_settings = cfg.liveness.settings()
         self.liveness: LivenessTracker | None = None  # the open attempt's evidence
@@ -373,6 +375,8 @@ class Door:
     def tick(self, now: float) -> None:
         """Called every frame: ends an attempt once the face has been gone for a while."""
         self.window.expire(now)
+        if self._refusals and not self.lockout.locked(now):
+            self._lockout_refusals_summary()
         if self.attempt is not None and self.liveness is not None \
                 and self._liveness_timed_out(now):
             self._end_attempt(self.liveness.failure_reason())
@@ -380,18 +384,26 @@ class Door:
             self._end_attempt("face left without a match" if self.awaiting_liveness_since is None
                               or self.liveness is None else self.liveness.failure_reason())
 
-    def finish(self) -> None:
-        """Record an attempt still open when the daemon stops, so no decision goes unlogged."""
+    def finish(self, why: str = "daemon stopped during the attempt") -> None:
+        """Record an attempt still open when the daemon stops or reloads, so no decision goes
+        unlogged. It is not counted as a failed attempt: the visitor did not fail, the daemon
+        cut them off (a reload must not bring a lockout nearer)."""
         if self.attempt is not None:
-            self._end_attempt("daemon stopped during the attempt")
+            self._end_attempt(why, failure=False)
+        self._lockout_refusals_summary()
 
     def _agreed(self, now: float, frame: Frame, user: str, verdict: FrameVerdict) -> None:
         assert self.attempt is not None
         details = self._details(self.attempt) | self._liveness_details()
         if self.lockout.locked(now):
-            self.audit.record("deny", "deny", "locked out after repeated failures", user=user,
-                              best_score=verdict.best_score, frame=frame.source_index or frame.index,
-                              details=details | {"locked_until_s": self.lockout.until - now})
+            # the first refusal of a lockout is recorded; the rest are counted and written once
+            # when it ends (a resident waiting it out would add a record every few frames)
+            self._refusals[user] = self._refusals.get(user, 0) + 1
+            if sum(self._refusals.values()) == 1:
+                self.audit.record("deny", "deny", "locked out after repeated failures",
+                                  user=user, best_score=verdict.best_score,
+                                  frame=frame.source_index or frame.index,
+                                  details=details | {"locked_until_s": self.lockout.until - now})
             self.last_decision = f"deny {user} (locked out)"
         elif not self.audit.record(
                 "unlock", "unlock", f"verified in {self.window.frames_required} of "
@@ -410,7 +422,8 @@ class Door:
         self.attempt = None
         self.liveness, self.awaiting_liveness_since = None, None
 
-    def _end_attempt(self, reason: str) -> None:
+    def _end_attempt(self, reason: str, failure: bool = True) -> None:
+        """Record the attempt's end; ``failure``: it counts towards the lockout."""
         attempt, self.attempt = self.attempt, None
         self.window.clear()
         liveness = self._liveness_details()
@@ -433,8 +446,18 @@ class Door:
                 self.snapshots.save(self.last_image, time.time(), "deny")
             except (OSError, TwinLockError) as exc:
                 logger.warning("snapshot not saved: %s", exc)
-        if self.lockout.failure(attempt.last_seen):
+        if failure and self.lockout.failure(attempt.last_seen):
             self._locked_out()
+
+    def _lockout_refusals_summary(self) -> None:
+        """One record for the unlocks refused during a lockout that is over (or cut short)."""
+        if not self._refusals:
+            return
+        refusals, self._refusals = self._refusals, {}
+        total = sum(refusals.values())
+        self.audit.record("deny", "deny", f"{total} unlock(s) refused during the lockout "
+                          f"({', '.join(f'{u} x{n}' for u, n in sorted(refusals.items()))})",
+                          details={"refused": total, "users": refusals})
 
     def _locked_out(self) -> None:
         """A lockout just started: say why, once."""
@@ -533,7 +556,7 @@ class Daemon:
             self.camera.close()
             self.camera = self._camera()
         self.matcher = matcher
-        self.door.finish()  # log the attempt in progress under the old settings
+        self.door.finish("reloaded during the attempt")  # logged under the old settings
         old_lockout = self.door.lockout
         self.door = self._door()
         if new_cfg.lockout == old.lockout:

@@ -123,3 +123,28 @@ def test_replayed_strangers_without_gaps_lock_out_the_resident(
     assert refused and all(r.user == "lin" for r in refused)
     with replay("control", enabled=False) as audit:
         assert [r.user for r in audit.query(event="unlock")][:1] == ["lin"]
+
+
+def test_a_resident_waiting_out_a_lockout_is_one_record_with_a_count(tmp_path: Path) -> None:
+    d, action, audit = door(tmp_path)
+    t = feed(d, 1000.0, 200, STRANGER)  # locks
+    feed(d, t, 90, RESIDENT)  # 6 s of the resident at the door: one refusal per k frames
+    refused = 90 // d.window.frames_required
+    refusals = [r for r in audit.query(event="deny") if "locked out" in r.reason]
+    assert len(refusals) == 1, [r.reason for r in refusals]
+    assert not any("refused during the lockout" in r.reason for r in audit.query(event="deny"))
+    d.tick(d.lockout.until + 1.0)  # the lockout is over: one summary
+    summary = [r for r in audit.query(event="deny") if "refused during the lockout" in r.reason]
+    assert len(summary) == 1 and summary[0].details["refused"] == refused
+    assert summary[0].reason == f"{refused} unlock(s) refused during the lockout (lin x{refused})"
+    assert action.calls == []
+
+
+def test_an_attempt_cut_by_a_reload_or_stop_is_no_failure(tmp_path: Path) -> None:
+    d, _action, audit = door(tmp_path, max_failures=2)
+    t = 1000.0
+    for _ in range(3):
+        t = feed(d, t, 2, STRANGER) + 0.1
+        d.finish()  # what a reload (and a stop) does with the attempt in progress
+    assert len([r for r in audit.query(event="deny")]) == 3, "each attempt is still recorded"
+    assert not d.lockout.locked(t) and not audit.query(event="lockout")
