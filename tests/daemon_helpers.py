@@ -6,9 +6,18 @@ The video ``short_hamilton_clip.mp4`` shows Alex Lacamoire (frames 20-81), Lin-M
 
 from __future__ import annotations
 
+import functools
+import queue
+import subprocess
+import threading
+import time
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pytest
 import yaml
 
 from twinlock.daemon import quality as q
@@ -66,3 +75,89 @@ def liveness_off() -> dict[str, Any]:
     from twinlock.daemon.config import Config
 
     return {"liveness": {"mode": "off"}} if "liveness" in Config.model_fields else {}
+
+
+#: the speed probe's time on the reference machine (2 x86 cores, otherwise idle), seconds
+REFERENCE_PROBE_S = 0.1
+
+
+@functools.cache
+def slowdown() -> float:
+    """How many times slower than the reference machine this one runs now (aarch64 emulation,
+    other work beside the tests): a fixed Python + numpy workload, the median of three runs,
+    measured once per session. At least 1, at most 50."""
+
+    def probe() -> float:
+        started = time.perf_counter()
+        total = 0
+        for i in range(300_000):
+            total += i * i % 7
+        a = np.random.default_rng(0).random((200, 200), dtype=np.float32)
+        for _ in range(20):
+            a = np.tanh(a @ a / 200)
+        return time.perf_counter() - started
+
+    times = sorted(probe() for _ in range(3))
+    return min(50.0, max(1.0, times[1] / REFERENCE_PROBE_S))
+
+
+def scaled(seconds: float) -> float:
+    """A deadline of ``seconds`` on the reference machine, stretched to this machine's speed."""
+    return seconds * slowdown()
+
+
+class DaemonProcess:
+    """A daemon a test started: its stderr lines through a reader thread, one deadline scaled to
+    this machine's speed, and at that deadline a kill and a failure that says what did not
+    happen, never a hang or a stray process."""
+
+    def __init__(self, proc: subprocess.Popen[str], seconds: float, what: str) -> None:
+        self.proc, self.what = proc, what
+        self.budget = scaled(seconds)
+        self.deadline = time.monotonic() + self.budget
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        if proc.stderr is not None:
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def expect(self, what: str, seconds: float) -> None:
+        """A new step to wait for: its own description and (scaled) deadline from now."""
+        self.what, self.budget = what, scaled(seconds)
+        self.deadline = time.monotonic() + self.budget
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def lines(self) -> Iterator[str]:
+        """stderr lines as they come, until the daemon ends; fails at the deadline."""
+        while True:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                self.fail("deadline passed")
+            try:
+                line = self._lines.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            if line is None:
+                return
+            yield line
+
+    def wait(self, seconds: float) -> int:
+        """The exit code within ``seconds`` (scaled); fails (after a kill) otherwise."""
+        try:
+            return self.proc.wait(scaled(seconds))
+        except subprocess.TimeoutExpired:
+            self.fail(f"did not exit within {scaled(seconds):.0f} s")
+
+    def fail(self, why: str) -> typing.NoReturn:
+        self.kill()
+        pytest.fail(f"{self.what}: {why} ({self.budget:.0f} s allowed: reference "
+                    f"{self.budget / slowdown():.0f} s x {slowdown():.1f} for this machine's "
+                    f"speed; daemon exit {self.proc.returncode})")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

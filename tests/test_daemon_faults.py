@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon_helpers import CLIP, enrol_miranda, write_config
+from daemon_helpers import CLIP, DaemonProcess, enrol_miranda, scaled, write_config
 from gpiozero.pins.mock import MockFactory
 
 from twinlock.daemon.audit import AuditLog
@@ -157,21 +157,17 @@ def test_kill_9_during_a_burst_of_decisions_loses_no_committed_record(
                      action={"type": "log", "cooldown_seconds": 0.0},
                      verification={"frames_required": 1, "frame_window": 1},
                      service={"max_fps": 120})
-    proc = _spawn(config, {})
+    daemon = DaemonProcess(_spawn(config, {}), 60, "12 decisions in a burst")
     opened = 0
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 120
-    for line in proc.stderr:  # "door opened" is logged after the unlock record is committed
+    for line in daemon.lines():  # "door opened" is logged after the unlock record is committed
         if "door opened for" in line:
             opened += 1
             if opened >= 12:
-                proc.send_signal(signal.SIGKILL)
+                daemon.proc.send_signal(signal.SIGKILL)
                 break
-        if time.monotonic() > deadline:
-            break
-    proc.wait(10)
-    assert opened >= 12, "the daemon did not make enough decisions"
-    assert proc.returncode == -signal.SIGKILL
+    else:
+        daemon.fail(f"the daemon ended after only {opened} decision(s)")
+    assert daemon.wait(10) == -signal.SIGKILL
     with AuditLog(setup["state"] / "audit.db") as audit:  # opens cleanly after the kill
         unlocks = audit.query(event="unlock")
         check = audit._conn.execute("PRAGMA integrity_check").fetchone()[0]
@@ -183,21 +179,21 @@ def test_sd_notify_messages_reach_a_real_socket(setup: dict[str, Path]) -> None:
     sock_path = setup["tmp"] / "notify.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(str(sock_path))
-    server.settimeout(30)
+    server.settimeout(scaled(30))
     config = _config(setup, str(setup["clip"]), service={"status_interval_s": 0.2})
-    proc = _spawn(config, {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"})
+    daemon = DaemonProcess(_spawn(config, {"NOTIFY_SOCKET": str(sock_path),
+                                           "WATCHDOG_USEC": "1000000"}), 30, "sd_notify")
     messages: list[str] = []
     try:
         while not any("WATCHDOG=1" in m for m in messages) or \
                 not any(m.startswith("STATUS=") and "fps" in m for m in messages[1:]):
-            messages.append(server.recv(4096).decode())
-        proc.send_signal(signal.SIGTERM)
+            messages.append(_receive(server, daemon, "READY, WATCHDOG and STATUS"))
+        daemon.proc.send_signal(signal.SIGTERM)
         while not any("STOPPING=1" in m for m in messages):
-            messages.append(server.recv(4096).decode())
-        assert proc.wait(15) == 0
+            messages.append(_receive(server, daemon, "STOPPING after SIGTERM"))
+        assert daemon.wait(15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        daemon.kill()
         server.close()
     assert "READY=1" in messages
     ready_at = messages.index("READY=1")
@@ -205,37 +201,46 @@ def test_sd_notify_messages_reach_a_real_socket(setup: dict[str, Path]) -> None:
     assert any(m.startswith("STATUS=matching;") for m in messages)
 
 
-def _wait_for(s: dict[str, Path], event: str, proc: subprocess.Popen[str], text: str = "",
-              timeout: float = 180.0) -> None:
-    """Wait until the daemon has audited ``event`` (with ``text`` in its reason); generous,
-    because the aarch64 run is emulated and slow."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
+def _receive(server: socket.socket, daemon: DaemonProcess, what: str) -> str:
+    try:
+        return server.recv(4096).decode()
+    except TimeoutError:
+        daemon.fail(f"no sd_notify message while waiting for {what}")
+
+
+def _wait_for(s: dict[str, Path], event: str, daemon: DaemonProcess, text: str = "",
+              timeout: float = 30.0) -> None:
+    """Wait until the daemon has audited ``event`` (with ``text`` in its reason), for ``timeout``
+    seconds on the reference machine scaled to this one's speed; then kill it and fail."""
+    daemon.expect(f"an audited {event!r} record with {text!r}", timeout)
+    proc = daemon.proc
+    while time.monotonic() < daemon.deadline and proc.poll() is None:
         if (s["state"] / "audit.db").exists() and any(
                 text in r.reason for r in _records(s, event)):
             return
         time.sleep(0.2)
-    raise AssertionError(f"no {event!r} record with {text!r} (daemon exit {proc.poll()})")
+    daemon.fail("not written" if proc.poll() is None else "the daemon ended first")
 
 
 def test_sighup_reloads_and_refuses_a_broken_gallery(setup: dict[str, Path]) -> None:
     config = _config(setup, str(setup["clip"]), camera={"loop": True},
                      action={"type": "log", "cooldown_seconds": 1.0})
-    proc = _spawn(config, {})
+    daemon = DaemonProcess(_spawn(config, {}), 30, "start")  # drains stderr, kills at deadlines
+    proc = daemon.proc
     try:
-        _wait_for(setup, "start", proc)
+        _wait_for(setup, "start", daemon)
         setup["gallery"].write_text("{not json")
         proc.send_signal(signal.SIGHUP)
-        _wait_for(setup, "reload", proc, "reload refused")
+        _wait_for(setup, "reload", daemon, "reload refused")
         assert proc.poll() is None, "a bad reload must not stop the daemon"
         enrol_miranda(setup["model"], setup["clip"].parent, setup["gallery"])
         proc.send_signal(signal.SIGHUP)
-        _wait_for(setup, "reload", proc, "reloaded:")
+        _wait_for(setup, "reload", daemon, "reloaded:")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        daemon.expect("exit after SIGTERM", 60)
+        assert daemon.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        daemon.kill()
     reloads = _records(setup, "reload")
     assert any("reload refused" in r.reason for r in reloads)
     assert any(r.reason.startswith("reloaded:") for r in reloads)
