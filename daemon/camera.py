@@ -158,6 +158,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """An RGB frame as grey (BT.601 luma) in all three channels: the tower and the detectors
+    read RGB, and an IR camera's frames carry no colour. The accuracy this costs is measured
+    by benchmarks/grey_input.py (README "Liveness")."""
+    return np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+
+
 class _BaseCamera:
     """Orientation, frame numbering and time stamps shared by the concrete cameras."""
 
@@ -166,6 +173,8 @@ class _BaseCamera:
     def __init__(self, rotate: int = 0, mirror: bool = False) -> None:
         self.rotate = check_rotation(rotate)
         self.mirror = bool(mirror)
+        #: deliver grey frames (an IR / NoIR camera under IR light): see :func:`to_grey`
+        self.grey = False
         self._index = 0
         self._clock: Callable[[], float] = time.monotonic
 
@@ -179,6 +188,9 @@ class _BaseCamera:
         image = apply_orientation(image, self.rotate, self.mirror)
         if detect_image is not None:
             detect_image = apply_orientation(detect_image, self.rotate, self.mirror)
+        if self.grey:
+            image = to_grey(image)
+            detect_image = None if detect_image is None else to_grey(detect_image)
         frame = Frame(image, detect_image, self._index, timestamp, wall_time, source_index)
         self._index += 1
         return frame

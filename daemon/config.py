@@ -301,6 +301,10 @@ class _CameraBase(_Section):
         0, description="rotate frames clockwise by this many degrees (camera mounted sideways)"
     )
     mirror: bool = Field(False, description="flip frames left-right (after rotating)")
+    grey: bool = Field(
+        False, description="IR / NoIR camera under IR light: use frames as grey (luma in all three "
+        "channels); costs some accuracy (README 'Liveness')",
+    )
     reopen_backoff_initial_s: float = Field(
         0.5, gt=0, le=60,
         description="seconds to wait before the first attempt to reopen a failed camera",

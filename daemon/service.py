@@ -281,12 +281,23 @@ def _digest(array: np.ndarray) -> bytes:
 def camera_factory(cfg: Config) -> Callable[[], Camera]:
     c = cfg.camera
     common: dict[str, Any] = {"rotate": c.rotate, "mirror": c.mirror}
+    make: Callable[[], Any]
     if isinstance(c, OpenCVCameraConfig):
-        return lambda: OpenCVCamera(c.device, c.width, c.height, c.fps, **common)
-    if isinstance(c, Picamera2CameraConfig):
-        return lambda: Picamera2Camera(c.width, c.height, c.detect_width, c.detect_height,
-                                       c.fps, **common)
-    return lambda: ReplayCamera(c.source, c.realtime, c.loop, c.fps, **common)
+        make = lambda: OpenCVCamera(c.device, c.width, c.height, c.fps, **common)
+    elif isinstance(c, Picamera2CameraConfig):
+        make = lambda: Picamera2Camera(c.width, c.height, c.detect_width,
+                                       c.detect_height, c.fps, **common)
+    else:
+        make = lambda: ReplayCamera(c.source, c.realtime, c.loop, c.fps, **common)
+    if not c.grey:
+        return make
+
+    def grey_camera() -> Camera:
+        camera = make()
+        camera.grey = True  # an IR camera: grey frames (camera.to_grey)
+        return camera  # type: ignore[no-any-return]
+
+    return grey_camera
 
 
 def build_action(cfg: Config, on_event: Callable[[str, str], None]) -> Action:

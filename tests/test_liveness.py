@@ -389,3 +389,34 @@ def test_photo_attacks_through_the_daemon_are_refused(
                 assert any(r.reason.startswith("liveness") for r in records
                            if r.event == "deny")
     assert opened_without >= 3, "recognition alone should let most of these attacks in"
+
+
+def test_a_grey_camera_delivers_grey_frames_the_door_can_still_match(
+        tmp_path: Path, examples_dir: Path, door_model: Path) -> None:
+    """``camera.grey`` (an IR / NoIR camera): the replayed real portrait arrives as grey in all
+    three channels, and the performer is still recognised from it (benchmarks/grey_input.py
+    measures the accuracy this costs on held-out pairs)."""
+    from twinlock.daemon.model import FaceEmbedder
+    from twinlock.daemon.service import camera_factory
+    from twinlock.daemon.verify import Verifier
+
+    cfg = parse_config(yaml.safe_dump({"camera": {
+        "type": "replay", "source": str(examples_dir / "lin-manuel-miranda.png"),
+        "realtime": False, "grey": True}}))
+    camera = camera_factory(cfg)()
+    camera.open()
+    frame = camera.read()
+    camera.close()
+    assert frame is not None
+    image = frame.image
+    assert image.shape[2] == 3 and (image[..., 0] == image[..., 1]).all() \
+        and (image[..., 1] == image[..., 2]).all()
+    assert image.std() > 20  # a picture, not a blank
+    gallery = enrol_miranda(door_model, examples_dir, tmp_path / "gallery.json")
+    embedder = FaceEmbedder(door_model)
+    meta = embedder.meta
+    pipeline = meta.face_pipeline(meta.detector.build())
+    aligned, found = pipeline.primary(image)
+    assert aligned is not None and found == 1
+    verifier = Verifier(gallery, meta.head_weights, meta.head_bias, meta.threshold)
+    assert verifier.verify(embedder.embed(aligned.crop)[0]).user == "lin"

@@ -64,9 +64,14 @@ class SimulatedDaemon(Daemon):
     def _camera(self) -> ResilientCamera:
         c = self.cfg.camera
         source, fps = getattr(c, "source", ""), float(getattr(c, "fps", 15.0))
+        def make() -> ReplayCamera:
+            camera = ReplayCamera(source, True, False, fps, c.rotate, c.mirror,
+                                  clock=self.sim.now, sleep=self.sim.sleep)
+            camera.grey = c.grey
+            return camera
+
         return ResilientCamera(
-            lambda: ReplayCamera(source, True, False, fps, c.rotate, c.mirror,
-                                 clock=self.sim.now, sleep=self.sim.sleep),
+            make,
             c.reopen_backoff_initial_s, c.reopen_backoff_max_s, sleep=self.sim.sleep,
             clock=self.sim.now, on_state=self._camera_state)
 
