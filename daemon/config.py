@@ -63,6 +63,7 @@ __all__ = [
     "LogActionConfig",
     "LoggingConfig",
     "ModelConfig",
+    "MqttConfig",
     "OpenCVCameraConfig",
     "Picamera2CameraConfig",
     "QualityConfig",
@@ -711,6 +712,87 @@ class LoggingConfig(_Section):
     )
 
 
+class MqttConfig(_Section):
+    """Home automation over MQTT (Home Assistant, Node-RED): events out, optionally a remote
+    unlock in. Off by default. The broker never slows or changes a decision: messages wait in a
+    bounded queue (oldest dropped, counted) and the audit log stays the record of truth."""
+
+    enabled: bool = Field(False, description="connect to an MQTT broker and publish events")
+    host: str = Field("localhost", min_length=1, max_length=255, description="broker host name")
+    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual for TLS)")
+    ca_file: ConfigPath | None = Field(
+        None, description="CA certificate (PEM) of the broker: set it to use TLS")
+    client_cert: ConfigPath | None = Field(
+        None, description="client certificate (PEM) for brokers that authenticate clients by "
+        "certificate (TLS only)")
+    client_key: ConfigPath | None = Field(
+        None, description="the client certificate's private key (PEM); empty: in client_cert")
+    username: str | None = Field(
+        None, min_length=1, max_length=255, description="user name on the broker")
+    password_file: ConfigPath | None = Field(
+        None, description="file holding the password (one line, mode 0600): never the password "
+        "itself in this config")
+    client_id: str = Field(
+        "twinlock-door", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="MQTT client id; also names the device in Home Assistant")
+    topic_prefix: str = Field(
+        "twinlock/door", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_./-]+[A-Za-z0-9_-]$",
+        description="topics: PREFIX/availability, /event, /state, /lock/state, /lock/set, "
+        "/snapshot")
+    keepalive_s: int = Field(60, ge=5, le=3600, description="MQTT keepalive, seconds")
+    queue_size: int = Field(
+        500, ge=1, le=100_000, description="messages held while the broker is away; the oldest "
+        "are dropped (and counted) beyond this")
+    reconnect_min_s: float = Field(1.0, gt=0, le=600, description="first reconnect wait, seconds")
+    reconnect_max_s: float = Field(
+        60.0, gt=0, le=3600, description="reconnect waits double up to this, seconds")
+    discovery: bool = Field(
+        True, description="publish Home Assistant MQTT discovery (retained) so the door appears")
+    discovery_prefix: str = Field(
+        "homeassistant", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-]+$",
+        description="Home Assistant's discovery prefix")
+    device_name: str = Field("TwinLock door", min_length=1, max_length=100,
+                             description="the device's name in Home Assistant")
+    snapshots: bool = Field(
+        False, description="publish a JPEG of each denied attempt (personal data: off unless "
+        "the broker and everyone who can subscribe are trusted)")
+    remote_unlock: bool = Field(
+        False, description="accept UNLOCK on PREFIX/lock/set; needs TLS (ca_file) and a "
+        "username with password_file; audited with its source, refused during a lockout")
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_needs_user(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("username") is None:
+            raise ValueError("a password file needs a username")
+        return value
+
+    @field_validator("client_key")
+    @classmethod
+    def _key_needs_cert(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("client_cert") is None:
+            raise ValueError("a client key needs client_cert")
+        return value
+
+    @field_validator("reconnect_max_s")
+    @classmethod
+    def _max_wait_not_below_min(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("reconnect_min_s")
+        if low is not None and value < low:
+            raise ValueError(f"must be at least reconnect_min_s ({low:g})")
+        return value
+
+    @field_validator("remote_unlock")
+    @classmethod
+    def _remote_needs_tls_and_auth(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and (info.data.get("ca_file") is None or info.data.get("username") is None
+                      or info.data.get("password_file") is None):
+            raise ValueError("remote unlock needs TLS (ca_file) and authentication (username "
+                             "and password_file): anyone who can publish to the broker could "
+                             "open the door")
+        return value
+
+
 class Config(_Section):
     """The whole daemon config. ``Config()`` is the defaults, same as the shipped config.yaml."""
 
@@ -749,6 +831,9 @@ class Config(_Section):
     )
     logging: Annotated[LoggingConfig, _section()] = Field(
         default_factory=LoggingConfig, description="log level"
+    )
+    mqtt: Annotated[MqttConfig, _section()] = Field(
+        default_factory=MqttConfig, description="MQTT events and Home Assistant discovery"
     )
 
 

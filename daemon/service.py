@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import shutil
 import signal
 import stat
@@ -49,6 +50,7 @@ from .fusion import decision_settings
 from .gallery import load_gallery
 from .liveness import LivenessTracker
 from .model import FaceEmbedder
+from .mqtt import UNLOCK_COMMANDS, MqttLink, event_type
 from .notify import Notifier, watchdog_interval
 from .verify import AgreementWindow, Attempt, FrameVerdict, Lockout, Verifier
 
@@ -92,6 +94,8 @@ class GuardedAudit:
         self.on_change = on_change
         self.failures = 0
         self.failing = False
+        #: told of every record written (MQTT publishes them); never trusted with the record
+        self.listener: Callable[[str, str, str, dict[str, Any]], None] | None = None
 
     def record(self, event: str, decision: str, reason: str, **fields: Any) -> bool:
         """Write and commit one record; False (reported, never raised) when it cannot be."""
@@ -108,6 +112,11 @@ class GuardedAudit:
             self.failing = False
             logger.warning("audit log writable again after %d failed write(s)", self.failures)
             self._tell(None)
+        if self.listener is not None:
+            try:
+                self.listener(event, decision, reason, fields)
+            except Exception:
+                logger.exception("audit listener failed")
         return True
 
     def _tell(self, error: str | None) -> None:
@@ -471,6 +480,31 @@ class Door:
                           f"({', '.join(f'{u} x{n}' for u, n in sorted(refusals.items()))})",
                           details={"refused": total, "users": refusals})
 
+    def remote_unlock(self, now: float, source: str, allowed: bool) -> bool:
+        """An unlock asked for over MQTT (Home Assistant's lock entity). Refused unless
+        ``mqtt.remote_unlock``, refused during a lockout, and like any unlock recorded (with its
+        source) before the relay moves."""
+        details = {"source": source}
+        if not allowed:
+            self.audit.record("remote", "deny", "remote unlock refused: mqtt.remote_unlock is "
+                              "false", details=details)
+            logger.warning("remote unlock refused (disabled): %s", source)
+            return False
+        if self.lockout.locked(now):
+            self.audit.record("remote", "deny", "remote unlock refused: locked out after "
+                              "repeated failures",
+                              details=details | {"locked_until_s": self.lockout.until - now})
+            return False
+        if not self.audit.record("unlock", "unlock", "remote unlock", user=None,
+                                 details=details):
+            logger.critical("NOT opening for a remote unlock: it could not be recorded")
+            return False
+        self.action.unlock("remote")
+        self.cooldown_until = now + self.cooldown_seconds
+        self.last_decision = f"remote unlock at {time.strftime('%H:%M:%S')}"
+        logger.warning("door opened remotely: %s", source)
+        return True
+
     def _locked_out(self) -> None:
         """A lockout just started: say why, once."""
         self.audit.record("lockout", "deny", self.lockout.reason,
@@ -507,10 +541,17 @@ class Daemon:
             self.audit.prune(self.cfg.audit.retention_days)
             self.records = GuardedAudit(self.audit, self._audit_failed)
             self._audit_error: str | None = None
+            # MQTT: events out (never waited on), remote unlock requests in (handled here)
+            self._remote_requests: queue.SimpleQueue[str] = queue.SimpleQueue()
+            self._camera_down = False
+            self.mqtt = self._start_mqtt(self.cfg)
+            self.records.listener = self._publish_record
             self.camera = self._camera()
             self.door = self._door()
         except BaseException:
             self.action.close()
+            if getattr(self, "mqtt", None) is not None:
+                self.mqtt.close()
             raise
         self._watchdog_period = watchdog_interval() if self.cfg.service.watchdog else None
         self._last_ping = 0.0
@@ -524,6 +565,15 @@ class Daemon:
         return ResilientCamera(camera_factory(self.cfg), c.reopen_backoff_initial_s,
                                c.reopen_backoff_max_s, sleep=self._wait,
                                on_state=self._camera_state)
+
+    def _start_mqtt(self, cfg: Config) -> MqttLink | None:
+        """The MQTT link, or None (off, or its files unusable: the door runs without it)."""
+        try:
+            return MqttLink.from_config(cfg.mqtt, self._remote_command)
+        except TwinLockError as exc:
+            logger.error("mqtt not started, the door runs without it: %s", exc)
+            self.records.record("fault", "deny", f"mqtt not started: {exc}")
+            return None
 
     def _door(self) -> Door:
         snaps = self.cfg.audit.snapshots
@@ -567,6 +617,10 @@ class Daemon:
             self.camera.stop()
             self.camera.close()
             self.camera = self._camera()
+        if new_cfg.mqtt != old.mqtt:
+            if self.mqtt is not None:
+                self.mqtt.close()
+            self.mqtt = self._start_mqtt(new_cfg)
         self.matcher = matcher
         self.door.finish("reloaded during the attempt")  # logged under the old settings
         old_lockout = self.door.lockout
@@ -604,14 +658,49 @@ class Daemon:
     def _camera_state(self, state: str, reason: str) -> None:
         if state == "failed":
             self.fault(f"camera: {reason}")
+            if not self._camera_down and self.mqtt is not None:
+                self.mqtt.event("camera_lost", reason=reason)
+            self._camera_down = True
         elif state in ("reopened", "opened"):
             logger.info("camera: %s", reason)
+            if self._camera_down and self.mqtt is not None:
+                self.mqtt.event("camera_back", reason=reason)
+            self._camera_down = False
 
     def _action_event(self, kind: str, detail: str) -> None:
         if kind == "hook_failed":
             self.fault(f"unlock hook failed: {detail}")
         else:
             logger.info("action: %s %s", kind, detail)
+        if kind in ("pulse_start", "pulse_end") and getattr(self, "mqtt", None) is not None:
+            self.mqtt.lock_state(unlocked=kind == "pulse_start")
+
+    def _publish_record(self, event: str, decision: str, reason: str,
+                        fields: dict[str, Any]) -> None:
+        """Every audit record, as an MQTT event (after it is committed: the log comes first)."""
+        if self.mqtt is None:
+            return
+        kind = event_type(event, reason)
+        details = fields.get("details") or {}
+        self.mqtt.event(kind, decision=decision, reason=reason, user=fields.get("user"),
+                        score=fields.get("best_score"), closest_user=details.get("closest_user"),
+                        source=details.get("source"), frame=fields.get("frame"))
+        door = getattr(self, "door", None)
+        if event == "deny" and door is not None and door.last_image is not None:
+            self.mqtt.snapshot(door.last_image)
+
+    def _remote_command(self, command: str, source: str) -> None:
+        """From the MQTT thread: hand an unlock request to the frame loop, which decides."""
+        if command in UNLOCK_COMMANDS:
+            self._remote_requests.put(source)
+
+    def _handle_remote(self) -> None:
+        while True:
+            try:
+                source = self._remote_requests.get_nowait()
+            except queue.Empty:
+                return
+            self.door.remote_unlock(time.monotonic(), source, self.cfg.mqtt.remote_unlock)
 
     def _wait(self, seconds: float) -> None:
         """The camera's backoff wait: stays responsive to stop and keeps the watchdog fed
@@ -622,6 +711,7 @@ class Daemon:
             if left <= 0:
                 return
             self._ping_watchdog()
+            self._handle_remote()
             self.stop_event.wait(min(left, 1.0))
 
     # -- signals ---------------------------------------------------------------------------
@@ -654,6 +744,7 @@ class Daemon:
                 if self.reload_requested.is_set():
                     self.reload_requested.clear()
                     self.reload()
+                self._handle_remote()
                 frame = self.camera.read()
                 if frame is None:
                     if not self.stop_event.is_set():
@@ -727,6 +818,8 @@ class Daemon:
             state = (f"AUDIT LOG FAILING ({self._audit_error}): no unlock until it is fixed; "
                      f"{state}")
         camera = "camera ok" if self.camera.healthy else f"camera down ({self.camera.last_error})"
+        if self.mqtt is not None:
+            self.mqtt.status(fps, "ok" if self.camera.healthy else "down")
         self.notifier.status(f"{state}; {fps:.1f} fps; {camera}; last: {self.door.last_decision}")
 
     def shutdown(self) -> None:
@@ -739,4 +832,6 @@ class Daemon:
             self.camera.close()
             self.records.record("stop", "ignore", "twinlockd stopped")
             self.audit.close()
+            if self.mqtt is not None:
+                self.mqtt.close()  # "offline", after the last record was published
             self.notifier.close()
