@@ -654,6 +654,9 @@ class Daemon:
         (STATUS=), not at the next status line. No unlock happens without a record."""
         self._audit_error = error
         self._status()
+        mqtt = getattr(self, "mqtt", None)
+        if error is not None and mqtt is not None:  # Home Assistant hears it too
+            mqtt.event("fault", reason=f"audit log not writable, no unlock until it is: {error}")
 
     def _camera_state(self, state: str, reason: str) -> None:
         if state == "failed":

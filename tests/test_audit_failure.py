@@ -109,3 +109,33 @@ def test_a_full_audit_log_keeps_the_running_door_locked_and_says_so(
     assert pin.state is False and len(pin.states) == 1, "the relay never switched on"
     assert daemon.records.failures > 0
     assert any("STATUS=AUDIT LOG FAILING" in m and "no unlock" in m for m in messages), messages
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_a_full_audit_log_is_reported_over_mqtt(
+        tmp_path: Path, door_model: Path, examples_dir: Path, mock_pins: MockFactory) -> None:
+    """With MQTT on (a real mosquitto), Home Assistant hears that the audit log fails."""
+    test_mqtt = pytest.importorskip("test_mqtt")
+    if not Path(test_mqtt.MOSQUITTO).exists():
+        pytest.skip("mosquitto not installed (scripts/setup.sh installs it)")
+    port = test_mqtt.free_port()
+    broker = test_mqtt.Broker(tmp_path / "broker", port).start()
+    observer = test_mqtt.Observer(port).start()
+    try:
+        observer.wait_connected()
+        enrol_miranda(door_model, examples_dir, tmp_path / "gallery.json")
+        config = write_config(tmp_path / "config.yaml", tmp_path / "state", door_model,
+                              tmp_path / "gallery.json", str(examples_dir / CLIP),
+                              camera={"realtime": False},
+                              mqtt=test_mqtt.mqtt_section(port, tmp_path), **liveness_off())
+        daemon = Daemon(config)
+        fill(daemon.audit)
+        assert daemon.run() == 0
+        assert observer.wait_for(lambda: any(
+            e["event_type"] == "fault" and "audit log not writable" in e.get("reason", "")
+            for e in observer.events())), observer.events()
+    finally:
+        observer.stop()
+        broker.stop()
+    assert mock_pins.pin(17).state is False and len(mock_pins.pin(17).states) == 1
