@@ -3,12 +3,14 @@
 For LFW faces of training people (never the held-out ones), dlib finds the face (HOG detector,
 5-point shape model) and cuts its own 150 px chip; the imported tower's descriptor of that chip
 is the reference. The door instead finds the face with its own detector and aligns our four
-landmarks onto a template. Two templates are compared, each by the Euclidean distance of its
-descriptor to the reference (dlib's same-person threshold is 0.6):
+landmarks onto a template. Templates are compared by the Euclidean distance of their descriptor to the reference
+(dlib's same-person threshold is 0.6):
 
-- ``notes``: the eye centres, nose tip and mouth centre of dlib's mean face shape;
-- ``fitted``: the mean position, in dlib's chip, of the detector's own landmarks (mapped by the
-  similarity transform dlib itself used), fitted on one half of the faces and scored on the other.
+- ``mean_shape``: the eye centres, nose tip and mouth centre of dlib's mean face shape;
+- ``shipped``: ``dlib-4pt`` as daemon/faces/align.py has it (fitted to BlazeFace by this script);
+- ``fitted``: the mean position, in dlib's chip, of this run's detector's own landmarks (mapped by
+  the similarity transform dlib itself used), fitted on one half of the faces and scored on the
+  other. ``--yunet`` shows whether YuNet's landmarks need a template of their own.
 
 Needs the ``[teacher]`` extra (dlib-bin, face-recognition-models).
 
@@ -31,6 +33,9 @@ from _common import main as run_main
 DLIB_5PT = np.array([[0.8596, 0.2135], [0.6461, 0.2290], [0.1206, 0.2137],
                      [0.3341, 0.2291], [0.4901, 0.6278]])
 PADDING = 0.25
+#: eye centres, nose tip and mouth centre of dlib's mean face shape in its 150 px chip
+#: (../shared/notes/dlib-resnet.md section 4): the template before it was fitted
+MEAN_SHAPE = np.array([[47.55, 46.60], [100.48, 46.60], [74.01, 76.56], [74.01, 103.02]]) / 150
 
 
 def parse_args(argv: Any) -> Any:
@@ -38,6 +43,8 @@ def parse_args(argv: Any) -> Any:
     parser.add_argument("--limit", type=int, default=400, help="LFW images to use")
     parser.add_argument("--holdout-pairs", type=Path,
                         help="pairs file whose people are left out (your held-out people)")
+    parser.add_argument("--yunet", type=Path, metavar="ONNX",
+                        help="detect with YuNet (this model file) instead of BlazeFace")
     parser.add_argument("--json", type=Path, help="also write the report here")
     return parser.parse_args(argv)
 
@@ -63,7 +70,9 @@ def measure(args: Any) -> dict[str, Any]:
     predictor = dlib.shape_predictor(str(weights_file().parent
                                          / "shape_predictor_5_face_landmarks.dat"))
     hog = dlib.get_frontal_face_detector()
-    detector = DetectorSpec().build(1)
+    spec = (DetectorSpec(type="yunet", model_path=str(args.yunet)) if args.yunet
+            else DetectorSpec())
+    detector = spec.build(1)
     template5 = (PADDING + DLIB_5PT) / (1 + 2 * PADDING) * CHIP_SIZE
     images, refs_chips, mapped, faces = [], [], [], []
     for path in files:
@@ -100,9 +109,10 @@ def measure(args: Any) -> dict[str, Any]:
                                       borderMode=cv2.BORDER_REPLICATE))
         return np.array(out, np.float32)
 
-    report: dict[str, Any] = {"faces": n, "fitted_on": half, "scored_on": n - half,
-                              "templates": {}}
-    for name, template in (("notes", DLIB_TEMPLATE), ("fitted", fitted)):
+    report: dict[str, Any] = {"detector": spec.describe(), "faces": n, "fitted_on": half,
+                              "scored_on": n - half, "templates": {}}
+    for name, template in (("mean_shape", MEAN_SHAPE), ("shipped", DLIB_TEMPLATE),
+                           ("fitted", fitted)):
         emb = tower.predict(chips(template), verbose=0)
         dist = np.linalg.norm(emb - refs, axis=1)[half:]
         report["templates"][name] = {
