@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, from any working directory
@@ -41,6 +40,7 @@ from _common import (
 )
 from _common import main as run_main
 
+from twinlock.daemon.camera import to_grey
 from twinlock.daemon.images import load_image
 from twinlock.daemon.model import FaceEmbedder
 from twinlock.trainer.datasets import read_pairs_file
@@ -53,11 +53,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=250, help="pairs of each kind")
     add_json_option(parser)
     return parser.parse_args(argv)
-
-
-def grey(image: np.ndarray) -> np.ndarray:
-    """What an IR camera gives: one luma channel, copied to the three the tower reads."""
-    return np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
 
 
 def auc(genuine: np.ndarray, impostor: np.ndarray) -> float:
@@ -80,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def embed(path: Path, as_grey: bool) -> np.ndarray | None:
         if (path, as_grey) not in cache:
             image = load_image(path)
-            aligned, _ = pipeline.primary(grey(image) if as_grey else image, "center")
+            aligned, _ = pipeline.primary(to_grey(image) if as_grey else image, "center")
             cache[path, as_grey] = None if aligned is None else embedder.embed(aligned.crop)[0]
         return cache[path, as_grey]
 

@@ -30,6 +30,7 @@ Prints one JSON document.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import random
@@ -77,6 +78,8 @@ ATTACK_MODES: dict[str, tuple[str, ...]] = {
     "frozen": ("off", "motion"), "blinked": ("off", "motion", "blink", "both"),
 }
 CLIP_FRAMES = range(82, 211)  # the performer in lin-manuel-miranda.png
+#: config.yaml as it was when the script started (a long run must not see a half-edited file)
+SHIPPED_CONFIG = (REPO / "config.yaml").read_text()
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -92,6 +95,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=6.0, help="length of one attack")
     parser.add_argument("--work", type=Path, help="folder for videos and audit logs (default: "
                         "a temporary one)")
+    parser.add_argument("--plan", help="which modes per kind, e.g. 'still=motion;moved=off+motion' "
+                        "(default: ATTACK_MODES for each of --kinds)")
+    parser.add_argument("--reuse-videos", action="store_true",
+                        help="play attack videos already in --work instead of writing them again "
+                        "(same seeds and settings make the same videos)")
+    parser.add_argument("--skip", default="", help="parts to skip: cost, clip (comma-separated)")
     add_json_option(parser)
     return parser.parse_args(argv)
 
@@ -168,7 +177,7 @@ def _config(path: Path, state: Path, model: Path, gallery: Path, source: str, mo
     turn the lockout off and the cooldown to 0 so every sequence is its own attempt. The state
     folder starts empty (the audit log is read back afterwards)."""
     shutil.rmtree(state, ignore_errors=True)
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = yaml.safe_load(SHIPPED_CONFIG)
     cfg.update(state_dir=str(state),
                model={"source": "folder", "dir": str(model), "gallery": str(gallery)},
                camera={"type": "replay", "source": source, "realtime": True, "fps": fps},
@@ -285,15 +294,23 @@ def measure_attacks(args: argparse.Namespace, model: Path, work: Path, examples:
     out: dict[str, Any] = {"residents": len(gallery.users), "attack_photos":
                            [str(p.name) for p in photo_paths], "frames_per_sequence": per_seq,
                            "fps": args.fps}
-    for kind in args.kinds.split(","):
+    plan = {kind: ATTACK_MODES[kind] for kind in args.kinds.split(",")}
+    if args.plan:
+        plan = {k: tuple(m.split("+")) for k, m in (p.split("=") for p in args.plan.split(";"))}
+    for kind, modes in plan.items():
         video = work / f"attack-{kind}.mp4"
         started = time.perf_counter()
-        spans = write_attack_video(video, kind, clip_stills if kind == "frozen" else photos,
-                                   args.sequences, per_seq, args.fps, gap, seed=KINDS.index(kind),
-                                   detector=detector, mesh=mesh)
+        if args.reuse_videos and video.is_file():
+            step = per_seq + gap
+            spans = [(i * step, i * step + per_seq - 1) for i in range(args.sequences)]
+        else:
+            spans = write_attack_video(video, kind, clip_stills if kind == "frozen" else photos,
+                                       args.sequences, per_seq, args.fps, gap,
+                                       seed=KINDS.index(kind), detector=detector, mesh=mesh)
         result: dict[str, Any] = {"sequences": len(spans),
                                   "video_s": round(time.perf_counter() - started, 1)}
-        for mode in ATTACK_MODES[kind]:
+        out[kind] = result
+        for mode in modes:
             started = time.perf_counter()
             records = run_replay(_config(work / f"{kind}-{mode}.yaml", work / f"{kind}-{mode}",
                                          model, gallery_path, str(video), mode, args.fps, True))
@@ -305,7 +322,8 @@ def measure_attacks(args: argparse.Namespace, model: Path, work: Path, examples:
                 len(opened), len(spans)), 4), "liveness_denials": liveness_denied,
                 "run_s": round(time.perf_counter() - started, 1)}
             logger.warning("%s / %s: %d of %d opened", kind, mode, len(opened), len(spans))
-        out[kind] = result
+            if args.json:  # a long run keeps what it has measured so far
+                args.json.with_suffix(".partial.json").write_text(json.dumps(out, indent=2))
     return out
 
 
@@ -316,13 +334,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     frames = _clip_frames(video)
     report = report_header("liveness", data) | {"model": str(args.model)}
     report["environment"] = environment(packages={"ai_edge_litert": "ai-edge-litert"})
-    report["cost"] = measure_cost(args.model, frames)
+    skip = set(args.skip.split(",")) - {""}
+    if "cost" not in skip:
+        report["cost"] = measure_cost(args.model, frames)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         lin, _ = _residents(args.model, examples, data, None, 0)
         lin.save(work / "clip-gallery.json")
-        report["clip"] = measure_clip(args.model, video, work / "clip-gallery.json", work)
+        if "clip" not in skip:
+            report["clip"] = measure_clip(args.model, video, work / "clip-gallery.json", work)
         if args.sequences > 0:
             report["attacks"] = measure_attacks(args, args.model, work, examples, frames)
     return report
