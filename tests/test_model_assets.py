@@ -16,7 +16,7 @@ import pytest
 
 from twinlock.daemon import bundle as b
 from twinlock.daemon.errors import BundleError, ModelError
-from twinlock.daemon.faces.assets import DETECTOR_ROLE, KNOWN, MESH_ROLE, PACKAGED_DIR
+from twinlock.daemon.faces.assets import DETECTOR_ROLE, IRIS_ROLE, KNOWN, MESH_ROLE, PACKAGED_DIR
 from twinlock.daemon.gallery import Gallery
 from twinlock.daemon.model import read_metadata
 from twinlock.trainer.cli import main as twinlock_main
@@ -62,7 +62,7 @@ def test_add_detector_records_files_hashes_and_licence(tmp_path: Path) -> None:
     assert twinlock_main(["add-detector", str(folder)]) == 0
     after = json.loads((folder / "model.json").read_text())
     assert {k: v for k, v in after.items() if k != "assets"} == before  # nothing else changed
-    assert set(after["assets"]) == {DETECTOR_ROLE, MESH_ROLE}
+    assert set(after["assets"]) == {DETECTOR_ROLE, MESH_ROLE, IRIS_ROLE}
     det = after["assets"][DETECTOR_ROLE]
     assert det["file"] == SHORT and det["sha256"] == KNOWN[SHORT][0]
     assert det["bytes"] == (folder / SHORT).stat().st_size

@@ -77,7 +77,7 @@ def door_env() -> dict[str, str]:
 def test_wheel_carries_the_detector_files_and_their_licence(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("face_detection_short_range.tflite", "face_landmark.tflite",
-                 "LICENSE-Apache-2.0.txt"):
+                 "iris_landmark.tflite", "LICENSE-Apache-2.0.txt"):
         assert f"twinlock/daemon/faces/data/{name}" in names
     assert "twinlock/daemon/mqtt.py" in names
 

@@ -4,7 +4,7 @@
 the detector travelled with the model (the shipped ``models/default`` and ``models/compact``),
 ``twinlock add-detector MODEL_DIR`` does the same in place::
 
-    twinlock add-detector models/default            # detector + face mesh
+    twinlock add-detector models/default            # detector + face mesh + iris model
     twinlock add-detector models/compact --no-mesh   # detector only
 
 It copies the files (from twinlock's packaged copies, see daemon/faces/assets.py) next to the
@@ -25,6 +25,7 @@ from typing import Any
 from twinlock.daemon.errors import ModelError
 from twinlock.daemon.faces.assets import (
     DETECTOR_ROLE,
+    IRIS_ROLE,
     MESH_ROLE,
     Asset,
     add_asset,
@@ -36,6 +37,7 @@ from twinlock.daemon.model import METADATA_FILE, read_metadata
 logger = logging.getLogger(__name__)
 
 MESH_FILE = "face_landmark.tflite"
+IRIS_FILE = "iris_landmark.tflite"
 _BLAZEFACE_FILES = {"short": "face_detection_short_range.tflite",
                     "full": "face_detection_full_range.tflite"}
 
@@ -54,10 +56,12 @@ def detector_file(spec: DetectorSpec) -> Path:
 
 
 def add_assets(model_dir: Path, spec: DetectorSpec, mesh: bool = True) -> dict[str, Asset]:
-    """Copy the detector (and the face mesh) into ``model_dir``; returns role -> Asset."""
+    """Copy the detector (and liveness' face mesh and iris model) into ``model_dir``; returns
+    role -> Asset."""
     assets = {DETECTOR_ROLE: add_asset(model_dir, detector_file(spec))}
     if mesh:
         assets[MESH_ROLE] = add_asset(model_dir, find_model_file(MESH_FILE))
+        assets[IRIS_ROLE] = add_asset(model_dir, find_model_file(IRIS_FILE))
     return assets
 
 

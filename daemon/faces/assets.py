@@ -49,9 +49,13 @@ KNOWN: dict[str, tuple[str, str]] = {
     "face_landmark.tflite": (
         "2efcb4f4de43c7614b80a3cc3e8a37354b3b3b40f75cce20f6f38f0f25d65493",
         _MEDIAPIPE_NOTICE.format(what="468-point face mesh (face landmark model)")),
+    "iris_landmark.tflite": (
+        "d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f",
+        _MEDIAPIPE_NOTICE.format(what="iris landmark model (eye contours)")),
 }
-#: the model.json role of the face mesh (used by liveness)
+#: the model.json roles of the face mesh and the iris model (used by liveness: motion, blink)
 MESH_ROLE = "face_mesh"
+IRIS_ROLE = "iris"
 DETECTOR_ROLE = "detector"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.tflite")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
