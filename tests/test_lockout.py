@@ -1,7 +1,7 @@
 """The lockout holds against a gapless stream of strangers, and the resident waits it out.
 
 Fast tests drive the real ``Door`` (real audit log in SQLite, the log action) with a fake clock;
-one test replays 400 different LFW strangers' faces, then the enrolled resident, through the real
+one test replays 250 different LFW strangers' faces, then the enrolled resident, through the real
 daemon.
 """
 
@@ -87,11 +87,13 @@ def test_the_defaults_count_frames() -> None:
 @pytest.mark.slow
 def test_replayed_strangers_without_gaps_lock_out_the_resident(
         tmp_path: Path, door_model: Path, examples_dir: Path, lfw_dir: Path) -> None:
-    """400 different people's faces back to back, then the enrolled resident: no unlock. The
-    same replay with the lockout off lets the resident in (the refusal is the lockout's)."""
+    """250 different people's faces back to back (more than the default budget of 150 failed
+    frames; fewer than the issue's 400 to keep the emulated aarch64 pass short), then the
+    enrolled resident: no unlock. The same replay with the lockout off lets the resident in
+    (the refusal is the lockout's)."""
     frames = tmp_path / "frames"
     frames.mkdir()
-    people = sorted(p for p in lfw_dir.iterdir() if p.is_dir())[:400]
+    people = sorted(p for p in lfw_dir.iterdir() if p.is_dir())[:250]
     for i, person in enumerate(people):
         (frames / f"{i:04d}.jpg").symlink_to(min(person.glob("*.jpg")))
     video = cv2.VideoCapture(str(examples_dir / CLIP))
@@ -100,8 +102,8 @@ def test_replayed_strangers_without_gaps_lock_out_the_resident(
         ok, image = video.read()
         if not ok:
             break
-        if index in MIRANDA_FRAMES and index % 2 == 0:
-            cv2.imwrite(str(frames / f"{400 + index:04d}.png"), image)
+        if index in MIRANDA_FRAMES and index % 3 == 0:
+            cv2.imwrite(str(frames / f"{1000 + index:04d}.png"), image)
         index += 1
     video.release()
     enrol_miranda(door_model, examples_dir, tmp_path / "gallery.json")
