@@ -132,7 +132,7 @@ class LivenessTracker:
     blink_frames: list[int] = field(default_factory=list)  # frame numbers where a blink ended
     motion_frames: list[int] = field(default_factory=list)  # frames reaching the threshold
     best_parallax: float = 0.0
-    min_ear_ratio: float = 1.0
+    min_eye_ratio: float = 1.0
     _ears: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=EAR_HISTORY))
     _closed_at: float | None = None
     _must_open: bool = False  # eyes stayed shut too long: wait for them to open first
@@ -165,7 +165,7 @@ class LivenessTracker:
         if len(self._ears) < 3 or opened <= 0:
             return
         ratio = ear / opened
-        self.min_ear_ratio = min(self.min_ear_ratio, ratio)
+        self.min_eye_ratio = min(self.min_eye_ratio, ratio)
         s = self.settings
         if ratio <= s.blink_closed_ratio:
             if self._closed_at is None and not self._must_open:
@@ -231,4 +231,4 @@ class LivenessTracker:
                 "blink_frames": list(self.blink_frames[:10]),
                 "motion_frames": list(self.motion_frames[:10]),
                 "best_parallax": round(self.best_parallax, 4),
-                "min_ear_ratio": round(self.min_ear_ratio, 3), "passed": self.passed}
+                "min_eye_ratio": round(self.min_eye_ratio, 3), "passed": self.passed}

@@ -178,7 +178,7 @@ def test_tracker_blink_needs_a_dip_and_a_recovery_in_time(portrait_mesh: Mesh,
     slow = LivenessTracker(settings)  # eyes shut for 1.0 s: not a blink, nor its last 0.3 s
     for i, m in enumerate([portrait_mesh] * 5 + [closed] * 10 + [portrait_mesh] * 3):
         slow.add(i / 10, m, i)
-    assert not slow.passed and slow.min_ear_ratio < 0.6
+    assert not slow.passed and slow.min_eye_ratio < 0.6
     assert slow.failure_reason() == "liveness: no blink in 5 s"
     photo = LivenessTracker(settings)
     for i in range(30):
