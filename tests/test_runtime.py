@@ -167,3 +167,31 @@ def test_quantize_helper_rounds_and_clips() -> None:
     q = runtime._quantize(np.array([[0.0, 1.26, 1000.0]], np.float32), info)
     assert q.dtype == np.int8
     np.testing.assert_array_equal(q, [[-10, -7, 127]])
+
+
+@pytest.mark.data
+def test_the_default_tower_runs_on_this_platform(examples_dir: Path) -> None:
+    """models/default's int8 dlib tower through this platform's LiteRT (the aarch64 pass runs
+    its other daemon tests on models/compact): two photos of Obama score as one person at the
+    model's one-resident door threshold, Obama against Biden and against Miranda do not."""
+    from conftest import REPO
+
+    from twinlock.daemon.fusion import decision_settings
+    from twinlock.daemon.images import load_image
+    from twinlock.daemon.model import FaceEmbedder
+
+    embedder = FaceEmbedder(REPO / "models" / "default")
+    meta = embedder.meta
+    pipeline = meta.face_pipeline(meta.detector.build())
+    emb = {}
+    for name in ("obama.jpg", "obama2.jpg", "biden.jpg", "lin-manuel-miranda.png"):
+        face, _ = pipeline.primary(load_image(examples_dir / name))
+        assert face is not None, name
+        emb[name] = embedder.embed(face.crop)[0]
+    threshold, _, _ = decision_settings(meta.thresholds, meta.default_threshold, meta.metrics,
+                                        residents=1)
+    same = float(embedder.scores(emb["obama.jpg"], emb["obama2.jpg"][None])[0])
+    others = embedder.scores(emb["obama.jpg"], np.stack([emb["biden.jpg"],
+                                                         emb["lin-manuel-miranda.png"]]))
+    assert same >= threshold, (same, threshold)
+    assert float(others.max()) < 0.5, others
