@@ -162,12 +162,24 @@ def _drop_problem(audit: AuditLog | GuardedAudit | None, message: str) -> None:
         audit.record("bundle", "deny", message)
 
 
+#: a bundle's name in the drop folder while the door checks it. One left behind means the door
+#: died checking it (a tower that crashes the runtime, the OOM killer): it is quarantined, never
+#: retried, so such a bundle cannot become a crash loop.
+CHECKING_PREFIX = ".checking-"
+
+
 def _pick_up(cfg: Config, audit: AuditLog | GuardedAudit | None, folder: int) -> None:
     incoming = cfg.model.incoming
     regular: list[tuple[float, str]] = []
     with os.scandir(folder) as entries:
-        listed = [(e.name, e.stat(follow_symlinks=False)) for e in entries
-                  if e.name.endswith(BUNDLE_SUFFIX) and not e.name.startswith(".")]
+        names = [(e.name, e.stat(follow_symlinks=False)) for e in entries
+                 if e.name.endswith(BUNDLE_SUFFIX)]
+    for name, _ in names:
+        if name.startswith(CHECKING_PREFIX):
+            _quarantine(audit, folder, incoming, name, "the door stopped while checking it "
+                        "(it may crash the door); not tried again",
+                        shown=name.removeprefix(CHECKING_PREFIX))
+    listed = [(name, st) for name, st in names if not name.startswith(".")]
     for name, st in listed:
         if stat.S_ISREG(st.st_mode):
             regular.append((st.st_mtime, name))
@@ -180,13 +192,16 @@ def _pick_up(cfg: Config, audit: AuditLog | GuardedAudit | None, folder: int) ->
     if not regular:
         return
     newest = regular[-1][1]
+    checking = CHECKING_PREFIX + newest
+    os.replace(newest, checking, src_dir_fd=folder, dst_dir_fd=folder)
     try:
-        install_bundle(incoming / newest, cfg.model.public_key, cfg.state_dir,
+        install_bundle(incoming / checking, cfg.model.public_key, cfg.state_dir,
                        cfg.model.runtimes)
     except TwinLockError as exc:
-        _quarantine(audit, folder, incoming, newest, str(exc))
+        _quarantine(audit, folder, incoming, checking, str(exc).replace(checking, newest),
+                    shown=newest)
         return
-    for _, name in regular:
+    for name in (checking, *(name for _, name in regular[:-1])):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=folder)
     logger.info("installed bundle %s", newest)
@@ -195,14 +210,15 @@ def _pick_up(cfg: Config, audit: AuditLog | GuardedAudit | None, folder: int) ->
 
 
 def _quarantine(audit: AuditLog | GuardedAudit | None, folder: int, incoming: Path, name: str,
-                reason: str) -> None:
-    """Move ``name`` into ``rejected/`` (made afresh if it is not a real folder), by descriptor:
-    no path in the drop folder is ever followed. Failing that, delete it."""
-    _drop_problem(audit, f"bundle {name} refused: {reason}")
+                reason: str, shown: str | None = None) -> None:
+    """Move ``name`` into ``rejected/`` as ``shown`` (made afresh if it is not a real folder), by
+    descriptor: no path in the drop folder is ever followed. Failing that, delete it."""
+    shown = shown or name
+    _drop_problem(audit, f"bundle {shown} refused: {reason}")
     try:
         rejected = _rejected_folder(folder, incoming)
         try:
-            os.replace(name, name, src_dir_fd=folder, dst_dir_fd=rejected)
+            os.replace(name, shown, src_dir_fd=folder, dst_dir_fd=rejected)
         finally:
             os.close(rejected)
     except OSError as exc:

@@ -143,3 +143,19 @@ def test_a_folder_named_like_a_bundle_changes_nothing(home: Home) -> None:
     reasons = home.pick_up()
     assert any("folder.twinlock refused: not a regular file" in r for r in reasons)
     assert b.current_bundle(home.state).read_bytes() == home.installed
+
+
+def test_a_bundle_the_door_died_checking_is_not_tried_again(home: Home) -> None:
+    """A bundle whose check killed the daemon (say, a tower that crashes the runtime) is left as
+    .checking-NAME; the next start quarantines it instead of crashing again."""
+    shutil.copyfile(home.newer(), home.spool / ".checking-crasher.twinlock")
+    (home.spool / "newer.twinlock").unlink()
+    reasons = home.pick_up()
+    assert any("crasher.twinlock refused: the door stopped while checking it" in r
+               for r in reasons), reasons
+    assert (home.spool / "rejected" / "crasher.twinlock").is_file()
+    assert b.current_bundle(home.state).read_bytes() == home.installed
+    newer = home.newer().read_bytes()  # an ordinary pick-up leaves nothing behind
+    home.pick_up()
+    assert b.current_bundle(home.state).read_bytes() == newer
+    assert sorted(p.name for p in home.spool.iterdir()) == ["rejected"]
