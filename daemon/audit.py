@@ -16,12 +16,14 @@ Snapshots (JPEG frames kept as evidence) live in their own folder under a size c
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import os
 import re
 import sqlite3
+import struct
 import tempfile
 import threading
 import time
@@ -51,6 +53,33 @@ SCHEMA_VERSION = 1
 
 #: a ``details`` object larger than this is refused: the log is for facts, not payloads
 MAX_DETAILS_BYTES = 64 * 1024
+
+#: Linux's FS_IOC_GETFLAGS (``_IOR('f', 1, long)``) and the attributes that forbid writing a
+#: file in place (``chattr +i`` / ``+a``)
+_FS_IOC_GETFLAGS = 0x80000000 | (struct.calcsize("l") << 16) | (ord("f") << 8) | 1
+_UNWRITABLE_FLAGS = {0x10: "immutable", 0x20: "append-only"}
+
+
+def unwritable_reason(path: Path) -> str | None:
+    """Why ``path`` cannot be written in place (immutable or append-only), or None.
+
+    SQLite maps the WAL index (``-shm``) into memory; writing through that mapping to a file
+    made immutable raises SIGBUS and kills the process, where a write() would have failed with
+    an error. Checked before each record so the door refuses the write (and the unlock) and
+    keeps running. A file system without these attributes answers None.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None  # missing (-wal/-shm come and go): SQLite will say what is wrong
+    try:
+        flags = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(struct.calcsize("l"))))[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    found = [name for bit, name in _UNWRITABLE_FLAGS.items() if flags & bit]
+    return f"{path.name} is {' and '.join(found)} (chattr -i / -a)" if found else None
 
 
 def _migrate_to_1(conn: sqlite3.Connection) -> None:
@@ -241,6 +270,10 @@ class AuditLog:
             _encode_details(details),
         )
         with self._locked() as conn:
+            for suffix in ("", "-wal", "-shm"):  # a SIGBUS would kill the door: refuse first
+                why = unwritable_reason(Path(f"{self.path}{suffix}"))
+                if why is not None:
+                    raise AuditError(f"cannot write to audit log {self.path}: {why}")
             try:
                 cursor = conn.execute(
                     "INSERT INTO decisions (ts, ts_iso, event, user, best_score, decision, reason,"

@@ -79,6 +79,36 @@ class Matcher:
                 f"{self.origin}")
 
 
+class UnavailableAudit:
+    """Stands in for an audit log that could not be opened (made immutable, damaged, on a full
+    or read-only card): every write fails with the reason, so the door never unlocks, while the
+    daemon keeps running, locked and saying so, instead of a restart loop."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+
+    def record(self, *args: Any, **kwargs: Any) -> int:
+        raise AuditError(f"audit log {self.path} is not open ({self.reason}); fix it and "
+                         "restart the daemon")
+
+    def close(self) -> None:
+        """Nothing is open."""
+
+
+def _open_audit(cfg: Config) -> AuditLog | UnavailableAudit:
+    try:
+        audit = AuditLog(cfg.audit.db)
+    except AuditError as exc:
+        logger.critical("audit log %s cannot be opened: %s. Running LOCKED: no unlock until it "
+                        "is fixed and the daemon restarted", cfg.audit.db, exc)
+        return UnavailableAudit(cfg.audit.db, str(exc))
+    try:
+        audit.prune(cfg.audit.retention_days)
+    except AuditError as exc:
+        logger.error("old audit records not pruned: %s", exc)
+    return audit
+
+
 class GuardedAudit:
     """The audit log as the running door writes it.
 
@@ -88,7 +118,7 @@ class GuardedAudit:
     checks the result first. ``on_change(None)`` says that writes work again.
     """
 
-    def __init__(self, log: AuditLog,
+    def __init__(self, log: AuditLog | UnavailableAudit,
                  on_change: Callable[[str | None], None] | None = None) -> None:
         self.log = log
         self.on_change = on_change
@@ -553,8 +583,7 @@ class Daemon:
         # run goes off even when what follows (audit DB, camera, model) fails.
         self.action = build_action(self.cfg, self._action_event)
         try:
-            self.audit = AuditLog(self.cfg.audit.db)
-            self.audit.prune(self.cfg.audit.retention_days)
+            self.audit: AuditLog | UnavailableAudit = _open_audit(self.cfg)
             self.records = GuardedAudit(self.audit, self._audit_failed)
             self._audit_error: str | None = None
             # MQTT: events out (never waited on), remote unlock requests in (handled here)

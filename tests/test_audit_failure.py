@@ -139,3 +139,98 @@ def test_a_full_audit_log_is_reported_over_mqtt(
         observer.stop()
         broker.stop()
     assert mock_pins.pin(17).state is False and len(mock_pins.pin(17).states) == 1
+
+
+def _chattr(flag: str, *paths: Path) -> bool:
+    """``chattr flag`` on the files that exist; False where the file system or rights lack it."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("chattr")
+    present = [str(p) for p in paths if p.exists()]
+    if tool is None or not present:
+        return False
+    done = subprocess.run([tool, flag, *present], check=False, capture_output=True)
+    return done.returncode == 0
+
+
+def _immutable_or_skip(*paths: Path) -> None:
+    if not _chattr("+i", *paths):
+        pytest.skip("chattr +i is not possible here (needs root and ext4/xfs/btrfs)")
+
+
+IMMUTABLE_WRITER = """
+import sys
+from pathlib import Path
+from twinlock.daemon.audit import AuditLog
+from twinlock.daemon.errors import AuditError
+db = Path(sys.argv[1])
+audit = AuditLog(db)
+audit.record("start", "ignore", "before")
+print("ready", flush=True)
+sys.stdin.readline()  # the test makes the files immutable now
+try:
+    audit.record("unlock", "unlock", "after", user="lin")
+    print("written")
+except AuditError as exc:
+    print("refused:", exc)
+print("alive", flush=True)
+sys.stdin.readline()  # the test makes the files writable again before SQLite closes them
+audit.close()
+"""
+
+
+def test_immutable_audit_files_refuse_the_write_instead_of_sigbus(tmp_path: Path) -> None:
+    """SQLite writes its WAL index through a shared memory map; into a file made immutable that
+    is SIGBUS, which kills the daemon. The write is refused first, and the process lives."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "audit.db"
+    files = [db, tmp_path / "audit.db-wal", tmp_path / "audit.db-shm"]
+    proc = subprocess.Popen([sys.executable, "-c", IMMUTABLE_WRITER, str(db)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        _immutable_or_skip(*files)
+        try:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline()
+            alive = proc.stdout.readline()
+        finally:
+            _chattr("-i", *files)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(60) == 0, f"exit {proc.returncode} (-7 is SIGBUS)"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert answer.startswith("refused:") and "audit.db is immutable" in answer, answer
+    assert alive == "alive\n"
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_a_door_whose_audit_log_cannot_be_opened_runs_locked(
+        tmp_path: Path, door_model: Path, examples_dir: Path, mock_pins: MockFactory) -> None:
+    """The audit database made immutable before the daemon starts: it cannot be opened, and the
+    door runs locked (no restart loop), the relay never moving."""
+    state = tmp_path / "state"
+    AuditLog(state / "audit.db").close()
+    files = [state / "audit.db", state / "audit.db-wal", state / "audit.db-shm"]
+    enrol_miranda(door_model, examples_dir, tmp_path / "gallery.json")
+    config = write_config(tmp_path / "config.yaml", state, door_model, tmp_path / "gallery.json",
+                          str(examples_dir / CLIP), camera={"realtime": False}, **liveness_off())
+    _immutable_or_skip(*files)
+    try:
+        daemon = Daemon(config)
+        assert daemon.run() == 0
+    finally:
+        _chattr("-i", *files)
+    assert daemon.camera.stats["frames"] == 275
+    assert daemon.records.failures > 0 and "not open" in str(daemon._audit_error)
+    pin = mock_pins.pin(17)
+    assert pin.state is False and len(pin.states) == 1

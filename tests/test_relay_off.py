@@ -21,7 +21,7 @@ from file_pins import ENV, read_level, write_level
 
 from twinlock.daemon.cli import main as twinlockd
 from twinlock.daemon.config import load_action_config, load_config
-from twinlock.daemon.errors import AuditError, ConfigError
+from twinlock.daemon.errors import ConfigError, TwinLockError
 
 FILE_PINS = Path(__file__).with_name("file_pins.py")
 PIN = 17
@@ -72,8 +72,8 @@ def test_a_broken_action_section_is_one_clear_line(tmp_path: Path,
 
 
 def test_the_relay_goes_off_before_the_audit_db_is_opened(tmp_path: Path, pin_dir: Path) -> None:
-    """A relay left on by a crashed run, then a start that fails on the audit DB."""
-    from twinlock.daemon.service import Daemon
+    """A relay left on by a crashed run, then a start whose audit DB cannot be opened."""
+    from twinlock.daemon.service import Daemon, UnavailableAudit
 
     config = tmp_path / "config.yaml"
     (tmp_path / "audit-is-a-folder.db").mkdir()
@@ -84,9 +84,12 @@ def test_the_relay_goes_off_before_the_audit_db_is_opened(tmp_path: Path, pin_di
         "action": {"type": "gpio", "pin": PIN},
         "audit": {"db": str(tmp_path / "audit-is-a-folder.db")}}))
     write_level(pin_dir, PIN, True)
-    with pytest.raises(AuditError):
-        Daemon(config)
-    assert read_level(pin_dir, PIN) is False
+    daemon = Daemon(config)  # keeps running, locked, without an audit log (test_audit_failure)
+    try:
+        assert read_level(pin_dir, PIN) is False
+        assert isinstance(daemon.audit, UnavailableAudit)
+    finally:
+        daemon.shutdown()
 
 
 @pytest.mark.data
@@ -132,4 +135,23 @@ def test_kill_9_during_a_pulse_then_relay_off_leaves_the_pin_off(
         pytest.fail(f"relay-off did not finish within {scaled(30):.0f} s")
     assert off.returncode == 0, err
     assert f"GPIO{PIN} driven inactive" in out
+    assert read_level(pin_dir, PIN) is False
+
+
+def test_the_relay_goes_off_before_a_start_that_fails(tmp_path: Path, pin_dir: Path) -> None:
+    """The snapshot folder is a file: the start fails, and the stuck relay went off before."""
+    from twinlock.daemon.service import Daemon
+
+    (tmp_path / "snapshots-is-a-file").write_text("")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "state_dir": str(tmp_path / "state"),
+        "model": {"source": "folder", "dir": str(tmp_path), "gallery": str(tmp_path / "g.json")},
+        "camera": {"type": "replay", "source": str(tmp_path / "none.mp4")},
+        "action": {"type": "gpio", "pin": PIN},
+        "audit": {"db": str(tmp_path / "state" / "audit.db"),
+                  "snapshots": {"enabled": True, "dir": str(tmp_path / "snapshots-is-a-file")}}}))
+    write_level(pin_dir, PIN, True)
+    with pytest.raises(TwinLockError):
+        Daemon(config)
     assert read_level(pin_dir, PIN) is False
