@@ -246,4 +246,9 @@ guest -m pytest -p no:cacheprovider "${deselect[@]}" "${tests[@]}"
 code=$?
 set -e
 log "done in ${SECONDS}s (pytest exit code $code)"
+# The built wheel too, installed by plain pip for aarch64 and run as a door (the default run
+# only; TWINLOCK_SKIP_ARM64_WHEEL=1 skips it).
+if [ "$names_tests" -eq 0 ] && [ "${TWINLOCK_SKIP_ARM64_WHEEL:-0}" != "1" ]; then
+  bash "$REPO/scripts/arm64-wheel.sh" || { [ "$code" -ne 0 ] || code=1; }
+fi
 exit "$code"
