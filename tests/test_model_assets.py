@@ -156,3 +156,18 @@ def test_altered_detector_member_is_refused(signed, tmp_path: Path) -> None:
     bad.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=f"model/{SHORT} does not match its sha256"):
         b.verify_bundle(bad, pub)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_export_puts_the_detector_and_liveness_models_in_the_model_folder(
+        exported_model: Path) -> None:
+    """`twinlock export` (the session's tiny real run) writes the assets with their hashes."""
+    data = json.loads((exported_model / "model.json").read_text())
+    assert set(data["assets"]) == {DETECTOR_ROLE, MESH_ROLE, IRIS_ROLE}
+    for asset in data["assets"].values():
+        assert KNOWN[asset["file"]][0] == asset["sha256"]
+        assert (exported_model / asset["file"]).stat().st_size == asset["bytes"]
+    assert data["detector"]["model_path"] is None  # recorded by name, not by this host's path
+    meta = read_metadata(exported_model)
+    assert meta.detector.model_path == str(exported_model / SHORT)
