@@ -504,10 +504,10 @@ class VerificationConfig(_Section):
         description="fusion 'share' only: share of a user's anchors whose score must pass",
     )
     frames_required: int = Field(
-        3, ge=1, le=100, description="k: frames that must verify the same user ..."
+        2, ge=1, le=100, description="k: frames that must verify the same user ..."
     )
     frame_window: int = Field(
-        5, ge=1, le=100, description="n: ... among the last n frames with a face ..."
+        2, ge=1, le=100, description="n: ... among the last n frames with a face ..."
     )
     window_seconds: float = Field(
         3.0, gt=0, le=60, description="t: ... all within this many seconds"

@@ -642,13 +642,22 @@ def evaluate_door(model_dir: Path, images_root: Path, holdout_pairs: Path,
                        "independent_prediction": 1.0 - (1.0 - base) ** r,
                        "ratio_to_one_resident": rate / base if base else None})
 
-    # the one-resident ladder, and what it gives at each door size (the daemon's rule)
-    one = pooled(setting(1, cal_m), photos, matrix, embedder, winner)
+    # the one-resident ladder, and what it gives at each door size (the daemon's rule). How
+    # many strangers pass for a resident varies a lot from resident to resident, so the ladder
+    # seats as many residents as the headline doors do (doors x R), one per door, and each door
+    # size below is measured over that many residents too.
+    seated = doors * cal_r
+
+    def sized(r: int, salt: int) -> list[Door]:
+        return build_doors(photos, r, cal_m, max(1, seated // r), seed + salt, DUPLICATE_COSINE,
+                           None)
+
+    one = pooled(sized(1, 3), photos, matrix, embedder, winner)
     ladder = [[far, threshold_for(one.impostor_top, far)] for far in LADDER_FARS]
     by_size = []
     for r in sorted({1, *residents}):
         try:
-            pool = pooled(setting(r, cal_m), photos, matrix, embedder, winner)
+            pool = pooled(sized(r, 4), photos, matrix, embedder, winner)
         except UsageError:
             continue
         for far in (1e-3, 1e-4):
