@@ -129,6 +129,7 @@ class Chain:
         """
         cv2.setNumThreads(self.threads)  # OpenCV's pool (warpAffine, resizes) follows suit
         meta = self.embedder.meta
+        c0 = time.process_time()
         t0 = time.perf_counter()
         faces = self.pipeline.detector.detect(image)
         t1 = time.perf_counter()
@@ -145,7 +146,10 @@ class Chain:
             q.first_problem(q.measure_image(image, face))
             t5 = time.perf_counter()
             stamps.update(align=t2 - t1, embed=t3 - t2, score=t4 - t3, quality=t5 - t4,
-                          total_face_frames=t4 - t0, total_all_frames=t4 - t0)
+                          total_face_frames=t4 - t0, total_all_frames=t4 - t0,
+                          # CPU time of the whole process (quality included): on a busy,
+                          # shared machine the honest cost of a frame at one thread
+                          total_face_frames_cpu=time.process_time() - c0)
         if record is not None:
             bucket = self.times.setdefault(record, {})
             for name, seconds in stamps.items():
@@ -164,6 +168,7 @@ class Chain:
             out[stage] = timing(bucket.get(stage, []))
         out["quality"]["note"] = "daemon runs it per face; not part of total"
         out["total_face_frames"] = timing(face_totals)
+        out["total_face_frames_cpu"] = timing(bucket.get("total_face_frames_cpu", []))
         out["total_all_frames"] = timing(all_totals)
         out["fps_face_frames"] = fps(face_totals)
         out["fps_all_frames"] = fps(all_totals)
@@ -267,6 +272,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 frames_with_face=totals["n"],
                 median_ms=totals["median_ms"],
                 p90_ms=totals["p90_ms"],
+                median_cpu_ms=chains[TARGET_THREADS].report("640x480", frames)[
+                    "total_face_frames_cpu"].get("median_ms"),
                 met=totals["median_ms"] <= budget,
                 met_at_p90=totals["p90_ms"] <= budget,
                 judged_on="median of frames with a face (a frame without one stops at detect)",
