@@ -84,6 +84,18 @@ def test_no_mesh_and_idempotent(tmp_path: Path) -> None:
     assert (folder / "model.json").read_text() == first
 
 
+def test_a_host_path_in_model_json_gives_way_to_the_folder_copy(tmp_path: Path) -> None:
+    """A model exported with detector.model_path naming a file on the training host: once the
+    file is in the folder, the door uses the folder's copy, not a path it does not have."""
+    folder = legacy_copy(tmp_path / "m")
+    data = json.loads((folder / "model.json").read_text())
+    data["detector"]["model_path"] = str(PACKAGED_DIR / SHORT)
+    (folder / "model.json").write_text(json.dumps(data))
+    add_detector(folder, mesh=False)
+    assert json.loads((folder / "model.json").read_text())["detector"]["model_path"] is None
+    assert read_metadata(folder).detector.model_path == str(folder / SHORT)
+
+
 def test_altered_detector_in_folder_is_refused(tmp_path: Path) -> None:
     folder = legacy_copy(tmp_path / "m")
     add_detector(folder)

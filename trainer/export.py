@@ -18,6 +18,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +174,10 @@ def export(run_dir: Path, out_dir: Path, quantization: str = "int8",
         (staging / TOWER_FILE).write_bytes(tflite_bytes)
         meta.model_id = file_sha256(staging / TOWER_FILE)[:16]
         # the detector and face mesh travel with the model (sha256 + licence in model.json)
-        meta.assets = add_assets(staging, meta.detector) if meta.detector.type == "blazeface" \
-            else {}
+        if meta.detector.type == "blazeface":
+            meta.assets = add_assets(staging, meta.detector)
+            # the door uses the folder's copy: a training host's own path means nothing there
+            meta.detector = replace(meta.detector, model_path=None)
         (staging / "model.json").write_text(json.dumps(meta.to_json(), indent=2))
 
         # parity and calibration on validation identities, through the daemon's runtime

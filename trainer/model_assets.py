@@ -78,6 +78,8 @@ def add_detector(model_dir: str | Path, mesh: bool = True) -> dict[str, Any]:
     recorded = dict(data.get("assets", {}))
     recorded.update({role: asset.to_dict() for role, asset in assets.items()})
     data["assets"] = recorded
+    if isinstance(data.get("detector"), dict):
+        data["detector"]["model_path"] = None  # the folder's copy, not the exporting host's path
     fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".json", dir=model_dir)
     try:
         with os.fdopen(fd, "w") as handle:
