@@ -12,9 +12,11 @@ import contextlib
 import datetime as dt
 import ipaddress
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -669,3 +671,34 @@ def test_remote_unlock_over_tls_accepted_audited_refused_without_auth_and_in_loc
     assert len(refused) == 1 and "locked out" in refused[0]["reason"]
     highs = sum(1 for _, state in pin.states if state)
     assert highs == 1 and pin.state is False
+
+
+@pytest.mark.data
+def test_a_killed_door_reads_offline_through_its_retained_last_will(
+        tmp_path: Path, examples_dir: Path, door_model: Path, brokers: list[Broker]) -> None:
+    """kill -9 the daemon: nobody says goodbye, the broker publishes the will, and a client that
+    subscribes later still reads "offline" (retained)."""
+    port = free_port()
+    brokers.append(Broker(tmp_path / "broker", port).start())
+    observer = Observer(port).start()
+    config = still_door(tmp_path, examples_dir, door_model, mqtt_section(port, tmp_path))
+    env = dict(os.environ) | {"GPIOZERO_PIN_FACTORY": "mock"}
+    proc = subprocess.Popen([sys.executable, "-m", "twinlock.daemon.cli", "run", "-c",
+                             str(config)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert observer.wait_for(lambda: b"online" in observer.on(f"{PREFIX}/availability"),
+                                 timeout=60)
+        proc.kill()
+        proc.wait(10)
+        assert observer.wait_for(lambda: observer.on(f"{PREFIX}/availability")[-1] == b"offline")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        observer.stop()
+    later = Observer(port).start()
+    try:
+        assert later.wait_for(lambda: later.on(f"{PREFIX}/availability") == [b"offline"])
+        assert any(r for _, t, _, r in later.messages if t == f"{PREFIX}/availability")
+    finally:
+        later.stop()
