@@ -99,7 +99,7 @@ class LivenessSettings:
     blink_closed_ratio: float = 0.6
     blink_open_ratio: float = 0.85
     blink_max_seconds: float = 0.6
-    motion_threshold: float = 0.12
+    motion_threshold: float = 0.18
     motion_frames: int = 2
     min_presence: float = 0.5
 
