@@ -16,7 +16,8 @@ Snapshots (JPEG frames kept as evidence) live in their own folder under a size c
 
 from __future__ import annotations
 
-import fcntl
+import ctypes
+import functools
 import json
 import logging
 import math
@@ -54,10 +55,22 @@ SCHEMA_VERSION = 1
 #: a ``details`` object larger than this is refused: the log is for facts, not payloads
 MAX_DETAILS_BYTES = 64 * 1024
 
-#: Linux's FS_IOC_GETFLAGS (``_IOR('f', 1, long)``) and the attributes that forbid writing a
-#: file in place (``chattr +i`` / ``+a``)
-_FS_IOC_GETFLAGS = 0x80000000 | (struct.calcsize("l") << 16) | (ord("f") << 8) | 1
-_UNWRITABLE_FLAGS = {0x10: "immutable", 0x20: "append-only"}
+#: statx(2)'s attribute bits for files that cannot be written in place (``chattr +i`` / ``+a``)
+_UNWRITABLE_ATTRIBUTES = {0x10: "immutable", 0x20: "append-only"}
+_AT_FDCWD, _AT_SYMLINK_NOFOLLOW = -100, 0x100
+
+
+@functools.cache
+def _statx() -> Any:
+    """libc's statx, or None (not Linux, glibc < 2.28)."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).statx
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
+                         ctypes.c_char_p]
+    function.restype = ctypes.c_int
+    return function
 
 
 def unwritable_reason(path: Path) -> str | None:
@@ -66,19 +79,19 @@ def unwritable_reason(path: Path) -> str | None:
     SQLite maps the WAL index (``-shm``) into memory; writing through that mapping to a file
     made immutable raises SIGBUS and kills the process, where a write() would have failed with
     an error. Checked before each record so the door refuses the write (and the unlock) and
-    keeps running. A file system without these attributes answers None.
+    keeps running. Asked with statx(2) by path: opening and closing one of SQLite's files in
+    this process would drop SQLite's POSIX locks on it (close() releases all of a process's
+    locks on a file), and another process could then checkpoint and delete the WAL under it.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return None  # missing (-wal/-shm come and go): SQLite will say what is wrong
-    try:
-        flags = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(struct.calcsize("l"))))[0]
-    except OSError:
+    statx = _statx()
+    if statx is None:
         return None
-    finally:
-        os.close(fd)
-    found = [name for bit, name in _UNWRITABLE_FLAGS.items() if flags & bit]
+    buffer = ctypes.create_string_buffer(256)
+    if statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, 0, buffer) != 0:
+        return None  # missing (-wal/-shm come and go): SQLite will say what is wrong
+    attributes, = struct.unpack_from("=Q", buffer, 8)
+    known, = struct.unpack_from("=Q", buffer, 56)
+    found = [name for bit, name in _UNWRITABLE_ATTRIBUTES.items() if attributes & known & bit]
     return f"{path.name} is {' and '.join(found)} (chattr -i / -a)" if found else None
 
 

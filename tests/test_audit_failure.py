@@ -7,6 +7,7 @@ then fails with SQLite's own "database or disk is full", as on a full card.
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,47 @@ def test_a_door_whose_audit_log_cannot_be_opened_runs_locked(
     assert daemon.records.failures > 0 and "not open" in str(daemon._audit_error)
     pin = mock_pins.pin(17)
     assert pin.state is False and len(pin.states) == 1
+
+
+WRITER = """
+import sys, time
+from twinlock.daemon.audit import AuditLog
+audit = AuditLog(sys.argv[1])
+print("open", flush=True)
+for i in range(150):
+    audit.record("deny", "deny", f"record {i}")
+    time.sleep(0.004)
+print("written", flush=True)
+sys.stdin.readline()
+audit.close()
+"""
+
+
+def test_records_survive_another_process_reading_the_log(tmp_path: Path) -> None:
+    """``twinlockd log`` opening and closing the log while the daemon writes must not lose a
+    record: the daemon must never open and close SQLite's files itself (a close() drops its POSIX
+    locks, and the reader's close then checkpoints and deletes the WAL under the writer)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "audit.db"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "open\n"
+        reader = threading.Thread(target=lambda: proc.stdout.readline(), daemon=True)
+        reader.start()
+        while reader.is_alive():  # a reader opening and closing the log all the while
+            with AuditLog(db) as audit:
+                audit.query(event="deny")
+        with AuditLog(db) as audit:
+            seen = len(audit.query(event="deny"))
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert seen == 150, f"only {seen} of 150 records are in the log"
