@@ -6,6 +6,7 @@ The video ``short_hamilton_clip.mp4`` shows Alex Lacamoire (frames 20-81), Lin-M
 
 from __future__ import annotations
 
+import collections
 import functools
 import queue
 import subprocess
@@ -116,6 +117,7 @@ class DaemonProcess:
         self.budget = scaled(seconds)
         self.deadline = time.monotonic() + self.budget
         self._lines: queue.Queue[str | None] = queue.Queue()
+        self.tail: collections.deque[str] = collections.deque(maxlen=15)  # for the failure
         if proc.stderr is not None:
             threading.Thread(target=self._read, daemon=True).start()
 
@@ -127,6 +129,7 @@ class DaemonProcess:
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
+            self.tail.append(line)
             self._lines.put(line)
         self._lines.put(None)
 
@@ -155,7 +158,8 @@ class DaemonProcess:
         self.kill()
         pytest.fail(f"{self.what}: {why} ({self.budget:.0f} s allowed: reference "
                     f"{self.budget / slowdown():.0f} s x {slowdown():.1f} for this machine's "
-                    f"speed; daemon exit {self.proc.returncode})")
+                    f"speed; daemon exit {self.proc.returncode}); its last log lines:\n"
+                    + "".join(self.tail))
 
     def kill(self) -> None:
         if self.proc.poll() is None:
