@@ -516,16 +516,6 @@ class Door:
         if failure and self.lockout.failure(attempt.last_seen):
             self._locked_out()
 
-    def _lockout_refusals_summary(self) -> None:
-        """One record for the unlocks refused during a lockout that is over (or cut short)."""
-        if not self._refusals:
-            return
-        refusals, self._refusals = self._refusals, {}
-        total = sum(refusals.values())
-        self.audit.record("deny", "deny", f"{total} unlock(s) refused during the lockout "
-                          f"({', '.join(f'{u} x{n}' for u, n in sorted(refusals.items()))})",
-                          details={"refused": total, "users": refusals})
-
     def remote_unlock(self, now: float, source: str, allowed: bool) -> bool:
         """An unlock asked for over MQTT (Home Assistant's lock entity). Refused unless
         ``mqtt.remote_unlock``, refused during a lockout, and like any unlock recorded (with its
@@ -550,6 +540,16 @@ class Door:
         self.last_decision = f"remote unlock at {time.strftime('%H:%M:%S')}"
         logger.warning("door opened remotely: %s", source)
         return True
+
+    def _lockout_refusals_summary(self) -> None:
+        """One record for the unlocks refused during a lockout that is over (or cut short)."""
+        if not self._refusals:
+            return
+        refusals, self._refusals = self._refusals, {}
+        total = sum(refusals.values())
+        self.audit.record("deny", "deny", f"{total} unlock(s) refused during the lockout "
+                          f"({', '.join(f'{u} x{n}' for u, n in sorted(refusals.items()))})",
+                          details={"refused": total, "users": refusals})
 
     def _locked_out(self) -> None:
         """A lockout just started: say why, once."""
