@@ -77,9 +77,11 @@ def test_fusion_rules_match_scores_computed_one_anchor_at_a_time(real) -> None:
             for r, idx in enumerate(residents):
                 anchors = photos.embedding[idx]
                 if rule == "centroid":
+                    # the mean anchor, put back on the sphere only for unit-length embeddings
                     centre = anchors.mean(axis=0)
-                    expect = embedder.scores(photos.embedding[p],
-                                             (centre / np.linalg.norm(centre))[None])[0]
+                    if embedder.meta.l2_normalize:
+                        centre = centre / np.linalg.norm(centre)
+                    expect = embedder.scores(photos.embedding[p], centre[None])[0]
                 else:
                     each = sorted((float(embedder.scores(photos.embedding[p], a[None])[0])
                                    for a in anchors), reverse=True)
