@@ -557,7 +557,7 @@ class LivenessConfig(_Section):
         0.18, ge=0.02, le=1,
         description="nose parallax against the face outline, in inter-ocular distances, that "
         "a frame must reach (about 0.01 per degree of head turn; photos moved by homographies "
-        "reached 0.127 in 200 hand-held attacks)",
+        "reached 0.135 in 200 hand-held attacks)",
     )
     motion_frames: int = Field(
         2, ge=1, le=30, description="frames of an attempt that must reach motion_threshold"
