@@ -54,11 +54,11 @@ def measure(args: Any) -> dict[str, Any]:
     import dlib
 
     from twinlock.daemon.faces.align import DLIB_TEMPLATE, similarity_transform
+    from twinlock.daemon.faces.images import load_image
     from twinlock.daemon.faces.pipeline import DetectorSpec, select_face
     from twinlock.daemon.faces.types import Face
-    from twinlock.daemon.images import load_image
-    from twinlock.trainer.dlib_resnet import CHIP_SIZE, dlib_resnet_tower, weights_file
-    from twinlock.trainer.train import _pairs_identities
+    from twinlock.trainer.training.dlib_resnet import CHIP_SIZE, dlib_resnet_tower, weights_file
+    from twinlock.trainer.training.train import _pairs_identities
 
     lfw = data_root(args.data) / "lfw" / "lfw-deepfunneled"
     held = _pairs_identities(args.holdout_pairs) if args.holdout_pairs else set()

@@ -66,7 +66,7 @@ from _common import (
 )
 from _common import main as run_main
 
-from twinlock.daemon.audit import AuditLog
+from twinlock.daemon.storage.audit import AuditLog
 
 logger = logging.getLogger("benchmarks.daemon")
 
@@ -261,8 +261,8 @@ def child_report(run: ChildRun, db: Path, performer_frames: range) -> dict[str, 
 
 def in_process(config: Path, db: Path, performer_frames: range) -> dict[str, Any]:
     """Run ``Daemon(config).run()`` here with ``process()`` and camera reads timed."""
-    from twinlock.daemon.camera import Frame
-    from twinlock.daemon.service import Daemon
+    from twinlock.daemon.camera.drivers import Frame
+    from twinlock.daemon.door.service import Daemon
 
     class TimedDaemon(Daemon):
         """The real daemon; only adds a stopwatch around each processed frame."""
@@ -339,7 +339,7 @@ def prepare_door(helpers: Any, folder: Path, name: str, model: Path, gallery: Pa
         "logging": {"level": log_level},
     }
     if signed:
-        from twinlock.daemon.bundle import generate_keypair, write_bundle
+        from twinlock.daemon.bundle.core import generate_keypair, write_bundle
 
         spool = state / "incoming"
         spool.mkdir()
@@ -363,7 +363,7 @@ def child_env(action: str) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     global RSS_TARGET_MB  # one budget for every run of this report: the model's
-    from twinlock.daemon.model import read_metadata
+    from twinlock.daemon.recognition.model import read_metadata
 
     RSS_TARGET_MB = RSS_TARGETS_MB.get(read_metadata(args.model).architecture, RSS_TARGET_MB)
     root = data_root(args.data)

@@ -49,9 +49,9 @@ from _common import (
 from _common import main as run_main
 
 from twinlock.daemon.faces.align import align_face
+from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.faces.pipeline import Detector, DetectorSpec
 from twinlock.daemon.faces.types import Face
-from twinlock.daemon.images import load_image
 
 logger = logging.getLogger("benchmarks.detector")
 

@@ -40,10 +40,10 @@ from _common import (
 )
 from _common import main as run_main
 
-from twinlock.daemon.camera import to_grey
-from twinlock.daemon.images import load_image
-from twinlock.daemon.model import FaceEmbedder
-from twinlock.trainer.datasets import read_pairs_file
+from twinlock.daemon.camera.drivers import to_grey
+from twinlock.daemon.faces.images import load_image
+from twinlock.daemon.recognition.model import FaceEmbedder
+from twinlock.trainer.data.datasets import read_pairs_file
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -34,12 +34,12 @@ def parse_args(argv: Any) -> Any:
 def measure(args: Any) -> dict[str, Any]:
     import keras
 
-    from twinlock.daemon.scoring import postprocess_embeddings
-    from twinlock.trainer import metrics
-    from twinlock.trainer import model as _layers  # noqa: F401  (custom layers)
-    from twinlock.trainer.embed import head_pair_scores
-    from twinlock.trainer.head import fit_l1_head, temperature_scale
-    from twinlock.trainer.train import (
+    from twinlock.daemon.recognition.scoring import postprocess_embeddings
+    from twinlock.trainer.evaluation import metrics
+    from twinlock.trainer.training import model as _layers  # noqa: F401  (custom layers)
+    from twinlock.trainer.training.embed import head_pair_scores
+    from twinlock.trainer.training.head import fit_l1_head, temperature_scale
+    from twinlock.trainer.training.train import (
         load_run_config,
         prepare_data,
         source_groups,

@@ -1,7 +1,7 @@
 """Liveness benchmark: what the presence check costs per frame and in memory, what it does to the
 real clip's unlock, and how many photo attacks it refuses.
 
-Why: liveness (daemon/liveness.py) is on by default only because the real clip still opens the
+Why: liveness (daemon/door/liveness.py) is on by default only because the real clip still opens the
 door with it; the README and config.yaml quote its cost and delay from this script, and the
 attack counts say what it stops.
 
@@ -13,7 +13,7 @@ Measures:
 - ``clip``: the clip through the daemon (replay camera on a simulated clock, every frame at its
   own time) for each liveness mode: unlock frames, which check passed in which frames, and the
   first unlock's delay against mode ``off``;
-- ``attacks`` (``--sequences N``, 0 to skip): N attack sequences of each kind (trainer/spoof.py:
+- ``attacks`` (``--sequences N``, 0 to skip): N attack sequences of each kind (trainer/evaluation/spoof.py:
   still photo, hand-held photo moved by homographies, frozen clip frame, synthetic blink) through
   the daemon per mode; unlocks per kind with a 95 % upper bound. The residents are the clip's
   performer (enrolled from ``lin-manuel-miranda.png``) and, when ``--holdout-pairs`` names the
@@ -61,13 +61,13 @@ from _common import (
 )
 from _common import main as run_main
 
-from twinlock.daemon import quality as q
-from twinlock.daemon.anchors import anchors_from_files
+from twinlock.daemon.door.liveness import LivenessSettings, LivenessTracker
+from twinlock.daemon.faces import quality as q
 from twinlock.daemon.faces.mesh import FaceMesh
-from twinlock.daemon.gallery import Gallery
-from twinlock.daemon.liveness import LivenessSettings, LivenessTracker
-from twinlock.daemon.model import FaceEmbedder
-from twinlock.trainer.spoof import KINDS, run_replay, write_attack_video
+from twinlock.daemon.recognition.gallery import Gallery
+from twinlock.daemon.recognition.model import FaceEmbedder
+from twinlock.trainer.evaluation.spoof import KINDS, run_replay, write_attack_video
+from twinlock.trainer.household.anchors import anchors_from_files
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def _residents(model: Path, examples: Path, lfw: Path, pairs: Path | None, count
     gallery.add("lin", enrolled.anchors, enrolled.sources)
     photos = [portrait]
     if pairs is not None and pairs.is_file() and count > 0:
-        from twinlock.trainer.door_eval import held_out_people
+        from twinlock.trainer.evaluation.door_eval import held_out_people
 
         people = [p for p in held_out_people(pairs, lfw) if len(list((lfw / p).glob("*.jpg"))) >= 2]
         random.Random(seed).shuffle(people)

@@ -15,7 +15,7 @@ what that costs in speed.
     - dlib: HOG detector (face nearest the centre) -> 5-point landmarks -> its own 150 px chip
       -> ResNet 128-d descriptor -> minus the Euclidean distance.
 
-    Accuracy is LFW's 10-fold protocol (``twinlock.trainer.metrics.kfold_accuracy``: each
+    Accuracy is LFW's 10-fold protocol (``twinlock.trainer.evaluation.metrics.kfold_accuracy``: each
     fold's threshold is tuned on the other nine), with the folds as ``lfw_folds`` lays them out.
     A method can fail to find a face; failures are counted per method and accuracy is given on
     (1) the pairs both methods could score (the like-for-like number), (2) each method's own
@@ -76,9 +76,9 @@ from _common import environment as common_environment
 from _common import main as run_main
 
 from twinlock.daemon.errors import TwinLockError
-from twinlock.daemon.images import load_image
-from twinlock.daemon.model import FaceEmbedder
-from twinlock.trainer import metrics
+from twinlock.daemon.faces.images import load_image
+from twinlock.daemon.recognition.model import FaceEmbedder
+from twinlock.trainer.evaluation import metrics
 
 logger = logging.getLogger("benchmarks.peer")
 
@@ -172,7 +172,7 @@ class PeerMethod:
     name = "dlib"
 
     def __init__(self, library: Any, upsample: int) -> None:
-        from twinlock.trainer.dlib_resnet import weights_file
+        from twinlock.trainer.training.dlib_resnet import weights_file
 
         models = weights_file().parent
         self.detector = library.get_frontal_face_detector()

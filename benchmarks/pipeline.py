@@ -61,11 +61,11 @@ from _common import (
 )
 from _common import main as run_main
 
-from twinlock.daemon import quality as q
-from twinlock.daemon.camera import ReplayCamera
+from twinlock.daemon.camera.drivers import ReplayCamera
+from twinlock.daemon.faces import quality as q
 from twinlock.daemon.faces.pipeline import FacePipeline
-from twinlock.daemon.model import FaceEmbedder
-from twinlock.daemon.scoring import l1_head_scores
+from twinlock.daemon.recognition.model import FaceEmbedder
+from twinlock.daemon.recognition.scoring import l1_head_scores
 
 logger = logging.getLogger("benchmarks.pipeline")
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import DEFAULT_CONFIG_PATH, load_config
+from .config.schema import DEFAULT_CONFIG_PATH, load_config
 from .errors import TwinLockError, UsageError
 
 logger = logging.getLogger("twinlockd")
@@ -28,7 +28,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     early: set[int] = set()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda number, _frame: early.add(number))
-    from .service import Daemon
+    from .door.service import Daemon
 
     daemon = Daemon(args.config)
     logging.getLogger().setLevel(daemon.cfg.logging.level)
@@ -47,8 +47,8 @@ def _cmd_relay_off(args: argparse.Namespace) -> int:
     needs only the config's action section: a broken model, camera or audit setting must not
     leave the door open. Imports nothing but the config schema and gpiozero.
     """
-    from .actions import GpioAction
-    from .config import GpioActionConfig, load_action_config
+    from .config.schema import GpioActionConfig, load_action_config
+    from .door.actions import GpioAction
 
     action = load_action_config(args.config)
     if not isinstance(action, GpioActionConfig):
@@ -66,7 +66,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(path)
     where = path or DEFAULT_CONFIG_PATH
     if cfg.model.source == "bundle":
-        from .bundle import bundles_dir
+        from .bundle.core import bundles_dir
 
         model = f"signed bundles in {bundles_dir(cfg.state_dir)}"
         needed_files = (("trusted public key", cfg.model.public_key),)
@@ -83,9 +83,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     """Answer once for each image: who is it, with which score, and would the door open."""
-    from . import quality as q
-    from .images import load_image
-    from .service import build_matcher
+    from .door.service import build_matcher
+    from .faces import quality as q
+    from .faces.images import load_image
 
     cfg = load_config(args.config)
     if args.model or args.gallery:
@@ -138,7 +138,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
-    from .audit import AuditLog, format_records, parse_since
+    from .storage.audit import AuditLog, format_records, parse_since
 
     cfg = load_config(args.config)
     db = args.db or cfg.audit.db
@@ -157,7 +157,7 @@ def _key(args: argparse.Namespace) -> Path:
 
 
 def _cmd_check_bundle(args: argparse.Namespace) -> int:
-    from .bundle import verify_bundle
+    from .bundle.core import verify_bundle
 
     verified = verify_bundle(args.file, _key(args))
     print(json.dumps({"ok": True, "file": str(args.file)} | verified.summary(), indent=2))
@@ -166,7 +166,7 @@ def _cmd_check_bundle(args: argparse.Namespace) -> int:
 
 def _cmd_install_bundle(args: argparse.Namespace) -> int:
     """Verify and install a bundle by hand (an SD card, a USB stick); reload to use it."""
-    from .bundle import install_bundle
+    from .bundle.core import install_bundle
 
     cfg = load_config(args.config)
     path = install_bundle(args.file, _key(args), cfg.state_dir, cfg.model.runtimes)
@@ -176,7 +176,7 @@ def _cmd_install_bundle(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from .bundle import rollback
+    from .bundle.core import rollback
 
     cfg = load_config(args.config)
     path = rollback(cfg.state_dir, _key(args))

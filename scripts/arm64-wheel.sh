@@ -52,11 +52,11 @@ from pathlib import Path
 import cv2
 import yaml
 
-from twinlock.daemon import quality as q
-from twinlock.daemon.anchors import anchors_from_files
-from twinlock.daemon.bundle import generate_keypair, write_bundle
-from twinlock.daemon.gallery import Gallery
-from twinlock.daemon.model import FaceEmbedder
+from twinlock.daemon.faces import quality as q
+from twinlock.trainer.household.anchors import anchors_from_files
+from twinlock.daemon.bundle.core import generate_keypair, write_bundle
+from twinlock.daemon.recognition.gallery import Gallery
+from twinlock.daemon.recognition.model import FaceEmbedder
 
 model, examples, work = (Path(a) for a in sys.argv[1:])
 embedder = FaceEmbedder(model)

@@ -41,7 +41,7 @@ echo "== 4. what the door decided (twinlockd log)"
 $tld log --config "$OUT/door/config.yaml"
 .venv/bin/python - "$OUT/door/state/audit.db" <<'PY'
 import sys
-from twinlock.daemon.audit import AuditLog
+from twinlock.daemon.storage.audit import AuditLog
 with AuditLog(sys.argv[1]) as audit:
     unlocks = audit.query(event="unlock")
 fps = 29.97

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import yaml
 
-from twinlock.daemon import quality as q
-from twinlock.daemon.anchors import anchors_from_files
-from twinlock.daemon.gallery import Gallery
-from twinlock.daemon.model import FaceEmbedder
+from twinlock.daemon.faces import quality as q
+from twinlock.daemon.recognition.gallery import Gallery
+from twinlock.daemon.recognition.model import FaceEmbedder
+from twinlock.trainer.household.anchors import anchors_from_files
 
 MIRANDA_FRAMES = range(82, 211)
 CLIP = "short_hamilton_clip.mp4"
@@ -73,7 +73,7 @@ def write_config(path: Path, state: Path, model_dir: Path, gallery: Path, source
 def liveness_off() -> dict[str, Any]:
     """``write_config``/``parse_config`` overrides that turn liveness off where the schema has
     it: for tests of other rules (lockout, repeated frames, audit faults) on replayed frames."""
-    from twinlock.daemon.config import Config
+    from twinlock.daemon.config.schema import Config
 
     return {"liveness": {"mode": "off"}} if "liveness" in Config.model_fields else {}
 

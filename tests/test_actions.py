@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from twinlock.daemon.actions import Action, CommandAction, GpioAction, LogAction
+from twinlock.daemon.door.actions import Action, CommandAction, GpioAction, LogAction
 from twinlock.daemon.errors import ActionError, TwinLockError, UsageError
 
 PULSE = 0.2
@@ -178,7 +178,7 @@ def test_safe_mid_pulse_then_unlock_again(factory: MockFactory) -> None:
 def test_second_unlock_during_a_pulse_is_ignored(
     factory: MockFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="twinlock.daemon.actions")
+    caplog.set_level(logging.INFO, logger="twinlock.daemon.door.actions")
     events = Events()
     pulse = 0.5  # a wide margin between "ignored" and "extended" on a loaded machine
     action = GpioAction(17, active_high=True, pulse_seconds=pulse, pin_factory=factory,
@@ -350,7 +350,7 @@ def test_command_argv_is_checked() -> None:
 
 
 def test_log_action_records_calls(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="twinlock.daemon.actions")
+    caplog.set_level(logging.INFO, logger="twinlock.daemon.door.actions")
     events = Events()
     action = LogAction(on_event=events)
     assert isinstance(action, Action)

@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 import pytest
 
-from twinlock.daemon.audit import (
+from twinlock.daemon.errors import AuditError, TwinLockError, UsageError
+from twinlock.daemon.storage.audit import (
     EVENTS,
     SCHEMA_VERSION,
     AuditLog,
@@ -33,7 +34,6 @@ from twinlock.daemon.audit import (
     format_records,
     parse_since,
 )
-from twinlock.daemon.errors import AuditError, TwinLockError, UsageError
 
 
 def mode(path: Path) -> int:
@@ -239,7 +239,7 @@ def test_prune_deletes_only_old_records(log: AuditLog) -> None:
 CHILD = """
 import sys
 from pathlib import Path
-from twinlock.daemon.audit import AuditLog
+from twinlock.daemon.storage.audit import AuditLog
 log = AuditLog(Path(sys.argv[1]))
 print("open", flush=True)
 i = 0

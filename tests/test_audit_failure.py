@@ -16,14 +16,14 @@ import yaml
 from daemon_helpers import CLIP, enrol_miranda, liveness_off, write_config
 from gpiozero.pins.mock import MockFactory
 
-from twinlock.daemon.actions import LogAction
-from twinlock.daemon.audit import AuditLog
-from twinlock.daemon.camera import Frame
-from twinlock.daemon.config import parse_config
+from twinlock.daemon.camera.drivers import Frame
+from twinlock.daemon.config.schema import parse_config
+from twinlock.daemon.door.actions import LogAction
+from twinlock.daemon.door.notify import Notifier
+from twinlock.daemon.door.service import Daemon, Door
 from twinlock.daemon.errors import AuditError
-from twinlock.daemon.notify import Notifier
-from twinlock.daemon.service import Daemon, Door
-from twinlock.daemon.verify import FrameVerdict
+from twinlock.daemon.recognition.verify import FrameVerdict
+from twinlock.daemon.storage.audit import AuditLog
 
 RESIDENT = FrameVerdict("lin", "lin", 0.9, 1.0)
 
@@ -163,7 +163,7 @@ def _immutable_or_skip(*paths: Path) -> None:
 IMMUTABLE_WRITER = """
 import sys
 from pathlib import Path
-from twinlock.daemon.audit import AuditLog
+from twinlock.daemon.storage.audit import AuditLog
 from twinlock.daemon.errors import AuditError
 db = Path(sys.argv[1])
 audit = AuditLog(db)
@@ -239,7 +239,7 @@ def test_a_door_whose_audit_log_cannot_be_opened_runs_locked(
 
 WRITER = """
 import sys, time
-from twinlock.daemon.audit import AuditLog
+from twinlock.daemon.storage.audit import AuditLog
 audit = AuditLog(sys.argv[1])
 print("open", flush=True)
 for i in range(150):

@@ -25,11 +25,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from twinlock.daemon import bundle as b
+from twinlock.daemon.bundle import core as b
 from twinlock.daemon.errors import BundleError, TwinLockError
-from twinlock.daemon.gallery import Gallery
-from twinlock.daemon.model import file_sha256, read_metadata
-from twinlock.trainer.bundles import keygen, make_bundle
+from twinlock.daemon.recognition.gallery import Gallery
+from twinlock.daemon.recognition.model import file_sha256, read_metadata
+from twinlock.trainer.household.bundles import keygen, make_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "default"
@@ -649,9 +649,9 @@ def test_a_replayed_older_bundle_is_refused_and_only_rollback_goes_back(
         door: Door, tmp_path: Path) -> None:
     """Yesterday's bundle still holds bob, removed since: dropped into the door's drop folder
     again, it is refused with the reason, and bob stays out until an administrator rolls back."""
-    from twinlock.daemon.audit import AuditLog
-    from twinlock.daemon.config import parse_config
-    from twinlock.daemon.service import pick_up_incoming
+    from twinlock.daemon.config.schema import parse_config
+    from twinlock.daemon.door.service import pick_up_incoming
+    from twinlock.daemon.storage.audit import AuditLog
 
     make_gallery(door.meta.model_id, door.meta.embedding_dim, ["alice"], seed=5).save(
         tmp_path / "without-bob.json")
@@ -713,9 +713,9 @@ def test_a_signed_bundle_that_cannot_run_never_becomes_current(door: Door, tmp_p
     """64-d anchors for the model's wider embeddings, or a tower the runtime cannot load: signed
     and consistent on paper, refused before it replaces the good bundle, so the door (also after
     a restart) still has a model."""
-    from twinlock.daemon.audit import AuditLog
-    from twinlock.daemon.config import parse_config
-    from twinlock.daemon.service import build_matcher, pick_up_incoming
+    from twinlock.daemon.config.schema import parse_config
+    from twinlock.daemon.door.service import build_matcher, pick_up_incoming
+    from twinlock.daemon.storage.audit import AuditLog
 
     assert door.meta.embedding_dim != 64
     state, spool = tmp_path / "state", tmp_path / "spool"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from twinlock.daemon.audit import AuditLog
 from twinlock.daemon.cli import main as twinlockd
-from twinlock.daemon.service import Daemon
+from twinlock.daemon.door.service import Daemon
+from twinlock.daemon.storage.audit import AuditLog
 from twinlock.trainer.cli import main as twinlock
 
 pytestmark = [pytest.mark.data]

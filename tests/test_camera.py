@@ -1,4 +1,4 @@
-"""Tests for twinlock.daemon.camera: replay on real files, faults, backoff and orientation.
+"""Tests for twinlock.daemon.camera.drivers: replay on real files, faults, backoff and orientation.
 
 The replay camera plays the real example clip and real picture files; faults come from small
 fake cameras with real behaviour (numbered frames, scripted failures), never from Mock().
@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from twinlock.daemon.camera import (
+from twinlock.daemon.camera.drivers import (
     Camera,
     Frame,
     OpenCVCamera,
@@ -217,7 +217,7 @@ def test_replay_glob_pattern(tmp_path: Path) -> None:
 
 DAMAGED_CHILD = textwrap.dedent("""
     import json, sys
-    from twinlock.daemon.camera import ReplayCamera
+    from twinlock.daemon.camera.drivers import ReplayCamera
     from twinlock.daemon.errors import CameraError
     results = {}
     for path in sys.argv[1:]:

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from twinlock.daemon import config as config_module
-from twinlock.daemon.config import (
+from twinlock.daemon.config import schema as config_module
+from twinlock.daemon.config.schema import (
     DEFAULT_CONFIG_PATH,
     NO_VALUE,
     CommandActionConfig,

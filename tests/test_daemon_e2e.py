@@ -20,9 +20,9 @@ from daemon_helpers import (
 )
 from gpiozero.pins.mock import MockFactory
 
-from twinlock.daemon.audit import AuditLog
-from twinlock.daemon.camera import Frame
-from twinlock.daemon.service import Daemon
+from twinlock.daemon.camera.drivers import Frame
+from twinlock.daemon.door.service import Daemon
+from twinlock.daemon.storage.audit import AuditLog
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
@@ -165,8 +165,8 @@ def _shipped_run(door: Path, tmp_path: Path, mock_pins: MockFactory) -> tuple[Re
 
 def test_the_shipped_decision_never_opens_outside_the_enrolled_persons_frames(
         door: Path, mock_pins: MockFactory, tmp_path: Path) -> None:
-    from twinlock.daemon.fusion import decision_settings
-    from twinlock.daemon.model import read_metadata
+    from twinlock.daemon.recognition.fusion import decision_settings
+    from twinlock.daemon.recognition.model import read_metadata
 
     daemon, unlocks = _shipped_run(door, tmp_path, mock_pins)
     meta = read_metadata(Path(daemon.cfg.model.dir))

@@ -23,10 +23,10 @@ from daemon_helpers import (
 )
 from gpiozero.pins.mock import MockFactory
 
-from twinlock.daemon.audit import AuditLog
-from twinlock.daemon.camera import CameraError, Frame, ReplayCamera, ResilientCamera
+from twinlock.daemon.camera.drivers import CameraError, Frame, ReplayCamera, ResilientCamera
+from twinlock.daemon.door.service import Daemon
 from twinlock.daemon.errors import RuntimeBackendError
-from twinlock.daemon.service import Daemon
+from twinlock.daemon.storage.audit import AuditLog
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 

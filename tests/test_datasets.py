@@ -1,4 +1,4 @@
-"""Tests for twinlock.trainer.datasets: layouts, pairs files, splits and sampling."""
+"""Tests for twinlock.trainer.data.datasets: layouts, pairs files, splits and sampling."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from twinlock.daemon.errors import DataError, DataNotFoundError, UsageError
-from twinlock.trainer import datasets as ds
-from twinlock.trainer.datasets import FaceDataset, ImageRecord, PairSpec
+from twinlock.trainer.data import datasets as ds
+from twinlock.trainer.data.datasets import FaceDataset, ImageRecord, PairSpec
 
 # --------------------------------------------------------------------------------------------------
 # helpers

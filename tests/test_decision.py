@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twinlock.daemon.actions import LogAction
-from twinlock.daemon.audit import AuditLog
-from twinlock.daemon.camera import Frame
-from twinlock.daemon.config import parse_config
+from twinlock.daemon.camera.drivers import Frame
+from twinlock.daemon.config.schema import parse_config
+from twinlock.daemon.door.actions import LogAction
+from twinlock.daemon.door.service import Door
 from twinlock.daemon.errors import ModelError
-from twinlock.daemon.fusion import decision_settings
-from twinlock.daemon.service import Door
-from twinlock.daemon.verify import AgreementWindow, FrameVerdict
-from twinlock.trainer.door_eval import first_unlock
+from twinlock.daemon.recognition.fusion import decision_settings
+from twinlock.daemon.recognition.verify import AgreementWindow, FrameVerdict
+from twinlock.daemon.storage.audit import AuditLog
+from twinlock.trainer.evaluation.door_eval import first_unlock
 
 PAIR = {"far_1e-02": 0.92, "far_1e-03": 0.98, "eer": 0.5}
 DOOR = PAIR | {"door_far_1e-03": 0.996, "door_far_1e-04": 0.998}
@@ -26,11 +26,11 @@ CALIBRATED = {"door": {"fusion": "centroid", "residents": 5, "anchors_per_reside
 
 def test_a_pair_calibrated_model_keeps_its_default_and_the_share_rule(
         caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="twinlock.daemon.fusion"):
+    with caplog.at_level(logging.WARNING, logger="twinlock.daemon.recognition.fusion"):
         assert decision_settings(PAIR, "far_1e-03", {}) == (0.98, "far_1e-03", "share")
     assert "no door calibration" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="twinlock.daemon.fusion"):
+    with caplog.at_level(logging.WARNING, logger="twinlock.daemon.recognition.fusion"):
         decision_settings(DOOR, "door_far_1e-03", CALIBRATED)
     assert not caplog.text
 
@@ -47,13 +47,13 @@ def test_a_model_without_far_1e_03_opens_at_its_own_default() -> None:
 
 
 def test_config_overrides_are_used_and_said_out_loud(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="twinlock.daemon.fusion"):
+    with caplog.at_level(logging.WARNING, logger="twinlock.daemon.recognition.fusion"):
         assert decision_settings(DOOR, "door_far_1e-03", CALIBRATED,
                                  threshold_name="door_far_1e-04") == \
             (0.998, "door_far_1e-04", "centroid")
     assert "overrides the model's default_threshold door_far_1e-03" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="twinlock.daemon.fusion"):
+    with caplog.at_level(logging.WARNING, logger="twinlock.daemon.recognition.fusion"):
         assert decision_settings(DOOR, "door_far_1e-03", CALIBRATED, fusion="max")[2] == "max"
     assert "calibrated for fusion 'centroid'" in caplog.text
     assert decision_settings(DOOR, "door_far_1e-03", CALIBRATED, threshold=0.5) == \
@@ -175,7 +175,7 @@ def test_the_threshold_follows_the_number_of_residents() -> None:
 
 def test_past_the_last_rung_the_strictest_is_kept_and_said(
         caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="twinlock.daemon.fusion"):
+    with caplog.at_level(logging.WARNING, logger="twinlock.daemon.recognition.fusion"):
         value, _, _ = decision_settings(DOOR, "door_far_1e-04", FITTED, residents=4)
     assert value == 0.995 and "below the strictest measured" in caplog.text
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import pytest
 
 from twinlock.daemon.errors import DataNotFoundError, DeployError, UsageError
-from twinlock.trainer.deploy import (
+from twinlock.trainer.household.deploy import (
     DEFAULT_REMOTE_DIR,
     LocalTarget,
     SshTarget,

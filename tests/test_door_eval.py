@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from twinlock.daemon.errors import UsageError
-from twinlock.daemon.fusion import FUSION_RULES, decision_settings
-from twinlock.daemon.gallery import Gallery
-from twinlock.daemon.model import FaceEmbedder, read_metadata
-from twinlock.daemon.verify import Verifier
-from twinlock.trainer import door_eval as de
-from twinlock.trainer.enroll import DUPLICATE_COSINE
-from twinlock.trainer.pairs import make_pairs_file
+from twinlock.daemon.recognition.fusion import FUSION_RULES, decision_settings
+from twinlock.daemon.recognition.gallery import Gallery
+from twinlock.daemon.recognition.model import FaceEmbedder, read_metadata
+from twinlock.daemon.recognition.verify import Verifier
+from twinlock.trainer.data.pairs import make_pairs_file
+from twinlock.trainer.evaluation import door_eval as de
+from twinlock.trainer.household.enroll import DUPLICATE_COSINE
 
 pytestmark = pytest.mark.data
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twinlock.daemon import bundle as b
-from twinlock.daemon.audit import AuditLog
+from twinlock.daemon.bundle import core as b
 from twinlock.daemon.cli import main as twinlockd
-from twinlock.daemon.config import Config, parse_config
+from twinlock.daemon.config.schema import Config, parse_config
+from twinlock.daemon.door.service import build_matcher, pick_up_incoming
 from twinlock.daemon.errors import BundleError
-from twinlock.daemon.gallery import Gallery
-from twinlock.daemon.model import read_metadata
-from twinlock.daemon.service import build_matcher, pick_up_incoming
+from twinlock.daemon.recognition.gallery import Gallery
+from twinlock.daemon.recognition.model import read_metadata
+from twinlock.daemon.storage.audit import AuditLog
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 

@@ -1,4 +1,4 @@
-"""Tests for enrolment (trainer/enroll.py) and its store (trainer/enroll_store.py) on real faces.
+"""Tests for enrolment (trainer/household/enroll.py) and its store (trainer/household/enroll_store.py) on real faces.
 
 Photos come from face_recognition_examples; camera enrolment replays frames 82-210 of the
 example clip (Lin-Manuel Miranda alone in frame) through ReplayCamera on a simulated clock, so
@@ -18,15 +18,15 @@ import cv2
 import numpy as np
 import pytest
 
-from twinlock.daemon import quality as q
-from twinlock.daemon.camera import ReplayCamera
+from twinlock.daemon.camera.drivers import ReplayCamera
 from twinlock.daemon.errors import UsageError
+from twinlock.daemon.faces import quality as q
 from twinlock.daemon.faces.align import align_face
+from twinlock.daemon.faces.images import decode_image, load_image
 from twinlock.daemon.faces.pipeline import DetectorSpec
-from twinlock.daemon.gallery import load_gallery
-from twinlock.daemon.images import decode_image, load_image
-from twinlock.daemon.model import FaceEmbedder, read_metadata
-from twinlock.trainer.enroll import (
+from twinlock.daemon.recognition.gallery import load_gallery
+from twinlock.daemon.recognition.model import FaceEmbedder, read_metadata
+from twinlock.trainer.household.enroll import (
     DUPLICATE_COSINE,
     NEAR_DUPLICATE,
     UNREADABLE,
@@ -37,7 +37,7 @@ from twinlock.trainer.enroll import (
     fit_crop,
     reembed,
 )
-from twinlock.trainer.enroll_store import THUMBNAIL_PX, EnrolmentStore, default_path
+from twinlock.trainer.household.enroll_store import THUMBNAIL_PX, EnrolmentStore, default_path
 
 CLIP = "short_hamilton_clip.mp4"
 MIRANDA_FIRST, MIRANDA_LAST = 82, 210

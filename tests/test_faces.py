@@ -22,10 +22,10 @@ from twinlock.daemon.faces.align import (
     to_model_input,
 )
 from twinlock.daemon.faces.blazeface import VARIANTS, BlazeFaceDetector, find_model_file
+from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.faces.pipeline import DetectorSpec, FacePipeline
 from twinlock.daemon.faces.types import Face
 from twinlock.daemon.faces.yunet import YuNetDetector
-from twinlock.daemon.images import load_image
 
 #: the first LFW images in sorted order; each shows one frontal face and nobody else
 LFW_SINGLE = (

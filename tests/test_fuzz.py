@@ -24,14 +24,14 @@ import cv2
 import numpy as np
 import pytest
 
-from twinlock.daemon import bundle as b
-from twinlock.daemon.audit import AuditLog
-from twinlock.daemon.config import load_action_config, parse_config
+from twinlock.daemon.bundle import core as b
+from twinlock.daemon.config.schema import load_action_config, parse_config
+from twinlock.daemon.door.service import pick_up_incoming
 from twinlock.daemon.errors import BundleError, ConfigError, DataError
-from twinlock.daemon.gallery import Gallery
-from twinlock.daemon.images import MAX_IMAGE_PIXELS, decode_image
-from twinlock.daemon.model import read_metadata
-from twinlock.daemon.service import pick_up_incoming
+from twinlock.daemon.faces.images import MAX_IMAGE_PIXELS, decode_image
+from twinlock.daemon.recognition.gallery import Gallery
+from twinlock.daemon.recognition.model import read_metadata
+from twinlock.daemon.storage.audit import AuditLog
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("TWINLOCK_FUZZ_SEED", "15"))
@@ -269,7 +269,7 @@ def test_fuzzed_pictures_of_strangers_through_the_daemon_open_nothing(
     replayed through the real daemon: it plays them all, never unlocks, and stops normally."""
     from daemon_helpers import enrol_miranda, liveness_off, write_config
 
-    from twinlock.daemon.service import Daemon
+    from twinlock.daemon.door.service import Daemon
 
     frames = tmp_path / "frames"
     frames.mkdir()

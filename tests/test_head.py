@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from twinlock.daemon.scoring import l1_pair_scores
-from twinlock.trainer import metrics
-from twinlock.trainer.head import fit_l1_head, temperature_scale
+from twinlock.daemon.recognition.scoring import l1_pair_scores
+from twinlock.trainer.evaluation import metrics
+from twinlock.trainer.training.head import fit_l1_head, temperature_scale
 
 
 def _clusters(rng: np.random.Generator, people: int, per: int, spread: float) -> tuple:

@@ -1,4 +1,4 @@
-"""Tests for twinlock.daemon.images: every file format comes back as uint8 RGB, H x W x 3.
+"""Tests for twinlock.daemon.faces.images: every file format comes back as uint8 RGB, H x W x 3.
 
 OpenCV decodes BGR; a silent channel swap would train and run models on wrong colours, so each
 test writes known colours with cv2 and checks the RGB order explicitly.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from twinlock.daemon.errors import DataError, DataNotFoundError, TwinLockError
-from twinlock.daemon.images import decode_image, load_image, to_rgb
+from twinlock.daemon.faces.images import decode_image, load_image, to_rgb
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -236,7 +236,7 @@ def test_a_header_claiming_40000_squared_is_a_reason_not_a_cv2_error(tmp_path: P
 
 
 def test_a_replay_folder_skips_an_oversized_picture_and_moves_on(tmp_path: Path) -> None:
-    from twinlock.daemon.camera import ReplayCamera
+    from twinlock.daemon.camera.drivers import ReplayCamera
 
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -253,7 +253,7 @@ def test_a_replay_folder_skips_an_oversized_picture_and_moves_on(tmp_path: Path)
 
 
 def test_image_sizes_come_from_headers_for_every_format(tmp_path: Path) -> None:
-    from twinlock.daemon.images import image_size
+    from twinlock.daemon.faces.images import image_size
 
     picture = np.zeros((13, 21, 3), np.uint8)
     for suffix in (".png", ".jpg", ".bmp", ".tiff", ".webp", ".ppm", ".pgm"):

@@ -13,22 +13,22 @@ import pytest
 import yaml
 from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, write_config
 
-from twinlock.daemon.actions import LogAction
-from twinlock.daemon.audit import AuditLog
-from twinlock.daemon.camera import Frame
-from twinlock.daemon.config import Config, parse_config
-from twinlock.daemon.errors import ConfigError
-from twinlock.daemon.faces.blazeface import BlazeFaceDetector
-from twinlock.daemon.faces.mesh import FaceMesh, Mesh
-from twinlock.daemon.liveness import (
+from twinlock.daemon.camera.drivers import Frame
+from twinlock.daemon.config.schema import Config, parse_config
+from twinlock.daemon.door.actions import LogAction
+from twinlock.daemon.door.liveness import (
     LivenessSettings,
     LivenessTracker,
     eye_aspect_ratio,
     nose_parallax,
 )
-from twinlock.daemon.service import Door
-from twinlock.daemon.verify import FrameVerdict
-from twinlock.trainer.spoof import closed_eyes, run_replay, write_attack_video
+from twinlock.daemon.door.service import Door
+from twinlock.daemon.errors import ConfigError
+from twinlock.daemon.faces.blazeface import BlazeFaceDetector
+from twinlock.daemon.faces.mesh import FaceMesh, Mesh
+from twinlock.daemon.recognition.verify import FrameVerdict
+from twinlock.daemon.storage.audit import AuditLog
+from twinlock.trainer.evaluation.spoof import closed_eyes, run_replay, write_attack_video
 
 REPO = Path(__file__).resolve().parents[1]
 #: models/compact: at its door threshold it never opens for the clip's performer, so the
@@ -87,7 +87,7 @@ def test_mesh_lands_on_the_face_and_sees_open_eyes(portrait_mesh: Mesh,
 @pytest.fixture(scope="module")
 def shut_mesh(portrait: np.ndarray, portrait_mesh: Mesh, mesh_model: FaceMesh,
               detector: BlazeFaceDetector) -> Mesh:
-    """The portrait with its eyes painted shut (trainer/spoof.py), through the mesh again."""
+    """The portrait with its eyes painted shut (trainer/evaluation/spoof.py), through the mesh again."""
     shut = closed_eyes(portrait, portrait_mesh.points)
     return mesh_model.landmarks(shut, detector.detect(shut)[0])
 
@@ -332,7 +332,7 @@ def test_the_real_clip_opens_with_motion_and_not_with_blink(
     """The clip (the performer turns his head while singing; he does not blink clearly) through
     the daemon on a simulated clock, the shipped decision: motion opens in his frames, and the
     audit says which frames showed the parallax; blink mode keeps the door shut and says why."""
-    from twinlock.daemon.model import read_metadata
+    from twinlock.daemon.recognition.model import read_metadata
 
     gallery = tmp_path / "gallery.json"
     enrol_miranda(door_model, examples_dir, gallery)
@@ -397,9 +397,9 @@ def test_a_grey_camera_delivers_grey_frames_the_door_can_still_match(
     """``camera.grey`` (an IR / NoIR camera): the replayed real portrait arrives as grey in all
     three channels, and the performer is still recognised from it (benchmarks/grey_input.py
     measures the accuracy this costs on held-out pairs)."""
-    from twinlock.daemon.model import FaceEmbedder
-    from twinlock.daemon.service import camera_factory
-    from twinlock.daemon.verify import Verifier
+    from twinlock.daemon.door.service import camera_factory
+    from twinlock.daemon.recognition.model import FaceEmbedder
+    from twinlock.daemon.recognition.verify import Verifier
 
     cfg = parse_config(yaml.safe_dump({"camera": {
         "type": "replay", "source": str(examples_dir / "lin-manuel-miranda.png"),

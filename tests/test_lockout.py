@@ -15,12 +15,12 @@ import pytest
 import yaml
 from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, liveness_off, write_config
 
-from twinlock.daemon.actions import LogAction
-from twinlock.daemon.audit import AuditLog
-from twinlock.daemon.camera import Frame
-from twinlock.daemon.config import Config, parse_config
-from twinlock.daemon.service import Daemon, Door
-from twinlock.daemon.verify import FrameVerdict, Lockout
+from twinlock.daemon.camera.drivers import Frame
+from twinlock.daemon.config.schema import Config, parse_config
+from twinlock.daemon.door.actions import LogAction
+from twinlock.daemon.door.service import Daemon, Door
+from twinlock.daemon.recognition.verify import FrameVerdict, Lockout
+from twinlock.daemon.storage.audit import AuditLog
 
 FPS = 15.0
 STRANGER = FrameVerdict(None, "lin", 0.2, 0.0)

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twinlock.daemon import bundle as b
+from twinlock.daemon.bundle import core as b
 from twinlock.daemon.errors import BundleError, ModelError
 from twinlock.daemon.faces.assets import DETECTOR_ROLE, IRIS_ROLE, KNOWN, MESH_ROLE, PACKAGED_DIR
-from twinlock.daemon.gallery import Gallery
-from twinlock.daemon.model import read_metadata
+from twinlock.daemon.recognition.gallery import Gallery
+from twinlock.daemon.recognition.model import read_metadata
 from twinlock.trainer.cli import main as twinlock_main
-from twinlock.trainer.model_assets import add_detector
+from twinlock.trainer.training.model_assets import add_detector
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "default"
@@ -151,7 +151,7 @@ def test_bundle_carries_the_detector_and_door_loads_it(signed, tmp_path: Path,
     meta = read_metadata(root / "model")
     assert meta.detector.model_path == str(root / "model" / SHORT)
     # and the detector built from it finds the face in a real photo
-    from twinlock.daemon.images import load_image
+    from twinlock.daemon.faces.images import load_image
 
     detector = meta.detector.build()
     assert Path(detector.model_path) == root / "model" / SHORT

@@ -33,11 +33,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from daemon_helpers import CLIP, enrol_miranda, write_config
 
-from twinlock.daemon.audit import AuditLog
-from twinlock.daemon.config import Config, MqttConfig, load_config
+from twinlock.daemon.config.schema import Config, MqttConfig, load_config
+from twinlock.daemon.door.mqtt import EVENT_TYPES, Message, MqttLink, OutQueue, discovery_messages
+from twinlock.daemon.door.service import Daemon
 from twinlock.daemon.errors import ConfigError
-from twinlock.daemon.mqtt import EVENT_TYPES, Message, MqttLink, OutQueue, discovery_messages
-from twinlock.daemon.service import Daemon
+from twinlock.daemon.storage.audit import AuditLog
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"

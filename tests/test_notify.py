@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from twinlock.daemon.notify import Notifier, watchdog_interval
+from twinlock.daemon.door.notify import Notifier, watchdog_interval
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_a_vanished_socket_does_not_raise(
     assert notifier.ready() is True
     sock.close()
     os.unlink(path)  # systemd went away
-    caplog.set_level(logging.DEBUG, logger="twinlock.daemon.notify")
+    caplog.set_level(logging.DEBUG, logger="twinlock.daemon.door.notify")
     assert notifier.watchdog() is False
     assert notifier.watchdog() is False
     assert notifier.status("still here") is False

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twinlock.daemon.model import FaceEmbedder, read_metadata
+from twinlock.daemon.recognition.model import FaceEmbedder, read_metadata
 from twinlock.trainer.cli import main
-from twinlock.trainer.enroll import enroll_from_images, export_gallery
-from twinlock.trainer.enroll_store import EnrolmentStore
-from twinlock.trainer.personalize import (
+from twinlock.trainer.household.enroll import enroll_from_images, export_gallery
+from twinlock.trainer.household.enroll_store import EnrolmentStore
+from twinlock.trainer.household.personalize import (
     PersonalizeOptions,
     personal_pairs,
     report_pairs,
@@ -217,7 +217,7 @@ def test_personalized_model_loads_in_the_daemon_runtime_with_a_new_id(
 def test_tower_weights_changed(personalized: tuple[Path, dict, str], trained_run: Path) -> None:
     import keras
 
-    from twinlock.trainer import model as _layers  # noqa: F401
+    from twinlock.trainer.training import model as _layers  # noqa: F401
 
     out, _, _ = personalized
     before = keras.models.load_model(trained_run / "tower.keras", compile=False)

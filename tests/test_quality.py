@@ -1,4 +1,4 @@
-"""Tests for twinlock.daemon.quality on real faces: good ones pass, degraded ones fail for the
+"""Tests for twinlock.daemon.faces.quality on real faces: good ones pass, degraded ones fail for the
 right reason, and the numbers do not swing with the model's crop size.
 
 Faces: six LFW portraits and four frames of the example clip in which Lin-Manuel Miranda faces
@@ -13,14 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
-from twinlock.daemon import quality
-from twinlock.daemon.camera import ReplayCamera
+from twinlock.daemon.camera.drivers import ReplayCamera
 from twinlock.daemon.errors import DataError, UsageError
+from twinlock.daemon.faces import quality
 from twinlock.daemon.faces.align import align_face
+from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.faces.pipeline import Detector, DetectorSpec, select_face
-from twinlock.daemon.faces.types import Face
-from twinlock.daemon.images import load_image
-from twinlock.daemon.quality import (
+from twinlock.daemon.faces.quality import (
     TOO_BLURRY,
     TOO_BRIGHT,
     TOO_DARK,
@@ -32,6 +31,7 @@ from twinlock.daemon.quality import (
     measure,
     measure_image,
 )
+from twinlock.daemon.faces.types import Face
 
 LFW_GOOD = (
     "AJ_Cook/AJ_Cook_0001.jpg",

@@ -20,7 +20,7 @@ from daemon_helpers import CLIP, enrol_miranda, liveness_off, scaled, write_conf
 from file_pins import ENV, read_level, write_level
 
 from twinlock.daemon.cli import main as twinlockd
-from twinlock.daemon.config import load_action_config, load_config
+from twinlock.daemon.config.schema import load_action_config, load_config
 from twinlock.daemon.errors import ConfigError, TwinLockError
 
 FILE_PINS = Path(__file__).with_name("file_pins.py")
@@ -73,7 +73,7 @@ def test_a_broken_action_section_is_one_clear_line(tmp_path: Path,
 
 def test_the_relay_goes_off_before_the_audit_db_is_opened(tmp_path: Path, pin_dir: Path) -> None:
     """A relay left on by a crashed run, then a start whose audit DB cannot be opened."""
-    from twinlock.daemon.service import Daemon, UnavailableAudit
+    from twinlock.daemon.door.service import Daemon, UnavailableAudit
 
     config = tmp_path / "config.yaml"
     (tmp_path / "audit-is-a-folder.db").mkdir()
@@ -140,7 +140,7 @@ def test_kill_9_during_a_pulse_then_relay_off_leaves_the_pin_off(
 
 def test_the_relay_goes_off_before_a_start_that_fails(tmp_path: Path, pin_dir: Path) -> None:
     """The snapshot folder is a file: the start fails, and the stuck relay went off before."""
-    from twinlock.daemon.service import Daemon
+    from twinlock.daemon.door.service import Daemon
 
     (tmp_path / "snapshots-is-a-file").write_text("")
     config = tmp_path / "config.yaml"

@@ -11,11 +11,11 @@ import cv2
 import pytest
 from daemon_helpers import CLIP, enrol_miranda, liveness_off, write_config
 
-from twinlock.daemon.audit import AuditLog
-from twinlock.daemon.config import load_config
-from twinlock.daemon.images import load_image
-from twinlock.daemon.service import Daemon, build_matcher
-from twinlock.daemon.verify import AgreementWindow
+from twinlock.daemon.config.schema import load_config
+from twinlock.daemon.door.service import Daemon, build_matcher
+from twinlock.daemon.faces.images import load_image
+from twinlock.daemon.recognition.verify import AgreementWindow
+from twinlock.daemon.storage.audit import AuditLog
 
 A, B, C = (b"crop-a", b"emb-a"), (b"crop-b", b"emb-b"), (b"crop-c", b"emb-c")
 

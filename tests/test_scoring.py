@@ -1,4 +1,4 @@
-"""Tests for twinlock.daemon.scoring: the twin network's L1 head and embedding post-processing.
+"""Tests for twinlock.daemon.recognition.scoring: the twin network's L1 head and embedding post-processing.
 
 The daemon scores in numpy what the trainer's Keras head computes; these checks pin the maths
 against direct, one-anchor-at-a-time computations.
@@ -11,7 +11,11 @@ import math
 import numpy as np
 import pytest
 
-from twinlock.daemon.scoring import l1_head_scores, l1_pair_scores, postprocess_embeddings
+from twinlock.daemon.recognition.scoring import (
+    l1_head_scores,
+    l1_pair_scores,
+    postprocess_embeddings,
+)
 
 
 def direct_score(a: np.ndarray, b: np.ndarray, weights: np.ndarray, bias: float) -> float:

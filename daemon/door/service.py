@@ -1,0 +1,892 @@
+"""``twinlockd run``: camera -> faces -> verify -> relay, for months, failing safe.
+
+One thread reads frames and decides; the relay pulse and command hooks run in the action's own
+background thread. Everything that can break at run time (camera, model, a frame, the runtime)
+is caught where it happens, written to the audit log, and leaves the door locked while the loop
+goes on. SIGTERM stops cleanly with the relay off; SIGHUP reloads config, model and gallery,
+keeping the old ones if the new ones do not load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import queue
+import shutil
+import signal
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle.core import BUNDLE_SUFFIX, current_bundle, install_bundle, unpack, verify_bundle
+from ..camera.drivers import (
+    Camera,
+    Frame,
+    OpenCVCamera,
+    Picamera2Camera,
+    ReplayCamera,
+    ResilientCamera,
+)
+from ..config.schema import (
+    CommandActionConfig,
+    Config,
+    GpioActionConfig,
+    OpenCVCameraConfig,
+    Picamera2CameraConfig,
+    ReplayCameraConfig,
+    load_config,
+)
+from ..errors import AuditError, ModelError, TwinLockError
+from ..faces import quality as q
+from ..faces.assets import MESH_ROLE
+from ..faces.mesh import IRIS_ROLE, FaceMesh, Mesh
+from ..faces.pipeline import FacePipeline
+from ..faces.types import Face
+from ..recognition.fusion import decision_settings
+from ..recognition.gallery import load_gallery
+from ..recognition.model import FaceEmbedder
+from ..recognition.verify import AgreementWindow, Attempt, FrameVerdict, Lockout, Verifier
+from ..storage.audit import AuditLog, SnapshotStore
+from .actions import Action, CommandAction, GpioAction, LogAction
+from .liveness import LivenessTracker
+from .mqtt import UNLOCK_COMMANDS, MqttLink, event_type
+from .notify import Notifier, watchdog_interval
+
+logger = logging.getLogger(__name__)
+
+#: the same fault message is written to the audit log at most once per this many seconds
+FAULT_REPEAT_SECONDS = 60.0
+
+
+@dataclass
+class Matcher:
+    """Everything built from the model and gallery; replaced as a whole on reload."""
+
+    embedder: FaceEmbedder
+    pipeline: FacePipeline
+    verifier: Verifier
+    thresholds: q.QualityThresholds
+    users: int
+    origin: str
+    mesh: FaceMesh | None = None  # the face mesh for liveness; None when liveness is off
+
+    def describe(self) -> str:
+        meta = self.embedder.meta
+        return (f"model {meta.model_id} ({meta.architecture}, {meta.quantization}), "
+                f"{self.users} user(s), threshold {self.verifier.threshold:.4f}, from "
+                f"{self.origin}")
+
+
+class UnavailableAudit:
+    """Stands in for an audit log that could not be opened (made immutable, damaged, on a full
+    or read-only card): every write fails with the reason, so the door never unlocks, while the
+    daemon keeps running, locked and saying so, instead of a restart loop."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+
+    def record(self, *args: Any, **kwargs: Any) -> int:
+        raise AuditError(f"audit log {self.path} is not open ({self.reason}); fix it and "
+                         "restart the daemon")
+
+    def close(self) -> None:
+        """Nothing is open."""
+
+
+def _open_audit(cfg: Config) -> AuditLog | UnavailableAudit:
+    try:
+        audit = AuditLog(cfg.audit.db)
+    except AuditError as exc:
+        logger.critical("audit log %s cannot be opened: %s. Running LOCKED: no unlock until it "
+                        "is fixed and the daemon restarted", cfg.audit.db, exc)
+        return UnavailableAudit(cfg.audit.db, str(exc))
+    try:
+        audit.prune(cfg.audit.retention_days)
+    except AuditError as exc:
+        logger.error("old audit records not pruned: %s", exc)
+    return audit
+
+
+class GuardedAudit:
+    """The audit log as the running door writes it.
+
+    A failed write (disk full, read-only or damaged file) is logged at CRITICAL, handed to
+    ``on_change`` (the daemon shows it in systemd's STATUS=) and returned as False instead of
+    raised: the door keeps running, locked. Whatever must not happen unrecorded (an unlock)
+    checks the result first. ``on_change(None)`` says that writes work again.
+    """
+
+    def __init__(self, log: AuditLog | UnavailableAudit,
+                 on_change: Callable[[str | None], None] | None = None) -> None:
+        self.log = log
+        self.on_change = on_change
+        self.failures = 0
+        self.failing = False
+        #: told of every record written (MQTT publishes them); never trusted with the record
+        self.listener: Callable[[str, str, str, dict[str, Any]], None] | None = None
+
+    def record(self, event: str, decision: str, reason: str, **fields: Any) -> bool:
+        """Write and commit one record; False (reported, never raised) when it cannot be."""
+        try:
+            self.log.record(event, decision, reason, **fields)
+        except AuditError as exc:
+            self.failures += 1
+            logger.critical("AUDIT LOG WRITE FAILED (%s: %s): %s", event, reason, exc)
+            if not self.failing:  # once per outage: the status line keeps saying it
+                self.failing = True
+                self._tell(str(exc))
+            return False
+        if self.failing:
+            self.failing = False
+            logger.warning("audit log writable again after %d failed write(s)", self.failures)
+            self._tell(None)
+        if self.listener is not None:
+            try:
+                self.listener(event, decision, reason, fields)
+            except Exception:
+                logger.exception("audit listener failed")
+        return True
+
+    def _tell(self, error: str | None) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(error)
+            except Exception:
+                logger.exception("audit state callback failed")
+
+
+def pick_up_incoming(cfg: Config, audit: AuditLog | GuardedAudit | None) -> None:
+    """Install the newest bundle that ``twinlock deploy`` dropped into ``model.incoming``.
+
+    Installing verifies it first and keeps the running bundle as ``previous`` (for rollback). A
+    bundle that fails verification is moved to incoming/rejected and changes nothing. The drop
+    folder is writable by the deploy group, so nothing in it is trusted: only regular files are
+    opened (without following a symlink and without blocking on a FIFO), anything else named
+    ``*.twinlock`` is quarantined unread, ``rejected`` itself is never followed, and no error
+    here stops the door.
+    """
+    incoming = cfg.model.incoming
+    if cfg.model.source != "bundle":
+        return
+    try:
+        folder = os.open(incoming, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        _drop_problem(audit, f"drop folder {incoming} not used: {exc.strerror or exc} (it must "
+                      "be a real folder, not a symbolic link)")
+        return
+    try:
+        _pick_up(cfg, audit, folder)
+    except (OSError, TwinLockError) as exc:  # keep running, whatever the folder holds
+        _drop_problem(audit, f"drop folder {incoming}: {exc}")
+    finally:
+        os.close(folder)
+
+
+def _drop_problem(audit: AuditLog | GuardedAudit | None, message: str) -> None:
+    logger.error("%s", message)
+    if audit is not None:
+        audit.record("bundle", "deny", message)
+
+
+#: a bundle's name in the drop folder while the door checks it. One left behind means the door
+#: died checking it (a tower that crashes the runtime, the OOM killer): it is quarantined, never
+#: retried, so such a bundle cannot become a crash loop.
+CHECKING_PREFIX = ".checking-"
+
+
+def _pick_up(cfg: Config, audit: AuditLog | GuardedAudit | None, folder: int) -> None:
+    incoming = cfg.model.incoming
+    regular: list[tuple[float, str]] = []
+    with os.scandir(folder) as entries:
+        names = [(e.name, e.stat(follow_symlinks=False)) for e in entries
+                 if e.name.endswith(BUNDLE_SUFFIX)]
+    for name, _ in names:
+        if name.startswith(CHECKING_PREFIX):
+            _quarantine(audit, folder, incoming, name, "the door stopped while checking it "
+                        "(it may crash the door); not tried again",
+                        shown=name.removeprefix(CHECKING_PREFIX))
+    listed = [(name, st) for name, st in names if not name.startswith(".")]
+    for name, st in listed:
+        if stat.S_ISREG(st.st_mode):
+            regular.append((st.st_mtime, name))
+        else:
+            _quarantine(audit, folder, incoming, name, "not a regular file (a symbolic link, "
+                        "FIFO, folder or device); not read")
+    regular.sort()
+    for _, name in regular[:-1]:
+        logger.info("ignoring older incoming bundle %s", name)
+    if not regular:
+        return
+    newest = regular[-1][1]
+    checking = CHECKING_PREFIX + newest
+    os.replace(newest, checking, src_dir_fd=folder, dst_dir_fd=folder)
+    try:
+        install_bundle(incoming / checking, cfg.model.public_key, cfg.state_dir,
+                       cfg.model.runtimes)
+    except TwinLockError as exc:
+        _quarantine(audit, folder, incoming, checking, str(exc).replace(checking, newest),
+                    shown=newest)
+        return
+    for name in (checking, *(name for _, name in regular[:-1])):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=folder)
+    logger.info("installed bundle %s", newest)
+    if audit is not None:
+        audit.record("bundle", "ignore", f"bundle {newest} installed")
+
+
+def _quarantine(audit: AuditLog | GuardedAudit | None, folder: int, incoming: Path, name: str,
+                reason: str, shown: str | None = None) -> None:
+    """Move ``name`` into ``rejected/`` as ``shown`` (made afresh if it is not a real folder), by
+    descriptor: no path in the drop folder is ever followed. Failing that, delete it."""
+    shown = shown or name
+    _drop_problem(audit, f"bundle {shown} refused: {reason}")
+    try:
+        rejected = _rejected_folder(folder, incoming)
+        try:
+            os.replace(name, shown, src_dir_fd=folder, dst_dir_fd=rejected)
+        finally:
+            os.close(rejected)
+    except OSError as exc:
+        logger.error("cannot move %s to %s/rejected (%s); deleting it", name, incoming, exc)
+        try:
+            os.unlink(name, dir_fd=folder)
+        except OSError as again:
+            logger.error("cannot delete %s from %s either: %s", name, incoming, again)
+
+
+def _rejected_folder(folder: int, incoming: Path) -> int:
+    """A descriptor of incoming/rejected: a real folder, never a link to somewhere else."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        os.mkdir("rejected", 0o700, dir_fd=folder)
+    except FileExistsError:
+        st = os.stat("rejected", dir_fd=folder, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            aside = f"rejected.not-a-folder-{int(time.time())}"
+            logger.error("%s/rejected is not a folder; moved it to %s", incoming, aside)
+            os.replace("rejected", aside, src_dir_fd=folder, dst_dir_fd=folder)
+            os.mkdir("rejected", 0o700, dir_fd=folder)
+    return os.open("rejected", flags, dir_fd=folder)
+
+
+def model_files(cfg: Config) -> tuple[Path, Path, str]:
+    """(model folder, gallery file, description) from a verified bundle or, in development,
+    from the configured folder. Raises TwinLockError (BundleError for a refused bundle)."""
+    if cfg.model.source == "folder":
+        logger.warning("model.source is 'folder': loading an UNSIGNED model and gallery")
+        return cfg.model.dir, cfg.model.gallery, f"unsigned folder {cfg.model.dir}"
+    verified = verify_bundle(current_bundle(cfg.state_dir), cfg.model.public_key)
+    active = cfg.state_dir / "active"
+    root = unpack(verified, active)
+    for old in active.iterdir():  # one unpacked bundle at a time
+        if old.is_dir() and old != root and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
+    return root / "model", root / "gallery.json", f"bundle {verified.bundle_id}"
+
+
+def build_matcher(cfg: Config) -> Matcher:
+    """Load model + gallery and check they belong together. Raises TwinLockError."""
+    model_dir, gallery_path, origin = model_files(cfg)
+    embedder = FaceEmbedder(model_dir, cfg.model.num_threads, tuple(cfg.model.runtimes))
+    meta = embedder.meta
+    gallery = load_gallery(gallery_path)
+    if gallery.model_id != meta.model_id:
+        raise ModelError(f"gallery {gallery_path} was made with model {gallery.model_id}, "
+                         f"not {meta.model_id}: re-enrol (twinlock enroll) for this model")
+    if gallery.embedding_dim not in (None, meta.embedding_dim):
+        raise ModelError(f"gallery anchors are {gallery.embedding_dim}-d, the model makes "
+                         f"{meta.embedding_dim}-d embeddings")
+    v = cfg.verification
+    threshold, threshold_from, fusion = decision_settings(
+        meta.thresholds, meta.default_threshold, meta.metrics, v.threshold, v.threshold_name,
+        v.fusion, residents=len(gallery.users))
+    logger.info("decision: fusion %s, threshold %.4f (%s)", fusion, threshold, threshold_from)
+    detector = cfg.detector.to_spec(meta.detector).build(cfg.model.num_threads)
+    pipeline = meta.face_pipeline(detector)
+    verifier = Verifier(gallery, meta.head_weights, meta.head_bias, threshold,
+                        v.verification_threshold, fusion)
+    qc = cfg.quality
+    thresholds = q.QualityThresholds(qc.min_face_px, qc.min_brightness, qc.max_brightness,
+                                     qc.min_sharpness)
+    mesh = None
+    if cfg.liveness.mode != "off":
+        # the model folder's (signed, checked) copy unless the config names another file
+        mesh_file = cfg.liveness.mesh_model_path or meta.asset_path(MESH_ROLE)
+        mesh = FaceMesh(mesh_file, cfg.model.num_threads,
+                        eyes=cfg.liveness.settings().needs_blink,
+                        iris_model_path=cfg.liveness.iris_model_path or meta.asset_path(IRIS_ROLE))
+        logger.info("liveness: %s (face mesh %s)", cfg.liveness.mode, mesh.model_path)
+    else:
+        logger.warning("liveness is off: a photo of a resident can open the door")
+    return Matcher(embedder, pipeline, verifier, thresholds, len(gallery.users), origin, mesh)
+
+
+def _digest(array: np.ndarray) -> bytes:
+    """Content digest of a crop or an embedding: equal only for identical values."""
+    data = np.ascontiguousarray(array)
+    return hashlib.blake2b(str((data.dtype, data.shape)).encode() + data.tobytes(),
+                           digest_size=16).digest()
+
+
+def camera_factory(cfg: Config) -> Callable[[], Camera]:
+    c = cfg.camera
+    common: dict[str, Any] = {"rotate": c.rotate, "mirror": c.mirror}
+    make: Callable[[], Any]
+    if isinstance(c, OpenCVCameraConfig):
+        make = lambda: OpenCVCamera(c.device, c.width, c.height, c.fps, **common)
+    elif isinstance(c, Picamera2CameraConfig):
+        make = lambda: Picamera2Camera(c.width, c.height, c.detect_width,
+                                       c.detect_height, c.fps, **common)
+    else:
+        make = lambda: ReplayCamera(c.source, c.realtime, c.loop, c.fps, **common)
+    if not c.grey:
+        return make
+
+    def grey_camera() -> Camera:
+        camera = make()
+        camera.grey = True  # an IR camera: grey frames (camera.to_grey)
+        return camera  # type: ignore[no-any-return]
+
+    return grey_camera
+
+
+def build_action(cfg: Config, on_event: Callable[[str, str], None]) -> Action:
+    a = cfg.action
+    if isinstance(a, GpioActionConfig):
+        return GpioAction(a.pin, a.active_high, a.pulse_seconds, on_event=on_event)
+    if isinstance(a, CommandActionConfig):
+        return CommandAction(list(a.argv), a.timeout_s, on_event=on_event)
+    return LogAction(on_event=on_event)
+
+
+class Door:
+    """The decision state: frame agreement, attempts, cooldown and lockout -> action + audit."""
+
+    def __init__(self, cfg: Config, action: Action, audit: AuditLog | GuardedAudit,
+                 snapshots: SnapshotStore | None) -> None:
+        v, lk = cfg.verification, cfg.lockout
+        self.window = AgreementWindow(v.frames_required, v.frame_window, v.window_seconds)
+        self.lockout = Lockout(lk.enabled, lk.max_failures, lk.window_seconds, lk.lockout_seconds,
+                               lk.max_failed_frames)
+        self.attempt_seconds = lk.attempt_seconds
+        self.idle_seconds = v.window_seconds
+        self.cooldown_seconds = cfg.action.cooldown_seconds
+        self.audit = audit if isinstance(audit, GuardedAudit) else GuardedAudit(audit)
+        self.action, self.snapshots = action, snapshots
+        self.attempt: Attempt | None = None
+        self.cooldown_until = 0.0
+        self.last_image: np.ndarray | None = None
+        #: unlocks refused per user during the current lockout (recorded once, when it ends)
+        self._refusals: dict[str, int] = {}
+        self.last_decision = "none yet"
+        self.liveness_settings = cfg.liveness.settings()
+        self.liveness: LivenessTracker | None = None  # the open attempt's evidence
+        #: when recognition first agreed in this attempt while liveness had not passed
+        self.awaiting_liveness_since: float | None = None
+
+    @property
+    def needs_liveness(self) -> bool:
+        """Whether a matched frame's face mesh is wanted (liveness on)."""
+        return self.liveness_settings.enabled
+
+    def observe(self, now: float, frame: Frame, verdict: FrameVerdict | None,
+                problem: str | None, evidence: tuple[bytes, ...] = (),
+                mesh: Mesh | None = None) -> None:
+        """One evaluated face: ``verdict`` when it was matched, ``problem`` when quality failed;
+        ``evidence`` identifies its content (see AgreementWindow: a repeat gets no vote);
+        ``mesh``: its face mesh, for a frame that verified a resident while liveness is on."""
+        if now < self.cooldown_until:
+            return  # the door just opened for this visit
+        if self.attempt is None:
+            self.attempt = Attempt(started=now, last_seen=now)
+            self.liveness = LivenessTracker(self.liveness_settings)
+            self.awaiting_liveness_since = None
+        self.attempt.add(now, verdict, problem)
+        self.last_image = frame.image
+        if verdict is not None:
+            label = frame.source_index if frame.source_index is not None else frame.index
+            if mesh is not None and verdict.user is not None and self.liveness is not None:
+                self.liveness.add(now, mesh, label)
+            agreed = self.window.add(now, verdict.user, evidence)
+            logger.debug("frame %s: best %s %.4f, verified %s, agreed %s", frame.index,
+                         verdict.best_user, verdict.best_score, verdict.user, agreed)
+            if agreed is not None and (self.liveness is None or self.liveness.passed
+                                       or self.lockout.locked(now)):
+                self._agreed(now, frame, agreed, verdict)
+                return
+            if agreed is not None and self.awaiting_liveness_since is None:
+                self.awaiting_liveness_since = now
+                logger.info("%s recognised; waiting for liveness (%s)", agreed,
+                            self.liveness_settings.mode)
+            if self._liveness_timed_out(now):
+                assert self.liveness is not None
+                self._end_attempt(self.liveness.failure_reason())
+                return
+            if verdict.user is None and self.lockout.failed_frame(now):
+                self._locked_out()
+        if self.attempt is not None and now - self.attempt.started > self.attempt_seconds:
+            self._end_attempt("not recognised within the attempt time"
+                              if self.awaiting_liveness_since is None or self.liveness is None
+                              else self.liveness.failure_reason())
+
+    def _liveness_timed_out(self, now: float) -> bool:
+        """Recognised, but no liveness within ``liveness.timeout_seconds`` of that."""
+        since = self.awaiting_liveness_since
+        return since is not None and now - since > self.liveness_settings.timeout_seconds
+
+    def tick(self, now: float) -> None:
+        """Called every frame: ends an attempt once the face has been gone for a while."""
+        self.window.expire(now)
+        if self._refusals and not self.lockout.locked(now):
+            self._lockout_refusals_summary()
+        if self.attempt is not None and self.liveness is not None \
+                and self._liveness_timed_out(now):
+            self._end_attempt(self.liveness.failure_reason())
+        elif self.attempt is not None and now - self.attempt.last_seen > self.idle_seconds:
+            self._end_attempt("face left without a match" if self.awaiting_liveness_since is None
+                              or self.liveness is None else self.liveness.failure_reason())
+
+    def finish(self, why: str = "daemon stopped during the attempt") -> None:
+        """Record an attempt still open when the daemon stops or reloads, so no decision goes
+        unlogged. It is not counted as a failed attempt: the visitor did not fail, the daemon
+        cut them off (a reload must not bring a lockout nearer)."""
+        if self.attempt is not None:
+            self._end_attempt(why, failure=False)
+        self._lockout_refusals_summary()
+
+    def _agreed(self, now: float, frame: Frame, user: str, verdict: FrameVerdict) -> None:
+        assert self.attempt is not None
+        details = self._details(self.attempt) | self._liveness_details()
+        if self.lockout.locked(now):
+            # the first refusal of a lockout is recorded; the rest are counted and written once
+            # when it ends (a resident waiting it out would add a record every few frames)
+            self._refusals[user] = self._refusals.get(user, 0) + 1
+            if sum(self._refusals.values()) == 1:
+                self.audit.record("deny", "deny", "locked out after repeated failures",
+                                  user=user, best_score=verdict.best_score,
+                                  frame=frame.source_index or frame.index,
+                                  details=details | {"locked_until_s": self.lockout.until - now})
+            self.last_decision = f"deny {user} (locked out)"
+        elif not self.audit.record(
+                "unlock", "unlock", f"verified in {self.window.frames_required} of "
+                f"{self.window.frame_window} frames", user=user, best_score=verdict.best_score,
+                frame=frame.source_index if frame.source_index is not None else frame.index,
+                details=details):
+            # no record, no unlock: the log must be able to say who opened the door
+            logger.critical("NOT opening for %s: the unlock could not be recorded", user)
+            self.last_decision = f"refused {user}: audit log not writable"
+        else:
+            self.action.unlock(user)  # only after the record is committed
+            self.cooldown_until = now + self.cooldown_seconds
+            self.last_decision = f"unlock {user} at {time.strftime('%H:%M:%S')}"
+            logger.info("door opened for %s (score %.4f)", user, verdict.best_score)
+        self.window.clear()
+        self.attempt = None
+        self.liveness, self.awaiting_liveness_since = None, None
+
+    def _end_attempt(self, reason: str, failure: bool = True) -> None:
+        """Record the attempt's end; ``failure``: it counts towards the lockout."""
+        attempt, self.attempt = self.attempt, None
+        self.window.clear()
+        liveness = self._liveness_details()
+        self.liveness, self.awaiting_liveness_since = None, None
+        if attempt is None:
+            return
+        details = self._details(attempt) | liveness
+        if attempt.frames == 0:
+            worst = max(attempt.quality_rejections, key=attempt.quality_rejections.get)
+            self.audit.record("quality", "deny", f"face unusable: {q.describe(worst)}",
+                              details=details)
+            self.last_decision = f"deny ({worst})"
+            return
+        self.audit.record("deny", "deny", reason, user=None, best_score=attempt.best_score,
+                          details=details | {"closest_user": attempt.best_user})
+        self.last_decision = ("deny (liveness)" if reason.startswith("liveness")
+                              else "deny (not recognised)")
+        if self.snapshots is not None and self.last_image is not None:
+            try:
+                self.snapshots.save(self.last_image, time.time(), "deny")
+            except (OSError, TwinLockError) as exc:
+                logger.warning("snapshot not saved: %s", exc)
+        if failure and self.lockout.failure(attempt.last_seen):
+            self._locked_out()
+
+    def remote_unlock(self, now: float, source: str, allowed: bool) -> bool:
+        """An unlock asked for over MQTT (Home Assistant's lock entity). Refused unless
+        ``mqtt.remote_unlock``, refused during a lockout, and like any unlock recorded (with its
+        source) before the relay moves."""
+        details = {"source": source}
+        if not allowed:
+            self.audit.record("remote", "deny", "remote unlock refused: mqtt.remote_unlock is "
+                              "false", details=details)
+            logger.warning("remote unlock refused (disabled): %s", source)
+            return False
+        if self.lockout.locked(now):
+            self.audit.record("remote", "deny", "remote unlock refused: locked out after "
+                              "repeated failures",
+                              details=details | {"locked_until_s": self.lockout.until - now})
+            return False
+        if not self.audit.record("unlock", "unlock", "remote unlock", user=None,
+                                 details=details):
+            logger.critical("NOT opening for a remote unlock: it could not be recorded")
+            return False
+        self.action.unlock("remote")
+        self.cooldown_until = now + self.cooldown_seconds
+        self.last_decision = f"remote unlock at {time.strftime('%H:%M:%S')}"
+        logger.warning("door opened remotely: %s", source)
+        return True
+
+    def _lockout_refusals_summary(self) -> None:
+        """One record for the unlocks refused during a lockout that is over (or cut short)."""
+        if not self._refusals:
+            return
+        refusals, self._refusals = self._refusals, {}
+        total = sum(refusals.values())
+        self.audit.record("deny", "deny", f"{total} unlock(s) refused during the lockout "
+                          f"({', '.join(f'{u} x{n}' for u, n in sorted(refusals.items()))})",
+                          details={"refused": total, "users": refusals})
+
+    def _locked_out(self) -> None:
+        """A lockout just started: say why, once."""
+        self.audit.record("lockout", "deny", self.lockout.reason,
+                          details={"lockout_seconds": self.lockout.lockout_seconds})
+        logger.warning("lockout for %.0f s: %s", self.lockout.lockout_seconds,
+                       self.lockout.reason)
+
+    def _liveness_details(self) -> dict[str, Any]:
+        """The attempt's liveness evidence for its audit record (empty when liveness is off)."""
+        if self.liveness is None or not self.liveness_settings.enabled:
+            return {}
+        return {"liveness": self.liveness.summary()}
+
+    @staticmethod
+    def _details(attempt: Attempt) -> dict[str, Any]:
+        return {"frames": attempt.frames, "verified_frames": attempt.verified_frames,
+                "quality_rejections": dict(attempt.quality_rejections),
+                "seconds": round(attempt.last_seen - attempt.started, 3)}
+
+
+class Daemon:
+    def __init__(self, config_path: Path | None, notifier: Notifier | None = None) -> None:
+        self.config_path = config_path
+        self.cfg = load_config(config_path)
+        self.notifier = notifier or Notifier.from_env()
+        self.stop_event = threading.Event()
+        self.reload_requested = threading.Event()
+        self.matcher: Matcher | None = None
+        # The relay first: claiming the pin drives it inactive, so a relay left on by a crashed
+        # run goes off even when what follows (audit DB, camera, model) fails.
+        self.action = build_action(self.cfg, self._action_event)
+        try:
+            self.audit: AuditLog | UnavailableAudit = _open_audit(self.cfg)
+            self.records = GuardedAudit(self.audit, self._audit_failed)
+            self._audit_error: str | None = None
+            # MQTT: events out (never waited on), remote unlock requests in (handled here)
+            self._remote_requests: queue.SimpleQueue[str] = queue.SimpleQueue()
+            self._camera_down = False
+            self.mqtt = self._start_mqtt(self.cfg)
+            self.records.listener = self._publish_record
+            self.camera = self._camera()
+            self.door = self._door()
+        except BaseException:
+            self.action.close()
+            if getattr(self, "mqtt", None) is not None:
+                self.mqtt.close()
+            raise
+        self._watchdog_period = watchdog_interval() if self.cfg.service.watchdog else None
+        self._last_ping = 0.0
+        self._faults: dict[str, tuple[float, int]] = {}
+        self._frame_times: deque[float] = deque(maxlen=30)
+
+    # -- construction and reload -----------------------------------------------------------
+
+    def _camera(self) -> ResilientCamera:
+        c = self.cfg.camera
+        return ResilientCamera(camera_factory(self.cfg), c.reopen_backoff_initial_s,
+                               c.reopen_backoff_max_s, sleep=self._wait,
+                               on_state=self._camera_state)
+
+    def _start_mqtt(self, cfg: Config) -> MqttLink | None:
+        """The MQTT link, or None (off, or its files unusable: the door runs without it)."""
+        try:
+            return MqttLink.from_config(cfg.mqtt, self._remote_command)
+        except TwinLockError as exc:
+            logger.error("mqtt not started, the door runs without it: %s", exc)
+            self.records.record("fault", "deny", f"mqtt not started: {exc}")
+            return None
+
+    def _door(self) -> Door:
+        snaps = self.cfg.audit.snapshots
+        store = (SnapshotStore(snaps.dir, snaps.max_total_mb, snaps.jpeg_quality)
+                 if snaps.enabled else None)
+        return Door(self.cfg, self.action, self.records, store)
+
+    def load_matcher(self) -> None:
+        """(Re)build the matcher; on failure the old one stays (or the door stays locked)."""
+        pick_up_incoming(self.cfg, self.records)
+        try:
+            matcher = build_matcher(self.cfg)
+        except TwinLockError as exc:
+            self.fault(f"model/gallery not loaded, door stays locked: {exc}", event="fault")
+            return
+        self.matcher = matcher
+        logger.info("loaded %s", matcher.describe())
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new_cfg = load_config(self.config_path)
+        except TwinLockError as exc:
+            self.fault(f"reload refused, keeping the running config: {exc}", event="reload")
+            self.notifier.ready()
+            return
+        old = self.cfg
+        self.cfg = new_cfg
+        pick_up_incoming(new_cfg, self.records)
+        try:
+            matcher = build_matcher(new_cfg)
+        except TwinLockError as exc:
+            self.cfg = old
+            self.fault(f"reload refused, keeping the running model: {exc}", event="reload")
+            self.notifier.ready()
+            return
+        if new_cfg.action != old.action:
+            self.action.close()  # relay off before anything else drives it
+            self.action = build_action(new_cfg, self._action_event)
+        if new_cfg.camera != old.camera:
+            self.camera.stop()
+            self.camera.close()
+            self.camera = self._camera()
+        if new_cfg.mqtt != old.mqtt:
+            if self.mqtt is not None:
+                self.mqtt.close()
+            self.mqtt = self._start_mqtt(new_cfg)
+        self.matcher = matcher
+        self.door.finish("reloaded during the attempt")  # logged under the old settings
+        old_lockout = self.door.lockout
+        self.door = self._door()
+        if new_cfg.lockout == old.lockout:
+            self.door.lockout = old_lockout  # a reload must not lift a running lockout
+        self.records.record("reload", "ignore", f"reloaded: {matcher.describe()}")
+        logger.info("reloaded: %s", matcher.describe())
+        self.notifier.ready()
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    def fault(self, message: str, event: str = "fault", **details: Any) -> None:
+        """Log and audit a fault. The same message is written at most once a minute (a broken
+        runtime fails on every frame; the log should say so once, with a count)."""
+        now = time.monotonic()
+        last, suppressed = self._faults.get(message, (-1e9, 0))
+        if now - last < FAULT_REPEAT_SECONDS:
+            self._faults[message] = (last, suppressed + 1)
+            logger.debug("%s (repeated)", message)
+            return
+        self._faults[message] = (now, 0)
+        logger.error("%s", message)
+        if suppressed:
+            details["repeated_since_last_record"] = suppressed
+        self.records.record(event, "deny" if event == "fault" else "ignore", message,
+                          details=details or None)
+
+    def _audit_failed(self, error: str | None) -> None:
+        """A record could not be written (or, with None, can be again): tell systemd now
+        (STATUS=), not at the next status line. No unlock happens without a record."""
+        self._audit_error = error
+        self._status()
+        mqtt = getattr(self, "mqtt", None)
+        if error is not None and mqtt is not None:  # Home Assistant hears it too
+            mqtt.event("fault", reason=f"audit log not writable, no unlock until it is: {error}")
+
+    def _camera_state(self, state: str, reason: str) -> None:
+        if state == "failed":
+            self.fault(f"camera: {reason}")
+            if not self._camera_down and self.mqtt is not None:
+                self.mqtt.event("camera_lost", reason=reason)
+            self._camera_down = True
+        elif state in ("reopened", "opened"):
+            logger.info("camera: %s", reason)
+            if self._camera_down and self.mqtt is not None:
+                self.mqtt.event("camera_back", reason=reason)
+            self._camera_down = False
+
+    def _action_event(self, kind: str, detail: str) -> None:
+        if kind == "hook_failed":
+            self.fault(f"unlock hook failed: {detail}")
+        else:
+            logger.info("action: %s %s", kind, detail)
+        if kind in ("pulse_start", "pulse_end") and getattr(self, "mqtt", None) is not None:
+            self.mqtt.lock_state(unlocked=kind == "pulse_start")
+
+    def _publish_record(self, event: str, decision: str, reason: str,
+                        fields: dict[str, Any]) -> None:
+        """Every audit record, as an MQTT event (after it is committed: the log comes first)."""
+        if self.mqtt is None:
+            return
+        kind = event_type(event, reason)
+        details = fields.get("details") or {}
+        self.mqtt.event(kind, decision=decision, reason=reason, user=fields.get("user"),
+                        score=fields.get("best_score"), closest_user=details.get("closest_user"),
+                        source=details.get("source"), frame=fields.get("frame"))
+        door = getattr(self, "door", None)
+        if event == "deny" and door is not None and door.last_image is not None:
+            self.mqtt.snapshot(door.last_image)
+
+    def _remote_command(self, command: str, source: str) -> None:
+        """From the MQTT thread: hand an unlock request to the frame loop, which decides."""
+        if command in UNLOCK_COMMANDS:
+            self._remote_requests.put(source)
+
+    def _handle_remote(self) -> None:
+        while True:
+            try:
+                source = self._remote_requests.get_nowait()
+            except queue.Empty:
+                return
+            self.door.remote_unlock(time.monotonic(), source, self.cfg.mqtt.remote_unlock)
+
+    def _wait(self, seconds: float) -> None:
+        """The camera's backoff wait: stays responsive to stop and keeps the watchdog fed
+        (the daemon is alive, only the camera is away)."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._ping_watchdog()
+            self._handle_remote()
+            self.stop_event.wait(min(left, 1.0))
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.camera.stop()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.records.record("start", "ignore", f"twinlockd starting with {self.config_path}")
+        self.action.safe()
+        self.load_matcher()
+        self.camera.open()
+        self.notifier.ready()
+        self._status()
+        camera = self.cfg.camera
+        # max_fps caps the CPU a live camera costs; an unpaced replay means "every frame, now"
+        unpaced = isinstance(camera, ReplayCameraConfig) and not camera.realtime
+        min_period = 0.0 if unpaced else 1.0 / self.cfg.service.max_fps
+        last_status = last_processed = 0.0
+        try:
+            while not self.stop_event.is_set():
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload()
+                self._handle_remote()
+                frame = self.camera.read()
+                if frame is None:
+                    if not self.stop_event.is_set():
+                        logger.info("camera source ended")
+                    break
+                self._ping_watchdog()
+                now = frame.timestamp
+                self.door.tick(now)
+                if now - last_processed >= 0.9 * min_period:  # 0.9: frame timing jitters
+                    last_processed = now
+                    self.process(frame)
+                if time.monotonic() - last_status >= self.cfg.service.status_interval_s:
+                    last_status = time.monotonic()
+                    self._status()
+        finally:
+            self.shutdown()
+        return 0
+
+    def process(self, frame: Frame) -> None:
+        """One frame. Any failure here is a fault for this frame only: door stays locked."""
+        matcher = self.matcher
+        if matcher is None:
+            return
+        self._frame_times.append(time.monotonic())
+        try:
+            faces = [frame.to_image_coords(f) for f in matcher.pipeline.detector.detect(
+                frame.detect_input)]
+            if not faces:
+                return
+            policy = self.cfg.quality.multiple_faces
+            if len(faces) > 1 and policy == "reject":
+                self.door.observe(frame.timestamp, frame, None, q.SEVERAL_FACES)
+                return
+            chosen = faces if policy == "each" else [max(faces, key=lambda f: f.size)]
+            for face in chosen:
+                self._evaluate(matcher, frame, face)
+        except TwinLockError as exc:
+            self.fault(f"frame skipped: {exc}", frame=frame.index)
+        except Exception as exc:
+            logger.debug("unexpected error on frame %s", frame.index, exc_info=True)
+            self.fault(f"frame skipped: {exc.__class__.__name__}: {exc}", frame=frame.index)
+
+    def _evaluate(self, matcher: Matcher, frame: Frame, face: Face) -> None:
+        aligned = matcher.pipeline.align(frame.image, face)
+        problem = q.first_problem(q.measure_image(frame.image, face), matcher.thresholds)
+        if problem is not None:
+            self.door.observe(frame.timestamp, frame, None, problem)
+            return
+        embedding = matcher.embedder.embed(aligned.crop)[0]
+        verdict = matcher.verifier.verify(embedding)
+        mesh = None
+        if verdict.user is not None and matcher.mesh is not None and self.door.needs_liveness:
+            mesh = matcher.mesh.landmarks(frame.image, face)  # matched frames only
+        self.door.observe(frame.timestamp, frame, verdict, None,
+                          (_digest(aligned.crop), _digest(embedding)), mesh)
+
+    def _ping_watchdog(self) -> None:
+        if self._watchdog_period is None:
+            return
+        now = time.monotonic()
+        if now - self._last_ping >= self._watchdog_period:
+            self._last_ping = now
+            self.notifier.watchdog()
+
+    def _status(self) -> None:
+        times = self._frame_times
+        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and \
+            times[-1] > times[0] else 0.0
+        state = "matching" if self.matcher else "NO MODEL: door stays locked"
+        if self._audit_error is not None:
+            state = (f"AUDIT LOG FAILING ({self._audit_error}): no unlock until it is fixed; "
+                     f"{state}")
+        camera = "camera ok" if self.camera.healthy else f"camera down ({self.camera.last_error})"
+        if self.mqtt is not None:
+            self.mqtt.status(fps, "ok" if self.camera.healthy else "down")
+        self.notifier.status(f"{state}; {fps:.1f} fps; {camera}; last: {self.door.last_decision}")
+
+    def shutdown(self) -> None:
+        """Relay off first, then everything else."""
+        self.notifier.stopping()
+        try:
+            self.action.close()
+        finally:
+            self.door.finish()
+            self.camera.close()
+            self.records.record("stop", "ignore", "twinlockd stopped")
+            self.audit.close()
+            if self.mqtt is not None:
+                self.mqtt.close()  # "offline", after the last record was published
+            self.notifier.close()

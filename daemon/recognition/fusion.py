@@ -1,0 +1,188 @@
+"""Per-resident fusion: one frame's scores against every anchor -> one score per resident.
+
+The door compares a face with every anchor of every resident in one matrix product and must then
+say, per resident, how much the anchors agree. The rules, all vectorised so the door and the
+host-side door evaluation (``twinlock evaluate --door``) run the same code on one probe or on
+thousands:
+
+- ``max``: the best single anchor's score (the default: most genuine accepts at a door-level
+  impostor accept rate of 1e-3 and 1e-4 with models/default).
+- ``share``: the rule the door used first: a resident is verified when a share ``v`` of their
+  anchors reach the threshold. That is the same as "the ``ceil(v * M)``-th best of their ``M``
+  scores reaches it", which is the fused score here, so the rule gets a DET curve like the others.
+- ``centroid``: one template per resident, the mean of their anchors (re-normalised when the
+  anchors are unit vectors); its score is the fused score. It let in the most residents at a
+  looser 1e-2 with models/default, so it stays.
+
+The mean of the two best anchors was measured too (``twinlock evaluate --door``) and lost to
+``max`` at every target, so the door does not offer it.
+
+Which rule the door uses is ``verification.fusion`` in the config; the measurement that chose
+the default is in config.yaml and README ("Door-level figures").
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+FusionRule = Literal["max", "share", "centroid"]
+FUSION_RULES: tuple[str, ...] = ("max", "share", "centroid")
+
+
+def templates(anchor_blocks: Sequence[np.ndarray], rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """(templates (T, D), owner (T,) resident index) the probe is scored against under ``rule``:
+    every anchor, or one centroid per resident."""
+    if not anchor_blocks:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    if rule == "centroid":
+        rows = []
+        for block in anchor_blocks:
+            centre = np.asarray(block, np.float32).mean(axis=0)
+            norms = np.linalg.norm(block, axis=1)
+            if np.allclose(norms, 1.0, atol=1e-3):  # unit anchors: keep the template on the sphere
+                centre = centre / max(float(np.linalg.norm(centre)), 1e-12)
+            rows.append(centre)
+        return np.stack(rows).astype(np.float32), np.arange(len(anchor_blocks))
+    owner = np.concatenate([np.full(len(b), i) for i, b in enumerate(anchor_blocks)])
+    return np.concatenate(anchor_blocks).astype(np.float32), owner
+
+
+class Fusion:
+    """Fuses template scores (..., T) into resident scores (..., R) with one gather and sort."""
+
+    def __init__(self, owner: np.ndarray, n_users: int, rule: str = "max",
+                 share: float = 0.5) -> None:
+        if rule not in FUSION_RULES:
+            raise ValueError(f"unknown fusion rule {rule!r}; use one of {', '.join(FUSION_RULES)}")
+        self.rule, self.share, self.n_users = rule, share, n_users
+        owner = np.asarray(owner, dtype=np.int64)
+        counts = np.bincount(owner, minlength=n_users) if len(owner) else np.zeros(n_users, int)
+        width = int(counts.max()) if n_users and len(owner) else 1
+        # slots[r, j]: index of resident r's j-th template, or -1 (padding)
+        self._slots = np.full((n_users, max(width, 1)), -1, dtype=np.int64)
+        fill = np.zeros(n_users, dtype=np.int64)
+        for index, user in enumerate(owner):
+            self._slots[user, fill[user]] = index
+            fill[user] += 1
+        self.counts = counts
+        # share: the k-th best score, k = ceil(v * M) (a hair below, so 0.6 * 5 stays 3)
+        self._rank = np.maximum(1, np.ceil(share * counts - 1e-9)).astype(np.int64) - 1
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        """Scores against every template (..., T) -> fused score per resident (..., R)."""
+        scores = np.asarray(scores, dtype=np.float32)
+        if self.rule == "centroid":
+            return scores
+        padded = np.where(self._slots >= 0, scores[..., np.maximum(self._slots, 0)], -np.inf)
+        if self.rule == "max":
+            return padded.max(axis=-1)
+        ordered = -np.sort(-padded, axis=-1)  # best first, padding last
+        return np.take_along_axis(
+            ordered, np.broadcast_to(self._rank[:, None], ordered.shape[:-1] + (1,)),
+            axis=-1)[..., 0]
+
+
+def share_rank(share: float, anchors: int) -> int:
+    """How many of ``anchors`` must pass under the share rule (for messages and docs)."""
+    return max(1, math.ceil(share * anchors - 1e-9))
+
+
+def door_calibration(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The door-level calibration ``twinlock evaluate --door --write-thresholds`` stored in
+    model.json (``metrics.door``), or {} for a model calibrated per pair only."""
+    door = metrics.get("door") if isinstance(metrics, dict) else None
+    return door if isinstance(door, dict) else {}
+
+
+def door_target(name: str) -> float | None:
+    """The impostor accept rate per knock a ``door_far_<rate>`` threshold name stands for."""
+    if not name.startswith("door_far_"):
+        return None
+    try:
+        return float(name.removeprefix("door_far_"))
+    except ValueError:
+        return None
+
+
+def threshold_for_residents(calibration: dict[str, Any], target: float,
+                            residents: int) -> tuple[float, float] | None:
+    """(threshold, one-resident rate) that keeps ``target`` per knock at a door of ``residents``.
+
+    A stranger is let in when they pass for any resident, so the rate per knock is at most R
+    times the one-resident rate (measured: 4.4x at R = 5, 8.4x at R = 10 for models/default).
+    The door therefore asks the one-resident ladder that ``twinlock evaluate --door`` measured
+    (impostor rate per knock at a door of one resident, against threshold) for ``target / R``,
+    interpolating log-linearly. Past the strictest rung it keeps that rung and warns: the
+    target is then not measured for this many residents. None when the model has no ladder.
+    """
+    ladder = calibration.get("one_resident", {}).get("ladder") if calibration else None
+    if not ladder or residents < 1:
+        return None
+    rungs = sorted((float(far), float(t)) for far, t in ladder)  # strictest (lowest far) first
+    want = target / residents
+    if want <= rungs[0][0]:
+        if want < rungs[0][0] * (1 - 1e-9):
+            logger.warning("%d residents: a per-knock target of %.0e needs a one-resident rate "
+                           "of %.1e, below the strictest measured (%.0e); using that one",
+                           residents, target, want, rungs[0][0])
+        return rungs[0][1], rungs[0][0]
+    if want >= rungs[-1][0]:
+        return rungs[-1][1], rungs[-1][0]
+    for (f0, t0), (f1, t1) in itertools.pairwise(rungs):
+        if f0 <= want <= f1:
+            w = (math.log(want) - math.log(f0)) / (math.log(f1) - math.log(f0))
+            return t0 + w * (t1 - t0), want
+    return None  # unreachable: the rungs cover [rungs[0], rungs[-1]]
+
+
+def decision_settings(thresholds: dict[str, float], default_threshold: str,
+                      metrics: dict[str, Any], threshold: float | None = None,
+                      threshold_name: str | None = None,
+                      fusion: str | None = None,
+                      residents: int | None = None) -> tuple[float, str, str]:
+    """(threshold, where it came from, fusion rule) for a model and the config's overrides.
+
+    The model is the one source of truth: its ``default_threshold`` and, when it has a door
+    calibration, the fusion rule that calibration was made for. A model without one (an older
+    export) keeps the rule it was used with, ``share``. A config value overrides and says so in
+    the log, since a threshold only means its measured false-accept rate under its own rule.
+    Raises ModelError when the named threshold is not in the model.
+    """
+    calibrated = door_calibration(metrics).get("fusion")
+    rule = fusion or (calibrated if calibrated in FUSION_RULES else "share")
+    if threshold is not None:
+        return float(threshold), "verification.threshold", rule
+    name = threshold_name or default_threshold
+    if name not in thresholds:
+        raise ModelError(f"the model has no calibrated threshold {name!r} (it has "
+                         f"{', '.join(sorted(thresholds)) or 'none'})"
+                         + ("" if threshold_name else " and names it as its default_threshold"))
+    if not calibrated and not threshold_name:
+        logger.warning("model thresholds are per pair only (no door calibration): %s lets more "
+                       "strangers in at a door than its name says; run twinlock evaluate --door "
+                       "--write-thresholds on the model", name)
+    if threshold_name and threshold_name != default_threshold:
+        logger.warning("verification.threshold_name %s overrides the model's default_threshold %s",
+                       threshold_name, default_threshold)
+    if name.startswith("door_") and calibrated and rule != calibrated:
+        logger.warning("threshold %s was calibrated for fusion %r, the config asks for %r: its "
+                       "false-accept rate does not hold", name, calibrated, rule)
+        return thresholds[name], name, rule
+    target = door_target(name)
+    if residents and target is not None and not threshold_name:
+        fitted = threshold_for_residents(door_calibration(metrics), target, residents)
+        if fitted is not None:
+            value, per_resident = fitted
+            return value, (f"{name} for {residents} resident(s): one-resident rate "
+                           f"{per_resident:.1e}"), rule
+    return thresholds[name], name, rule

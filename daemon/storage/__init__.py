@@ -1,0 +1,1 @@
+"""Durable private storage: SQLite helpers and the audit log."""

@@ -1,0 +1,95 @@
+"""Private files and durable SQLite databases, shared by the audit log and the enrolment store.
+
+Both hold personal data (who came to the door; residents' faces), so both are created readable
+by their owner alone from the first byte, and both must survive a power cut: SQLite in WAL mode
+with a sync at every commit. Each caller passes its own :class:`TwinLockError` subclass so a
+failure reads as "cannot open audit log …" or "… enrolment store …", not as a bare sqlite error.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import TwinLockError
+
+BUSY_TIMEOUT_MS = 5000  # wait for another writer this long instead of failing with "locked"
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def chmod_private(path: Path, mode: int, error: type[TwinLockError],
+                  missing_ok: bool = False) -> None:
+    """``chmod`` that raises ``error`` with the reason (and tolerates a missing file if asked)."""
+    try:
+        os.chmod(path, mode)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise error(f"{path}: no such file") from None
+    except OSError as exc:
+        raise error(f"cannot make {path} private: {exc.strerror or exc}") from exc
+
+
+def make_private_dirs(folder: Path, error: type[TwinLockError]) -> bool:
+    """Create ``folder`` and missing parents with mode 0700; True if ``folder`` was created.
+
+    Existing parents may be shared places (``/var/lib``, a home folder, a test's tmp folder)
+    that are not ours to change; folders we create are ours and private.
+    """
+    missing: list[Path] = []
+    probe = folder
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+        except OSError as exc:
+            raise error(f"cannot create folder {path}: {exc.strerror or exc}") from exc
+        chmod_private(path, PRIVATE_DIR_MODE, error)  # mkdir's mode is cut by the umask
+    if not folder.is_dir():
+        raise error(f"{folder} is not a folder")
+    return bool(missing)
+
+
+def open_private_db(path: Path, error: type[TwinLockError], what: str,
+                    migrate: Callable[[sqlite3.Connection], None],
+                    pragmas: Sequence[str] = (), check_same_thread: bool = True
+                    ) -> sqlite3.Connection:
+    """Open (or create) ``path`` as a private, durable SQLite database in autocommit mode.
+
+    The file is created 0600 before SQLite writes a byte into it, then switched to WAL with
+    ``synchronous=FULL`` (every commit is on disk before it returns). ``pragmas`` are extra
+    ``PRAGMA`` statements run first (such as ``foreign_keys = ON``); ``migrate`` then brings the
+    schema up to date. ``what`` names the file in errors; on any error the connection is closed.
+    """
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, PRIVATE_FILE_MODE))
+        chmod_private(path, PRIVATE_FILE_MODE, error)  # a file made earlier by someone else
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=check_same_thread)
+    except (OSError, sqlite3.Error) as exc:
+        raise error(f"cannot open {what} {path}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        for pragma in pragmas:
+            conn.execute(f"PRAGMA {pragma}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise error(f"{what} {path}: SQLite refused WAL mode (got {mode!r}); keep it on a "
+                        "local file system that supports shared memory")
+        conn.execute("PRAGMA synchronous = FULL")
+        for suffix in ("-wal", "-shm"):  # SQLite copies the file's mode, but be sure
+            chmod_private(Path(f"{path}{suffix}"), PRIVATE_FILE_MODE, error, missing_ok=True)
+        migrate(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise error(f"{what} {path}: not a usable database ({exc})") from exc
+    except TwinLockError:
+        conn.close()
+        raise
+    return conn

@@ -1,0 +1,1 @@
+"""Face datasets, cached crops, pairs files and augmentation."""

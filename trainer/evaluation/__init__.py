@@ -1,0 +1,1 @@
+"""Metrics, held-out evaluation, door-level evaluation, spoofs and plots."""

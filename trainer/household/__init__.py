@@ -1,0 +1,1 @@
+"""A household's workflow: enrolment, its store, bundles and deployment."""

@@ -1,0 +1,476 @@
+"""The host's enrolment store: residents, their face samples, and anchors per model, in SQLite.
+
+Enrolment keeps more than a gallery needs. Each sample keeps its aligned crop (lossless PNG at
+the model's input size) so anchors can be re-made for another model without the original
+photos, a small JPEG thumbnail for people to look at, and the quality measures it passed. Anchors
+are keyed by ``(sample, model_id)``: embeddings of different models live in different spaces, so
+every query takes a model id and never returns another model's anchors.
+
+Faces are biometric data: the folder is created 0700, the database and its ``-wal``/``-shm``
+companions are 0600, and deleted rows are overwritten (``secure_delete``) and checkpointed out
+of the WAL, so a removed resident does not linger in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sqlite3
+import unicodedata
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import cv2
+import numpy as np
+
+from twinlock.daemon.errors import DataError, EnrolmentError, UsageError
+from twinlock.daemon.faces.align import DEFAULT_TEMPLATE
+from twinlock.daemon.faces.images import decode_image
+from twinlock.daemon.recognition.gallery import Gallery
+from twinlock.daemon.storage.private_db import (
+    PRIVATE_DIR_MODE,
+    chmod_private,
+    make_private_dirs,
+    open_private_db,
+)
+
+logger = logging.getLogger(__name__)
+
+#: environment variable naming the store file (overrides the default location)
+ENV_DB = "TWINLOCK_ENROL_DB"
+DB_NAME = "enrolment.db"
+
+SCHEMA_VERSION = 2
+
+#: side of the thumbnails kept for people to look at (any size is accepted)
+THUMBNAIL_PX = 96
+JPEG_QUALITY = 90
+
+MAX_NAME_LENGTH = 64
+_NAME_RE = re.compile(r"[\w .-]+")  # \w: letters (any script), digits and "_"
+
+#: schema upgrades in order: _UPGRADES[v - 1] takes a version-v store to v + 1
+_UPGRADES = (
+    # v2: the alignment template a crop was made with (models may use different ones)
+    f"ALTER TABLE samples ADD COLUMN crop_template TEXT NOT NULL DEFAULT '{DEFAULT_TEMPLATE}'",
+)
+
+_SCHEMA = (
+    # COLLATE NOCASE: "bob" and "Bob" are one resident (and `users remove bob` finds "Bob")
+    """CREATE TABLE users (
+           name TEXT PRIMARY KEY COLLATE NOCASE,
+           created TEXT NOT NULL
+       )""",
+    """CREATE TABLE samples (
+           id INTEGER PRIMARY KEY,
+           user TEXT NOT NULL COLLATE NOCASE
+               REFERENCES users (name) ON DELETE CASCADE ON UPDATE CASCADE,
+           source TEXT NOT NULL,
+           added TEXT NOT NULL,
+           crop BLOB NOT NULL,
+           crop_zoom REAL NOT NULL DEFAULT 1.0,
+           crop_template TEXT NOT NULL DEFAULT 'arcface-4pt',
+           thumbnail BLOB NOT NULL,
+           quality TEXT NOT NULL
+       )""",
+    "CREATE INDEX samples_user ON samples (user)",
+    """CREATE TABLE anchors (
+           sample_id INTEGER NOT NULL REFERENCES samples (id) ON DELETE CASCADE,
+           model_id TEXT NOT NULL,
+           embedding BLOB NOT NULL,
+           made TEXT NOT NULL,
+           PRIMARY KEY (sample_id, model_id)
+       )""",
+    "CREATE INDEX anchors_model ON anchors (model_id)",
+)
+
+
+def default_path() -> Path:
+    """``$TWINLOCK_ENROL_DB``, else ``$XDG_DATA_HOME/twinlock/enrolment.db`` (default
+    ``~/.local/share/twinlock/enrolment.db``)."""
+    env = os.environ.get(ENV_DB)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "twinlock" / DB_NAME
+
+
+def check_name(name: str) -> str:
+    """The resident's name, NFC-normalised; UsageError unless 1-64 letters, digits, space, -_.
+
+    Names end up in file listings, logs and the door's gallery, so they stay plain text.
+    """
+    if not isinstance(name, str):
+        raise UsageError(f"a user name must be text, not {type(name).__name__}")
+    text = unicodedata.normalize("NFC", name)
+    if not 1 <= len(text) <= MAX_NAME_LENGTH:
+        raise UsageError(f"user name {name!r}: must be 1-{MAX_NAME_LENGTH} characters")
+    if not _NAME_RE.fullmatch(text):
+        raise UsageError(f"user name {name!r}: use letters, digits, spaces and - _ . only")
+    if text != text.strip() or not any(ch.isalnum() for ch in text):
+        raise UsageError(f"user name {name!r}: needs a letter or digit and no space at either end")
+    return text
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless RGB -> PNG bytes (the stored crop must embed exactly as it did)."""
+    return _encode(image, ".png", [])
+
+
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    return _encode(image, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+
+
+def _encode(image: np.ndarray, ext: str, params: list[int]) -> bytes:
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+            and image.shape[2] == 3 and image.size):
+        raise DataError("a face crop must be a non-empty uint8 RGB image (H, W, 3)")
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(image[:, :, ::-1]), params)
+    if not ok:  # pragma: no cover - OpenCV encodes any valid uint8 image
+        raise DataError(f"could not encode a {image.shape} image as {ext}")
+    return buf.tobytes()
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    name: str
+    samples: int
+    anchors_for_model: int  # anchors made by the model asked about (0 when none was named)
+    created: str = ""
+
+
+@dataclass(frozen=True)
+class SampleInfo:
+    """A stored sample without its pictures (listings)."""
+
+    id: int
+    user: str
+    source: str
+    added: str
+    quality: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredSample:
+    """A stored sample with its aligned crop, as needed to (re-)make an anchor."""
+
+    id: int
+    user: str
+    source: str
+    crop_png: bytes
+    crop_zoom: float
+    crop_template: str = DEFAULT_TEMPLATE
+
+    def crop(self) -> np.ndarray:
+        """The aligned uint8 RGB crop."""
+        return decode_image(self.crop_png, f"sample {self.id}")
+
+
+class EnrolmentStore:
+    """One SQLite file of residents, samples and per-model anchors. Use as a context manager.
+
+    The connection runs in autocommit mode; every public write is one transaction.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        self._conn: sqlite3.Connection | None = None
+        folder = self.path.parent
+        created = make_private_dirs(folder, EnrolmentError)
+        if not created and self.path == default_path() and folder.name == "twinlock":
+            # our own folder: private even if made by hand
+            chmod_private(folder, PRIVATE_DIR_MODE, EnrolmentError)
+        # foreign keys: remove/rename cascade to every row; secure_delete: removed faces are
+        # overwritten, not left in free pages
+        conn = open_private_db(self.path, EnrolmentError, "enrolment store", self._migrate,
+                               pragmas=("foreign_keys = ON", "secure_delete = ON"))
+        self._conn = conn
+        logger.debug("enrolment store open: %s", self.path)
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise EnrolmentError(f"{self.path} has schema {version}, newer than this TwinLock "
+                                 f"understands ({SCHEMA_VERSION}); upgrade TwinLock")
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # a new store gets the current schema; an older one the upgrades it lacks
+            for statement in _SCHEMA if version == 0 else _UPGRADES[version - 1:]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        logger.info("enrolment store created: %s", self.path)
+
+    @contextmanager
+    def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection, inside one transaction when writing; sqlite errors -> EnrolmentError."""
+        if self._conn is None:
+            raise EnrolmentError(f"enrolment store {self.path} is closed")
+        conn = self._conn
+        try:
+            if not write:
+                yield conn
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise EnrolmentError(f"enrolment store {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- users -------------------------------------------------------------------------------
+
+    def _canonical(self, conn: sqlite3.Connection, name: str) -> str | None:
+        """The stored spelling of ``name`` (matched without regard to case), or None."""
+        row = conn.execute("SELECT name FROM users WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def has_user(self, name: str) -> bool:
+        with self._tx() as conn:
+            return self._canonical(conn, unicodedata.normalize("NFC", str(name))) is not None
+
+    def add_user(self, name: str, exist_ok: bool = False) -> str:
+        """Add a resident; returns the stored name. UsageError if the name is taken, unless
+        ``exist_ok`` (enrolling more photos for someone already there)."""
+        name = check_name(name)
+        with self._tx(write=True) as conn:
+            existing = self._canonical(conn, name)
+            if existing is not None:
+                if exist_ok:
+                    return existing
+                raise UsageError(f"user {existing!r} already exists")
+            conn.execute("INSERT INTO users (name, created) VALUES (?, ?)", (name, _now()))
+        logger.info("user added: %s", name)
+        return name
+
+    def remove_user(self, name: str) -> int:
+        """Remove a resident with all samples and anchors; returns how many samples went."""
+        with self._tx(write=True) as conn:
+            stored = self._require_user(conn, name)
+            count = conn.execute("SELECT COUNT(*) FROM samples WHERE user = ?",
+                                 (stored,)).fetchone()[0]
+            conn.execute("DELETE FROM users WHERE name = ?", (stored,))
+        self._checkpoint()
+        logger.info("user removed: %s (%d samples)", stored, count)
+        return int(count)
+
+    def rename_user(self, old: str, new: str) -> str:
+        """Rename a resident (samples and anchors follow); returns the new stored name."""
+        new = check_name(new)
+        with self._tx(write=True) as conn:
+            stored = self._require_user(conn, old)
+            clash = self._canonical(conn, new)
+            if clash is not None and clash.casefold() != stored.casefold():
+                raise UsageError(f"cannot rename {stored!r} to {new!r}: {clash!r} already exists")
+            conn.execute("UPDATE users SET name = ? WHERE name = ?", (new, stored))
+        logger.info("user renamed: %s -> %s", stored, new)
+        return new
+
+    def _require_user(self, conn: sqlite3.Connection, name: str) -> str:
+        stored = self._canonical(conn, unicodedata.normalize("NFC", str(name)))
+        if stored is None:
+            raise UsageError(f"no user called {name!r}")
+        return stored
+
+    def users(self, model_id: str | None = None) -> list[UserSummary]:
+        """Every resident, by name, with sample counts and anchors made by ``model_id``."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                """SELECT u.name, u.created,
+                          (SELECT COUNT(*) FROM samples s WHERE s.user = u.name),
+                          (SELECT COUNT(*) FROM samples s JOIN anchors a ON a.sample_id = s.id
+                            WHERE s.user = u.name AND a.model_id = ?)
+                   FROM users u ORDER BY u.name""",
+                (model_id,),
+            ).fetchall()
+        return [UserSummary(str(n), int(s), int(a), str(c)) for n, c, s, a in rows]
+
+    # -- samples -----------------------------------------------------------------------------
+
+    def add_sample(self, user: str, source: str, crop: np.ndarray,
+                   thumbnail: np.ndarray | bytes, quality: Mapping[str, Any],
+                   crop_zoom: float = 1.0, crop_template: str = DEFAULT_TEMPLATE) -> int:
+        """Keep one accepted face of ``user``; returns the sample id.
+
+        ``crop`` is the aligned RGB crop at the model's input size (stored as PNG), ``crop_zoom``
+        and ``crop_template`` the alignment it was made with, ``thumbnail`` an RGB image or JPEG
+        bytes.
+        """
+        crop_png = encode_png(crop)
+        thumb = thumbnail if isinstance(thumbnail, bytes) else encode_jpeg(thumbnail)
+        try:
+            quality_json = json.dumps(dict(quality), allow_nan=False, sort_keys=True,
+                                      default=_json_default)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"sample quality cannot be stored as JSON: {exc}") from exc
+        with self._tx(write=True) as conn:
+            stored = self._require_user(conn, user)
+            cursor = conn.execute(
+                "INSERT INTO samples (user, source, added, crop, crop_zoom, crop_template, "
+                "thumbnail, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (stored, str(source), _now(), crop_png, float(crop_zoom), str(crop_template),
+                 thumb, quality_json),
+            )
+        sample_id = cursor.lastrowid
+        assert sample_id is not None
+        return int(sample_id)
+
+    def remove_sample(self, sample_id: int) -> None:
+        """Forget one sample (a bad photo) and its anchors."""
+        with self._tx(write=True) as conn:
+            if conn.execute("DELETE FROM samples WHERE id = ?", (int(sample_id),)).rowcount == 0:
+                raise UsageError(f"no sample {sample_id}")
+        self._checkpoint()
+
+    def samples(self, user: str | None = None) -> list[SampleInfo]:
+        """Samples of one resident (or everyone), oldest first, without their pictures."""
+        with self._tx() as conn:
+            if user is None:
+                rows = conn.execute("SELECT id, user, source, added, quality FROM samples "
+                                    "ORDER BY id").fetchall()
+            else:
+                stored = self._require_user(conn, user)
+                rows = conn.execute("SELECT id, user, source, added, quality FROM samples "
+                                    "WHERE user = ? ORDER BY id", (stored,)).fetchall()
+        return [SampleInfo(int(i), str(u), str(s), str(a), json.loads(q))
+                for i, u, s, a, q in rows]
+
+    def thumbnail(self, sample_id: int) -> bytes:
+        """The sample's JPEG thumbnail."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT thumbnail FROM samples WHERE id = ?",
+                               (int(sample_id),)).fetchone()
+        if row is None:
+            raise UsageError(f"no sample {sample_id}")
+        return bytes(row[0])
+
+    def samples_missing_anchor(self, model_id: str, user: str | None = None
+                               ) -> list[StoredSample]:
+        """Samples (with crops) that have no anchor made by ``model_id`` yet, oldest first."""
+        query = ("SELECT id, user, source, crop, crop_zoom, crop_template FROM samples s WHERE NOT EXISTS "
+                 "(SELECT 1 FROM anchors a WHERE a.sample_id = s.id AND a.model_id = ?)")
+        with self._tx() as conn:
+            if user is None:
+                rows = conn.execute(query + " ORDER BY id", (model_id,)).fetchall()
+            else:
+                stored = self._require_user(conn, user)
+                rows = conn.execute(query + " AND s.user = ? ORDER BY id",
+                                    (model_id, stored)).fetchall()
+        return [StoredSample(int(i), str(u), str(s), bytes(c), float(z), str(t))
+                for i, u, s, c, z, t in rows]
+
+    def stored_samples(self, user: str) -> list[StoredSample]:
+        """Every sample of one resident with its crop, oldest first (fine-tuning on them)."""
+        with self._tx() as conn:
+            stored = self._require_user(conn, user)
+            rows = conn.execute("SELECT id, user, source, crop, crop_zoom, crop_template FROM samples "
+                                "WHERE user = ? ORDER BY id", (stored,)).fetchall()
+        return [StoredSample(int(i), str(u), str(s), bytes(c), float(z), str(t))
+                for i, u, s, c, z, t in rows]
+
+    # -- anchors -----------------------------------------------------------------------------
+
+    def set_anchor(self, sample_id: int, model_id: str, embedding: np.ndarray) -> None:
+        """Store (or replace) the anchor ``model_id`` made from a sample."""
+        if not model_id:
+            raise UsageError("an anchor needs the id of the model that made it")
+        vector = np.asarray(embedding, dtype=np.float32)
+        if vector.ndim != 1 or vector.size == 0 or not np.all(np.isfinite(vector)):
+            raise DataError(f"an anchor must be a finite 1-D embedding, not shape {vector.shape}")
+        with self._tx(write=True) as conn:
+            if conn.execute("SELECT 1 FROM samples WHERE id = ?",
+                            (int(sample_id),)).fetchone() is None:
+                raise UsageError(f"no sample {sample_id}")
+            row = conn.execute("SELECT length(embedding) FROM anchors WHERE model_id = ? "
+                               "LIMIT 1", (model_id,)).fetchone()
+            if row is not None and int(row[0]) != vector.nbytes:
+                raise DataError(f"model {model_id} has {int(row[0]) // 4}-d anchors here; "
+                                f"refusing a {vector.size}-d one")
+            conn.execute(
+                "INSERT OR REPLACE INTO anchors (sample_id, model_id, embedding, made) "
+                "VALUES (?, ?, ?, ?)",
+                (int(sample_id), model_id, vector.astype("<f4").tobytes(), _now()),
+            )
+
+    def _anchor_rows(self, model_id: str) -> list[tuple[str, str, bytes]]:
+        with self._tx() as conn:
+            return conn.execute(
+                """SELECT u.name, s.source, a.embedding FROM anchors a
+                   JOIN samples s ON s.id = a.sample_id JOIN users u ON u.name = s.user
+                   WHERE a.model_id = ? ORDER BY u.name, s.id""",
+                (model_id,),
+            ).fetchall()
+
+    def anchors(self, model_id: str, user: str | None = None) -> dict[str, np.ndarray]:
+        """{name: (A, D) float32} of the anchors made by ``model_id`` only (users without one
+        are left out)."""
+        grouped: dict[str, list[np.ndarray]] = {}
+        wanted = None if user is None else unicodedata.normalize("NFC", user).casefold()
+        for name, _source, blob in self._anchor_rows(model_id):
+            if wanted is None or name.casefold() == wanted:
+                grouped.setdefault(name, []).append(np.frombuffer(blob, dtype="<f4"))
+        return {name: np.stack(rows).astype(np.float32) for name, rows in grouped.items()}
+
+    def gallery(self, model_id: str) -> Gallery:
+        """The door's gallery for ``model_id``: every resident with at least one of its anchors."""
+        grouped: dict[str, tuple[list[np.ndarray], list[str]]] = {}
+        for name, source, blob in self._anchor_rows(model_id):
+            rows, sources = grouped.setdefault(name, ([], []))
+            rows.append(np.frombuffer(blob, dtype="<f4"))
+            sources.append(source)
+        created = {u.name: u.created for u in self.users()}
+        gallery = Gallery(model_id)
+        for name, (rows, sources) in grouped.items():
+            user = gallery.add(name, np.stack(rows).astype(np.float32), sources)
+            user.enrolled = created.get(name, user.enrolled)
+        return gallery
+
+    def _checkpoint(self) -> None:
+        """Move the WAL into the file and truncate it, so deleted faces leave the WAL too."""
+        try:
+            with self._tx() as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except EnrolmentError as exc:  # a reader holds the WAL: it is checkpointed later
+            logger.warning("enrolment store checkpoint postponed: %s", exc)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"an array of shape {value.shape} (no embeddings in quality data)")
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"a {type(value).__name__} is not JSON data")

@@ -1,0 +1,1 @@
+"""Towers, training loops, the head, export and model provenance."""
