@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -20,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ActionError, UsageError
+from ..processes import kill_group, output_tail
 
 logger = logging.getLogger(__name__)
 
@@ -299,11 +299,11 @@ class CommandAction:
             self._proc = proc
             stopped = self._closed
         if stopped:  # close() ran between Popen and here
-            _kill_group(proc)
+            kill_group(proc)
         try:
             output, _ = proc.communicate(timeout=self.timeout_s)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
             output, _ = _drain(proc)
             logger.error("command hook for %s timed out after %.1f s; killed. Output: %s",
                          user, self.timeout_s, _tail(output))
@@ -329,7 +329,7 @@ class CommandAction:
             proc = self._proc
         if proc is not None and proc.poll() is None:
             logger.warning("stopping the running command hook (safe)")
-            _kill_group(proc)
+            kill_group(proc)
 
     def close(self) -> None:
         """Refuse further unlocks, kill a running hook and wait briefly for its thread."""
@@ -346,18 +346,6 @@ class CommandAction:
         return f"CommandAction(argv={self.argv!r}, timeout_s={self.timeout_s})"
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the hook's process group (it leads its own session)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    except OSError as exc:
-        logger.warning("cannot kill hook process group %s: %s; killing the hook alone", proc.pid,
-                       exc)
-        proc.kill()
-
-
 def _drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes | None]:
     """Collect what a killed hook wrote, without waiting for ever on a stray pipe holder."""
     try:
@@ -369,8 +357,7 @@ def _drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes | None]:
 
 
 def _tail(output: bytes | None) -> str:
-    text = (output or b"").decode("utf-8", errors="replace").strip()
-    return text[-HOOK_OUTPUT_TAIL:] if text else "(none)"
+    return output_tail(output, HOOK_OUTPUT_TAIL) or "(none)"
 
 
 class LogAction:

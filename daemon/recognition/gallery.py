@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
+from ..storage.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +64,9 @@ class Gallery:
         }
 
     def save(self, path: Path) -> None:
-        """Atomic write (temp file, fsync, rename), mode 0600: anchors are biometric data."""
+        """Atomic, durable write, mode 0600: anchors are biometric data."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".gallery-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.to_json(), handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_json(path, self.to_json(), 0o600, indent=None)
 
 
 def load_gallery(path: Path) -> Gallery:

@@ -25,7 +25,6 @@ import os
 import re
 import sqlite3
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -39,7 +38,9 @@ from typing import Any, Self
 import numpy as np
 
 from ..errors import AuditError, UsageError
-from .private_db import PRIVATE_FILE_MODE, make_private_dirs, open_private_db
+from .files import atomic_write
+from .json_encoding import json_default
+from .private_db import PRIVATE_FILE_MODE, make_private_dirs, migrate_schema, open_private_db
 
 logger = logging.getLogger(__name__)
 
@@ -157,26 +158,13 @@ def _utc_iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _json_default(value: object) -> object:
-    """JSON for NumPy scalars and paths; arrays are refused (they are embeddings by mistake)."""
-    if isinstance(value, np.ndarray):
-        raise TypeError(
-            f"a NumPy array of shape {value.shape} (embeddings never go in the audit log)"
-        )
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"a {type(value).__name__} is not JSON data")
-
-
 def _encode_details(details: Mapping[str, Any] | None) -> str | None:
     if details is None:
         return None
     if not isinstance(details, Mapping):
         raise AuditError(f"details must be a mapping, not {type(details).__name__}")
     try:
-        text = json.dumps(dict(details), default=_json_default, allow_nan=False,
+        text = json.dumps(dict(details), default=json_default, allow_nan=False,
                           ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise AuditError(f"details cannot be stored: {exc}") from exc
@@ -212,23 +200,7 @@ class AuditLog:
     # -- set-up ------------------------------------------------------------------------------
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Bring the file up to SCHEMA_VERSION, one transaction per step."""
-        current = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if current > SCHEMA_VERSION:
-            raise AuditError(
-                f"audit log {self.path} has schema {current}, newer than this TwinLock "
-                f"understands ({SCHEMA_VERSION}); upgrade TwinLock or move the file aside"
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                MIGRATIONS[version](conn)
-                conn.execute(f"PRAGMA user_version = {version}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            logger.info("audit log %s: schema %s -> %s", self.path, version - 1, version)
+        migrate_schema(conn, SCHEMA_VERSION, MIGRATIONS, AuditError, f"audit log {self.path}")
 
     @property
     def schema_version(self) -> int:
@@ -525,18 +497,8 @@ class SnapshotStore:
             raise AuditError(f"cannot encode snapshot of shape {image.shape} as JPEG")
         path = self._name_for(ts, tag)
         try:
-            # mkstemp makes the file 0600; the rename makes a half-written JPEG impossible
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jpg", dir=self.dir)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(encoded.tobytes())
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.chmod(tmp, PRIVATE_FILE_MODE)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            # created 0600; the rename makes a half-written JPEG impossible
+            atomic_write(path, encoded.tobytes(), PRIVATE_FILE_MODE)
         except OSError as exc:
             raise AuditError(f"cannot write snapshot {path}: {exc.strerror or exc}") from exc
         self._enforce_cap(keep=path)

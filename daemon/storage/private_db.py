@@ -8,12 +8,15 @@ failure reads as "cannot open audit log …" or "… enrolment store …", not a
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import TwinLockError
+
+logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000  # wait for another writer this long instead of failing with "locked"
 PRIVATE_DIR_MODE = 0o700
@@ -93,3 +96,37 @@ def open_private_db(path: Path, error: type[TwinLockError], what: str,
         conn.close()
         raise
     return conn
+
+
+def migrate_schema(conn: sqlite3.Connection, target: int,
+                   steps: Mapping[int, Callable[[sqlite3.Connection], None]],
+                   error: type[TwinLockError], what: str,
+                   create: Callable[[sqlite3.Connection], None] | None = None) -> int:
+    """Bring a database up to schema ``target``; returns the version it had.
+
+    ``steps[n]`` takes a file from schema n-1 to n; ``create``, when given, makes a new (version
+    0) file at ``target`` in one go (then ``steps`` need only the upgrades of older files). The file's ``PRAGMA user_version`` says where it
+    stands; each step runs in its own transaction together with the version bump, so a power cut
+    mid-upgrade leaves the file at a whole version and the next open carries on. A file from a
+    newer TwinLock is refused (``error``): guessing at its tables could lose data.
+    """
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if current > target:
+        raise error(f"{what} has schema {current}, newer than this TwinLock understands "
+                    f"({target}); upgrade TwinLock or move the file aside")
+    plan: list[tuple[int, Callable[[sqlite3.Connection], None]]] = (
+        [(target, create)] if current == 0 and create is not None
+        else [(version, steps[version]) for version in range(current + 1, target + 1)])
+    before = current
+    for version, step in plan:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            step(conn)
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        logger.info("%s: schema %s -> %s", what, before, version)
+        before = version
+    return current

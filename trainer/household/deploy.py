@@ -16,8 +16,9 @@ Why it is built the way it is:
   ``timeout_s`` after which the step's process group is killed.
 - **The door never sees half a bundle.** The upload goes to ``<dest>.part`` (fsynced on the door by
   ``put -f``) and is renamed onto ``<dest>`` with ``mv -f`` in the same folder, which is atomic;
-  the daemon only ever reads whole files. The card path does the same with fsync and
-  ``os.replace``, then fsyncs the folder so the rename survives pulling the card.
+  the daemon only ever reads whole files. The card path writes a hidden temporary file, fsyncs
+  it, renames it and fsyncs the folder so the rename survives pulling the card
+  (``daemon/storage/files.py``).
 - **sftp -b rather than scp.** scp changed meaning under our feet: OpenSSH 9.0 switched it to the
   SFTP protocol, where remote paths must *not* be shell-quoted, while the legacy protocol (``-O``,
   or older clients) needs them shell-quoted; which one runs depends on the client's version, so no
@@ -40,12 +41,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
 import posixpath
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -55,6 +54,8 @@ from typing import Self
 from urllib.parse import unquote, urlsplit
 
 from twinlock.daemon.errors import DataNotFoundError, DeployError, UsageError
+from twinlock.daemon.processes import kill_group, output_tail
+from twinlock.daemon.storage.files import atomic_writer
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +257,8 @@ def deploy(
 
 
 def _deploy_local(bundle: Path, target: str, parsed: LocalTarget) -> DeployReport:
-    """Copy into an existing folder as ``.part``, fsync, rename, fsync the folder."""
+    """Copy into an existing folder through a hidden temporary file: fsync, rename, fsync the
+    folder (:func:`atomic_writer`); the door's drop folder ignores hidden names."""
     folder = parsed.folder
     if not folder.exists():
         hint = ""
@@ -268,49 +270,24 @@ def _deploy_local(bundle: Path, target: str, parsed: LocalTarget) -> DeployRepor
         raise UsageError(f"target {folder} is not a folder: name the folder to copy the bundle into")
     start = time.monotonic()
     dest = folder / bundle.name
-    part = dest.with_name(dest.name + PART_SUFFIX)
-    steps = [f"copy {bundle} -> {part}", f"fsync {part}", f"rename {part} -> {dest}",
-             f"fsync {folder}"]
+    steps = [f"copy {bundle} -> a hidden temporary file in {folder}", "fsync it",
+             f"rename it -> {dest}", f"fsync {folder}"]
     size = bundle.stat().st_size
     logger.info("copying %s (%d bytes) to %s", bundle, size, dest)
     try:
-        with bundle.open("rb") as src, part.open("wb") as out:
+        # mode None: a card's file system (FAT) may refuse a chmod; its mount options decide
+        with bundle.open("rb") as src, atomic_writer(dest, None) as out:
             shutil.copyfileobj(src, out, length=1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            part.unlink()
-        raise DeployError(f"deploy to {target} failed at step 'copy': could not write {part}: "
-                          f"{exc}", step="copy") from exc
-    try:
-        os.replace(part, dest)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            part.unlink()
-        raise DeployError(f"deploy to {target} failed at step 'rename': {part} -> {dest}: {exc}",
-                          step="rename") from exc
-    _fsync_dir(folder)
+        step = "rename" if exc.filename2 is not None else "copy"  # os.replace names both files
+        raise DeployError(f"deploy to {target} failed at step {step!r}: could not write {dest}: "
+                          f"{exc}", step=step) from exc
     seconds = time.monotonic() - start
     return DeployReport(
         target=target, remote_path=str(dest), bytes=size, seconds=seconds, reloaded=False,
         steps=steps,
         note="no reload over a folder: unmount the card, put it in the door and restart the "
              "daemon there (or reload it) to load the bundle")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable; some file systems (and all of Windows) cannot, which is fine."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        logger.debug("could not fsync folder %s: %s", folder, exc)
-    finally:
-        os.close(fd)
 
 
 # -- ssh ----------------------------------------------------------------------------------------
@@ -360,12 +337,6 @@ def _sftp_quote(path: str) -> str:
     return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _tail(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    tail = "\n".join(lines[-_STDERR_TAIL_LINES:])
-    return tail[-_STDERR_TAIL_CHARS:]
-
-
 def _connect_hint(stderr: str) -> str:
     """A sentence for the usual reasons ssh refuses, so people need not decode ssh's words."""
     text = stderr.lower()
@@ -385,22 +356,6 @@ def _connect_hint(stderr: str) -> str:
     if "could not resolve" in text or "name or service not known" in text:
         return "the host name does not resolve: check the spelling or use the door's address"
     return "check the host, port, user and key (BatchMode is on: ssh never asks for anything)"
-
-
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    """Kill a step's process group without reading its pipes to the end.
-
-    A multiplexed session hands its stdio to the shared master, which keeps them open until the
-    remote command ends; ``_SshSession.close`` stops that master.
-    """
-    with contextlib.suppress(OSError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.kill()
-    proc.wait()
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        if pipe is not None:
-            with contextlib.suppress(OSError):
-                pipe.close()
 
 
 def _debug_requested(options: list[str]) -> bool:
@@ -503,7 +458,7 @@ class _SshSession:
         try:
             out, err = proc.communicate(stdin_text, timeout=remaining)
         except BaseException as exc:  # a timeout, or Ctrl-C: our own session never sees SIGINT
-            _kill_group(proc)
+            kill_group(proc, reap=True)
             if not isinstance(exc, subprocess.TimeoutExpired):
                 raise
             raise DeployError(
@@ -513,7 +468,7 @@ class _SshSession:
 
     def _fail(self, step: str, what: str, proc: subprocess.CompletedProcess[str],
               hint: str = "") -> DeployError:
-        tail = _tail(proc.stderr)
+        tail = output_tail(proc.stderr, _STDERR_TAIL_CHARS, _STDERR_TAIL_LINES)
         message = (f"deploy to {self.target} failed at step {step!r}: {what} "
                    f"(exit {proc.returncode})")
         if hint:

@@ -19,7 +19,7 @@ import os
 import re
 import sqlite3
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,10 +34,12 @@ from twinlock.daemon.errors import DataError, EnrolmentError, UsageError
 from twinlock.daemon.faces.align import DEFAULT_TEMPLATE
 from twinlock.daemon.faces.images import decode_image
 from twinlock.daemon.recognition.gallery import Gallery
+from twinlock.daemon.storage.json_encoding import json_default
 from twinlock.daemon.storage.private_db import (
     PRIVATE_DIR_MODE,
     chmod_private,
     make_private_dirs,
+    migrate_schema,
     open_private_db,
 )
 
@@ -56,11 +58,15 @@ JPEG_QUALITY = 90
 MAX_NAME_LENGTH = 64
 _NAME_RE = re.compile(r"[\w .-]+")  # \w: letters (any script), digits and "_"
 
-#: schema upgrades in order: _UPGRADES[v - 1] takes a version-v store to v + 1
-_UPGRADES = (
-    # v2: the alignment template a crop was made with (models may use different ones)
-    f"ALTER TABLE samples ADD COLUMN crop_template TEXT NOT NULL DEFAULT '{DEFAULT_TEMPLATE}'",
-)
+
+def _add_crop_template(conn: sqlite3.Connection) -> None:
+    """v2: the alignment template a crop was made with (models may use different ones)."""
+    conn.execute("ALTER TABLE samples ADD COLUMN crop_template TEXT NOT NULL "
+                 f"DEFAULT '{DEFAULT_TEMPLATE}'")
+
+
+#: schema upgrades: _UPGRADES[v] takes a version v-1 store to v (a new store is made at once)
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {2: _add_crop_template}
 
 _SCHEMA = (
     # COLLATE NOCASE: "bob" and "Bob" are one resident (and `users remove bob` finds "Bob")
@@ -90,6 +96,12 @@ _SCHEMA = (
        )""",
     "CREATE INDEX anchors_model ON anchors (model_id)",
 )
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    """A new store gets the current schema at once."""
+    for statement in _SCHEMA:
+        conn.execute(statement)
 
 
 def default_path() -> Path:
@@ -202,23 +214,9 @@ class EnrolmentStore:
     # -- set-up ------------------------------------------------------------------------------
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise EnrolmentError(f"{self.path} has schema {version}, newer than this TwinLock "
-                                 f"understands ({SCHEMA_VERSION}); upgrade TwinLock")
-        if version == SCHEMA_VERSION:
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # a new store gets the current schema; an older one the upgrades it lacks
-            for statement in _SCHEMA if version == 0 else _UPGRADES[version - 1:]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        logger.info("enrolment store created: %s", self.path)
+        if migrate_schema(conn, SCHEMA_VERSION, _UPGRADES, EnrolmentError, f"enrolment store {self.path}",
+                          create=_create) == 0:
+            logger.info("enrolment store created: %s", self.path)
 
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -334,7 +332,7 @@ class EnrolmentStore:
         thumb = thumbnail if isinstance(thumbnail, bytes) else encode_jpeg(thumbnail)
         try:
             quality_json = json.dumps(dict(quality), allow_nan=False, sort_keys=True,
-                                      default=_json_default)
+                                      default=json_default)
         except (TypeError, ValueError) as exc:
             raise DataError(f"sample quality cannot be stored as JSON: {exc}") from exc
         with self._tx(write=True) as conn:
@@ -466,11 +464,3 @@ class EnrolmentStore:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except EnrolmentError as exc:  # a reader holds the WAL: it is checkpointed later
             logger.warning("enrolment store checkpoint postponed: %s", exc)
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, np.ndarray):
-        raise TypeError(f"an array of shape {value.shape} (no embeddings in quality data)")
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"a {type(value).__name__} is not JSON data")

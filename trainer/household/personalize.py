@@ -47,6 +47,7 @@ import numpy as np
 from twinlock.daemon.errors import DataError, UsageError
 from twinlock.daemon.faces.align import DEFAULT_TEMPLATE
 from twinlock.daemon.recognition.model import FaceEmbedder, read_metadata
+from twinlock.daemon.storage.files import atomic_write_json
 
 from ..data.crops import CROP_CODE_VERSION
 from ..data.datasets import sample_pairs
@@ -58,7 +59,6 @@ from ..training.train import (
     TOWER_FILE,
     PreparedData,
     TrainConfig,
-    _atomic_write_json,
     load_run_config,
     prepare_data,
 )
@@ -346,11 +346,11 @@ def personalize(opts: PersonalizeOptions, argv: Sequence[str] | None = None,
         "crops_reframed": int(sum(n for _, n in fitted)),
         "identities_excluded": data.report.get("identities_excluded", []),
     }
-    _atomic_write_json(opts.out / RUN_FILE, {
+    atomic_write_json(opts.out / RUN_FILE, {
         "config": dataclasses.asdict(cfg), "crop_code_version": CROP_CODE_VERSION,
         "provenance": provenance(argv), "personalization": block,
         "data": merged.report | {"fingerprint": data_fingerprint(data.paths)},
-    })
+    }, 0o644)
     (opts.out / "command.txt").write_text((provenance(argv)["command"] or "") + "\n")
     (opts.out / "val_identities.txt").write_text(
         "\n".join(sorted({data.identities[data.labels[i]] for i in data.val_idx})) + "\n")
@@ -370,7 +370,7 @@ def personalize(opts: PersonalizeOptions, argv: Sequence[str] | None = None,
             "export": {k: v for k, v in export_report.items() if k.endswith("auc")
                        or k in ("quantization", "auc_drop")}},
     }
-    _atomic_write_json(opts.out / REPORT_FILE, report)
+    atomic_write_json(opts.out / REPORT_FILE, report, 0o644)
     return report
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from twinlock.daemon.faces.assets import (
 )
 from twinlock.daemon.faces.pipeline import DetectorSpec
 from twinlock.daemon.recognition.model import METADATA_FILE, read_metadata
+from twinlock.daemon.storage.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +79,7 @@ def add_detector(model_dir: str | Path, mesh: bool = True) -> dict[str, Any]:
     data["assets"] = recorded
     if isinstance(data.get("detector"), dict):
         data["detector"]["model_path"] = None  # the folder's copy, not the exporting host's path
-    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".json", dir=model_dir)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(data, indent=2) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_json(path, data, 0o644)
     read_metadata(model_dir)  # the result loads and its hashes check
     logger.info("%s: recorded %s", model_dir, ", ".join(f"{r} {a.file}" for r, a in
                                                         assets.items()))
