@@ -261,7 +261,7 @@ def child_report(run: ChildRun, db: Path, performer_frames: range) -> dict[str, 
 
 def in_process(config: Path, db: Path, performer_frames: range) -> dict[str, Any]:
     """Run ``Daemon(config).run()`` here with ``process()`` and camera reads timed."""
-    from twinlock.daemon.camera.drivers import Frame
+    from twinlock.daemon.camera.frame import Frame
     from twinlock.daemon.door.service import Daemon
 
     class TimedDaemon(Daemon):

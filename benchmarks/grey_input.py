@@ -40,7 +40,7 @@ from _common import (
 )
 from _common import main as run_main
 
-from twinlock.daemon.camera.drivers import to_grey
+from twinlock.daemon.camera.base import to_grey
 from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.recognition.model import FaceEmbedder
 from twinlock.trainer.data.datasets import read_pairs_file

@@ -61,7 +61,7 @@ from _common import (
 )
 from _common import main as run_main
 
-from twinlock.daemon.camera.drivers import ReplayCamera
+from twinlock.daemon.camera.replay import ReplayCamera
 from twinlock.daemon.faces import quality as q
 from twinlock.daemon.faces.pipeline import FacePipeline
 from twinlock.daemon.recognition.model import FaceEmbedder

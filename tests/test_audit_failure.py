@@ -16,7 +16,7 @@ import yaml
 from daemon_helpers import CLIP, enrol_miranda, liveness_off, write_config
 from gpiozero.pins.mock import MockFactory
 
-from twinlock.daemon.camera.drivers import Frame
+from twinlock.daemon.camera.frame import Frame
 from twinlock.daemon.config.schema import parse_config
 from twinlock.daemon.door.actions import LogAction
 from twinlock.daemon.door.notify import Notifier

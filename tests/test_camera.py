@@ -1,4 +1,4 @@
-"""Tests for twinlock.daemon.camera.drivers: replay on real files, faults, backoff and orientation.
+"""Tests for twinlock.daemon.camera: replay on real files, faults, backoff and orientation.
 
 The replay camera plays the real example clip and real picture files; faults come from small
 fake cameras with real behaviour (numbered frames, scripted failures), never from Mock().
@@ -20,17 +20,12 @@ import cv2
 import numpy as np
 import pytest
 
-from twinlock.daemon.camera.drivers import (
-    Camera,
-    Frame,
-    OpenCVCamera,
-    Picamera2Camera,
-    ReplayCamera,
-    ResilientCamera,
-    apply_orientation,
-    validate_frame,
-    yuv420_to_rgb,
-)
+from twinlock.daemon.camera.base import apply_orientation
+from twinlock.daemon.camera.frame import Camera, Frame, validate_frame
+from twinlock.daemon.camera.opencv import OpenCVCamera
+from twinlock.daemon.camera.pi_camera import Picamera2Camera, yuv420_to_rgb
+from twinlock.daemon.camera.replay import ReplayCamera
+from twinlock.daemon.camera.resilient import ResilientCamera
 from twinlock.daemon.errors import CameraError, TwinLockError, UsageError
 from twinlock.daemon.faces.types import Face
 
@@ -217,7 +212,7 @@ def test_replay_glob_pattern(tmp_path: Path) -> None:
 
 DAMAGED_CHILD = textwrap.dedent("""
     import json, sys
-    from twinlock.daemon.camera.drivers import ReplayCamera
+    from twinlock.daemon.camera.replay import ReplayCamera
     from twinlock.daemon.errors import CameraError
     results = {}
     for path in sys.argv[1:]:

@@ -20,7 +20,7 @@ from daemon_helpers import (
 )
 from gpiozero.pins.mock import MockFactory
 
-from twinlock.daemon.camera.drivers import Frame
+from twinlock.daemon.camera.frame import Frame
 from twinlock.daemon.door.service import Daemon
 from twinlock.daemon.storage.audit import AuditLog
 

@@ -23,9 +23,11 @@ from daemon_helpers import (
 )
 from gpiozero.pins.mock import MockFactory
 
-from twinlock.daemon.camera.drivers import CameraError, Frame, ReplayCamera, ResilientCamera
+from twinlock.daemon.camera.frame import Frame
+from twinlock.daemon.camera.replay import ReplayCamera
+from twinlock.daemon.camera.resilient import ResilientCamera
 from twinlock.daemon.door.service import Daemon
-from twinlock.daemon.errors import RuntimeBackendError
+from twinlock.daemon.errors import CameraError, RuntimeBackendError
 from twinlock.daemon.storage.audit import AuditLog
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]

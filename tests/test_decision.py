@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twinlock.daemon.camera.drivers import Frame
+from twinlock.daemon.camera.frame import Frame
 from twinlock.daemon.config.schema import parse_config
 from twinlock.daemon.door.actions import LogAction
 from twinlock.daemon.door.service import Door

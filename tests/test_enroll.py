@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from twinlock.daemon.camera.drivers import ReplayCamera
+from twinlock.daemon.camera.replay import ReplayCamera
 from twinlock.daemon.errors import UsageError
 from twinlock.daemon.faces import quality as q
 from twinlock.daemon.faces.align import align_face

@@ -236,7 +236,7 @@ def test_a_header_claiming_40000_squared_is_a_reason_not_a_cv2_error(tmp_path: P
 
 
 def test_a_replay_folder_skips_an_oversized_picture_and_moves_on(tmp_path: Path) -> None:
-    from twinlock.daemon.camera.drivers import ReplayCamera
+    from twinlock.daemon.camera.replay import ReplayCamera
 
     folder = tmp_path / "frames"
     folder.mkdir()

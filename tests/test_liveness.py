@@ -13,7 +13,7 @@ import pytest
 import yaml
 from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, write_config
 
-from twinlock.daemon.camera.drivers import Frame
+from twinlock.daemon.camera.frame import Frame
 from twinlock.daemon.config.schema import Config, parse_config
 from twinlock.daemon.door.actions import LogAction
 from twinlock.daemon.door.liveness import (
@@ -397,7 +397,7 @@ def test_a_grey_camera_delivers_grey_frames_the_door_can_still_match(
     """``camera.grey`` (an IR / NoIR camera): the replayed real portrait arrives as grey in all
     three channels, and the performer is still recognised from it (benchmarks/grey_input.py
     measures the accuracy this costs on held-out pairs)."""
-    from twinlock.daemon.door.service import camera_factory
+    from twinlock.daemon.camera.registry import camera_factory
     from twinlock.daemon.recognition.model import FaceEmbedder
     from twinlock.daemon.recognition.verify import Verifier
 

@@ -356,7 +356,7 @@ def _cmd_enroll(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     raise _usage(f"enroll: {item} does not exist")
             report = enroll_from_images(store, args.name, paths, args.model)
         else:
-            from twinlock.daemon.camera.drivers import OpenCVCamera
+            from twinlock.daemon.camera.opencv import OpenCVCamera
 
             device = int(args.camera) if str(args.camera).isdigit() else args.camera
 

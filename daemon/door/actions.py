@@ -16,10 +16,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import ActionError, UsageError
 from ..processes import kill_group, output_tail
+
+if TYPE_CHECKING:
+    from ..config.schema import Config
 
 logger = logging.getLogger(__name__)
 
@@ -399,3 +402,31 @@ class LogAction:
         """Refuse further unlocks."""
         with self._lock:
             self.closed = True
+
+
+# --------------------------------------------------------------------------------------------
+# which action a config's ``action.type`` names
+
+
+def _gpio(a: Any, on_event: EventCallback | None) -> Action:
+    return GpioAction(a.pin, a.active_high, a.pulse_seconds, on_event=on_event)
+
+
+def _command(a: Any, on_event: EventCallback | None) -> Action:
+    return CommandAction(list(a.argv), a.timeout_s, on_event=on_event)
+
+
+def _log(a: Any, on_event: EventCallback | None) -> Action:
+    return LogAction(on_event=on_event)
+
+
+#: ``action.type`` -> a builder taking that type's config section and the event callback; a new
+#: kind of action is a class above and one line here
+ACTIONS: dict[str, Callable[[Any, EventCallback | None], Action]] = {
+    "gpio": _gpio, "command": _command, "log": _log,
+}
+
+
+def build_action(cfg: Config, on_event: EventCallback | None = None) -> Action:
+    """The action ``cfg.action`` describes, reporting what the hardware did to ``on_event``."""
+    return ACTIONS[cfg.action.type](cfg.action, on_event)

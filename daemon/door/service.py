@@ -28,20 +28,11 @@ from typing import Any
 import numpy as np
 
 from ..bundle.core import BUNDLE_SUFFIX, current_bundle, install_bundle, unpack, verify_bundle
-from ..camera.drivers import (
-    Camera,
-    Frame,
-    OpenCVCamera,
-    Picamera2Camera,
-    ReplayCamera,
-    ResilientCamera,
-)
+from ..camera.frame import Frame
+from ..camera.registry import camera_factory
+from ..camera.resilient import ResilientCamera
 from ..config.schema import (
-    CommandActionConfig,
     Config,
-    GpioActionConfig,
-    OpenCVCameraConfig,
-    Picamera2CameraConfig,
     ReplayCameraConfig,
     load_config,
 )
@@ -56,7 +47,7 @@ from ..recognition.gallery import load_gallery
 from ..recognition.model import FaceEmbedder
 from ..recognition.verify import AgreementWindow, Attempt, FrameVerdict, Lockout, Verifier
 from ..storage.audit import AuditLog, SnapshotStore
-from .actions import Action, CommandAction, GpioAction, LogAction
+from .actions import Action, build_action
 from .liveness import LivenessTracker
 from .mqtt import UNLOCK_COMMANDS, MqttLink, event_type
 from .notify import Notifier, watchdog_interval
@@ -338,37 +329,6 @@ def _digest(array: np.ndarray) -> bytes:
     data = np.ascontiguousarray(array)
     return hashlib.blake2b(str((data.dtype, data.shape)).encode() + data.tobytes(),
                            digest_size=16).digest()
-
-
-def camera_factory(cfg: Config) -> Callable[[], Camera]:
-    c = cfg.camera
-    common: dict[str, Any] = {"rotate": c.rotate, "mirror": c.mirror}
-    make: Callable[[], Any]
-    if isinstance(c, OpenCVCameraConfig):
-        make = lambda: OpenCVCamera(c.device, c.width, c.height, c.fps, **common)
-    elif isinstance(c, Picamera2CameraConfig):
-        make = lambda: Picamera2Camera(c.width, c.height, c.detect_width,
-                                       c.detect_height, c.fps, **common)
-    else:
-        make = lambda: ReplayCamera(c.source, c.realtime, c.loop, c.fps, **common)
-    if not c.grey:
-        return make
-
-    def grey_camera() -> Camera:
-        camera = make()
-        camera.grey = True  # an IR camera: grey frames (camera.to_grey)
-        return camera  # type: ignore[no-any-return]
-
-    return grey_camera
-
-
-def build_action(cfg: Config, on_event: Callable[[str, str], None]) -> Action:
-    a = cfg.action
-    if isinstance(a, GpioActionConfig):
-        return GpioAction(a.pin, a.active_high, a.pulse_seconds, on_event=on_event)
-    if isinstance(a, CommandActionConfig):
-        return CommandAction(list(a.argv), a.timeout_s, on_event=on_event)
-    return LogAction(on_event=on_event)
 
 
 class Door:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -45,19 +46,12 @@ class DetectorSpec:
         return DEFAULT_SCORE.get(self.type, 0.5) if self.score_threshold is None else self.score_threshold
 
     def build(self, num_threads: int = 1) -> Detector:
-        if self.type == "blazeface":
-            from .blazeface import BlazeFaceDetector
-
-            return BlazeFaceDetector(
-                self.variant, self.model_path, self.threshold, num_threads=num_threads
-            )
-        if self.type == "yunet":
-            if not self.model_path:
-                raise UsageError("the YuNet detector needs a model path (detector.model_path)")
-            from .yunet import YuNetDetector
-
-            return YuNetDetector(self.model_path, self.threshold)
-        raise UsageError(f"unknown detector type {self.type!r}; use 'blazeface' or 'yunet'")
+        """The detector this spec names, through :data:`DETECTORS` (keyed by ``type``)."""
+        builder = DETECTORS.get(self.type)
+        if builder is None:
+            raise UsageError(f"unknown detector type {self.type!r}; use "
+                             f"{' or '.join(repr(name) for name in DETECTORS)}")
+        return builder(self, num_threads)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -69,6 +63,28 @@ class DetectorSpec:
             model = "bundled"  # the standard file, in a model folder or installed
         variant = f":{self.variant}" if self.type == "blazeface" else ""
         return f"{self.type}{variant}:{model}:{self.threshold:g}"
+
+
+def _blazeface(spec: DetectorSpec, num_threads: int) -> Detector:
+    from .blazeface import BlazeFaceDetector  # needs LiteRT: imported only when chosen
+
+    return BlazeFaceDetector(spec.variant, spec.model_path, spec.threshold,
+                             num_threads=num_threads)
+
+
+def _yunet(spec: DetectorSpec, num_threads: int) -> Detector:
+    if not spec.model_path:
+        raise UsageError("the YuNet detector needs a model path (detector.model_path)")
+    from .yunet import YuNetDetector
+
+    return YuNetDetector(spec.model_path, spec.threshold)
+
+
+#: detector ``type`` -> a builder taking the spec and the thread count; a new detector is a
+#: module of its own and one line here
+DETECTORS: dict[str, Callable[[DetectorSpec, int], Detector]] = {
+    "blazeface": _blazeface, "yunet": _yunet,
+}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from twinlock.daemon.camera.drivers import ReplayCamera
+from twinlock.daemon.camera.replay import ReplayCamera
 from twinlock.daemon.errors import DataError, UsageError
 from twinlock.daemon.faces import quality as q
 from twinlock.daemon.faces.images import load_image

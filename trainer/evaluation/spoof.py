@@ -27,7 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from twinlock.daemon.camera.drivers import ReplayCamera, ResilientCamera
+from twinlock.daemon.camera.replay import ReplayCamera
+from twinlock.daemon.camera.resilient import ResilientCamera
 from twinlock.daemon.door.liveness import EYE_LEFT, EYE_RIGHT
 from twinlock.daemon.door.service import Daemon
 from twinlock.daemon.errors import DataError

@@ -43,7 +43,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from twinlock.daemon.camera.drivers import Camera, validate_frame
+from twinlock.daemon.camera.frame import Camera, validate_frame
 from twinlock.daemon.errors import DataError, ModelError, UsageError
 from twinlock.daemon.faces import quality as q
 from twinlock.daemon.faces.align import (
