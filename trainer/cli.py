@@ -14,6 +14,8 @@ from pathlib import Path
 
 from twinlock.daemon.errors import TwinLockError
 
+from .training.losses import LOSSES, RECIPES
+
 logger = logging.getLogger("twinlock")
 DB_HELP = "enrolment database (default $TWINLOCK_ENROL_DB or ~/.local/share/twinlock/enrolment.db)"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
@@ -35,10 +37,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    "only, more epochs fine-tune and are kept only if validation AUC improves)")
     p.add_argument("--unit-embeddings", choices=("auto", "on", "off"), default="auto",
                    help="L2-normalise embeddings before the head (auto: by the loss)")
-    p.add_argument("--loss", choices=("bce", "contrastive", "triplet", "cosface", "distill"),
-                   default="bce",
-                   help="bce: the paper's twin; cosface: identity pre-training (head fitted after); "
-                   "distill: regress a dlib teacher's embedding (needs the [teacher] extra)")
+    p.add_argument("--loss", choices=LOSSES, default="bce",
+                   help="; ".join(f"{r.name}: {r.help}" for r in RECIPES.values()))
     p.add_argument("--input-size", type=int, default=0, help="crop side in pixels (koch 105, compact 64)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=0,
                    help="1 = grey (koch default), 3 = RGB (compact default)")
@@ -97,7 +97,9 @@ PERSONALIZE_ONLY = {"from_run": "--from", "db": "--db", "users": "--users",
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .training.train import TrainConfig, load_run_config, train
+    from .training.config import TrainConfig
+    from .training.runs import load_run_config
+    from .training.train import train
 
     if args.personalize:
         return _cmd_personalize(args, argv)

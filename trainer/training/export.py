@@ -32,18 +32,10 @@ from ..data.crops import CROP_CODE_VERSION
 from ..evaluation import metrics
 from .embed import head_pair_scores, keras_embed
 from .model_assets import add_assets
+from .prepare import model_input, prepare_data, source_groups, validation_pairs
 from .provenance import provenance
-from .train import (
-    HEAD_FILE,
-    METRICS_FILE,
-    RUN_FILE,
-    load_run_config,
-    model_input,
-    prepare_data,
-    source_groups,
-    validation_pairs,
-)
-from .train import TOWER_FILE as KERAS_TOWER_FILE
+from .runs import HEAD_FILE, METRICS_FILE, RUN_FILE, load_run_config
+from .runs import TOWER_FILE as KERAS_TOWER_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -18,34 +18,20 @@ import tensorflow as tf
 
 from ..data.augment import AugmentConfig, augment_batch
 from ..evaluation import metrics
+from .config import IMPORTED, TrainConfig
 from .embed import cosine_pair_scores, head_pair_scores, keras_embed
 from .head import fit_l1_head, temperature_scale
-from .model import (
-    build_classifier,
-    build_classifier_distill,
-    build_distance_model,
-    build_distill_model,
-    build_tower,
-    build_triplet_model,
-    build_twin,
-    contrastive_loss,
-    cosine_distill_loss,
-    triplet_loss,
-)
-from .train import (
+from .model import build_tower
+from .prepare import PreparedData, epoch_samples, model_input, source_groups, validation_pairs
+from .runs import (
     CHECKPOINT_DIR,
+    CURVES_FILE,
     HEAD_FILE,
-    IMPORTED,
     METRICS_FILE,
+    OPTIMIZER_FILE,
     STATE_FILE,
     TOWER_FILE,
-    PreparedData,
-    TrainConfig,
-    _atomic_write_json,
-    epoch_samples,
-    model_input,
-    source_groups,
-    validation_pairs,
+    atomic_write_json,
     write_history,
 )
 
@@ -109,27 +95,9 @@ class TrainLoop:
     # -- models and data -------------------------------------------------------------------------
 
     def _training_model(self, n_classes: int) -> tuple[keras.Model, Any]:
-        cfg = self.cfg
-        if cfg.loss == "bce":
-            return build_twin(self.tower, cfg.l2_normalize), keras.losses.BinaryCrossentropy()
-        if cfg.loss == "contrastive":
-            return build_distance_model(self.tower), contrastive_loss(cfg.contrastive_margin)
-        if cfg.loss == "triplet":
-            return build_triplet_model(self.tower), triplet_loss(cfg.triplet_margin)
-        if cfg.loss == "distill":
-            return build_distill_model(self.tower), cosine_distill_loss()
-        if n_classes < 2:
-            from twinlock.daemon.errors import DataError
-            raise DataError("cosface needs at least 2 training identities with "
-                            f"{cfg.min_images_per_class}+ images")
-        xent = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        if cfg.distill_weight > 0:
-            model = build_classifier_distill(self.tower, n_classes, cfg.cosface_scale,
-                                             cfg.cosface_margin)
-            self.loss_weights = [1.0, cfg.distill_weight]
-            return model, [xent, cosine_distill_loss()]
-        model = build_classifier(self.tower, n_classes, cfg.cosface_scale, cfg.cosface_margin)
-        return model, xent
+        built = self.cfg.recipe.build(self.tower, self.cfg, n_classes)
+        self.loss_weights = built.loss_weights
+        return built.model, built.loss
 
     def _dataset(self, samples: tuple[np.ndarray, ...]) -> tf.data.Dataset:
         cfg, x = self.cfg, self.x_train
@@ -139,29 +107,7 @@ class TrainLoop:
             batch = tf.cast(tf.gather(x, idx), tf.float32)
             return augment_batch(batch, aug) if aug else batch
 
-        if cfg.loss == "distill":
-            idx = self.distill_images[samples[0] % len(self.distill_images)]
-            ds = tf.data.Dataset.from_tensor_slices((idx, self.teacher[idx]))
-            ds = ds.batch(cfg.batch_size, True).map(lambda i, t: (images(i), t), tf.data.AUTOTUNE)
-        elif cfg.loss == "cosface" and cfg.distill_weight > 0:
-            idx = self.cosface_images[samples[0] % len(self.cosface_images)]
-            cls = self.class_of[self.train_labels[idx]].astype(np.int32)
-            ds = tf.data.Dataset.from_tensor_slices((idx, cls, self.teacher[idx]))
-            ds = ds.batch(cfg.batch_size, True).map(
-                lambda i, c, t: ((images(i), c[:, None]), (c, t)), tf.data.AUTOTUNE)
-        elif cfg.loss == "cosface":
-            idx = self.cosface_images[samples[0] % len(self.cosface_images)]
-            cls = self.class_of[self.train_labels[idx]].astype(np.int32)
-            ds = tf.data.Dataset.from_tensor_slices((idx, cls)).batch(cfg.batch_size, True)
-            ds = ds.map(lambda i, c: ((images(i), c[:, None]), c), tf.data.AUTOTUNE)
-        elif cfg.loss == "triplet":
-            ds = tf.data.Dataset.from_tensor_slices(samples).batch(cfg.batch_size, True)
-            ds = ds.map(lambda a, p, n: ((images(a), images(p), images(n)), tf.zeros_like(a)),
-                        tf.data.AUTOTUNE)
-        else:
-            ia, ib, y = samples
-            ds = tf.data.Dataset.from_tensor_slices((ia, ib, y[:, None])).batch(cfg.batch_size, True)
-            ds = ds.map(lambda a, b, t: ((images(a), images(b)), t), tf.data.AUTOTUNE)
+        ds = cfg.recipe.batches(self, samples, images)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def epoch_samples(self, epoch: int, mined: np.ndarray | None) -> tuple[np.ndarray, ...]:
@@ -178,7 +124,7 @@ class TrainLoop:
     def head(self) -> tuple[np.ndarray, float] | None:
         """The twin's own head (bce only). An imported tower is judged by cosine during
         training: its baseline has no trained head to compare with."""
-        if self.cfg.loss != "bce" or self.cfg.architecture == IMPORTED:
+        if not self.cfg.recipe.twin_head or self.cfg.architecture == IMPORTED:
             return None
         kernel, bias = self.model.get_layer("head").get_weights()
         return kernel[:, 0], float(bias[0])
@@ -197,7 +143,7 @@ class TrainLoop:
         if name == "last":
             values = {f"v{i}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)}
             np.savez(self.ckpt_dir / "optimizer.tmp.npz", **values)
-            (self.ckpt_dir / "optimizer.tmp.npz").replace(self.ckpt_dir / "optimizer.npz")
+            (self.ckpt_dir / "optimizer.tmp.npz").replace(self.ckpt_dir / OPTIMIZER_FILE)
 
     def _restore(self) -> dict[str, Any]:
         state_path = self.run_dir / STATE_FILE
@@ -208,7 +154,7 @@ class TrainLoop:
         self.model.load_weights(self.ckpt_dir / "last.weights.h5")
         with self.strategy.scope():
             self.optimizer.build(self.model.trainable_variables)
-        with np.load(self.ckpt_dir / "optimizer.npz") as saved:
+        with np.load(self.ckpt_dir / OPTIMIZER_FILE) as saved:
             values = [saved[f"v{i}"] for i in range(len(saved.files))]
         if len(values) != len(self.optimizer.variables):
             raise RuntimeError("optimizer checkpoint does not match the model")
@@ -236,7 +182,7 @@ class TrainLoop:
             started = time.monotonic()
             keras.utils.set_random_seed(cfg.seed * 1000 + epoch)
             mined = (self.embed(self.data.train_idx)
-                     if cfg.hard_negatives > 0 and epoch > 0 and cfg.loss in ("bce", "contrastive")
+                     if cfg.hard_negatives > 0 and epoch > 0 and cfg.recipe.mines_hard_negatives
                      else None)
             samples = self.epoch_samples(epoch, mined)
             logger.info("epoch %d/%d", epoch + 1, cfg.epochs)
@@ -258,7 +204,7 @@ class TrainLoop:
             else:
                 state["bad_epochs"] += 1
             self._save_checkpoint("last")
-            _atomic_write_json(self.run_dir / STATE_FILE, state)
+            atomic_write_json(self.run_dir / STATE_FILE, state)
             write_history(self.run_dir, history)
         if state["bad_epochs"] >= cfg.patience:
             logger.info("early stop: no val AUC gain for %d epochs", cfg.patience)
@@ -272,11 +218,11 @@ class TrainLoop:
         auc = metrics.roc_auc(scores, y)
         logger.info("imported tower before any training: val AUC %.4f", auc)
         state.update(best_auc=auc, best_epoch=0)
-        if self.cfg.loss == "cosface" and self.cfg.epochs > 0:
+        if self.cfg.recipe.classes and self.cfg.epochs > 0:
             self._class_centres_from_embeddings()
         self._save_checkpoint("best")
         self._save_checkpoint("last")
-        _atomic_write_json(self.run_dir / STATE_FILE, state)
+        atomic_write_json(self.run_dir / STATE_FILE, state)
 
     def _class_centres_from_embeddings(self) -> None:
         """CosFace's class centres start at each class's mean unit embedding, not at random:
@@ -308,7 +254,7 @@ class TrainLoop:
         ia, ib, y = self.val_pairs
         logits = np.abs(val_emb[ia] - val_emb[ib]) @ weights + bias
         weights, bias = temperature_scale(weights, bias, logits, y)
-        _atomic_write_json(self.run_dir / HEAD_FILE, {"weights": weights.tolist(), "bias": bias})
+        atomic_write_json(self.run_dir / HEAD_FILE, {"weights": weights.tolist(), "bias": bias})
         scores, y = self.val_scores((weights, bias))
         thresholds = metrics.calibrate_thresholds(scores, y)
         summary = metrics.summarize(scores, y, threshold=thresholds.get(metrics.far_key(1e-3)))
@@ -322,10 +268,10 @@ class TrainLoop:
             "train_seconds": float(sum(state["history"]["seconds"])),
             "tower_parameters": int(self.tower.count_params()),
         }
-        _atomic_write_json(self.run_dir / METRICS_FILE, result)
+        atomic_write_json(self.run_dir / METRICS_FILE, result)
         history = {k: v for k, v in state["history"].items() if k != "seconds"}
         if history["loss"]:
-            plot_training_curves(self.run_dir / "training_curves.png", history)
+            plot_training_curves(self.run_dir / CURVES_FILE, history)
         return result
 
 
@@ -347,8 +293,8 @@ class FineTuneLoop(TrainLoop):
     def __init__(self, cfg: TrainConfig, data: PreparedData, run_dir: Path, progress: bool,
                  tower_path: Path, head: tuple[np.ndarray, float],
                  sampler: Callable[[int], tuple[np.ndarray, ...]]) -> None:
-        if cfg.loss != "bce":
-            raise RuntimeError("fine-tuning trains the bce twin")
+        if not cfg.recipe.twin_head:
+            raise RuntimeError("fine-tuning trains the twin with its own head (bce)")
         super().__init__(cfg, data, run_dir, progress)
         from . import model as _registered_layers  # noqa: F401  (custom layers for load_model)
 
