@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config.schema import DEFAULT_CONFIG_PATH, load_config
+from .config.loader import DEFAULT_CONFIG_PATH, load_config
 from .errors import TwinLockError, UsageError
 
 logger = logging.getLogger("twinlockd")
@@ -47,7 +47,8 @@ def _cmd_relay_off(args: argparse.Namespace) -> int:
     needs only the config's action section: a broken model, camera or audit setting must not
     leave the door open. Imports nothing but the config schema and gpiozero.
     """
-    from .config.schema import GpioActionConfig, load_action_config
+    from .config.loader import load_action_config
+    from .config.schema import GpioActionConfig
     from .door.actions import GpioAction
 
     action = load_action_config(args.config)

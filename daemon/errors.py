@@ -35,7 +35,7 @@ class ConfigError(TwinLockError, ValueError):
     """The daemon's config file is missing, unreadable, not YAML, or breaks the schema.
 
     The message has one line per problem (``file:line: key.path: problem (got value)``);
-    ``problems`` holds the same as ``twinlock.daemon.config.schema.ConfigProblem`` records.
+    ``problems`` holds the same as ``twinlock.daemon.config.problems.ConfigProblem`` records.
     """
 
     exit_code = 2

@@ -17,7 +17,7 @@ from daemon_helpers import CLIP, enrol_miranda, liveness_off, write_config
 from gpiozero.pins.mock import MockFactory
 
 from twinlock.daemon.camera.frame import Frame
-from twinlock.daemon.config.schema import parse_config
+from twinlock.daemon.config.loader import parse_config
 from twinlock.daemon.door.actions import LogAction
 from twinlock.daemon.door.notify import Notifier
 from twinlock.daemon.door.service import Daemon, Door

@@ -21,7 +21,7 @@ from twinlock.daemon.camera.frame import Frame
 from twinlock.daemon.camera.read_timeout import TimedCamera, with_read_timeout
 from twinlock.daemon.camera.registry import camera_factory
 from twinlock.daemon.camera.resilient import ResilientCamera
-from twinlock.daemon.config.schema import parse_config
+from twinlock.daemon.config.loader import parse_config
 
 TIMEOUT_S = 0.3
 

@@ -15,22 +15,23 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from twinlock.daemon.config import schema as config_module
-from twinlock.daemon.config.schema import (
+from twinlock.daemon.config import loader as config_module
+from twinlock.daemon.config.loader import (
     DEFAULT_CONFIG_PATH,
-    NO_VALUE,
+    dump_defaults,
+    load_config,
+    parse_config,
+)
+from twinlock.daemon.config.problems import NO_VALUE, ConfigProblem
+from twinlock.daemon.config.schema import (
     CommandActionConfig,
     Config,
-    ConfigProblem,
     DetectorConfig,
     GpioActionConfig,
     LogActionConfig,
     OpenCVCameraConfig,
     Picamera2CameraConfig,
     ReplayCameraConfig,
-    dump_defaults,
-    load_config,
-    parse_config,
 )
 from twinlock.daemon.errors import ConfigError, TwinLockError
 from twinlock.daemon.faces.pipeline import DetectorSpec

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from twinlock.daemon.camera.frame import Frame
-from twinlock.daemon.config.schema import parse_config
+from twinlock.daemon.config.loader import parse_config
 from twinlock.daemon.door.actions import LogAction
 from twinlock.daemon.door.service import Door
 from twinlock.daemon.errors import ModelError

@@ -14,7 +14,8 @@ import pytest
 
 from twinlock.daemon.bundle import core as b
 from twinlock.daemon.cli import main as twinlockd
-from twinlock.daemon.config.schema import Config, parse_config
+from twinlock.daemon.config.loader import parse_config
+from twinlock.daemon.config.schema import Config
 from twinlock.daemon.door.service import build_matcher, pick_up_incoming
 from twinlock.daemon.errors import BundleError
 from twinlock.daemon.recognition.gallery import Gallery

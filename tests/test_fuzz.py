@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from twinlock.daemon.bundle import core as b
-from twinlock.daemon.config.schema import load_action_config, parse_config
+from twinlock.daemon.config.loader import load_action_config, parse_config
 from twinlock.daemon.door.service import pick_up_incoming
 from twinlock.daemon.errors import BundleError, ConfigError, DataError
 from twinlock.daemon.faces.images import MAX_IMAGE_PIXELS, decode_image

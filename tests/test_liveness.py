@@ -14,7 +14,8 @@ import yaml
 from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, write_config
 
 from twinlock.daemon.camera.frame import Frame
-from twinlock.daemon.config.schema import Config, parse_config
+from twinlock.daemon.config.loader import parse_config
+from twinlock.daemon.config.schema import Config
 from twinlock.daemon.door.actions import LogAction
 from twinlock.daemon.door.liveness import (
     LivenessSettings,

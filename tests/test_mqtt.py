@@ -33,7 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from daemon_helpers import CLIP, enrol_miranda, write_config
 
-from twinlock.daemon.config.schema import Config, MqttConfig, load_config
+from twinlock.daemon.config.loader import load_config
+from twinlock.daemon.config.schema import Config, MqttConfig
 from twinlock.daemon.door.mqtt import EVENT_TYPES, Message, MqttLink, OutQueue, discovery_messages
 from twinlock.daemon.door.service import Daemon
 from twinlock.daemon.errors import ConfigError

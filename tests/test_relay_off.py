@@ -20,7 +20,7 @@ from daemon_helpers import CLIP, enrol_miranda, liveness_off, scaled, write_conf
 from file_pins import ENV, read_level, write_level
 
 from twinlock.daemon.cli import main as twinlockd
-from twinlock.daemon.config.schema import load_action_config, load_config
+from twinlock.daemon.config.loader import load_action_config, load_config
 from twinlock.daemon.errors import ConfigError, TwinLockError
 
 FILE_PINS = Path(__file__).with_name("file_pins.py")

@@ -11,7 +11,7 @@ import cv2
 import pytest
 from daemon_helpers import CLIP, enrol_miranda, liveness_off, write_config
 
-from twinlock.daemon.config.schema import load_config
+from twinlock.daemon.config.loader import load_config
 from twinlock.daemon.door.service import Daemon, build_matcher
 from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.recognition.verify import AgreementWindow

@@ -49,7 +49,7 @@ def test_a_process_killed_mid_write_never_leaves_a_partial_target(tmp_path: Path
     assert run.returncode == 3
     assert target.read_bytes() == b"old and whole"
     left = [p for p in tmp_path.iterdir() if p != target]
-    assert all(p.name.startswith(".model.json.") for p in left), left  # hidden: drop folders skip it
+    assert all(p.name.startswith(".model.json.") for p in left), left  # hidden: drops skip it
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o644])

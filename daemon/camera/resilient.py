@@ -213,4 +213,5 @@ def _quiet_close(camera: Camera) -> None:
     try:
         camera.close()
     except Exception as exc:  # noqa: BLE001 - closing a broken camera may fail in any way
-        logger.warning("camera %s: close failed: %s", getattr(camera, "name", "?"), describe_error(exc))
+        logger.warning("camera %s: close failed: %s", getattr(camera, "name", "?"),
+                       describe_error(exc))

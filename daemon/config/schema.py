@@ -1,45 +1,36 @@
-"""The daemon's configuration: one strict schema, read from YAML with errors that point at lines.
+"""The daemon's configuration schema: every section and key, its default, bounds and meaning.
 
 Every key has a default, bounds and a description, so an empty file is a valid config and a typo
-is an error instead of a silently ignored setting (``extra="forbid"``). Errors name the file, the
-line, the dotted key path, the problem and the value found, one line per problem, e.g.::
-
-    config.yaml:12: camera.fps: Input should be greater than 0 (got -3)
+is an error instead of a silently ignored setting (``extra="forbid"``). Reading a file and
+reporting its problems by line live beside this: :mod:`.loader` and :mod:`.problems`.
 
 Relative paths in a config file are resolved against the folder that holds the file (not the
 daemon's working directory, which under systemd is ``/``); a leading ``~`` is expanded. Paths in
 the defaults are absolute. The one exception is ``camera.device`` of the ``opencv`` camera, which
 is handed to OpenCV as written.
 
-This module only needs pydantic and PyYAML: the daemon's ``check-config`` runs it before any
-camera, model or GPIO code is imported.
+This module only needs pydantic: the daemon's ``check-config`` runs it before any camera, model
+or GPIO code is imported.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
-
-from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..door.liveness import LivenessSettings
@@ -48,15 +39,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_CONFIG_PATH",
     "DEFAULT_STATE_DIR",
-    "NO_VALUE",
     "ActionConfig",
     "AuditConfig",
     "CameraConfig",
     "CommandActionConfig",
     "Config",
-    "ConfigProblem",
     "DetectorConfig",
     "GpioActionConfig",
     "LockoutConfig",
@@ -71,14 +59,8 @@ __all__ = [
     "ServiceConfig",
     "SnapshotsConfig",
     "VerificationConfig",
-    "dump_defaults",
-    "load_action_config",
-    "load_config",
-    "parse_config",
 ]
 
-#: where the Pi's install script puts the shipped config.yaml
-DEFAULT_CONFIG_PATH = Path("/etc/twinlock/config.yaml")
 #: the service's writable state (model, gallery, audit log, snapshots) lives under here
 DEFAULT_STATE_DIR = Path("/var/lib/twinlock")
 
@@ -132,7 +114,7 @@ def _resolve_source(value: str, info: ValidationInfo) -> str:
 ConfigPath = Annotated[Path, BeforeValidator(_reject_empty_path), AfterValidator(_resolve_path)]
 
 
-def _section(default_type: str | None = None) -> BeforeValidator:
+def fill_section(default_type: str | None = None) -> BeforeValidator:
     """Let a section be empty (``audit:`` with every key commented out means its defaults), and
     let a ``type:``-switched section leave out ``type`` to get the default kind."""
 
@@ -175,77 +157,6 @@ class _Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False
     )
-
-
-def _scalar_kinds(annotation: Any) -> set[str]:
-    """{"bool"}, {"int"} or {"int", "float"} for a plain (optional) scalar field, else empty:
-    strings, paths, literals of words, unions with str are left to their own validation."""
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (
-        typing.Union, types.UnionType) else (annotation,)
-    args = tuple(a for a in args if a is not type(None))
-    if typing.get_origin(annotation) is Literal or (len(args) == 1 and
-                                                   typing.get_origin(args[0]) is Literal):
-        values = typing.get_args(args[0] if args else annotation)
-        return {"int"} if values and all(type(v) is int for v in values) else set()
-    if args == (bool,):
-        return {"bool"}
-    if args == (int,):
-        return {"int"}
-    if args == (float,):
-        return {"int", "float"}
-    return set()
-
-
-def _kind_of(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "text (write a number without quotes)"
-    return f"a {type(value).__name__}"
-
-
-def _scalar_problem(kinds: set[str], value: Any) -> str | None:
-    if value is None:
-        return None
-    if "bool" in kinds:
-        return None if isinstance(value, bool) else "expected true or false"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"expected {'a whole number' if kinds == {'int'} else 'a number'}, not " \
-            f"{_kind_of(value)}"
-    if kinds == {"int"} and isinstance(value, float):
-        return "expected a whole number, not a decimal"
-    return None
-
-
-def _strict_problems(data: Any, model: type[BaseModel], path: KeyPath) -> list[tuple[KeyPath, str]]:
-    """Numbers must be numbers and switches true/false, as written in the file.
-
-    Pydantic's lax mode would take ``pin: true`` as GPIO 1, ``enabled: 1`` or ``"yes"`` as a
-    switch and ``"30"`` as a number; in a lock's config each is more likely a mistake than a
-    wish. Walks the raw data beside the schema (sections, ``type:``-switched sections)."""
-    if not isinstance(data, Mapping):
-        return []
-    found: list[tuple[KeyPath, str]] = []
-    for key, value in data.items():
-        field = model.model_fields.get(key) if isinstance(key, str) else None
-        if field is None:
-            continue
-        annotation = field.annotation
-        tags = _model_union(annotation)
-        if tags is not None:
-            default = field.get_default(call_default_factory=True)
-            tag = value.get("type", getattr(default, "type", None)) \
-                if isinstance(value, Mapping) else None
-            if isinstance(tag, str) and tag in tags:
-                found += _strict_problems(value, tags[tag], path + (key,))
-        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            found += _strict_problems(value, annotation, path + (key,))
-        else:
-            kinds = _scalar_kinds(annotation)
-            problem = _scalar_problem(kinds, value) if kinds else None
-            if problem is not None:
-                found.append((path + (key,), problem))
-    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -686,7 +597,7 @@ class AuditConfig(_Section):
     retention_days: int = Field(
         365, ge=1, le=36500, description="records older than this many days are deleted"
     )
-    snapshots: Annotated[SnapshotsConfig, _section()] = Field(
+    snapshots: Annotated[SnapshotsConfig, fill_section()] = Field(
         default_factory=SnapshotsConfig, description="optional snapshots of decisions"
     )
 
@@ -794,469 +705,36 @@ class MqttConfig(_Section):
         return value
 
 
+#: the filler of sections without ``type:``: an empty or missing section means its defaults
+_FILL = fill_section()
+
+
+def _part(default: type[_Section], description: str) -> Any:
+    """A top-level section of the file: ``default()`` when the file leaves it out."""
+    return Field(default_factory=default, description=description)
+
+
 class Config(_Section):
     """The whole daemon config. ``Config()`` is the defaults, same as the shipped config.yaml."""
 
     state_dir: ConfigPath = Field(
         DEFAULT_STATE_DIR, description="the service's writable folder (owned by its user)"
     )
-    model: Annotated[ModelConfig, _section()] = Field(
-        default_factory=ModelConfig, description="model and gallery"
-    )
-    camera: Annotated[CameraConfig, _section("picamera2")] = Field(
-        default_factory=Picamera2CameraConfig, description="where frames come from"
-    )
-    detector: Annotated[DetectorConfig, _section()] = Field(
-        default_factory=DetectorConfig, description="face detector"
-    )
-    quality: Annotated[QualityConfig, _section()] = Field(
-        default_factory=QualityConfig, description="frame quality gate"
-    )
-    verification: Annotated[VerificationConfig, _section()] = Field(
-        default_factory=VerificationConfig, description="thresholds and frame agreement"
-    )
-    liveness: Annotated[LivenessConfig, _section()] = Field(
-        default_factory=LivenessConfig, description="presence checks (blink, head motion)"
-    )
-    action: Annotated[ActionConfig, _section("gpio")] = Field(
-        default_factory=GpioActionConfig, description="what an unlock does"
-    )
-    lockout: Annotated[LockoutConfig, _section()] = Field(
-        default_factory=LockoutConfig, description="lockout after repeated failures"
-    )
-    audit: Annotated[AuditConfig, _section()] = Field(
-        default_factory=AuditConfig, description="audit log and snapshots"
-    )
-    service: Annotated[ServiceConfig, _section()] = Field(
-        default_factory=ServiceConfig, description="pacing and systemd"
-    )
-    logging: Annotated[LoggingConfig, _section()] = Field(
-        default_factory=LoggingConfig, description="log level"
-    )
-    mqtt: Annotated[MqttConfig, _section()] = Field(
-        default_factory=MqttConfig, description="MQTT events and Home Assistant discovery"
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# problems and errors
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-#: ``ConfigProblem.value`` when there is no value to show (a missing key, a YAML syntax error)
-NO_VALUE: Any = _Missing()
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    """One thing wrong with a config file, as data (for tools) and as a line (for people)."""
-
-    line: int | None  # 1-based; None when unknown
-    path: str  # dotted key path ("camera.fps", "model.runtimes.1"); "" for the whole file
-    message: str
-    value: Any = NO_VALUE
-    source: str = "<string>"
-    column: int | None = None  # 1-based; YAML syntax errors only
-
-    def __str__(self) -> str:
-        where = self.source
-        if self.line is not None:
-            where += f":{self.line}"
-            if self.column is not None:
-                where += f":{self.column}"
-        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-        if self.value is not NO_VALUE:
-            text += f" (got {_short_repr(self.value)})"
-        return text
-
-
-def _short_repr(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _raise(problems: list[ConfigProblem]) -> typing.NoReturn:
-    problems = sorted(problems, key=lambda p: (p.line is None, p.line or 0, p.path))
-    raise ConfigError("\n".join(str(p) for p in problems), problems)
-
-
-# --------------------------------------------------------------------------------------------
-# YAML with line numbers
-
-KeyPath = tuple[Any, ...]
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-#: a config file larger than this is refused before it is read (the shipped one is ~12 KB)
-MAX_CONFIG_BYTES = 256 * 1024
-#: nesting deeper than this is no config of ours (ours is 3 levels deep)
-MAX_DEPTH = 32
-#: nodes visited with aliases expanded: a few hundred bytes of nested aliases ("billion laughs")
-#: would otherwise expand to gigabytes
-MAX_NODES = 20_000
-
-
-@dataclass
-class _Located:
-    """A parsed YAML document and where each key and list item sits in the file."""
-
-    data: Any
-    key_lines: dict[KeyPath, int]  # path of a mapping key -> line of that key
-    value_lines: dict[KeyPath, int]  # path -> line where its value starts (items included)
-    root_line: int
-    duplicates: list[ConfigProblem]
-
-
-def _yaml_problem(exc: yaml.YAMLError, source: str, text: str = "") -> ConfigProblem:
-    if isinstance(exc, yaml.reader.ReaderError):  # a control character (NUL, BEL, ...)
-        position = int(exc.position)
-        line = text.count("\n", 0, position) + 1
-        column = position - (text.rfind("\n", 0, position) + 1) + 1
-        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
-        return ConfigProblem(line, "", f"YAML error: character #x{char:04x} is not allowed "
-                             "in a config file (a control character)", NO_VALUE, source, column)
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    if isinstance(exc, yaml.MarkedYAMLError):
-        parts = [exc.context, exc.problem] if exc.context and exc.problem else [exc.problem]
-        detail = ", ".join(str(p) for p in parts if p) or str(exc)
-    else:
-        detail = str(exc)
-    line = mark.line + 1 if mark is not None else None
-    column = mark.column + 1 if mark is not None else None
-    # a ConstructorError is well-formed YAML that SafeLoader will not build (e.g. !!python tags)
-    unbuildable = isinstance(exc, yaml.constructor.ConstructorError)
-    kind = "YAML error" if unbuildable else "YAML syntax error"
-    return ConfigProblem(line, "", f"{kind}: {detail}", NO_VALUE, source, column)
-
-
-def _read_yaml(text: str, source: str) -> _Located:
-    """Compose the node tree, record lines (and duplicate keys) by walking it, then construct.
-
-    PyYAML keeps the last of two equal keys without a word; in a lock's config a duplicated key
-    is almost always a mistake that would hide the setting the user meant, so it is an error.
-    """
-    key_lines: dict[KeyPath, int] = {}
-    value_lines: dict[KeyPath, int] = {}
-    duplicates: list[ConfigProblem] = []
-    visited = 0
-    loader: yaml.SafeLoader | None = None
-    try:
-        loader = yaml.SafeLoader(text)
-        root = loader.get_single_node()
-        if root is None:  # empty, or only comments
-            return _Located({}, key_lines, value_lines, 1, duplicates)
-
-        def key_of(node: yaml.Node) -> Any:
-            key = loader.construct_object(node, deep=True)
-            try:
-                hash(key)
-            except TypeError:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", None, "found an unhashable key", node.start_mark
-                ) from None
-            return key
-
-        def walk(node: yaml.Node, path: KeyPath, active: set[int]) -> None:
-            nonlocal visited
-            if id(node) in active:  # a recursive alias: nothing sane to record below it
-                return
-            visited += 1
-            if visited > MAX_NODES:
-                _raise([ConfigProblem(node.start_mark.line + 1, _dotted(path), "more than "
-                                      f"{MAX_NODES} values once aliases are expanded (an alias "
-                                      "bomb?); not a TwinLock config", NO_VALUE, source)])
-            if len(path) > MAX_DEPTH:
-                _raise([ConfigProblem(node.start_mark.line + 1, "", f"nested more than "
-                                      f"{MAX_DEPTH} levels deep; not a TwinLock config",
-                                      NO_VALUE, source)])
-            active = active | {id(node)}
-            value_lines[path] = node.start_mark.line + 1
-            if isinstance(node, yaml.MappingNode):
-                seen: dict[Any, int] = {}
-                merges: list[yaml.Node] = []
-                for key_node, value_node in node.value:
-                    if key_node.tag == _MERGE_TAG:
-                        merges.append(value_node)
-                        continue
-                    key = key_of(key_node)
-                    line = key_node.start_mark.line + 1
-                    if key in seen:  # reported; its lines still recorded: it is the one kept
-                        duplicates.append(ConfigProblem(
-                            line, _dotted(path + (key,)),
-                            f"duplicate key (first set on line {seen[key]}; YAML would keep "
-                            "only the last)", NO_VALUE, source,
-                        ))
-                    seen.setdefault(key, line)
-                    key_lines[path + (key,)] = line
-                    walk(value_node, path + (key,), active)
-                for merged in merges:  # "<<: *defaults": explicit keys win, as in PyYAML
-                    sources = merged.value if isinstance(merged, yaml.SequenceNode) else [merged]
-                    for source_node in sources:
-                        if isinstance(source_node, yaml.MappingNode):
-                            for key_node, value_node in source_node.value:
-                                key = key_of(key_node)
-                                if key not in seen:
-                                    seen[key] = key_node.start_mark.line + 1
-                                    key_lines[path + (key,)] = seen[key]
-                                    walk(value_node, path + (key,), active)
-            elif isinstance(node, yaml.SequenceNode):
-                for index, item in enumerate(node.value):
-                    walk(item, path + (index,), active)
-
-        walk(root, (), set())
-        data = loader.construct_document(root)
-    except yaml.YAMLError as exc:
-        _raise([_yaml_problem(exc, source, text)])
-    except RecursionError:  # PyYAML composes nested collections recursively
-        _raise([ConfigProblem(None, "", f"nested too deeply (more than {MAX_DEPTH} levels); not "
-                              "a TwinLock config", NO_VALUE, source)])
-    finally:
-        if loader is not None:
-            loader.dispose()
-    return _Located(data, key_lines, value_lines, root.start_mark.line + 1, duplicates)
-
-
-def _value_at(data: Any, path: KeyPath) -> Any:
-    for key in path:
-        data = data[key]
-    return data
-
-
-def _dotted(path: KeyPath) -> str:
-    return ".".join(str(part) for part in path)
-
-
-# --------------------------------------------------------------------------------------------
-# pydantic errors -> problems
-
-
-def _model_union(annotation: Any) -> dict[str, type[BaseModel]] | None:
-    """For a ``type:``-switched field, its tag -> model class; None for any other field."""
-    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
-        return None
-    members = typing.get_args(annotation)
-    if not all(isinstance(m, type) and issubclass(m, BaseModel) for m in members):
-        return None
-    tags: dict[str, type[BaseModel]] = {}
-    for member in members:
-        field = member.model_fields.get("type")
-        if field is None or not isinstance(field.default, str):
-            return None
-        tags[field.default] = member
-    return tags
-
-
-def _walk_loc(loc: tuple[Any, ...]) -> tuple[KeyPath, type[BaseModel] | None, str | None]:
-    """Turn pydantic's error location into the key path the user wrote.
-
-    Pydantic puts the union tag into the location (``camera.picamera2.fps``) and, for plain
-    unions, the member type (``...device.constrained-int``); neither is a key in the file.
-    Also returns the model that holds the last key and, for union sections, the active tag.
-    """
-    path: list[Any] = []
-    model: type[BaseModel] | None = Config
-    holder: type[BaseModel] | None = Config
-    tag: str | None = None
-    index = 0
-    while index < len(loc):
-        part = loc[index]
-        index += 1
-        if model is None:  # below a leaf: list indices stay, union member names go
-            if isinstance(part, int):
-                path.append(part)
-            continue
-        path.append(part)
-        holder = model
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None:
-            model = None
-            continue
-        annotation = field.annotation
-        tags = _model_union(annotation)
-        if tags is not None:
-            if index < len(loc) and loc[index] in tags:
-                tag = loc[index]
-                model = tags[tag]
-                index += 1
-            else:
-                model = None
-        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model, tag = annotation, None
-        else:
-            model = None
-    return tuple(path), holder, tag
-
-
-def _line_for(path: KeyPath, located: _Located) -> int:
-    """The key's own line, else its nearest enclosing key that is in the file."""
-    for end in range(len(path), 0, -1):
-        prefix = path[:end]
-        if prefix in located.key_lines:
-            return located.key_lines[prefix]
-        if prefix in located.value_lines:
-            return located.value_lines[prefix]
-    return located.root_line
-
-
-def _in_file(path: KeyPath, located: _Located) -> bool:
-    return path in located.key_lines or path in located.value_lines
-
-
-def _problem(error: Mapping[str, Any], located: _Located, source: str) -> ConfigProblem:
-    kind = error["type"]
-    path, holder, tag = _walk_loc(tuple(error["loc"]))
-    message = str(error["msg"])
-    value: Any = error.get("input", NO_VALUE)
-    if kind == "missing":
-        value = NO_VALUE
-    elif kind == "value_error" and message.startswith("Value error, "):
-        message = message[len("Value error, "):]
-    elif kind == "extra_forbidden" and holder is not None:
-        allowed = sorted(holder.model_fields)
-        key = str(path[-1]) if path else ""
-        what = f"unknown key for type {tag!r}" if tag else "unknown key"
-        message = f"{what}; expected one of: {', '.join(allowed)}"
-        close = difflib.get_close_matches(key, allowed, n=1)
-        if close:
-            message += f" (did you mean {close[0]!r}?)"
-    elif kind in ("union_tag_invalid", "union_tag_not_found"):
-        ctx = error.get("ctx") or {}
-        path = path + ("type",)
-        value = ctx.get("tag", NO_VALUE)
-        message = f"unknown type; expected one of: {ctx.get('expected_tags', '?')}"
-    if isinstance(value, Mapping) or not _in_file(path, located):
-        value = NO_VALUE  # a whole section (too long to help), or a default the user never wrote
-    return ConfigProblem(_line_for(path, located), _dotted(path), message, value, source)
-
-
-# --------------------------------------------------------------------------------------------
-# public API
-
-
-def parse_config(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:
-    """Validate config text. ``source`` names it in messages; relative paths are resolved
-    against ``base_dir`` (default: the current directory)."""
-    located = _read_yaml(text, source)
-    data = located.data
-    if data is None:  # a document that is only "~" or "null"
-        data = {}
-    if not isinstance(data, Mapping):
-        _raise([ConfigProblem(
-            located.root_line, "", "the top level must be a mapping of sections such as "
-            "'camera:' and 'action:'", data, source,
-        )])
-    problems = list(located.duplicates)
-    base = (base_dir if base_dir is not None else Path.cwd()).absolute()
-    try:
-        config = Config.model_validate(data, context={"base_dir": base})
-    except ValidationError as exc:
-        problems += [_problem(error, located, source) for error in exc.errors()]
-        config = None
-    reported = {p.path for p in problems}
-    for path, message in _strict_problems(data, Config, ()):
-        if _dotted(path) not in reported:  # pydantic already said what is wrong there
-            value = _value_at(data, path)
-            problems.append(ConfigProblem(_line_for(path, located), _dotted(path), message,
-                                          value, source))
-    if problems:
-        _raise(problems)
-    assert config is not None
-    return config
-
-
-def load_config(path: Path | str | None = None) -> Config:
-    """Read and validate a config file; relative paths in it are relative to its folder.
-
-    ``None`` means ``DEFAULT_CONFIG_PATH``, and only there does a missing file mean the
-    defaults: a path the user names must exist.
-    """
-    path = _named_or_default(path)
-    if path is None:
-        return Config()
-    source = str(path)
-    config = parse_config(_read_text(path, source), source, base_dir=path.absolute().parent)
-    logger.debug("loaded config from %s", source)
-    return config
-
-
-def _named_or_default(path: Path | str | None) -> Path | None:
-    """The file to read; None (use the defaults) only when none is named and the default
-    path does not exist."""
-    if path is not None:
-        return Path(path)
-    if DEFAULT_CONFIG_PATH.exists():
-        return DEFAULT_CONFIG_PATH
-    logger.warning("no %s: using the built-in defaults", DEFAULT_CONFIG_PATH)
-    return None
-
-
-def _read_text(path: Path, source: str) -> str:
-    """The file as UTF-8 text, at most MAX_CONFIG_BYTES (checked before reading); ConfigError
-    (one line) when it cannot be read as such."""
-    try:
-        with path.open("rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-        if max(size, len(data)) > MAX_CONFIG_BYTES:
-            _raise([ConfigProblem(None, "", f"{max(size, len(data))} bytes, over the "
-                                  f"{MAX_CONFIG_BYTES} byte cap for a config file", NO_VALUE,
-                                  source)])
-        return data.decode("utf-8")
-    except FileNotFoundError:
-        _raise([ConfigProblem(None, "", "config file not found", NO_VALUE, source)])
-    except IsADirectoryError:
-        _raise([ConfigProblem(None, "", "is a directory, not a config file", NO_VALUE, source)])
-    except UnicodeDecodeError as exc:
-        _raise([ConfigProblem(
-            None, "", f"not UTF-8 text (byte {exc.start}: {exc.reason})", NO_VALUE, source
-        )])
-    except OSError as exc:
-        _raise([ConfigProblem(
-            None, "", f"cannot read: {exc.strerror or exc}", NO_VALUE, source
-        )])
-
-
-class _ActionOnly(BaseModel):
-    """The ``action`` section alone; every other section is ignored, however broken."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    action: Annotated[ActionConfig, _section("gpio")] = Field(default_factory=GpioActionConfig)
-
-
-def load_action_config(path: Path | str | None = None) -> ActionConfig:
-    """Only the ``action`` section of a config file, for ``twinlockd relay-off``.
-
-    Switching the relay off after a crash must not depend on the model, camera or any other
-    section being valid: a config that breaks anywhere else still yields its relay pin. The file
-    must still be YAML with a valid ``action`` section (else ConfigError, one line per problem).
-    """
-    path = _named_or_default(path)
-    if path is None:
-        return GpioActionConfig()
-    source = str(path)
-    located = _read_yaml(_read_text(path, source), source)
-    data = located.data if isinstance(located.data, Mapping) else {}
-    section = data.get("action")
-    try:
-        only = _ActionOnly.model_validate(
-            {"action": section}, context={"base_dir": path.absolute().parent})
-    except ValidationError as exc:
-        _raise([_problem(error, located, source) for error in exc.errors()])
-    return only.action
-
-
-def dump_defaults() -> str:
-    """The defaults as YAML (every key, no comments); ``parse_config`` of it gives ``Config()``."""
-    return yaml.safe_dump(_type_first(Config().model_dump(mode="json")), sort_keys=False)
-
-
-def _type_first(data: Any) -> Any:
-    """Put ``type`` first in each section, where a reader looks for it."""
-    if not isinstance(data, dict):
-        return data
-    ordered = {"type": data["type"]} if "type" in data else {}
-    ordered.update((key, _type_first(value)) for key, value in data.items() if key != "type")
-    return ordered
+    model: Annotated[ModelConfig, _FILL] = _part(ModelConfig, "model and gallery")
+    camera: Annotated[CameraConfig, fill_section("picamera2")] = _part(
+        Picamera2CameraConfig, "where frames come from")
+    detector: Annotated[DetectorConfig, _FILL] = _part(DetectorConfig, "face detector")
+    quality: Annotated[QualityConfig, _FILL] = _part(QualityConfig, "frame quality gate")
+    verification: Annotated[VerificationConfig, _FILL] = _part(
+        VerificationConfig, "thresholds and frame agreement")
+    liveness: Annotated[LivenessConfig, _FILL] = _part(
+        LivenessConfig, "presence checks (blink, head motion)")
+    action: Annotated[ActionConfig, fill_section("gpio")] = _part(
+        GpioActionConfig, "what an unlock does")
+    lockout: Annotated[LockoutConfig, _FILL] = _part(
+        LockoutConfig, "lockout after repeated failures")
+    audit: Annotated[AuditConfig, _FILL] = _part(AuditConfig, "audit log and snapshots")
+    service: Annotated[ServiceConfig, _FILL] = _part(ServiceConfig, "pacing and systemd")
+    logging: Annotated[LoggingConfig, _FILL] = _part(LoggingConfig, "log level")
+    mqtt: Annotated[MqttConfig, _FILL] = _part(
+        MqttConfig, "MQTT events and Home Assistant discovery")

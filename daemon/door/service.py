@@ -31,11 +31,8 @@ from ..bundle.core import BUNDLE_SUFFIX, current_bundle, install_bundle, unpack,
 from ..camera.frame import Frame
 from ..camera.registry import camera_factory
 from ..camera.resilient import ResilientCamera
-from ..config.schema import (
-    Config,
-    ReplayCameraConfig,
-    load_config,
-)
+from ..config.loader import load_config
+from ..config.schema import Config, ReplayCameraConfig
 from ..errors import AuditError, ModelError, TwinLockError
 from ..faces import quality as q
 from ..faces.assets import MESH_ROLE

@@ -1,4 +1,4 @@
-"""One atomic write for every file TwinLock keeps: a reader sees the old file or the new, never half.
+"""One atomic write for every file TwinLock keeps: a reader sees the old file or the new one.
 
 A Pi loses power without warning and a card is pulled mid-copy, so every file write goes the same
 way: a temporary file beside the target (same folder, so the rename cannot cross file systems),

@@ -105,10 +105,11 @@ def migrate_schema(conn: sqlite3.Connection, target: int,
     """Bring a database up to schema ``target``; returns the version it had.
 
     ``steps[n]`` takes a file from schema n-1 to n; ``create``, when given, makes a new (version
-    0) file at ``target`` in one go (then ``steps`` need only the upgrades of older files). The file's ``PRAGMA user_version`` says where it
-    stands; each step runs in its own transaction together with the version bump, so a power cut
-    mid-upgrade leaves the file at a whole version and the next open carries on. A file from a
-    newer TwinLock is refused (``error``): guessing at its tables could lose data.
+    0) file at ``target`` in one go (then ``steps`` need only the upgrades of older files). The
+    file's ``PRAGMA user_version`` says where it stands; each step runs in its own transaction
+    together with the version bump, so a power cut mid-upgrade leaves the file at a whole
+    version and the next open carries on. A file from a newer TwinLock is refused (``error``):
+    guessing at its tables could lose data.
     """
     current = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if current > target:
