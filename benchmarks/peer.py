@@ -77,6 +77,7 @@ from _common import main as run_main
 
 from twinlock.daemon.errors import TwinLockError
 from twinlock.daemon.faces.images import load_image
+from twinlock.daemon.recognition.analyser import FrameAnalyser
 from twinlock.daemon.recognition.model import FaceEmbedder
 from twinlock.trainer.evaluation import metrics
 
@@ -148,17 +149,20 @@ class TwinLockMethod:
     def __init__(self, model_dir: Path) -> None:
         self.embedder = FaceEmbedder(model_dir, num_threads=1)
         meta = self.embedder.meta
-        self.pipeline = meta.face_pipeline(meta.detector.build(num_threads=1))
+        self.analyser = FrameAnalyser(meta.face_pipeline(meta.detector.build(num_threads=1)),
+                                      self.embedder)
 
     def run(self, image: np.ndarray, policy: str) -> Result:
+        """The door's detector, then its align -> embed path (``FrameAnalyser.score``) for the
+        chosen face. No quality gate: dlib has none, and a refused face would count as a miss."""
         cv2.setNumThreads(1)
         t0 = time.perf_counter()
-        faces = self.pipeline.detector.detect(image)
+        faces = self.analyser.pipeline.detector.detect(image)
         t1 = time.perf_counter()
         if not faces:
             return Result(None, 0, t1 - t0, 0.0)
         face = pick(faces, image.shape, policy, lambda f: f.center, lambda f: f.size)
-        embedding = self.embedder.embed(self.pipeline.align(image, face).crop)[0]
+        embedding = self.analyser.score(image, face).embedding
         return Result(embedding, len(faces), t1 - t0, time.perf_counter() - t1)
 
     def scores(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:

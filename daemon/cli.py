@@ -70,7 +70,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         from .bundle.core import bundles_dir
 
         model = f"signed bundles in {bundles_dir(cfg.state_dir)}"
-        needed_files = (("trusted public key", cfg.model.public_key),)
+        needed_files: tuple[tuple[str, Path], ...] = (("trusted public key",
+                                                        cfg.model.public_key),)
     else:
         model = f"UNSIGNED model folder {cfg.model.dir}"
         needed_files = (("model folder", cfg.model.dir), ("gallery", cfg.model.gallery))
@@ -87,6 +88,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .door.service import build_matcher
     from .faces import quality as q
     from .faces.images import load_image
+    from .recognition.analyser import Rejected, Scored
 
     cfg = load_config(args.config)
     if args.model or args.gallery:
@@ -105,17 +107,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             entry["error"] = str(exc)
             results.append(entry)
             continue
-        faces = matcher.pipeline.detector.detect(image)
-        entry["faces"] = len(faces)
-        if not faces:
+        # the largest face, as the door's default; the score is shown even when the door
+        # would reject the face for its quality
+        analysis = matcher.analyser.analyse(image)
+        entry["faces"] = analysis.faces_found
+        observation = analysis.observations[0] if analysis.observations else None
+        if observation is None:
             entry["decision"] = "no face"
+        elif isinstance(observation, Rejected) and observation.face is None:
+            entry["decision"] = f"quality: {q.describe(observation.reason)}"  # several faces
         else:
-            face = max(faces, key=lambda f: f.size)
-            measures = q.measure_image(image, face)
-            entry["quality"] = measures.to_dict()
-            problem = q.first_problem(measures, matcher.thresholds)
-            emb = matcher.embedder.embed(matcher.pipeline.align(image, face).crop)[0]
-            verdict = matcher.verifier.verify(emb)
+            problem = None
+            if isinstance(observation, Scored):
+                scored = observation
+            else:  # a face the door would reject for its quality: still show its score
+                assert observation.face is not None
+                problem = observation.reason
+                scored = matcher.analyser.score(image, observation.face, observation.measures)
+            entry["quality"] = scored.measures.to_dict()
+            verdict = scored.verdict
+            assert verdict is not None
             entry.update(user=verdict.user, closest_user=verdict.best_user,
                          best_score=round(verdict.best_score, 6),
                          anchor_share=round(verdict.share, 3),

@@ -21,9 +21,18 @@ import numpy as np
 import pytest
 import yaml
 
+from twinlock.daemon.config.schema import Config
+from twinlock.daemon.door.actions import Action, LogAction
+from twinlock.daemon.door.machine import Command, DoorMachine, DoorSettings
+from twinlock.daemon.door.service import GuardedAudit, carry_out
 from twinlock.daemon.faces import quality as q
+from twinlock.daemon.faces.mesh import Mesh
+from twinlock.daemon.faces.types import Face
+from twinlock.daemon.recognition.analyser import Observation, Scored
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import FaceEmbedder
+from twinlock.daemon.recognition.verify import FrameVerdict
+from twinlock.daemon.storage.audit import AuditLog
 from twinlock.trainer.household.anchors import anchors_from_files
 
 MIRANDA_FRAMES = range(82, 211)
@@ -165,3 +174,46 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+# -- the door's decisions without a camera: the state machine and the daemon's own carry_out ----
+
+def scored(verdict: FrameVerdict, content: int, mesh: Mesh | None = None) -> Scored:
+    """A scored face whose crop and embedding are unique to ``content`` (distinct contents are
+    distinct evidence; equal contents are a repeated picture)."""
+    crop = np.frombuffer(content.to_bytes(8, "little"), np.uint8).reshape(2, 2, 2)
+    face = Face((0.0, 0.0, 100.0, 100.0), np.zeros((4, 2), np.float32), 0.9)
+    measures = q.QualityMeasures(face_px=100.0, brightness=120.0, sharpness=500.0)
+    return Scored(face, measures, crop, np.array([content], np.float32), verdict, mesh)
+
+
+def verdict(user: str | None, score: float | None = None) -> FrameVerdict:
+    """A frame verdict: ``user`` verified (None: nobody), with a plausible best score."""
+    best = score if score is not None else (0.99 if user else 0.1)
+    return FrameVerdict(user, user, best, 1.0 if user else 0.0, best, user)
+
+
+class Doorway:
+    """A DoorMachine whose commands the daemon's ``carry_out`` performs on a real audit log and
+    a recording action: the door's rules on a fake clock, as ``twinlockd run`` applies them."""
+
+    def __init__(self, cfg: Config, db: Path, action: Action | None = None) -> None:
+        self.audit = AuditLog(db)
+        self.records = GuardedAudit(self.audit)
+        self.action = action or LogAction()
+        self.door = DoorMachine(DoorSettings.from_config(cfg))
+
+    def step(self, now: float, frame: int | None = None,
+             *observations: Observation) -> list[Command]:
+        commands = self.door.step(now, frame, observations)
+        carry_out(commands, self.door, self.records, self.action)
+        return commands
+
+    def finish(self, why: str = "daemon stopped during the attempt") -> list[Command]:
+        commands = self.door.finish(why)
+        carry_out(commands, self.door, self.records, self.action)
+        return commands
+
+    def unlocks(self) -> list[str]:
+        assert isinstance(self.action, LogAction)
+        return [user for _, user in self.action.calls]

@@ -10,17 +10,15 @@ import socket
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from daemon_helpers import CLIP, enrol_miranda, liveness_off, write_config
+from daemon_helpers import CLIP, Doorway, enrol_miranda, liveness_off, scored, write_config
 from gpiozero.pins.mock import MockFactory
 
-from twinlock.daemon.camera.frame import Frame
 from twinlock.daemon.config.loader import parse_config
 from twinlock.daemon.door.actions import LogAction
 from twinlock.daemon.door.notify import Notifier
-from twinlock.daemon.door.service import Daemon, Door
+from twinlock.daemon.door.service import Daemon
 from twinlock.daemon.errors import AuditError
 from twinlock.daemon.recognition.verify import FrameVerdict
 from twinlock.daemon.storage.audit import AuditLog
@@ -57,25 +55,23 @@ class CheckingAction(LogAction):
         super().unlock(user)
 
 
-def knock(d: Door, start: float, frames: int = 5) -> float:
+def knock(d: Doorway, start: float, frames: int = 5) -> float:
     for i in range(frames):
-        image = np.full((8, 8, 3), i, np.uint8)
-        d.observe(start + i * 0.1, Frame(image, index=i), RESIDENT, None,
-                  (f"crop-{start}-{i}".encode(), f"emb-{start}-{i}".encode()))
+        d.step(start + i * 0.1, i, scored(RESIDENT, int(start * 100) + i))
     return start + frames * 0.1 + 20
 
 
 def test_the_unlock_is_committed_before_the_door_opens_and_never_without_it(
         tmp_path: Path) -> None:
-    audit = AuditLog(tmp_path / "audit.db")
-    action = CheckingAction(audit)
     cfg = parse_config(yaml.safe_dump({"action": {"type": "log", "cooldown_seconds": 5},
                                        **liveness_off()}))
-    d = Door(cfg, action, audit, None)
+    d = Doorway(cfg, tmp_path / "audit.db")
+    audit = d.audit
+    action = d.action = CheckingAction(audit)
     fill(audit)
     t = knock(d, 1000.0)  # the resident, recognised, while no record can be written
     assert action.calls == [], "the door opened without an audit record"
-    assert d.audit.failures >= 1 and "audit log" in d.last_decision
+    assert d.records.failures >= 1 and "audit log" in d.door.last_decision
     free(audit)
     knock(d, t)
     assert len(action.calls) == 1

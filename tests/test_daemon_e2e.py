@@ -22,6 +22,7 @@ from gpiozero.pins.mock import MockFactory
 
 from twinlock.daemon.camera.frame import Frame
 from twinlock.daemon.door.service import Daemon
+from twinlock.daemon.recognition.analyser import Observation
 from twinlock.daemon.storage.audit import AuditLog
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
@@ -34,9 +35,9 @@ class RecordingDaemon(Daemon):
         self.seen: list[tuple[int, float]] = []
         super().__init__(*args, **kwargs)
 
-    def process(self, frame: Frame) -> None:
+    def process(self, frame: Frame) -> tuple[Observation, ...]:
         self.seen.append((frame.source_index, time.monotonic()))
-        super().process(frame)
+        return super().process(frame)
 
 
 def pin_changes(pin: object) -> list[tuple[float, bool]]:

@@ -158,3 +158,38 @@ def test_static_check_sees_relative_and_lazy_imports() -> None:
     ]
     top_level = [m for _, m in _imports_of("from ..trainer import cli\n", Path("x.py"))]
     assert "twinlock.trainer.cli" in top_level
+
+
+TRAINER_DIR = DAEMON_DIR.parent / "trainer"
+
+
+def _private_daemon_imports(source: str, where: str) -> list[str]:
+    """``where:line: name`` for each import of a private (``_``) daemon module or name."""
+    offences = []
+    for node in ast.walk(ast.parse(source, filename=where)):
+        if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+            continue
+        if not node.module.startswith("twinlock.daemon"):
+            continue
+        names = [*node.module.split(".")[2:], *(alias.name for alias in node.names)]
+        if any(name.startswith("_") for name in names):
+            offences.append(f"{where}:{node.lineno}: from {node.module} import "
+                            f"{', '.join(alias.name for alias in node.names)}")
+    return offences
+
+
+def test_the_trainer_uses_only_the_daemons_public_names() -> None:
+    """The arrow trainer -> daemon goes through public modules and names: a private helper of
+    the door can change without breaking the host side."""
+    offences = []
+    for path in sorted(TRAINER_DIR.rglob("*.py")):
+        offences += _private_daemon_imports(path.read_text(), str(path.relative_to(TRAINER_DIR)))
+    assert not offences, "the trainer imports private daemon code:\n" + "\n".join(offences)
+
+
+def test_the_public_name_check_sees_private_imports() -> None:
+    source = ("from twinlock.daemon.door.service import _pick_up\n"
+              "def f():\n    from twinlock.daemon._secret import x\n"
+              "from twinlock.daemon.recognition.model import FaceEmbedder\n")
+    found = _private_daemon_imports(source, "probe.py")
+    assert [line.split(":")[1] for line in found] == ["1", "3"]

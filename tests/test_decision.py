@@ -1,5 +1,5 @@
 """Where the door's threshold and fusion rule come from, and the frame-agreement window and
-cooldown on a fake clock (frame time stamps are the only clock ``Door`` reads)."""
+cooldown on a fake clock (frame time stamps are the only clock the door's machine reads)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from daemon_helpers import Doorway, scored, verdict
 
-from twinlock.daemon.camera.frame import Frame
 from twinlock.daemon.config.loader import parse_config
-from twinlock.daemon.door.actions import LogAction
-from twinlock.daemon.door.service import Door
+from twinlock.daemon.door.rules import AgreementWindow
 from twinlock.daemon.errors import ModelError
 from twinlock.daemon.recognition.fusion import decision_settings
-from twinlock.daemon.recognition.verify import AgreementWindow, FrameVerdict
-from twinlock.daemon.storage.audit import AuditLog
 from twinlock.trainer.evaluation.door_eval import first_unlock
 
 PAIR = {"far_1e-02": 0.92, "far_1e-03": 0.98, "eer": 0.5}
@@ -111,49 +108,35 @@ def test_the_sequence_simulation_ages_the_window_like_the_daemon() -> None:
     assert first_unlock(times, users, face, 2, 2, 1.0) == (1, "ana")
 
 
-# -- cooldown through the daemon's Door ------------------------------------------------------
+# -- cooldown through the door's state machine -----------------------------------------------
 
-def _door(tmp_path: Path, cooldown: float) -> tuple[Door, LogAction, AuditLog]:
+def _door(tmp_path: Path, cooldown: float) -> Doorway:
     cfg = parse_config(
         "verification: {frames_required: 2, frame_window: 3, window_seconds: 2}\n"
         f"action: {{type: log, cooldown_seconds: {cooldown}}}\n"
-        f"audit: {{db: {tmp_path / 'audit.db'}}}\n"
         "liveness: {mode: off}\n", "test.yaml")  # the rules of recognition alone
-    action = LogAction()
-    audit = AuditLog(tmp_path / "audit.db")
-    return Door(cfg, action, audit, None), action, audit
-
-
-def _frame(i: int, now: float) -> Frame:
-    return Frame(np.zeros((8, 8, 3), np.uint8), index=i, timestamp=now)
-
-
-def _verdict(user: str | None) -> FrameVerdict:
-    return FrameVerdict(user, user, 0.99 if user else 0.1, 1.0 if user else 0.0)
+    return Doorway(cfg, tmp_path / "audit.db")
 
 
 def test_cooldown_swallows_the_rest_of_the_visit_then_a_new_visit_opens(tmp_path: Path) -> None:
-    door, action, audit = _door(tmp_path, cooldown=5.0)
+    door = _door(tmp_path, cooldown=5.0)
     times = [0.0, 0.2, 0.4, 0.6, 4.9, 5.1, 5.3]
     for i, now in enumerate(times):
-        door.tick(now)
-        door.observe(now, _frame(i, now), _verdict("ana"), None, (bytes([i]),))
+        door.step(now, i, scored(verdict("ana"), i))
     # opened at 0.2 (2 of 3); frames until 5.2 are the same visit; 5.3 is a new first vote
-    assert [u for _, u in action.calls] == ["ana"]
-    door.tick(5.5)
-    door.observe(5.5, _frame(7, 5.5), _verdict("ana"), None, (bytes([7]),))
-    assert [u for _, u in action.calls] == ["ana", "ana"]
-    with audit:
+    assert door.unlocks() == ["ana"]
+    door.step(5.5, 7, scored(verdict("ana"), 7))
+    assert door.unlocks() == ["ana", "ana"]
+    with door.audit as audit:
         unlocks = audit.query(event="unlock")
     assert sorted(u.frame for u in unlocks) == [1, 7]
 
 
 def test_without_cooldown_the_next_two_frames_open_again(tmp_path: Path) -> None:
-    door, action, _ = _door(tmp_path, cooldown=0.0)
+    door = _door(tmp_path, cooldown=0.0)
     for i, now in enumerate([0.0, 0.1, 0.2, 0.3]):
-        door.tick(now)
-        door.observe(now, _frame(i, now), _verdict("ana"), None, (bytes([i]),))
-    assert len(action.calls) == 2  # frames 0+1, then 2+3: the window starts empty after each
+        door.step(now, i, scored(verdict("ana"), i))
+    assert len(door.unlocks()) == 2  # frames 0+1, then 2+3: the window starts empty after each
 
 
 LADDER = [[1e-2, 0.90], [1e-3, 0.98], [1e-4, 0.995]]

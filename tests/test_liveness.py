@@ -11,9 +11,8 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, write_config
+from daemon_helpers import CLIP, MIRANDA_FRAMES, Doorway, enrol_miranda, scored, write_config
 
-from twinlock.daemon.camera.frame import Frame
 from twinlock.daemon.config.loader import parse_config
 from twinlock.daemon.config.schema import Config
 from twinlock.daemon.door.actions import LogAction
@@ -23,7 +22,6 @@ from twinlock.daemon.door.liveness import (
     eye_aspect_ratio,
     nose_parallax,
 )
-from twinlock.daemon.door.service import Door
 from twinlock.daemon.errors import ConfigError
 from twinlock.daemon.faces.blazeface import BlazeFaceDetector
 from twinlock.daemon.faces.mesh import FaceMesh, Mesh
@@ -188,7 +186,7 @@ def test_tracker_blink_needs_a_dip_and_a_recovery_in_time(portrait_mesh: Mesh,
     assert not photo.passed
 
 
-def _door(tmp_path: Path, mode: str, **lockout: object) -> tuple[Door, LogAction, AuditLog]:
+def _door(tmp_path: Path, mode: str, **lockout: object) -> tuple[Doorway, LogAction, AuditLog]:
     cfg = Config.model_validate({
         "liveness": {"mode": mode, "timeout_seconds": 3.0},
         "lockout": {"max_failures": 2, "window_seconds": 600, "lockout_seconds": 100,
@@ -197,19 +195,16 @@ def _door(tmp_path: Path, mode: str, **lockout: object) -> tuple[Door, LogAction
         "verification": {"frames_required": 2, "frame_window": 3, "window_seconds": 3.0},
     })
     action = LogAction()
-    audit = AuditLog(tmp_path / "audit.db")
-    return Door(cfg, action, audit, None), action, audit
+    door = Doorway(cfg, tmp_path / "audit.db", action)
+    return door, action, door.audit
 
 
-def _knock(door: Door, t0: float, points: list[np.ndarray], fps: float = 10.0) -> float:
+def _knock(door: Doorway, t0: float, points: list[np.ndarray], fps: float = 10.0) -> float:
     """Frames of one resident, matched, with these meshes; returns the time after the last."""
-    image = np.zeros((8, 8, 3), np.uint8)
     for i, p in enumerate(points):
         now = t0 + i / fps
-        door.tick(now)
         verdict = FrameVerdict("lin", "lin", 0.999, 1.0, 0.999, "lin")
-        door.observe(now, Frame(image, index=i, timestamp=now, source_index=i), verdict, None,
-                     (bytes([i % 256, int(t0) % 256]),), _mesh(p))
+        door.step(now, i, scored(verdict, i + 1000 * int(t0), _mesh(p)))
     return t0 + len(points) / fps
 
 
@@ -234,7 +229,7 @@ def test_a_photo_moved_about_fails_liveness_counts_and_locks_out(tmp_path: Path,
         frames = [_warped(portrait_mesh.points, np.eye(3) + rng.normal(0, [[0.05, 0.05, 20],
                   [0.05, 0.05, 20], [3e-4, 3e-4, 0]])) for _ in range(40)]
         t = _knock(door, t, frames) + 10.0
-        door.tick(t)
+        door.step(t)
     assert action.calls == []
     denials = audit.query(event="deny")
     assert len(denials) >= 2
@@ -263,7 +258,7 @@ def test_liveness_times_out_from_the_recognition_and_the_face_can_try_again(
 
 def test_mode_off_opens_on_recognition_alone(tmp_path: Path, portrait_mesh: Mesh) -> None:
     door, action, audit = _door(tmp_path, "off")
-    assert not door.needs_liveness
+    assert not door.door.needs_liveness
     _knock(door, 100.0, [portrait_mesh.points] * 3)
     assert [u for _, u in action.calls] == ["lin"]
     assert "liveness" not in (audit.query(event="unlock")[0].details or {})

@@ -1,6 +1,7 @@
 """The lockout holds against a gapless stream of strangers, and the resident waits it out.
 
-Fast tests drive the real ``Door`` (real audit log in SQLite, the log action) with a fake clock;
+Fast tests drive the door's state machine with the daemon's own ``carry_out`` (real audit log in
+SQLite, the log action) on a fake clock;
 one test replays 250 different LFW strangers' faces, then the enrolled resident, through the real
 daemon.
 """
@@ -10,17 +11,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import yaml
-from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda, liveness_off, write_config
+from daemon_helpers import (
+    CLIP,
+    MIRANDA_FRAMES,
+    Doorway,
+    enrol_miranda,
+    liveness_off,
+    scored,
+    write_config,
+)
 
-from twinlock.daemon.camera.frame import Frame
 from twinlock.daemon.config.loader import parse_config
 from twinlock.daemon.config.schema import Config
-from twinlock.daemon.door.actions import LogAction
-from twinlock.daemon.door.service import Daemon, Door
-from twinlock.daemon.recognition.verify import FrameVerdict, Lockout
+from twinlock.daemon.door.rules import Lockout
+from twinlock.daemon.door.service import Daemon
+from twinlock.daemon.recognition.verify import FrameVerdict
 from twinlock.daemon.storage.audit import AuditLog
 
 FPS = 15.0
@@ -28,20 +35,18 @@ STRANGER = FrameVerdict(None, "lin", 0.2, 0.0)
 RESIDENT = FrameVerdict("lin", "lin", 0.9, 1.0)
 
 
-def door(tmp_path: Path, **lockout: object) -> tuple[Door, LogAction, AuditLog]:
+def door(tmp_path: Path, **lockout: object) -> Doorway:
     cfg = parse_config(yaml.safe_dump({"action": {"type": "log", "cooldown_seconds": 5},
                                        "lockout": lockout, **liveness_off()}))
-    action, audit = LogAction(), AuditLog(tmp_path / "audit.db")
-    return Door(cfg, action, audit, None), action, audit
+    return Doorway(cfg, tmp_path / "audit.db")
 
 
-def feed(d: Door, start: float, frames: int, verdict: FrameVerdict, fps: float = FPS) -> float:
-    """``frames`` evaluated faces, ``1/fps`` apart and without gaps; returns the next time."""
-    image = np.zeros((8, 8, 3), np.uint8)
+def feed(d: Doorway, start: float, frames: int, verdict: FrameVerdict, fps: float = FPS) -> float:
+    """``frames`` evaluated faces, each a different picture, ``1/fps`` apart and without gaps;
+    returns the next time."""
     for i in range(frames):
         now = start + i / fps
-        d.tick(now)
-        d.observe(now, Frame(image, index=i), verdict, None)
+        d.step(now, i, scored(verdict, int(now * 1000)))
     return start + frames / fps
 
 
@@ -55,22 +60,23 @@ def test_failed_frames_without_gaps_lock_and_thin_ones_do_not() -> None:
 
 
 def test_a_stream_of_strangers_locks_out_the_resident_until_it_expires(tmp_path: Path) -> None:
-    d, action, audit = door(tmp_path)
+    d = door(tmp_path)
+    action, audit = d.action, d.audit
     t = feed(d, 1000.0, 400, STRANGER)  # 400 strangers in 27 s, one after another
     t = feed(d, t, 30, RESIDENT)
     assert action.calls == [], "the resident opened the door right after the strangers"
     lockouts = audit.query(event="lockout")
     assert len(lockouts) == 1 and "unrecognised face-frames" in lockouts[0].reason
     assert any("locked out" in r.reason for r in audit.query(event="deny"))
-    feed(d, d.lockout.until + 0.1, 30, RESIDENT)  # after the lockout: in
+    feed(d, d.door.lockout.until + 0.1, 30, RESIDENT)  # after the lockout: in
     assert len(action.calls) == 1
 
 
 def test_attempt_length_is_a_config_key_and_each_cut_counts(tmp_path: Path) -> None:
     """One face in view without a match for 60 s, at one frame a second: attempts are cut every
     ``attempt_seconds`` and five cuts within the window lock (the frame budget never fills)."""
-    d, _action, audit = door(tmp_path, attempt_seconds=5, window_seconds=30,
-                            max_failed_frames=100_000)
+    d = door(tmp_path, attempt_seconds=5, window_seconds=30, max_failed_frames=100_000)
+    audit = d.audit
     feed(d, 1000.0, 60, STRANGER, fps=1.0)
     denies = [r for r in audit.query(event="deny")
               if r.reason == "not recognised within the attempt time"]
@@ -129,14 +135,15 @@ def test_replayed_strangers_without_gaps_lock_out_the_resident(
 
 
 def test_a_resident_waiting_out_a_lockout_is_one_record_with_a_count(tmp_path: Path) -> None:
-    d, action, audit = door(tmp_path)
+    d = door(tmp_path)
+    action, audit = d.action, d.audit
     t = feed(d, 1000.0, 200, STRANGER)  # locks
     feed(d, t, 90, RESIDENT)  # 6 s of the resident at the door: one refusal per k frames
-    refused = 90 // d.window.frames_required
+    refused = 90 // d.door.window.frames_required
     refusals = [r for r in audit.query(event="deny") if "locked out" in r.reason]
     assert len(refusals) == 1, [r.reason for r in refusals]
     assert not any("refused during the lockout" in r.reason for r in audit.query(event="deny"))
-    d.tick(d.lockout.until + 1.0)  # the lockout is over: one summary
+    d.step(d.door.lockout.until + 1.0)  # the lockout is over: one summary
     summary = [r for r in audit.query(event="deny") if "refused during the lockout" in r.reason]
     assert len(summary) == 1 and summary[0].details["refused"] == refused
     assert summary[0].reason == f"{refused} unlock(s) refused during the lockout (lin x{refused})"
@@ -144,10 +151,11 @@ def test_a_resident_waiting_out_a_lockout_is_one_record_with_a_count(tmp_path: P
 
 
 def test_an_attempt_cut_by_a_reload_or_stop_is_no_failure(tmp_path: Path) -> None:
-    d, _action, audit = door(tmp_path, max_failures=2)
+    d = door(tmp_path, max_failures=2)
+    audit = d.audit
     t = 1000.0
     for _ in range(3):
         t = feed(d, t, 2, STRANGER) + 0.1
         d.finish()  # what a reload (and a stop) does with the attempt in progress
     assert len([r for r in audit.query(event="deny")]) == 3, "each attempt is still recorded"
-    assert not d.lockout.locked(t) and not audit.query(event="lockout")
+    assert not d.door.lockout.locked(t) and not audit.query(event="lockout")

@@ -273,9 +273,9 @@ class TimedDaemon(Daemon):
         self.seen: list[float] = []
         super().__init__(*args, **kwargs)
 
-    def process(self, frame: Any) -> None:
+    def process(self, frame: Any) -> Any:
         self.seen.append(time.monotonic())
-        super().process(frame)
+        return super().process(frame)
 
 
 def start_daemon(config: Path) -> tuple[TimedDaemon, threading.Thread]:

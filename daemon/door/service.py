@@ -10,7 +10,6 @@ keeping the old ones if the new ones do not load.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import queue
@@ -36,16 +35,15 @@ from ..config.schema import Config, ReplayCameraConfig
 from ..errors import AuditError, ModelError, TwinLockError
 from ..faces import quality as q
 from ..faces.assets import MESH_ROLE
-from ..faces.mesh import IRIS_ROLE, FaceMesh, Mesh
-from ..faces.pipeline import FacePipeline
-from ..faces.types import Face
+from ..faces.mesh import IRIS_ROLE, FaceMesh
+from ..recognition.analyser import FrameAnalyser, Observation
 from ..recognition.fusion import decision_settings
 from ..recognition.gallery import load_gallery
 from ..recognition.model import FaceEmbedder
-from ..recognition.verify import AgreementWindow, Attempt, FrameVerdict, Lockout, Verifier
+from ..recognition.verify import Verifier
 from ..storage.audit import AuditLog, SnapshotStore
 from .actions import Action, build_action
-from .liveness import LivenessTracker
+from .machine import Command, DoorMachine, DoorSettings, Record, Unlock
 from .mqtt import UNLOCK_COMMANDS, MqttLink, event_type
 from .notify import Notifier, watchdog_interval
 
@@ -59,13 +57,19 @@ FAULT_REPEAT_SECONDS = 60.0
 class Matcher:
     """Everything built from the model and gallery; replaced as a whole on reload."""
 
-    embedder: FaceEmbedder
-    pipeline: FacePipeline
+    analyser: FrameAnalyser
     verifier: Verifier
-    thresholds: q.QualityThresholds
     users: int
     origin: str
-    mesh: FaceMesh | None = None  # the face mesh for liveness; None when liveness is off
+
+    @property
+    def embedder(self) -> FaceEmbedder:
+        return self.analyser.embedder
+
+    @property
+    def mesh(self) -> FaceMesh | None:
+        """The face mesh for liveness; None when liveness is off."""
+        return self.analyser.mesh
 
     def describe(self) -> str:
         meta = self.embedder.meta
@@ -318,221 +322,37 @@ def build_matcher(cfg: Config) -> Matcher:
         logger.info("liveness: %s (face mesh %s)", cfg.liveness.mode, mesh.model_path)
     else:
         logger.warning("liveness is off: a photo of a resident can open the door")
-    return Matcher(embedder, pipeline, verifier, thresholds, len(gallery.users), origin, mesh)
+    analyser = FrameAnalyser(pipeline, embedder, thresholds, verifier, cfg.quality.multiple_faces,
+                             mesh)
+    return Matcher(analyser, verifier, len(gallery.users), origin)
 
 
-def _digest(array: np.ndarray) -> bytes:
-    """Content digest of a crop or an embedding: equal only for identical values."""
-    data = np.ascontiguousarray(array)
-    return hashlib.blake2b(str((data.dtype, data.shape)).encode() + data.tobytes(),
-                           digest_size=16).digest()
+def frame_number(frame: Frame) -> int:
+    """The number a record gives a frame: its place in the source file when replaying one."""
+    return frame.source_index if frame.source_index is not None else frame.index
 
 
-class Door:
-    """The decision state: frame agreement, attempts, cooldown and lockout -> action + audit."""
-
-    def __init__(self, cfg: Config, action: Action, audit: AuditLog | GuardedAudit,
-                 snapshots: SnapshotStore | None) -> None:
-        v, lk = cfg.verification, cfg.lockout
-        self.window = AgreementWindow(v.frames_required, v.frame_window, v.window_seconds)
-        self.lockout = Lockout(lk.enabled, lk.max_failures, lk.window_seconds, lk.lockout_seconds,
-                               lk.max_failed_frames)
-        self.attempt_seconds = lk.attempt_seconds
-        self.idle_seconds = v.window_seconds
-        self.cooldown_seconds = cfg.action.cooldown_seconds
-        self.audit = audit if isinstance(audit, GuardedAudit) else GuardedAudit(audit)
-        self.action, self.snapshots = action, snapshots
-        self.attempt: Attempt | None = None
-        self.cooldown_until = 0.0
-        self.last_image: np.ndarray | None = None
-        #: unlocks refused per user during the current lockout (recorded once, when it ends)
-        self._refusals: dict[str, int] = {}
-        self.last_decision = "none yet"
-        self.liveness_settings = cfg.liveness.settings()
-        self.liveness: LivenessTracker | None = None  # the open attempt's evidence
-        #: when recognition first agreed in this attempt while liveness had not passed
-        self.awaiting_liveness_since: float | None = None
-
-    @property
-    def needs_liveness(self) -> bool:
-        """Whether a matched frame's face mesh is wanted (liveness on)."""
-        return self.liveness_settings.enabled
-
-    def observe(self, now: float, frame: Frame, verdict: FrameVerdict | None,
-                problem: str | None, evidence: tuple[bytes, ...] = (),
-                mesh: Mesh | None = None) -> None:
-        """One evaluated face: ``verdict`` when it was matched, ``problem`` when quality failed;
-        ``evidence`` identifies its content (see AgreementWindow: a repeat gets no vote);
-        ``mesh``: its face mesh, for a frame that verified a resident while liveness is on."""
-        if now < self.cooldown_until:
-            return  # the door just opened for this visit
-        if self.attempt is None:
-            self.attempt = Attempt(started=now, last_seen=now)
-            self.liveness = LivenessTracker(self.liveness_settings)
-            self.awaiting_liveness_since = None
-        self.attempt.add(now, verdict, problem)
-        self.last_image = frame.image
-        if verdict is not None:
-            label = frame.source_index if frame.source_index is not None else frame.index
-            if mesh is not None and verdict.user is not None and self.liveness is not None:
-                self.liveness.add(now, mesh, label)
-            agreed = self.window.add(now, verdict.user, evidence)
-            logger.debug("frame %s: best %s %.4f, verified %s, agreed %s", frame.index,
-                         verdict.best_user, verdict.best_score, verdict.user, agreed)
-            if agreed is not None and (self.liveness is None or self.liveness.passed
-                                       or self.lockout.locked(now)):
-                self._agreed(now, frame, agreed, verdict)
-                return
-            if agreed is not None and self.awaiting_liveness_since is None:
-                self.awaiting_liveness_since = now
-                logger.info("%s recognised; waiting for liveness (%s)", agreed,
-                            self.liveness_settings.mode)
-            if self._liveness_timed_out(now):
-                assert self.liveness is not None
-                self._end_attempt(self.liveness.failure_reason())
-                return
-            if verdict.user is None and self.lockout.failed_frame(now):
-                self._locked_out()
-        if self.attempt is not None and now - self.attempt.started > self.attempt_seconds:
-            self._end_attempt("not recognised within the attempt time"
-                              if self.awaiting_liveness_since is None or self.liveness is None
-                              else self.liveness.failure_reason())
-
-    def _liveness_timed_out(self, now: float) -> bool:
-        """Recognised, but no liveness within ``liveness.timeout_seconds`` of that."""
-        since = self.awaiting_liveness_since
-        return since is not None and now - since > self.liveness_settings.timeout_seconds
-
-    def tick(self, now: float) -> None:
-        """Called every frame: ends an attempt once the face has been gone for a while."""
-        self.window.expire(now)
-        if self._refusals and not self.lockout.locked(now):
-            self._lockout_refusals_summary()
-        if self.attempt is not None and self.liveness is not None \
-                and self._liveness_timed_out(now):
-            self._end_attempt(self.liveness.failure_reason())
-        elif self.attempt is not None and now - self.attempt.last_seen > self.idle_seconds:
-            self._end_attempt("face left without a match" if self.awaiting_liveness_since is None
-                              or self.liveness is None else self.liveness.failure_reason())
-
-    def finish(self, why: str = "daemon stopped during the attempt") -> None:
-        """Record an attempt still open when the daemon stops or reloads, so no decision goes
-        unlogged. It is not counted as a failed attempt: the visitor did not fail, the daemon
-        cut them off (a reload must not bring a lockout nearer)."""
-        if self.attempt is not None:
-            self._end_attempt(why, failure=False)
-        self._lockout_refusals_summary()
-
-    def _agreed(self, now: float, frame: Frame, user: str, verdict: FrameVerdict) -> None:
-        assert self.attempt is not None
-        details = self._details(self.attempt) | self._liveness_details()
-        if self.lockout.locked(now):
-            # the first refusal of a lockout is recorded; the rest are counted and written once
-            # when it ends (a resident waiting it out would add a record every few frames)
-            self._refusals[user] = self._refusals.get(user, 0) + 1
-            if sum(self._refusals.values()) == 1:
-                self.audit.record("deny", "deny", "locked out after repeated failures",
-                                  user=user, best_score=verdict.best_score,
-                                  frame=frame.source_index or frame.index,
-                                  details=details | {"locked_until_s": self.lockout.until - now})
-            self.last_decision = f"deny {user} (locked out)"
-        elif not self.audit.record(
-                "unlock", "unlock", f"verified in {self.window.frames_required} of "
-                f"{self.window.frame_window} frames", user=user, best_score=verdict.best_score,
-                frame=frame.source_index if frame.source_index is not None else frame.index,
-                details=details):
-            # no record, no unlock: the log must be able to say who opened the door
-            logger.critical("NOT opening for %s: the unlock could not be recorded", user)
-            self.last_decision = f"refused {user}: audit log not writable"
-        else:
-            self.action.unlock(user)  # only after the record is committed
-            self.cooldown_until = now + self.cooldown_seconds
-            self.last_decision = f"unlock {user} at {time.strftime('%H:%M:%S')}"
-            logger.info("door opened for %s (score %.4f)", user, verdict.best_score)
-        self.window.clear()
-        self.attempt = None
-        self.liveness, self.awaiting_liveness_since = None, None
-
-    def _end_attempt(self, reason: str, failure: bool = True) -> None:
-        """Record the attempt's end; ``failure``: it counts towards the lockout."""
-        attempt, self.attempt = self.attempt, None
-        self.window.clear()
-        liveness = self._liveness_details()
-        self.liveness, self.awaiting_liveness_since = None, None
-        if attempt is None:
-            return
-        details = self._details(attempt) | liveness
-        if attempt.frames == 0:
-            worst = max(attempt.quality_rejections, key=attempt.quality_rejections.get)
-            self.audit.record("quality", "deny", f"face unusable: {q.describe(worst)}",
-                              details=details)
-            self.last_decision = f"deny ({worst})"
-            return
-        self.audit.record("deny", "deny", reason, user=None, best_score=attempt.best_score,
-                          details=details | {"closest_user": attempt.best_user})
-        self.last_decision = ("deny (liveness)" if reason.startswith("liveness")
-                              else "deny (not recognised)")
-        if self.snapshots is not None and self.last_image is not None:
+def carry_out(commands: list[Command], door: DoorMachine, records: GuardedAudit, action: Action,
+              snapshots: SnapshotStore | None = None, image: np.ndarray | None = None) -> None:
+    """Do what the door decided, in order. An unlock happens only once its record is committed;
+    if it cannot be, the door stays shut and the machine is told. ``image``: the last picture
+    with a face (for a snapshot of a refused attempt)."""
+    for command in commands:
+        if isinstance(command, Record):
+            records.record(command.event, command.decision, command.reason, **command.fields())
+        elif isinstance(command, Unlock):
+            record = command.record
+            if records.record(record.event, record.decision, record.reason, **record.fields()):
+                action.unlock(command.user)
+                door.last_decision += f" at {time.strftime('%H:%M:%S')}"
+                logger.info("door opened for %s", command.user)
+            else:
+                door.unlock_not_recorded(command.user)
+        elif snapshots is not None and image is not None:
             try:
-                self.snapshots.save(self.last_image, time.time(), "deny")
+                snapshots.save(image, time.time(), command.kind)
             except (OSError, TwinLockError) as exc:
                 logger.warning("snapshot not saved: %s", exc)
-        if failure and self.lockout.failure(attempt.last_seen):
-            self._locked_out()
-
-    def remote_unlock(self, now: float, source: str, allowed: bool) -> bool:
-        """An unlock asked for over MQTT (Home Assistant's lock entity). Refused unless
-        ``mqtt.remote_unlock``, refused during a lockout, and like any unlock recorded (with its
-        source) before the relay moves."""
-        details = {"source": source}
-        if not allowed:
-            self.audit.record("remote", "deny", "remote unlock refused: mqtt.remote_unlock is "
-                              "false", details=details)
-            logger.warning("remote unlock refused (disabled): %s", source)
-            return False
-        if self.lockout.locked(now):
-            self.audit.record("remote", "deny", "remote unlock refused: locked out after "
-                              "repeated failures",
-                              details=details | {"locked_until_s": self.lockout.until - now})
-            return False
-        if not self.audit.record("unlock", "unlock", "remote unlock", user=None,
-                                 details=details):
-            logger.critical("NOT opening for a remote unlock: it could not be recorded")
-            return False
-        self.action.unlock("remote")
-        self.cooldown_until = now + self.cooldown_seconds
-        self.last_decision = f"remote unlock at {time.strftime('%H:%M:%S')}"
-        logger.warning("door opened remotely: %s", source)
-        return True
-
-    def _lockout_refusals_summary(self) -> None:
-        """One record for the unlocks refused during a lockout that is over (or cut short)."""
-        if not self._refusals:
-            return
-        refusals, self._refusals = self._refusals, {}
-        total = sum(refusals.values())
-        self.audit.record("deny", "deny", f"{total} unlock(s) refused during the lockout "
-                          f"({', '.join(f'{u} x{n}' for u, n in sorted(refusals.items()))})",
-                          details={"refused": total, "users": refusals})
-
-    def _locked_out(self) -> None:
-        """A lockout just started: say why, once."""
-        self.audit.record("lockout", "deny", self.lockout.reason,
-                          details={"lockout_seconds": self.lockout.lockout_seconds})
-        logger.warning("lockout for %.0f s: %s", self.lockout.lockout_seconds,
-                       self.lockout.reason)
-
-    def _liveness_details(self) -> dict[str, Any]:
-        """The attempt's liveness evidence for its audit record (empty when liveness is off)."""
-        if self.liveness is None or not self.liveness_settings.enabled:
-            return {}
-        return {"liveness": self.liveness.summary()}
-
-    @staticmethod
-    def _details(attempt: Attempt) -> dict[str, Any]:
-        return {"frames": attempt.frames, "verified_frames": attempt.verified_frames,
-                "quality_rejections": dict(attempt.quality_rejections),
-                "seconds": round(attempt.last_seen - attempt.started, 3)}
 
 
 class Daemon:
@@ -556,11 +376,15 @@ class Daemon:
             self.mqtt = self._start_mqtt(self.cfg)
             self.records.listener = self._publish_record
             self.camera = self._camera()
-            self.door = self._door()
+            self.snapshots = self._snapshots()
+            self.door = DoorMachine(DoorSettings.from_config(self.cfg))
+            #: the last picture that showed a face (snapshots of refused attempts, MQTT)
+            self.last_image: np.ndarray | None = None
         except BaseException:
             self.action.close()
-            if getattr(self, "mqtt", None) is not None:
-                self.mqtt.close()
+            mqtt = getattr(self, "mqtt", None)
+            if mqtt is not None:
+                mqtt.close()
             raise
         self._watchdog_period = watchdog_interval() if self.cfg.service.watchdog else None
         self._last_ping = 0.0
@@ -584,11 +408,10 @@ class Daemon:
             self.records.record("fault", "deny", f"mqtt not started: {exc}")
             return None
 
-    def _door(self) -> Door:
+    def _snapshots(self) -> SnapshotStore | None:
         snaps = self.cfg.audit.snapshots
-        store = (SnapshotStore(snaps.dir, snaps.max_total_mb, snaps.jpeg_quality)
-                 if snaps.enabled else None)
-        return Door(self.cfg, self.action, self.records, store)
+        return (SnapshotStore(snaps.dir, snaps.max_total_mb, snaps.jpeg_quality)
+                if snaps.enabled else None)
 
     def load_matcher(self) -> None:
         """(Re)build the matcher; on failure the old one stays (or the door stays locked)."""
@@ -631,11 +454,11 @@ class Daemon:
                 self.mqtt.close()
             self.mqtt = self._start_mqtt(new_cfg)
         self.matcher = matcher
-        self.door.finish("reloaded during the attempt")  # logged under the old settings
-        old_lockout = self.door.lockout
-        self.door = self._door()
-        if new_cfg.lockout == old.lockout:
-            self.door.lockout = old_lockout  # a reload must not lift a running lockout
+        self.carry_out(self.door.finish("reloaded during the attempt"))  # the old settings
+        # a reload must not lift a running lockout
+        lockout = self.door.lockout if new_cfg.lockout == old.lockout else None
+        self.snapshots = self._snapshots()
+        self.door = DoorMachine(DoorSettings.from_config(new_cfg), lockout)
         self.records.record("reload", "ignore", f"reloaded: {matcher.describe()}")
         logger.info("reloaded: %s", matcher.describe())
         self.notifier.ready()
@@ -684,8 +507,9 @@ class Daemon:
             self.fault(f"unlock hook failed: {detail}")
         else:
             logger.info("action: %s %s", kind, detail)
-        if kind in ("pulse_start", "pulse_end") and getattr(self, "mqtt", None) is not None:
-            self.mqtt.lock_state(unlocked=kind == "pulse_start")
+        mqtt = getattr(self, "mqtt", None)  # None, or not yet made: pulses start early
+        if kind in ("pulse_start", "pulse_end") and mqtt is not None:
+            mqtt.lock_state(unlocked=kind == "pulse_start")
 
     def _publish_record(self, event: str, decision: str, reason: str,
                         fields: dict[str, Any]) -> None:
@@ -697,9 +521,9 @@ class Daemon:
         self.mqtt.event(kind, decision=decision, reason=reason, user=fields.get("user"),
                         score=fields.get("best_score"), closest_user=details.get("closest_user"),
                         source=details.get("source"), frame=fields.get("frame"))
-        door = getattr(self, "door", None)
-        if event == "deny" and door is not None and door.last_image is not None:
-            self.mqtt.snapshot(door.last_image)
+        image = getattr(self, "last_image", None)
+        if event == "deny" and image is not None:
+            self.mqtt.snapshot(image)
 
     def _remote_command(self, command: str, source: str) -> None:
         """From the MQTT thread: hand an unlock request to the frame loop, which decides."""
@@ -712,7 +536,8 @@ class Daemon:
                 source = self._remote_requests.get_nowait()
             except queue.Empty:
                 return
-            self.door.remote_unlock(time.monotonic(), source, self.cfg.mqtt.remote_unlock)
+            self.carry_out(self.door.remote(time.monotonic(), source,
+                                            self.cfg.mqtt.remote_unlock))
 
     def _wait(self, seconds: float) -> None:
         """The camera's backoff wait: stays responsive to stop and keeps the watchdog fed
@@ -764,10 +589,11 @@ class Daemon:
                     break
                 self._ping_watchdog()
                 now = frame.timestamp
-                self.door.tick(now)
+                observations: tuple[Observation, ...] = ()
                 if now - last_processed >= 0.9 * min_period:  # 0.9: frame timing jitters
                     last_processed = now
-                    self.process(frame)
+                    observations = self.process(frame)
+                self.carry_out(self.door.step(now, frame_number(frame), observations))
                 if time.monotonic() - last_status >= self.cfg.service.status_interval_s:
                     last_status = time.monotonic()
                     self._status()
@@ -775,43 +601,29 @@ class Daemon:
             self.shutdown()
         return 0
 
-    def process(self, frame: Frame) -> None:
-        """One frame. Any failure here is a fault for this frame only: door stays locked."""
+    def process(self, frame: Frame) -> tuple[Observation, ...]:
+        """What one frame shows (the frame analyser's observations). Any failure here is a
+        fault for this frame only: it shows nothing, and the door stays locked."""
         matcher = self.matcher
         if matcher is None:
-            return
+            return ()
         self._frame_times.append(time.monotonic())
         try:
-            faces = [frame.to_image_coords(f) for f in matcher.pipeline.detector.detect(
-                frame.detect_input)]
-            if not faces:
-                return
-            policy = self.cfg.quality.multiple_faces
-            if len(faces) > 1 and policy == "reject":
-                self.door.observe(frame.timestamp, frame, None, q.SEVERAL_FACES)
-                return
-            chosen = faces if policy == "each" else [max(faces, key=lambda f: f.size)]
-            for face in chosen:
-                self._evaluate(matcher, frame, face)
+            analysis = matcher.analyser.analyse(frame.image, frame.detect_input,
+                                                frame.to_image_coords, self.door.needs_liveness)
         except TwinLockError as exc:
             self.fault(f"frame skipped: {exc}", frame=frame.index)
+            return ()
         except Exception as exc:
             logger.debug("unexpected error on frame %s", frame.index, exc_info=True)
             self.fault(f"frame skipped: {exc.__class__.__name__}: {exc}", frame=frame.index)
+            return ()
+        if analysis.observations:
+            self.last_image = frame.image
+        return analysis.observations
 
-    def _evaluate(self, matcher: Matcher, frame: Frame, face: Face) -> None:
-        aligned = matcher.pipeline.align(frame.image, face)
-        problem = q.first_problem(q.measure_image(frame.image, face), matcher.thresholds)
-        if problem is not None:
-            self.door.observe(frame.timestamp, frame, None, problem)
-            return
-        embedding = matcher.embedder.embed(aligned.crop)[0]
-        verdict = matcher.verifier.verify(embedding)
-        mesh = None
-        if verdict.user is not None and matcher.mesh is not None and self.door.needs_liveness:
-            mesh = matcher.mesh.landmarks(frame.image, face)  # matched frames only
-        self.door.observe(frame.timestamp, frame, verdict, None,
-                          (_digest(aligned.crop), _digest(embedding)), mesh)
+    def carry_out(self, commands: list[Command]) -> None:
+        carry_out(commands, self.door, self.records, self.action, self.snapshots, self.last_image)
 
     def _ping_watchdog(self) -> None:
         if self._watchdog_period is None:
@@ -840,7 +652,7 @@ class Daemon:
         try:
             self.action.close()
         finally:
-            self.door.finish()
+            self.carry_out(self.door.finish())
             self.camera.close()
             self.records.record("stop", "ignore", "twinlockd stopped")
             self.audit.close()

@@ -33,7 +33,7 @@ KNOWN_FORMATS = "PNG, JPEG, BMP, TIFF, WebP, GIF or PNM"
 def image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
     """(width, height) from an encoded image's header, without decoding; None when the bytes
     are not one of KNOWN_FORMATS or the header is damaged."""
-    head = bytes(memoryview(data)[:1 << 16]) if not isinstance(data, bytes) else data[:1 << 16]
+    head = data[:1 << 16] if isinstance(data, bytes) else data.reshape(-1)[:1 << 16].tobytes()
     try:
         for sniff in (_png, _jpeg, _gif, _bmp, _webp, _tiff, _pnm):
             size = sniff(head)

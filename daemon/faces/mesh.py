@@ -85,21 +85,23 @@ class FaceMesh:
         if eyes:
             self.iris = TFLiteModel(Path(iris_model_path) if iris_model_path
                                     else find_model_file(IRIS_FILE), num_threads=num_threads)
-            self._contour_out = next((i for i, o in enumerate(self.iris.outputs)
-                                      if int(np.prod(o.shape)) == 71 * 3), None)
-            if self._contour_out is None:
+            contour = next((i for i, o in enumerate(self.iris.outputs)
+                            if int(np.prod(o.shape)) == 71 * 3), None)
+            if contour is None:
                 raise DetectorError(f"{self.iris.path}: no 71-point eye contour output")
+            self._contour_out: int = contour
         self.model = TFLiteModel(path, num_threads=num_threads)
         self.model_path = path
         shape = self.model.inputs[0].shape
         if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
             raise DetectorError(f"{path}: input {shape} is not a square RGB image")
         self.size = int(shape[1])
-        self._points_out = next((i for i, o in enumerate(self.model.outputs)
-                                 if int(np.prod(o.shape)) == MESH_POINTS * 3), None)
-        if self._points_out is None:
+        points = next((i for i, o in enumerate(self.model.outputs)
+                       if int(np.prod(o.shape)) == MESH_POINTS * 3), None)
+        if points is None:
             raise DetectorError(f"{path}: no output of {MESH_POINTS * 3} values; not the "
                                 "468-point face mesh")
+        self._points_out: int = points
         self._score_out = 1 - self._points_out if len(self.model.outputs) == 2 else None
 
     def landmarks(self, image: np.ndarray, face: Face) -> Mesh:
@@ -140,7 +142,7 @@ class FaceMesh:
             centre = (p + q) / 2
             angle = math.degrees(math.atan2(q[1] - p[1], q[0] - p[0]))
             matrix = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle,
-                                             size / (width * EYE_ROI_SCALE))
+                                             size / (width * EYE_ROI_SCALE)).astype(np.float64)
             matrix[:, 2] += size / 2 - centre
             roi = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
                                  borderMode=cv2.BORDER_REPLICATE)

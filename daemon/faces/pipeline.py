@@ -27,7 +27,8 @@ DEFAULT_SCORE: dict[str, float] = {"blazeface": 0.5, "yunet": 0.7}
 
 
 class Detector(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def detect(self, image: np.ndarray) -> list[Face]: ...
 

@@ -9,7 +9,8 @@ model's **held-out people** (named by the LFW pairs file the model was trained w
 measures them:
 
 - R residents (1-10), each enrolled from M photos (1-10) with the enrolment gate (one face,
-  quality, near-duplicates; ``daemon.anchors.anchor_from_image`` and ``trainer.enroll._Kept``);
+  quality, near-duplicates; ``trainer.household.anchors.enrolment_face`` and
+  ``trainer.household.enroll._Kept``);
   the first door of the headline setting is also enrolled through ``enroll_from_images`` into a
   throw-away store, and its anchors must equal these;
 - every other photo of a resident is a genuine knock; every photo of every other held-out person
@@ -41,10 +42,12 @@ import numpy as np
 from tqdm import tqdm
 
 from twinlock.daemon.camera.replay import ReplayCamera
+from twinlock.daemon.door.rules import AgreementWindow
 from twinlock.daemon.errors import DataError, UsageError
 from twinlock.daemon.faces import quality as q
 from twinlock.daemon.faces.images import load_image
-from twinlock.daemon.faces.pipeline import FacePipeline, select_face
+from twinlock.daemon.faces.pipeline import FacePipeline
+from twinlock.daemon.recognition.analyser import FrameAnalyser, Rejected
 from twinlock.daemon.recognition.fusion import (
     FUSION_RULES,
     Fusion,
@@ -54,7 +57,7 @@ from twinlock.daemon.recognition.fusion import (
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import FaceEmbedder
 from twinlock.daemon.recognition.scoring import l1_head_matrix
-from twinlock.daemon.recognition.verify import AgreementWindow, Verifier
+from twinlock.daemon.recognition.verify import Verifier
 from twinlock.trainer.household.anchors import anchor_from_image
 
 from ..data.datasets import read_pairs_file
@@ -144,17 +147,14 @@ def _gate(image: np.ndarray, pipeline: FacePipeline, embedder: FaceEmbedder,
           thresholds: q.QualityThresholds) -> tuple[np.ndarray | None, bool, str | None]:
     """(embedding, enrolment would keep it, reason) for one photo: the door's frame path
     (largest face, quality, tower) and the enrolment gate (exactly one face) at once."""
-    faces = pipeline.detector.detect(image)
-    if not faces:
+    analysis = FrameAnalyser(pipeline, embedder, thresholds).analyse(image)
+    if not analysis.observations:
         return None, False, q.NO_FACE
-    if len(faces) == 1:
-        embedding, _, problem = anchor_from_image(image, pipeline, embedder, thresholds)
-        return embedding, embedding is not None, problem
-    face = select_face(faces, image.shape, "largest")
-    problem = q.first_problem(q.measure_image(image, face), thresholds)
-    if problem is not None:
-        return None, False, problem
-    return embedder.embed(pipeline.align(image, face).crop)[0], False, q.SEVERAL_FACES
+    observation = analysis.observations[0]
+    if isinstance(observation, Rejected):
+        return None, False, observation.reason
+    several = analysis.faces_found > 1
+    return observation.embedding, not several, q.SEVERAL_FACES if several else None
 
 
 def embed_photos(embedder: FaceEmbedder, pipeline: FacePipeline, images_root: Path,
@@ -428,16 +428,15 @@ def embed_clip(path: Path, pipeline: FacePipeline, embedder: FaceEmbedder,
     capture.release()
     camera = ReplayCamera(path, realtime=False)
     camera.open()
+    analyser = FrameAnalyser(pipeline, embedder, thresholds)
     frames, embs, face = [], [], []
     try:
         while (frame := camera.read()) is not None:
-            found = [frame.to_image_coords(f) for f in pipeline.detector.detect(frame.detect_input)]
-            emb = np.zeros(embedder.meta.embedding_dim, np.float32)
-            ok = False
-            if found:
-                best = max(found, key=lambda f: f.size)
-                if q.first_problem(q.measure_image(frame.image, best), thresholds) is None:
-                    emb, ok = embedder.embed(pipeline.align(frame.image, best).crop)[0], True
+            scored = analyser.analyse(frame.image, frame.detect_input,
+                                      frame.to_image_coords).scored
+            emb = scored[0].embedding if scored else np.zeros(embedder.meta.embedding_dim,
+                                                               np.float32)
+            ok = bool(scored)
             frames.append(frame.source_index if frame.source_index is not None else frame.index)
             embs.append(emb)
             face.append(ok)
@@ -486,19 +485,19 @@ def clip_runs(clip: Clip, enrolled: np.ndarray, others: list[np.ndarray], embedd
                         and hit[1] == "clip_person"}
             row["false_unlock_outside_person_frames"] = before is not None
             rows.append(row)
-    inside = clip.face & (clip.frames >= CLIP_FRAMES[0]) & (clip.frames <= CLIP_FRAMES[1])
-    outside = clip.face & ~inside
+    in_person = clip.face & (clip.frames >= CLIP_FRAMES[0]) & (clip.frames <= CLIP_FRAMES[1])
+    out_person = clip.face & ~in_person
     person = fused[:, 0]
     return {"threshold": threshold, "frames": len(clip.frames), "rate": clip.rate,
             "frames_with_face": int(clip.face.sum()),
-            "person_frames_verified": int((inside & (top == 0) & (person >= threshold)).sum()),
-            "person_frames": int(inside.sum()),
-            "other_frames_verified": int((outside & (fused.max(axis=1) >= threshold)).sum()),
+            "person_frames_verified": int((in_person & (top == 0) & (person >= threshold)).sum()),
+            "person_frames": int(in_person.sum()),
+            "other_frames_verified": int((out_person & (fused.max(axis=1) >= threshold)).sum()),
             "person_score_percentiles_0_50_90_100": [
-                float(v) for v in np.percentile(person[inside], [0, 50, 90, 100])]
-            if inside.any() else None,
-            "best_score_outside_person_frames": float(fused[outside].max())
-            if outside.any() else None,
+                float(v) for v in np.percentile(person[in_person], [0, 50, 90, 100])]
+            if in_person.any() else None,
+            "best_score_outside_person_frames": float(fused[out_person].max())
+            if out_person.any() else None,
             "runs": rows}
 
 

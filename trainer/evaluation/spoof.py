@@ -167,8 +167,9 @@ def camera_effects(image: np.ndarray, rng: np.random.Generator, strong: bool) ->
     out = cv2.subtract(cv2.add(out, plus), minus)
     if strong:
         ok, data = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(50, 95))])
-        if ok:
-            out = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if ok else None
+        if decoded is not None:
+            out = decoded
     return out
 
 
@@ -246,7 +247,7 @@ def write_attack_video(path: Path, kind: str, photos: list[np.ndarray], sequence
         boxes.append(max(faces, key=lambda f: f.size).box)
         closed.append(closed_eyes(photo, eye_points(photo, detector, mesh))
                       if kind == "blinked" else None)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, FRAME_SIZE)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, FRAME_SIZE)
     if not writer.isOpened():
         raise DataError(f"cannot write {path}")
     spans, index = [], 0

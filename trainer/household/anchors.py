@@ -17,6 +17,7 @@ from twinlock.daemon.errors import DataError
 from twinlock.daemon.faces import quality as q
 from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.faces.pipeline import FacePipeline
+from twinlock.daemon.recognition.analyser import FrameAnalyser, Rejected, Scored
 from twinlock.daemon.recognition.model import FaceEmbedder
 
 logger = logging.getLogger(__name__)
@@ -32,20 +33,31 @@ class AnchorResult:
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
 
 
+def enrolment_analyser(pipeline: FacePipeline, embedder: FaceEmbedder,
+                       thresholds: q.QualityThresholds) -> FrameAnalyser:
+    """The door's frame analyser as enrolment uses it: a photo with several faces is refused
+    (whose anchor would it be?)."""
+    return FrameAnalyser(pipeline, embedder, thresholds, multiple="reject")
+
+
+def enrolment_face(image: np.ndarray, analyser: FrameAnalyser) -> Scored | str:
+    """The one good face of an enrolment photo (face, quality measures, crop, embedding), or
+    the reason the photo is refused (no face, several faces, a quality reason)."""
+    analysis = analyser.analyse(image)
+    if not analysis.observations:
+        return q.NO_FACE
+    observation = analysis.observations[0]
+    return observation.reason if isinstance(observation, Rejected) else observation
+
+
 def anchor_from_image(image: np.ndarray, pipeline: FacePipeline, embedder: FaceEmbedder,
                       thresholds: q.QualityThresholds) -> tuple[np.ndarray | None, np.ndarray | None,
                                                                 str | None]:
     """(embedding, crop, None) for a usable photo with exactly one face, else (None, None, why)."""
-    faces = pipeline.detector.detect(image)
-    problem = q.face_count_problem(len(faces))
-    if problem is not None:
-        return None, None, problem
-    face = faces[0]
-    problem = q.first_problem(q.measure_image(image, face), thresholds)
-    if problem is not None:
-        return None, None, problem
-    crop = pipeline.align(image, face).crop
-    return embedder.embed(crop)[0], crop, None
+    face = enrolment_face(image, enrolment_analyser(pipeline, embedder, thresholds))
+    if isinstance(face, str):
+        return None, None, face
+    return face.embedding, face.crop, None
 
 
 def anchors_from_files(paths: Sequence[Path], pipeline: FacePipeline, embedder: FaceEmbedder,
@@ -63,6 +75,7 @@ def anchors_from_files(paths: Sequence[Path], pipeline: FacePipeline, embedder: 
             result.rejected.append((str(path), problem))
             logger.info("rejected %s: %s", path, q.describe(problem))
             continue
+        assert embedding is not None and crop is not None  # no problem: a face was embedded
         embeddings.append(embedding)
         result.crops.append(crop)
         result.sources.append(Path(path).name)

@@ -1,6 +1,6 @@
 """Enrolment: a few good photos (or camera frames) of a resident become anchors for one model.
 
-Every face goes through ``twinlock.trainer.household.anchors.anchor_from_image``: the door's own detector,
+Every face goes through ``twinlock.trainer.household.anchors.enrolment_face`` (the door's frame analyser): the door's own detector,
 alignment, quality gate and tower, so an anchor is made exactly as the door will see a probe.
 On top of the door's gate, enrolment refuses faces that add nothing: a face whose embedding is
 almost the same as one the resident already has (the same photo twice, a re-saved copy, a camera
@@ -53,11 +53,10 @@ from twinlock.daemon.faces.align import (
     template_points,
 )
 from twinlock.daemon.faces.images import load_image
-from twinlock.daemon.faces.pipeline import Detector, FacePipeline
-from twinlock.daemon.faces.types import Face
+from twinlock.daemon.recognition.analyser import FrameAnalyser
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import FaceEmbedder, read_metadata
-from twinlock.trainer.household.anchors import UNREADABLE, anchor_from_image
+from twinlock.trainer.household.anchors import UNREADABLE, enrolment_analyser, enrolment_face
 
 from .enroll_store import THUMBNAIL_PX, EnrolmentStore, check_name
 
@@ -121,20 +120,6 @@ class CaptureProgress:
 ProgressCallback = Callable[[CaptureProgress], object]
 
 
-class _RecordingDetector:
-    """Passes detections through and remembers the last ones, so the face that
-    ``anchor_from_image`` accepted is known without running the detector twice."""
-
-    def __init__(self, inner: Detector) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.last: list[Face] = []
-
-    def detect(self, image: np.ndarray) -> list[Face]:
-        self.last = self.inner.detect(image)
-        return self.last
-
-
 @dataclass
 class _Candidate:
     embedding: np.ndarray
@@ -154,22 +139,20 @@ class _Enroller:
             raise ModelError(f"{model_dir}: the model has no model_id; re-export it")
         self.model_id = self.meta.model_id
         self.thresholds = thresholds
-        self.detector: _RecordingDetector | None = None
-        self.pipeline: FacePipeline | None = None
+        self.analyser: FrameAnalyser | None = None
         if detector:
-            self.detector = _RecordingDetector(self.meta.detector.build())
-            self.pipeline = self.meta.face_pipeline(self.detector)
+            pipeline = self.meta.face_pipeline(self.meta.detector.build())
+            self.analyser = enrolment_analyser(pipeline, self.embedder, thresholds)
 
     def examine(self, image: np.ndarray) -> tuple[_Candidate | None, str | None]:
         """(candidate, None) for one good face, else (None, reason)."""
-        assert self.pipeline is not None and self.detector is not None
-        embedding, crop, problem = anchor_from_image(image, self.pipeline, self.embedder,
-                                                     self.thresholds)
-        if problem is not None or embedding is None or crop is None:
-            return None, problem or q.NO_FACE
-        face = self.detector.last[0]
+        assert self.analyser is not None
+        found = enrolment_face(image, self.analyser)
+        if isinstance(found, str):
+            return None, found
+        face = found.face
         quality: dict[str, Any] = {
-            **q.measure_image(image, face).to_dict(),
+            **found.measures.to_dict(),
             "detector_score": round(float(face.score), 4),
             "face_box": [round(float(v), 1) for v in face.box],
             "image_size": [int(image.shape[1]), int(image.shape[0])],
@@ -177,7 +160,7 @@ class _Enroller:
             "thresholds": asdict(self.thresholds),
         }
         thumbnail = align_face(image, face, THUMBNAIL_PX, self.meta.alignment_zoom * THUMBNAIL_ZOOM)
-        return _Candidate(embedding, crop, thumbnail, quality), None
+        return _Candidate(found.embedding, found.crop, thumbnail, quality), None
 
     def embed_stored(self, crop: np.ndarray, crop_zoom: float,
                      crop_template: str = DEFAULT_TEMPLATE) -> np.ndarray:

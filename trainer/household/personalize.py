@@ -242,20 +242,20 @@ def personal_pairs(labels: np.ndarray, residents: Sequence[int], n_pairs: int,
     person's (people drawn evenly, then one of their images).
     """
     labels = np.asarray(labels)
-    residents = np.unique(np.asarray(residents))
-    is_resident = np.isin(labels, residents)
+    chosen = np.unique(np.asarray(residents))
+    is_resident = np.isin(labels, chosen)
     mine, others = np.flatnonzero(is_resident), np.flatnonzero(~is_resident)
     n_general = int(np.floor(n_pairs * general_share + 0.5))
     n_same = (n_pairs - n_general + 1) // 2
     n_diff = n_pairs - n_general - n_same
 
     pa, pb, _ = sample_pairs(labels[mine], n_same, rng, same_fraction=1.0)
-    who = residents[rng.integers(0, len(residents), n_diff)]
+    who = chosen[rng.integers(0, len(chosen), n_diff)]
     anchors = _pick(labels, who, rng)
-    n_other_residents = n_diff // 2 if len(residents) > 1 else 0
-    shift = rng.integers(0, max(len(residents) - 1, 1), n_other_residents)
-    own = np.searchsorted(residents, who[:n_other_residents])
-    other_resident = residents[shift + (shift >= own)]
+    n_other_residents = n_diff // 2 if len(chosen) > 1 else 0
+    shift = rng.integers(0, max(len(chosen) - 1, 1), n_other_residents)
+    own = np.searchsorted(chosen, who[:n_other_residents])
+    other_resident = chosen[shift + (shift >= own)]
     strangers = np.unique(labels[others])
     other_person = strangers[rng.integers(0, len(strangers), n_diff - n_other_residents)]
     negatives = _pick(labels, np.concatenate([other_resident, other_person]), rng)
@@ -418,8 +418,9 @@ def report_pairs(anchor_owner: np.ndarray, probe_owner: np.ndarray, max_stranger
     """Every (probe, anchor) pair: genuine when both belong to one resident; impostors are other
     residents' held-out probes and other people's (``probe_owner`` -1), the latter capped at
     ``max_strangers`` pairs by a seeded sample."""
-    p, a = np.meshgrid(np.arange(len(probe_owner)), np.arange(len(anchor_owner)), indexing="ij")
-    p, a = p.ravel(), a.ravel()
+    grid_p, grid_a = np.meshgrid(np.arange(len(probe_owner)), np.arange(len(anchor_owner)),
+                                 indexing="ij")
+    p, a = grid_p.ravel(), grid_a.ravel()
     owner, user = probe_owner[p], anchor_owner[a]
     kind = np.where(owner == user, 0, np.where(owner >= 0, 1, 2))
     stranger = np.flatnonzero(kind == 2)

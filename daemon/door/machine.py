@@ -1,0 +1,301 @@
+"""The door's decisions as a pure state machine: observations and a clock in, commands out.
+
+``DoorMachine.step(now, frame, observations)`` decides (attempts, k-of-n agreement, liveness,
+cooldown, lockout) and returns what should happen, in order: audit :class:`Record`\\ s, an
+:class:`Unlock` (whose record must be committed before the relay moves) and
+:class:`SaveSnapshot`. It touches no relay, file or clock of its own, so every rule is tested
+with a fake clock (tests/test_door_machine.py); the daemon (service.py) alone carries the
+commands out and tells the machine when an unlock could not be recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..config.schema import Config
+from ..faces import quality as q
+from ..recognition.analyser import Observation, Rejected, Scored
+from ..recognition.verify import FrameVerdict
+from .liveness import LivenessSettings, LivenessTracker
+from .rules import AgreementWindow, Attempt, Lockout
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One audit record to write (``AuditLog.record``'s arguments)."""
+
+    event: str
+    decision: str
+    reason: str
+    user: str | None = None
+    best_score: float | None = None
+    frame: int | None = None
+    details: dict[str, Any] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The keyword arguments of ``AuditLog.record`` beyond event, decision and reason."""
+        return {"user": self.user, "best_score": self.best_score, "frame": self.frame,
+                "details": self.details}
+
+
+@dataclass(frozen=True)
+class Unlock:
+    """Open the door for ``user`` ("remote" for a remote unlock), once ``record`` is committed.
+    No record, no unlock: the daemon then calls :meth:`DoorMachine.unlock_not_recorded`."""
+
+    user: str
+    record: Record
+
+
+@dataclass(frozen=True)
+class SaveSnapshot:
+    """Keep the last face picture of a refused attempt (audit.snapshots)."""
+
+    kind: str = "deny"
+
+
+Command = Record | Unlock | SaveSnapshot
+
+
+@dataclass(frozen=True)
+class DoorSettings:
+    """The config keys the decisions read (bounds and meaning: daemon/config/schema.py)."""
+
+    frames_required: int
+    frame_window: int
+    window_seconds: float
+    cooldown_seconds: float
+    attempt_seconds: float
+    lockout_enabled: bool
+    max_failures: int
+    lockout_window_seconds: float
+    lockout_seconds: float
+    max_failed_frames: int | None
+    liveness: LivenessSettings
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> DoorSettings:
+        v, lk = cfg.verification, cfg.lockout
+        return cls(v.frames_required, v.frame_window, v.window_seconds,
+                   cfg.action.cooldown_seconds, lk.attempt_seconds, lk.enabled, lk.max_failures,
+                   lk.window_seconds, lk.lockout_seconds, lk.max_failed_frames,
+                   cfg.liveness.settings())
+
+    def new_lockout(self) -> Lockout:
+        return Lockout(self.lockout_enabled, self.max_failures, self.lockout_window_seconds,
+                       self.lockout_seconds, self.max_failed_frames)
+
+
+class DoorMachine:
+    """Attempts, agreement, liveness, cooldown and lockout; see the module docstring."""
+
+    def __init__(self, settings: DoorSettings, lockout: Lockout | None = None) -> None:
+        self.settings = settings
+        self.window = AgreementWindow(settings.frames_required, settings.frame_window,
+                                      settings.window_seconds)
+        #: passed on across a reload with unchanged lockout settings (a reload must not lift it)
+        self.lockout = lockout or settings.new_lockout()
+        self.attempt: Attempt | None = None
+        self.cooldown_until = 0.0
+        self._cooldown_before = 0.0
+        #: unlocks refused per user during the current lockout (recorded once, when it ends)
+        self._refusals: dict[str, int] = {}
+        self.last_decision = "none yet"
+        self.liveness: LivenessTracker | None = None  # the open attempt's evidence
+        #: when recognition first agreed in this attempt while liveness had not passed
+        self.awaiting_liveness_since: float | None = None
+
+    @property
+    def needs_liveness(self) -> bool:
+        """Whether a verified face's mesh is wanted (liveness on)."""
+        return self.settings.liveness.enabled
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def step(self, now: float, frame: int | None = None,
+             observations: Sequence[Observation] = ()) -> list[Command]:
+        """One camera frame at ``now`` (its frame number ``frame``, for the records), with what
+        the analyser saw in it: nothing for a frame without a face or one not analysed."""
+        out: list[Command] = []
+        self._tick(now, out)
+        for observation in observations:
+            self._observe(now, frame, observation, out)
+        return out
+
+    def remote(self, now: float, source: str, allowed: bool) -> list[Command]:
+        """An unlock asked for over MQTT (Home Assistant's lock entity). Refused unless
+        ``allowed`` (``mqtt.remote_unlock``) and refused during a lockout."""
+        details = {"source": source}
+        if not allowed:
+            logger.warning("remote unlock refused (disabled): %s", source)
+            return [Record("remote", "deny", "remote unlock refused: mqtt.remote_unlock is "
+                           "false", details=details)]
+        if self.lockout.locked(now):
+            return [Record("remote", "deny", "remote unlock refused: locked out after repeated "
+                           "failures", details=details | {"locked_until_s": self.lockout.until - now})]
+        self._start_cooldown(now, "remote unlock")
+        logger.warning("door opening remotely: %s", source)
+        return [Unlock("remote", Record("unlock", "unlock", "remote unlock", details=details))]
+
+    def finish(self, why: str = "daemon stopped during the attempt") -> list[Command]:
+        """Records for an attempt still open when the daemon stops or reloads, so no decision
+        goes unlogged. Not a failed attempt: the daemon cut the visitor off (a reload must not
+        bring a lockout nearer)."""
+        out: list[Command] = []
+        if self.attempt is not None:
+            self._end_attempt(why, out, failure=False)
+        self._refusals_summary(out)
+        return out
+
+    def unlock_not_recorded(self, user: str) -> None:
+        """The daemon could not commit the unlock's record, so the door stayed shut."""
+        logger.critical("NOT opening for %s: the unlock could not be recorded", user)
+        self.cooldown_until = self._cooldown_before
+        self.last_decision = f"refused {user}: audit log not writable"
+
+    # -- the rules ---------------------------------------------------------------------------
+
+    def _tick(self, now: float, out: list[Command]) -> None:
+        """Every frame: expire old votes, end an attempt once the face has been gone a while."""
+        self.window.expire(now)
+        if self._refusals and not self.lockout.locked(now):
+            self._refusals_summary(out)
+        if self.attempt is not None and self.liveness is not None \
+                and self._liveness_timed_out(now):
+            self._end_attempt(self.liveness.failure_reason(), out)
+        elif self.attempt is not None and \
+                now - self.attempt.last_seen > self.settings.window_seconds:
+            self._end_attempt("face left without a match" if self.awaiting_liveness_since is None
+                              or self.liveness is None else self.liveness.failure_reason(), out)
+
+    def _observe(self, now: float, frame: int | None, observation: Observation,
+                 out: list[Command]) -> None:
+        if now < self.cooldown_until:
+            return  # the door just opened for this visit
+        if self.attempt is None:
+            self.attempt = Attempt(started=now, last_seen=now)
+            self.liveness = LivenessTracker(self.settings.liveness)
+            self.awaiting_liveness_since = None
+        if isinstance(observation, Rejected):
+            self.attempt.add(now, None, observation.reason)
+        else:
+            self._scored(now, frame, observation, out)
+        if self.attempt is not None and now - self.attempt.started > self.settings.attempt_seconds:
+            self._end_attempt("not recognised within the attempt time"
+                              if self.awaiting_liveness_since is None or self.liveness is None
+                              else self.liveness.failure_reason(), out)
+
+    def _scored(self, now: float, frame: int | None, scored: Scored, out: list[Command]) -> None:
+        assert self.attempt is not None and self.liveness is not None
+        verdict = scored.verdict
+        if verdict is None:
+            raise ValueError("the door needs verdicts: the analyser has no gallery")
+        self.attempt.add(now, verdict, None)
+        if scored.mesh is not None and verdict.user is not None:
+            self.liveness.add(now, scored.mesh, frame)
+        agreed = self.window.add(now, verdict.user, scored.evidence)
+        logger.debug("frame %s: best %s %.4f, verified %s, agreed %s", frame, verdict.best_user,
+                     verdict.best_score, verdict.user, agreed)
+        if agreed is not None and (self.liveness.passed or self.lockout.locked(now)):
+            self._agreed(now, frame, agreed, verdict, out)
+            return
+        if agreed is not None and self.awaiting_liveness_since is None:
+            self.awaiting_liveness_since = now
+            logger.info("%s recognised; waiting for liveness (%s)", agreed,
+                        self.settings.liveness.mode)
+        if self._liveness_timed_out(now):
+            self._end_attempt(self.liveness.failure_reason(), out)
+            return
+        if verdict.user is None and self.lockout.failed_frame(now):
+            self._locked_out(out)
+
+    def _liveness_timed_out(self, now: float) -> bool:
+        """Recognised, but no liveness within ``liveness.timeout_seconds`` of that."""
+        since = self.awaiting_liveness_since
+        return since is not None and now - since > self.settings.liveness.timeout_seconds
+
+    def _agreed(self, now: float, frame: int | None, user: str, verdict: FrameVerdict,
+                out: list[Command]) -> None:
+        assert self.attempt is not None
+        details = self._details(self.attempt) | self._liveness_details()
+        if self.lockout.locked(now):
+            # the first refusal of a lockout is recorded; the rest are counted and written once
+            # when it ends (a resident waiting it out would add a record every few frames)
+            self._refusals[user] = self._refusals.get(user, 0) + 1
+            if sum(self._refusals.values()) == 1:
+                out.append(Record("deny", "deny", "locked out after repeated failures", user,
+                                  verdict.best_score, frame,
+                                  details | {"locked_until_s": self.lockout.until - now}))
+            self.last_decision = f"deny {user} (locked out)"
+        else:
+            reason = f"verified in {self.window.frames_required} of {self.window.frame_window} " \
+                "frames"
+            out.append(Unlock(user, Record("unlock", "unlock", reason, user, verdict.best_score,
+                                           frame, details)))
+            self._start_cooldown(now, user)
+            logger.info("door opening for %s (score %.4f)", user, verdict.best_score)
+        self.window.clear()
+        self.attempt = None
+        self.liveness, self.awaiting_liveness_since = None, None
+
+    def _start_cooldown(self, now: float, who: str) -> None:
+        self._cooldown_before = self.cooldown_until
+        self.cooldown_until = now + self.settings.cooldown_seconds
+        self.last_decision = f"unlock {who}"
+
+    def _end_attempt(self, reason: str, out: list[Command], failure: bool = True) -> None:
+        """Record the attempt's end; ``failure``: it counts towards the lockout."""
+        attempt, self.attempt = self.attempt, None
+        self.window.clear()
+        liveness = self._liveness_details()
+        self.liveness, self.awaiting_liveness_since = None, None
+        if attempt is None:
+            return
+        details = self._details(attempt) | liveness
+        if attempt.frames == 0:
+            worst = max(attempt.quality_rejections, key=attempt.quality_rejections.__getitem__)
+            out.append(Record("quality", "deny", f"face unusable: {q.describe(worst)}",
+                              details=details))
+            self.last_decision = f"deny ({worst})"
+            return
+        out.append(Record("deny", "deny", reason, None, attempt.best_score,
+                          details=details | {"closest_user": attempt.best_user}))
+        out.append(SaveSnapshot())
+        self.last_decision = ("deny (liveness)" if reason.startswith("liveness")
+                              else "deny (not recognised)")
+        if failure and self.lockout.failure(attempt.last_seen):
+            self._locked_out(out)
+
+    def _refusals_summary(self, out: list[Command]) -> None:
+        """One record for the unlocks refused during a lockout that is over (or cut short)."""
+        if not self._refusals:
+            return
+        refusals, self._refusals = self._refusals, {}
+        total = sum(refusals.values())
+        out.append(Record("deny", "deny", f"{total} unlock(s) refused during the lockout "
+                          f"({', '.join(f'{u} x{n}' for u, n in sorted(refusals.items()))})",
+                          details={"refused": total, "users": refusals}))
+
+    def _locked_out(self, out: list[Command]) -> None:
+        """A lockout just started: say why, once."""
+        out.append(Record("lockout", "deny", self.lockout.reason,
+                          details={"lockout_seconds": self.lockout.lockout_seconds}))
+        logger.warning("lockout for %.0f s: %s", self.lockout.lockout_seconds,
+                       self.lockout.reason)
+
+    def _liveness_details(self) -> dict[str, Any]:
+        """The attempt's liveness evidence for its audit record (empty when liveness is off)."""
+        if self.liveness is None or not self.settings.liveness.enabled:
+            return {}
+        return {"liveness": self.liveness.summary()}
+
+    @staticmethod
+    def _details(attempt: Attempt) -> dict[str, Any]:
+        return {"frames": attempt.frames, "verified_frames": attempt.verified_frames,
+                "quality_rejections": dict(attempt.quality_rejections),
+                "seconds": round(attempt.last_seen - attempt.started, 3)}
