@@ -81,8 +81,8 @@ POLL_SECONDS = 0.05
 MEMORY_KEYS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
 FAST_MAX_FPS = 120.0  # the config's upper bound: the limiter then drops as little as it can
 
-# what the daemon logs (service.py / camera.py); matched loosely so wording tweaks degrade to
-# missing numbers, not to a crash
+# what the daemon logs (door/service.py, camera/resilient.py); matched loosely so wording
+# tweaks degrade to missing numbers, not to a crash
 LOADED = re.compile(r"\bloaded model\b")
 OPENED = re.compile(r"camera: .* opened")
 ENDED = re.compile(r"ended after (\d+) frames")

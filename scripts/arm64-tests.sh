@@ -29,6 +29,8 @@ ARM64_TESTS=(
   tests/test_daemon_imports.py
   tests/test_config.py
   tests/test_camera.py
+  tests/test_camera_timeout.py
+  tests/test_storage_files.py
   tests/test_quality.py
   tests/test_audit.py
   tests/test_notify.py

@@ -367,3 +367,39 @@ def test_log_action_records_calls(caplog: pytest.LogCaptureFixture) -> None:
     action.close()
     action.unlock("carol")
     assert len(action.calls) == 2
+
+
+# -- the registry: action.type -> the action -------------------------------------------------
+
+
+def test_each_action_type_builds_its_action_from_its_section(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import typing
+
+    import yaml
+
+    from twinlock.daemon.config.loader import parse_config
+    from twinlock.daemon.config.schema import ActionConfig
+    from twinlock.daemon.door.actions import ACTIONS, build_action
+
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    sections = {"gpio": {"pin": 22, "active_high": False, "pulse_seconds": 0.5},
+                "command": {"argv": ["/bin/true", "x"], "timeout_s": 4.0},
+                "log": {}}
+    members = typing.get_args(typing.get_args(ActionConfig)[0])
+    assert {m.model_fields["type"].default for m in members} == set(ACTIONS) == set(sections)
+    events = Events()
+    built = {kind: build_action(parse_config(yaml.safe_dump(
+        {"action": {"type": kind, **section}})), events) for kind, section in sections.items()}
+    try:
+        gpio, command, log = built["gpio"], built["command"], built["log"]
+        assert isinstance(gpio, GpioAction) and (gpio.pin, gpio.active_high,
+                                                 gpio.pulse_seconds) == (22, False, 0.5)
+        assert isinstance(command, CommandAction) and command.argv == ["/bin/true", "x"]
+        assert command.timeout_s == 4.0
+        assert isinstance(log, LogAction)
+        log.unlock("ann")
+        assert events.kinds() == ["pulse_start", "pulse_end"]  # the callback was wired in
+    finally:
+        for action in built.values():
+            action.close()

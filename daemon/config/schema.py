@@ -227,7 +227,8 @@ class _CameraBase(_Section):
     )
     read_timeout_s: float = Field(
         5.0, gt=0, le=300,
-        description="a frame not arriving within this many seconds counts as a camera failure",
+        description="a read bringing no frame within this many seconds counts as a camera "
+        "failure: the camera is closed and reopened (daemon/camera/read_timeout.py)",
     )
 
     @field_validator("reopen_backoff_max_s")
