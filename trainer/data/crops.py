@@ -21,6 +21,7 @@ from twinlock.daemon.errors import DataError
 from twinlock.daemon.faces.align import DEFAULT_TEMPLATE, TEMPLATES
 from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.faces.pipeline import DetectorSpec, FacePipeline, SelectPolicy
+from twinlock.daemon.storage.files import atomic_writer
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,6 @@ def make_crops(
     logger.info("crops: %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
     if use_cache:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
-        np.savez(tmp, crops=crops, status=status, n_faces=n_faces)
-        tmp.replace(cache_file)
+        with atomic_writer(cache_file, 0o644) as handle:  # a killed run leaves no torn cache
+            np.savez(handle, crops=crops, status=status, n_faces=n_faces)
     return CropResult(crops, status, n_faces)
