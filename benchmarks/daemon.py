@@ -339,7 +339,7 @@ def prepare_door(helpers: Any, folder: Path, name: str, model: Path, gallery: Pa
         "logging": {"level": log_level},
     }
     if signed:
-        from twinlock.daemon.bundle.core import generate_keypair, write_bundle
+        from twinlock.trainer.household.signing import generate_keypair, write_bundle
 
         spool = state / "incoming"
         spool.mkdir()

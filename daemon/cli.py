@@ -67,7 +67,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(path)
     where = path or DEFAULT_CONFIG_PATH
     if cfg.model.source == "bundle":
-        from .bundle.core import bundles_dir
+        from .bundle.store import bundles_dir
 
         model = f"signed bundles in {bundles_dir(cfg.state_dir)}"
         needed_files: tuple[tuple[str, Path], ...] = (("trusted public key",
@@ -169,7 +169,7 @@ def _key(args: argparse.Namespace) -> Path:
 
 
 def _cmd_check_bundle(args: argparse.Namespace) -> int:
-    from .bundle.core import verify_bundle
+    from .bundle.store import verify_bundle
 
     verified = verify_bundle(args.file, _key(args))
     print(json.dumps({"ok": True, "file": str(args.file)} | verified.summary(), indent=2))
@@ -178,7 +178,7 @@ def _cmd_check_bundle(args: argparse.Namespace) -> int:
 
 def _cmd_install_bundle(args: argparse.Namespace) -> int:
     """Verify and install a bundle by hand (an SD card, a USB stick); reload to use it."""
-    from .bundle.core import install_bundle
+    from .bundle.store import install_bundle
 
     cfg = load_config(args.config)
     path = install_bundle(args.file, _key(args), cfg.state_dir, cfg.model.runtimes)
@@ -188,7 +188,7 @@ def _cmd_install_bundle(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from .bundle.core import rollback
+    from .bundle.store import rollback
 
     cfg = load_config(args.config)
     path = rollback(cfg.state_dir, _key(args))

@@ -39,6 +39,7 @@ ARM64_TESTS=(
   tests/test_daemon_faults.py
   tests/test_daemon_cli.py
   tests/test_bundle.py
+  tests/test_bundle_stream.py
 )
 # The model the daemon's tests run on in the guest (tests/conftest.py door_model): the default's
 # dlib ResNet takes 700 ms of CPU a run under qemu against the compact tower's 70 ms, which would

@@ -54,7 +54,7 @@ import yaml
 
 from twinlock.daemon.faces import quality as q
 from twinlock.trainer.household.anchors import anchors_from_files
-from twinlock.daemon.bundle.core import generate_keypair, write_bundle
+from twinlock.trainer.household.signing import generate_keypair, write_bundle
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import FaceEmbedder
 

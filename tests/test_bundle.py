@@ -25,10 +25,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from twinlock.daemon.bundle import core as b
+from twinlock.daemon.bundle import format as fmt
+from twinlock.daemon.bundle import store
+from twinlock.daemon.bundle.reader import read_bundle
 from twinlock.daemon.errors import BundleError, TwinLockError
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import file_sha256, read_metadata
+from twinlock.trainer.household import signing
 from twinlock.trainer.household.bundles import keygen, make_bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,9 +63,9 @@ class Door:
         make_gallery(self.meta.model_id, self.meta.embedding_dim, ["alice", "bob"]).save(
             self.gallery_path)
         self.key, self.pub = root / "signer.key", root / "signer.pub"
-        self.key_id = b.generate_keypair(self.key, self.pub)
+        self.key_id = signing.generate_keypair(self.key, self.pub)
         self.bundle = root / "door.twinlock"
-        self.manifest = b.write_bundle(self.model_dir, self.gallery_path, self.key, self.bundle)
+        self.manifest = signing.write_bundle(self.model_dir, self.gallery_path, self.key, self.bundle)
         self.data = self.bundle.read_bytes()
 
     def source_bytes(self) -> dict[str, bytes]:
@@ -137,7 +140,7 @@ def signed_bundle(files: dict[str, bytes], key: Ed25519PrivateKey, *, order: lis
 
 def refuse(path: Path, pub: Path, match: str) -> BundleError:
     with pytest.raises(BundleError, match=match) as info:
-        b.verify_bundle(path, pub)
+        store.verify_bundle(path, pub)
     return info.value
 
 
@@ -148,7 +151,18 @@ def write(tmp_path: Path, data: bytes, name: str = "x.twinlock") -> Path:
 
 
 def load_signer(door: Door) -> Ed25519PrivateKey:
-    return b.load_private_key(door.key)
+    return signing.load_private_key(door.key)
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by its member name (``model/tower.tflite``)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file()}
+
+
+def unpacked(path: Path, pub: Path, where: Path) -> dict[str, bytes]:
+    """What a door unpacks from the bundle at ``path``: its files by member name."""
+    return files_in(store.unpack_bundle(path, pub, where)[1])
 
 
 # ------------------------------------------------------------------------------------------
@@ -156,15 +170,19 @@ def load_signer(door: Door) -> Ed25519PrivateKey:
 
 
 def test_round_trip_write_verify_unpack(door: Door, tmp_path: Path) -> None:
-    verified = b.verify_bundle(door.bundle, door.pub)
+    verified = store.verify_bundle(door.bundle, door.pub)
     sources = door.source_bytes()
-    assert verified.members == sources
+    assert verified.files == {name: {"sha256": hashlib.sha256(content).hexdigest(),
+                                     "size": len(content)} for name, content in sources.items()}
+    assert (verified.file_sha256, verified.size) == (hashlib.sha256(door.data).hexdigest(),
+                                                     len(door.data))
     assert verified.manifest == door.manifest
     assert verified.model_id == door.meta.model_id
     assert verified.users == ["alice", "bob"]
-    assert verified.key_id == door.key_id == b.key_id(b.load_public_key(door.pub))
+    assert verified.key_id == door.key_id == fmt.key_id(fmt.load_public_key(door.pub))
 
-    folder = b.unpack(verified, tmp_path / "models")
+    again, folder = store.unpack_bundle(door.bundle, door.pub, tmp_path / "models")
+    assert again == verified
     assert folder == tmp_path / "models" / f"{door.meta.model_id}-{verified.digest[:12]}"
     for name, content in sources.items():
         assert (folder / name).read_bytes() == content
@@ -175,9 +193,10 @@ def test_round_trip_write_verify_unpack(door: Door, tmp_path: Path) -> None:
     # the unpacked folder is a model folder the daemon can read
     assert read_metadata(folder / "model").model_id == door.meta.model_id
     # unpacking the same bundle again is idempotent; a damaged copy is replaced
-    assert b.unpack(verified, tmp_path / "models") == folder
+    assert files_in(folder) == sources
+    assert store.unpack_bundle(door.bundle, door.pub, tmp_path / "models")[1] == folder
     (folder / "gallery.json").write_bytes(b"{}")
-    assert b.unpack(verified, tmp_path / "models") == folder
+    assert store.unpack_bundle(door.bundle, door.pub, tmp_path / "models")[1] == folder
     assert (folder / "gallery.json").read_bytes() == sources["gallery.json"]
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [folder.name]
 
@@ -191,7 +210,7 @@ def test_format_is_documented_ustar_with_canonical_signed_manifest(door: Door) -
     manifest = json.loads(raw)
     assert raw == json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
     assert len(sig) == 64
-    b.load_public_key(door.pub).verify(sig, raw)  # raises if not a signature of exactly raw
+    fmt.load_public_key(door.pub).verify(sig, raw)  # raises if not a signature of exactly raw
     assert manifest["format"] == "twinlock-bundle" and manifest["format_version"] == 1
     assert manifest["created"].endswith("+00:00")
     assert manifest["model_id"] == door.meta.model_id and manifest["users"] == ["alice", "bob"]
@@ -206,8 +225,7 @@ def test_format_is_documented_ustar_with_canonical_signed_manifest(door: Door) -
 def test_independently_built_bundle_verifies(door: Door, tmp_path: Path) -> None:
     """The format as documented, built without write_bundle, is accepted: the spec is enough."""
     data = signed_bundle(door.source_bytes(), load_signer(door))
-    verified = b.verify_bundle(write(tmp_path, data), door.pub)
-    assert verified.members == door.source_bytes()
+    assert unpacked(write(tmp_path, data), door.pub, tmp_path / "active") == door.source_bytes()
 
 
 # ------------------------------------------------------------------------------------------
@@ -246,7 +264,7 @@ def test_flipping_any_byte_is_refused_or_changes_nothing(door: Door, tmp_path: P
         positions |= {start, (start + stop) // 2, stop - 1}
     for info, _ in tar_members(data):  # name, mode, size, mtime, chksum, type, magic, uname
         positions |= {info.offset + k for k in (0, 100, 124, 136, 148, 154, 155, 156, 257, 265)}
-    original = b.verify_bundle(door.bundle, door.pub)
+    original = store.verify_bundle(door.bundle, door.pub)
     path = tmp_path / "flipped.twinlock"
     stats: Counter[tuple[str, str]] = Counter()
     messages: Counter[str] = Counter()
@@ -257,7 +275,7 @@ def test_flipping_any_byte_is_refused_or_changes_nothing(door: Door, tmp_path: P
             mutated[pos] ^= mask
             path.write_bytes(bytes(mutated))
             try:
-                verified = b.verify_bundle(path, door.pub)
+                verified = store.verify_bundle(path, door.pub)
             except BundleError as exc:
                 stats[(kind.split()[0], "refused")] += 1
                 messages[str(exc).split(": ", 1)[1].split(" (")[0][:60]] += 1
@@ -265,8 +283,12 @@ def test_flipping_any_byte_is_refused_or_changes_nothing(door: Door, tmp_path: P
             # accepted: only tolerable where the byte carries no content, and then the content
             # handed to the door must be exactly the signed one
             assert kind.startswith("padding"), f"byte {pos} ({kind}) ^{mask:#x} was accepted"
-            assert verified.members == original.members
+            extracted = tmp_path / f"extracted-{pos}-{mask}"
+            extracted.mkdir()
+            read_bundle(path, fmt.load_public_key(door.pub), extract_to=extracted)
+            assert files_in(extracted) == door.source_bytes()
             assert verified.manifest == original.manifest
+            shutil.rmtree(extracted)
             stats[(kind.split()[0], "accepted")] += 1
     kinds = {kind_at(spans, p) for p in positions}
     assert {"data manifest.json", "data manifest.sig", "padding block", "padding end-of-archive",
@@ -377,11 +399,11 @@ def test_oversized_member_is_refused(door: Door, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     size = (door.model_dir / "tower.tflite").stat().st_size
     assert size > 100_000
-    monkeypatch.setattr(b, "MAX_MEMBER_SIZE", 100_000)  # below the shipped tower's size
+    monkeypatch.setattr(fmt, "MAX_MEMBER_SIZE", 100_000)  # below the shipped tower's size
     refuse(door.bundle, door.pub, f"'model/tower.tflite' is {size} bytes, over the 100000 byte cap")
     with pytest.raises(BundleError, match="over the 100000 byte cap"):
-        b.write_bundle(door.model_dir, door.gallery_path, door.key, tmp_path / "big.twinlock")
-    monkeypatch.setattr(b, "MAX_BUNDLE_SIZE", 1000)
+        signing.write_bundle(door.model_dir, door.gallery_path, door.key, tmp_path / "big.twinlock")
+    monkeypatch.setattr(fmt, "MAX_BUNDLE_SIZE", 1000)
     refuse(door.bundle, door.pub, "larger than any bundle can be")
 
 
@@ -397,13 +419,13 @@ def test_data_appended_after_the_archive_is_refused(door: Door, tmp_path: Path) 
 
 def test_bundle_signed_with_another_key_names_both_keys(door: Door, tmp_path: Path) -> None:
     other_key, other_pub = tmp_path / "other.key", tmp_path / "other.pub"
-    other_id = b.generate_keypair(other_key, other_pub)
+    other_id = signing.generate_keypair(other_key, other_pub)
     path = tmp_path / "other.twinlock"
-    b.write_bundle(door.model_dir, door.gallery_path, other_key, path)
+    signing.write_bundle(door.model_dir, door.gallery_path, other_key, path)
     error = refuse(path, door.pub, f"signed by key {other_id}, but this door trusts key "
                                    f"{door.key_id}")
     assert other_id != door.key_id and "Traceback" not in str(error)
-    assert b.verify_bundle(path, other_pub).key_id == other_id
+    assert store.verify_bundle(path, other_pub).key_id == other_id
 
 
 def test_forged_key_id_and_altered_manifest_are_refused(door: Door, tmp_path: Path) -> None:
@@ -480,16 +502,16 @@ def test_gallery_of_another_model_is_refused_at_write_time(door: Door, tmp_path:
     make_gallery("some-other-model", door.meta.embedding_dim, ["alice"]).save(tmp_path / "g.json")
     out = tmp_path / "out.twinlock"
     with pytest.raises(BundleError, match="enrolled with model 'some-other-model'.*re-enrol"):
-        b.write_bundle(door.model_dir, tmp_path / "g.json", door.key, out)
+        signing.write_bundle(door.model_dir, tmp_path / "g.json", door.key, out)
     assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "g.json"]
 
 
 def test_write_bundle_replaces_output_atomically(door: Door, tmp_path: Path) -> None:
     out = tmp_path / "out.twinlock"
     out.write_bytes(b"old")
-    b.write_bundle(door.model_dir, door.gallery_path, door.key, out)
-    assert b.verify_bundle(out, door.pub).members == door.source_bytes()
-    assert [p.name for p in tmp_path.iterdir()] == ["out.twinlock"]  # no temp file left
+    signing.write_bundle(door.model_dir, door.gallery_path, door.key, out)
+    assert unpacked(out, door.pub, tmp_path / "active") == door.source_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["active", "out.twinlock"]  # no temp
 
 
 # ------------------------------------------------------------------------------------------
@@ -500,7 +522,7 @@ def second_bundle(door: Door, tmp_path: Path) -> Path:
     make_gallery(door.meta.model_id, door.meta.embedding_dim, ["alice", "bob", "carol"],
                  seed=3).save(tmp_path / "g2.json")
     path = tmp_path / "second.twinlock"
-    b.write_bundle(door.model_dir, tmp_path / "g2.json", door.key, path)
+    signing.write_bundle(door.model_dir, tmp_path / "g2.json", door.key, path)
     return path
 
 
@@ -508,23 +530,23 @@ def test_install_keeps_previous_and_rollback_swaps(door: Door, tmp_path: Path) -
     state = tmp_path / "state"
     first, second = door.bundle.read_bytes(), second_bundle(door, tmp_path).read_bytes()
     with pytest.raises(BundleError, match="no bundle installed"):
-        b.current_bundle(state)
-    current = b.install_bundle(door.bundle, door.pub, state)
+        store.current_bundle(state)
+    current = store.install_bundle(door.bundle, door.pub, state)
     previous = current.with_name("previous.twinlock")
-    assert current == b.current_bundle(state) == state / "bundles" / "current.twinlock"
+    assert current == store.current_bundle(state) == state / "bundles" / "current.twinlock"
     assert current.read_bytes() == first and not previous.exists()
     with pytest.raises(BundleError, match="no previous bundle"):
-        b.rollback(state, door.pub)
+        store.rollback(state, door.pub)
 
-    b.install_bundle(tmp_path / "second.twinlock", door.pub, state)
+    store.install_bundle(tmp_path / "second.twinlock", door.pub, state)
     assert current.read_bytes() == second and previous.read_bytes() == first
-    assert b.verify_bundle(b.current_bundle(state), door.pub).users == ["alice", "bob", "carol"]
-    b.install_bundle(tmp_path / "second.twinlock", door.pub, state)  # same again: no shuffle
+    assert store.verify_bundle(store.current_bundle(state), door.pub).users == ["alice", "bob", "carol"]
+    store.install_bundle(tmp_path / "second.twinlock", door.pub, state)  # same again: no shuffle
     assert current.read_bytes() == second and previous.read_bytes() == first
 
-    assert b.rollback(state, door.pub) == current
+    assert store.rollback(state, door.pub) == current
     assert current.read_bytes() == first and previous.read_bytes() == second
-    b.rollback(state, door.pub)  # and forward again
+    store.rollback(state, door.pub)  # and forward again
     assert current.read_bytes() == second and previous.read_bytes() == first
     for path in (current, previous):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -535,8 +557,8 @@ def test_install_keeps_previous_and_rollback_swaps(door: Door, tmp_path: Path) -
 
 def test_failed_install_or_rollback_changes_nothing(door: Door, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    b.install_bundle(door.bundle, door.pub, state)
-    b.install_bundle(second_bundle(door, tmp_path), door.pub, state)
+    store.install_bundle(door.bundle, door.pub, state)
+    store.install_bundle(second_bundle(door, tmp_path), door.pub, state)
     folder = state / "bundles"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
@@ -546,19 +568,19 @@ def test_failed_install_or_rollback_changes_nothing(door: Door, tmp_path: Path) 
                   write(tmp_path, door.data[: len(door.data) // 3], "short.twinlock"),
                   write(tmp_path, b"", "empty.twinlock"), tmp_path / "absent.twinlock"]
     other_key, other_pub = tmp_path / "o.key", tmp_path / "o.pub"
-    b.generate_keypair(other_key, other_pub)
-    b.write_bundle(door.model_dir, door.gallery_path, other_key, tmp_path / "foreign.twinlock")
+    signing.generate_keypair(other_key, other_pub)
+    signing.write_bundle(door.model_dir, door.gallery_path, other_key, tmp_path / "foreign.twinlock")
     bad_inputs.append(tmp_path / "foreign.twinlock")
     for bad in bad_inputs:
         with pytest.raises(BundleError):
-            b.install_bundle(bad, door.pub, state)
+            store.install_bundle(bad, door.pub, state)
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, bad.name
 
     # a damaged previous cannot be rolled back to, and nothing moves
     (folder / "previous.twinlock").write_bytes(bytes(tampered))
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     with pytest.raises(BundleError, match="previous.twinlock"):
-        b.rollback(state, door.pub)
+        store.rollback(state, door.pub)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
@@ -569,7 +591,7 @@ def test_failed_install_or_rollback_changes_nothing(door: Door, tmp_path: Path) 
 def test_keypair_files_modes_and_key_id(tmp_path: Path) -> None:
     old_umask = os.umask(0o000)  # the modes must not depend on the caller's umask
     try:
-        kid = b.generate_keypair(tmp_path / "k" / "door.key", tmp_path / "k" / "door.pub")
+        kid = signing.generate_keypair(tmp_path / "k" / "door.key", tmp_path / "k" / "door.pub")
     finally:
         os.umask(old_umask)
     private, public = tmp_path / "k" / "door.key", tmp_path / "k" / "door.pub"
@@ -577,43 +599,43 @@ def test_keypair_files_modes_and_key_id(tmp_path: Path) -> None:
     assert stat.S_IMODE(public.stat().st_mode) == 0o644
     assert private.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")  # PKCS8
     assert public.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")  # SubjectPublicKeyInfo
-    raw = b.load_public_key(public).public_bytes(serialization.Encoding.Raw,
+    raw = fmt.load_public_key(public).public_bytes(serialization.Encoding.Raw,
                                                  serialization.PublicFormat.Raw)
-    assert kid == hashlib.sha256(raw).hexdigest()[:16] == b.key_id(b.load_private_key(private))
+    assert kid == hashlib.sha256(raw).hexdigest()[:16] == fmt.key_id(signing.load_private_key(private))
     assert sorted(p.name for p in (tmp_path / "k").iterdir()) == ["door.key", "door.pub"]
 
 
 def test_keys_are_never_overwritten(tmp_path: Path) -> None:
     private, public = tmp_path / "door.key", tmp_path / "door.pub"
-    b.generate_keypair(private, public)
+    signing.generate_keypair(private, public)
     before = private.read_bytes(), public.read_bytes()
     for pair in ((private, tmp_path / "new.pub"), (tmp_path / "new.key", public),
                  (private, public)):
         with pytest.raises(BundleError, match="already exists; refusing to overwrite"):
-            b.generate_keypair(*pair)
+            signing.generate_keypair(*pair)
     assert (private.read_bytes(), public.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["door.key", "door.pub"]
 
 
 def test_bad_key_files_are_refused_clearly(tmp_path: Path) -> None:
-    b.generate_keypair(tmp_path / "a.key", tmp_path / "a.pub")
+    signing.generate_keypair(tmp_path / "a.key", tmp_path / "a.pub")
     with pytest.raises(BundleError, match="not a PEM private key"):
-        b.load_private_key(tmp_path / "a.pub")
+        signing.load_private_key(tmp_path / "a.pub")
     with pytest.raises(BundleError, match="not a PEM public key"):
-        b.load_public_key(write(tmp_path, b"garbage", "g.pub"))
+        fmt.load_public_key(write(tmp_path, b"garbage", "g.pub"))
     with pytest.raises(BundleError, match="public key not found"):
-        b.load_public_key(tmp_path / "none.pub")
+        fmt.load_public_key(tmp_path / "none.pub")
     ed448 = Ed448PrivateKey.generate()
     write(tmp_path, ed448.private_bytes(serialization.Encoding.PEM,
                                         serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption()), "ed448.key")
     with pytest.raises(BundleError, match="Ed25519"):
-        b.load_private_key(tmp_path / "ed448.key")
+        signing.load_private_key(tmp_path / "ed448.key")
     encrypted = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"secret"))
     with pytest.raises(BundleError, match="password-protected"):
-        b.load_private_key(write(tmp_path, encrypted, "enc.key"))
+        signing.load_private_key(write(tmp_path, encrypted, "enc.key"))
     assert issubclass(BundleError, TwinLockError) and issubclass(BundleError, ValueError)
     assert BundleError.exit_code == 2
 
@@ -634,7 +656,7 @@ def test_trainer_keygen_and_make_bundle(door: Door, tmp_path: Path,
     out = tmp_path / "site.twinlock"
     summary = make_bundle(door.model_dir, door.gallery_path, tmp_path / "keys" / "site.key", out)
     assert json.loads(capsys.readouterr().out) == summary
-    verified = b.verify_bundle(out, tmp_path / "keys" / "site.pub")
+    verified = store.verify_bundle(out, tmp_path / "keys" / "site.pub")
     assert summary["bundle_id"] == verified.bundle_id
     assert summary["key_id"] == keys["key_id"] == verified.key_id
     assert summary["sha256"] == file_sha256(out) and summary["bytes"] == out.stat().st_size
@@ -656,12 +678,12 @@ def test_a_replayed_older_bundle_is_refused_and_only_rollback_goes_back(
     make_gallery(door.meta.model_id, door.meta.embedding_dim, ["alice"], seed=5).save(
         tmp_path / "without-bob.json")
     yesterday, today = tmp_path / "yesterday.twinlock", tmp_path / "today.twinlock"
-    b.write_bundle(door.model_dir, door.gallery_path, door.key, yesterday, sequence=100)
-    b.write_bundle(door.model_dir, tmp_path / "without-bob.json", door.key, today, sequence=200)
+    signing.write_bundle(door.model_dir, door.gallery_path, door.key, yesterday, sequence=100)
+    signing.write_bundle(door.model_dir, tmp_path / "without-bob.json", door.key, today, sequence=200)
     old_data = yesterday.read_bytes()
     state, spool = tmp_path / "state", tmp_path / "spool"
-    b.install_bundle(yesterday, door.pub, state)
-    b.install_bundle(today, door.pub, state)
+    store.install_bundle(yesterday, door.pub, state)
+    store.install_bundle(today, door.pub, state)
 
     spool.mkdir()
     (spool / "replay.twinlock").write_bytes(old_data)
@@ -670,32 +692,32 @@ def test_a_replayed_older_bundle_is_refused_and_only_rollback_goes_back(
     with AuditLog(tmp_path / "audit.db") as audit:
         pick_up_incoming(cfg, audit)
         refused = audit.query(event="bundle")
-    assert b.verify_bundle(b.current_bundle(state), door.pub).users == ["alice"]
+    assert store.verify_bundle(store.current_bundle(state), door.pub).users == ["alice"]
     assert (spool / "rejected" / "replay.twinlock").read_bytes() == old_data
     assert len(refused) == 1 and "older than the installed bundle (sequence 100" in \
         refused[0].reason and "twinlockd rollback" in refused[0].reason
     with pytest.raises(BundleError, match="older than the installed bundle"):
-        b.install_bundle(yesterday, door.pub, state)  # by hand: the same answer
+        store.install_bundle(yesterday, door.pub, state)  # by hand: the same answer
 
-    b.rollback(state, door.pub)  # the administrator's way back
-    assert b.verify_bundle(b.current_bundle(state), door.pub).users == ["alice", "bob"]
-    b.install_bundle(today, door.pub, state)  # and forward again
-    assert b.verify_bundle(b.current_bundle(state), door.pub).sequence == 200
+    store.rollback(state, door.pub)  # the administrator's way back
+    assert store.verify_bundle(store.current_bundle(state), door.pub).users == ["alice", "bob"]
+    store.install_bundle(today, door.pub, state)  # and forward again
+    assert store.verify_bundle(store.current_bundle(state), door.pub).sequence == 200
 
 
 def test_bundles_without_a_sequence_order_by_their_signed_creation_time(
         door: Door, tmp_path: Path) -> None:
     key, files = load_signer(door), door.source_bytes()
     legacy = write(tmp_path, signed_bundle(files, key), "legacy.twinlock")  # created 2025-01-01
-    assert b.verify_bundle(legacy, door.pub).sequence == 1735689600 * 1_000_000
+    assert store.verify_bundle(legacy, door.pub).sequence == 1735689600 * 1_000_000
     state = tmp_path / "state"
-    b.install_bundle(door.bundle, door.pub, state)  # written now
+    store.install_bundle(door.bundle, door.pub, state)  # written now
     with pytest.raises(BundleError, match="older than the installed bundle"):
-        b.install_bundle(legacy, door.pub, state)
+        store.install_bundle(legacy, door.pub, state)
     same = write(tmp_path, signed_bundle(files, key, sequence=door.manifest["sequence"]),
                  "same.twinlock")
     with pytest.raises(BundleError, match="same sequence"):
-        b.install_bundle(same, door.pub, state)
+        store.install_bundle(same, door.pub, state)
 
 
 @pytest.mark.parametrize("sequence", ["5", -1, 1.5, True, 2**63])
@@ -719,20 +741,20 @@ def test_a_signed_bundle_that_cannot_run_never_becomes_current(door: Door, tmp_p
 
     assert door.meta.embedding_dim != 64
     state, spool = tmp_path / "state", tmp_path / "spool"
-    b.install_bundle(door.bundle, door.pub, state)
-    good = b.current_bundle(state).read_bytes()
+    store.install_bundle(door.bundle, door.pub, state)
+    good = store.current_bundle(state).read_bytes()
     make_gallery(door.meta.model_id, 64, ["alice", "bob"]).save(tmp_path / "narrow.json")
     narrow = tmp_path / "narrow.twinlock"
-    b.write_bundle(door.model_dir, tmp_path / "narrow.json", door.key, narrow)
-    b.verify_bundle(narrow, door.pub)  # the signature and manifest are fine
+    signing.write_bundle(door.model_dir, tmp_path / "narrow.json", door.key, narrow)
+    store.verify_bundle(narrow, door.pub)  # the signature and manifest are fine
     with pytest.raises(BundleError, match="cannot run on this door: user 'alice' has 64-d"):
-        b.install_bundle(narrow, door.pub, state)
+        store.install_bundle(narrow, door.pub, state)
     broken_tower = door.source_bytes() | {"model/tower.tflite": b"TFL3" + bytes(4096)}
     junk = write(tmp_path, signed_bundle(broken_tower, load_signer(door),
                                          sequence=2**62), "junk-tower.twinlock")
     with pytest.raises(BundleError, match="cannot run on this door"):
-        b.install_bundle(junk, door.pub, state)
-    assert b.current_bundle(state).read_bytes() == good
+        store.install_bundle(junk, door.pub, state)
+    assert store.current_bundle(state).read_bytes() == good
 
     spool.mkdir()
     shutil.copyfile(narrow, spool / "narrow.twinlock")
@@ -743,7 +765,7 @@ def test_a_signed_bundle_that_cannot_run_never_becomes_current(door: Door, tmp_p
         refused = audit.query(event="bundle")
     assert (spool / "rejected" / "narrow.twinlock").exists()
     assert "64-d anchors" in refused[0].reason
-    assert b.current_bundle(state).read_bytes() == good
+    assert store.current_bundle(state).read_bytes() == good
     assert build_matcher(cfg).users == 2  # what a restart loads
 
 
@@ -768,7 +790,7 @@ def test_assets_listed_in_model_json_must_be_carried_with_their_hashes(
 def test_install_makes_a_missing_state_dir_private(door: Door, tmp_path: Path) -> None:
     old_umask = os.umask(0o022)  # the usual umask: mkdir would give 0755
     try:
-        b.install_bundle(door.bundle, door.pub, tmp_path / "new" / "state")
+        store.install_bundle(door.bundle, door.pub, tmp_path / "new" / "state")
     finally:
         os.umask(old_umask)
     for folder in (tmp_path / "new", tmp_path / "new" / "state",
@@ -787,8 +809,8 @@ def test_unsigned_tar_header_metadata_changes_nothing_the_door_uses(door: Door,
     data[header + 148:header + 156] = b" " * 8
     data[header + 148:header + 156] = b"%06o\0 " % sum(data[header:header + tarfile.BLOCKSIZE])
     assert bytes(data) != door.data
-    forged = b.verify_bundle(write(tmp_path, bytes(data)), door.pub)
-    original = b.verify_bundle(door.bundle, door.pub)
+    forged = store.verify_bundle(write(tmp_path, bytes(data)), door.pub)
+    original = store.verify_bundle(door.bundle, door.pub)
     assert forged.digest == original.digest
-    assert {k: bytes(v) for k, v in forged.members.items()} == \
-        {k: bytes(v) for k, v in original.members.items()}
+    assert unpacked(tmp_path / "x.twinlock", door.pub, tmp_path / "forged") == \
+        unpacked(door.bundle, door.pub, tmp_path / "original") == door.source_bytes()

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twinlock.daemon.bundle import core as b
+from twinlock.daemon.bundle import format as fmt
+from twinlock.daemon.bundle import store
 from twinlock.daemon.cli import main as twinlockd
 from twinlock.daemon.config.loader import parse_config
 from twinlock.daemon.config.schema import Config
@@ -21,6 +22,7 @@ from twinlock.daemon.errors import BundleError
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import read_metadata
 from twinlock.daemon.storage.audit import AuditLog
+from twinlock.trainer.household import signing
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -36,19 +38,19 @@ class Home:
             gallery.add(name, rng.normal(size=(2, meta.embedding_dim)).astype(np.float32))
         gallery.save(root / "gallery.json")
         self.key, self.pub = root / "home.key", root / "home.pub"
-        b.generate_keypair(self.key, self.pub)
+        signing.generate_keypair(self.key, self.pub)
         self.root, self.state, self.spool = root, root / "state", root / "spool"
         self.spool.mkdir()
         self.good = root / "good.twinlock"
-        b.write_bundle(MODEL, root / "gallery.json", self.key, self.good)
-        b.install_bundle(self.good, self.pub, self.state)
-        self.installed = b.current_bundle(self.state).read_bytes()
+        signing.write_bundle(MODEL, root / "gallery.json", self.key, self.good)
+        store.install_bundle(self.good, self.pub, self.state)
+        self.installed = store.current_bundle(self.state).read_bytes()
         self.cfg: Config = parse_config(f"state_dir: {self.state}\nmodel:\n  incoming: "
                                         f"{self.spool}\n  public_key: {self.pub}\n")
 
     def newer(self, name: str = "newer.twinlock") -> Path:
         path = self.spool / name
-        b.write_bundle(MODEL, self.root / "gallery.json", self.key, path)
+        signing.write_bundle(MODEL, self.root / "gallery.json", self.key, path)
         return path
 
     def pick_up(self) -> list[str]:
@@ -88,7 +90,7 @@ def test_a_dangling_symlink_is_quarantined_and_a_good_bundle_still_installs(home
     reasons = home.pick_up()
     assert any("ghost.twinlock refused: not a regular file" in r for r in reasons)
     assert os.path.islink(home.spool / "rejected" / "ghost.twinlock")
-    assert b.current_bundle(home.state).read_bytes() == newer
+    assert store.current_bundle(home.state).read_bytes() == newer
 
 
 def test_a_fifo_is_refused_without_blocking(home: Home, capsys: pytest.CaptureFixture[str]) -> None:
@@ -101,8 +103,8 @@ def test_a_fifo_is_refused_without_blocking(home: Home, capsys: pytest.CaptureFi
     assert "is a FIFO, not a regular bundle file" in capsys.readouterr().err
     with pytest.raises(BundleError, match="is a symbolic link"):
         (home.root / "link.twinlock").symlink_to(home.good)
-        b.verify_bundle(home.root / "link.twinlock", home.pub)
-    assert b.current_bundle(home.state).read_bytes() == home.installed
+        store.verify_bundle(home.root / "link.twinlock", home.pub)
+    assert store.current_bundle(home.state).read_bytes() == home.installed
 
 
 def test_a_rejected_plain_file_is_moved_aside(home: Home) -> None:
@@ -117,10 +119,10 @@ def test_a_rejected_plain_file_is_moved_aside(home: Home) -> None:
 def test_a_rejected_symlink_is_never_followed(home: Home) -> None:
     """``rejected`` pointing at the door's own bundles folder, and junk called current.twinlock:
     followed, the junk would replace the good bundle."""
-    (home.spool / "rejected").symlink_to(b.bundles_dir(home.state))
+    (home.spool / "rejected").symlink_to(store.bundles_dir(home.state))
     (home.spool / "current.twinlock").write_bytes(b"junk" * 100)
     home.pick_up()
-    assert b.current_bundle(home.state).read_bytes() == home.installed
+    assert store.current_bundle(home.state).read_bytes() == home.installed
     assert (home.spool / "rejected").is_dir() and not (home.spool / "rejected").is_symlink()
     assert (home.spool / "rejected" / "current.twinlock").read_bytes() == b"junk" * 100
     assert build_matcher(home.cfg).users == 2  # what the next start loads
@@ -131,11 +133,11 @@ def test_an_oversized_bundle_is_refused_before_it_is_read(home: Home) -> None:
     big = home.spool / "big.twinlock"
     with big.open("wb") as handle:
         handle.truncate(300 * 1024 * 1024)
-    assert b.MAX_BUNDLE_SIZE < big.stat().st_size
+    assert fmt.MAX_BUNDLE_SIZE < big.stat().st_size
     reasons = home.pick_up()
     assert any("big.twinlock refused" in r and "larger than any bundle can be" in r
                for r in reasons), reasons
-    assert b.current_bundle(home.state).read_bytes() == home.installed
+    assert store.current_bundle(home.state).read_bytes() == home.installed
 
 
 def test_a_folder_named_like_a_bundle_changes_nothing(home: Home) -> None:
@@ -143,7 +145,7 @@ def test_a_folder_named_like_a_bundle_changes_nothing(home: Home) -> None:
     shutil.copyfile(home.good, home.spool / "folder.twinlock" / "inner.twinlock")
     reasons = home.pick_up()
     assert any("folder.twinlock refused: not a regular file" in r for r in reasons)
-    assert b.current_bundle(home.state).read_bytes() == home.installed
+    assert store.current_bundle(home.state).read_bytes() == home.installed
 
 
 def test_a_bundle_the_door_died_checking_is_not_tried_again(home: Home) -> None:
@@ -155,8 +157,8 @@ def test_a_bundle_the_door_died_checking_is_not_tried_again(home: Home) -> None:
     assert any("crasher.twinlock refused: the door stopped while checking it" in r
                for r in reasons), reasons
     assert (home.spool / "rejected" / "crasher.twinlock").is_file()
-    assert b.current_bundle(home.state).read_bytes() == home.installed
+    assert store.current_bundle(home.state).read_bytes() == home.installed
     newer = home.newer().read_bytes()  # an ordinary pick-up leaves nothing behind
     home.pick_up()
-    assert b.current_bundle(home.state).read_bytes() == newer
+    assert store.current_bundle(home.state).read_bytes() == newer
     assert sorted(p.name for p in home.spool.iterdir()) == ["rejected"]

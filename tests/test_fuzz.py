@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 import pytest
 
-from twinlock.daemon.bundle import core as b
+from twinlock.daemon.bundle import format as fmt
+from twinlock.daemon.bundle import store
 from twinlock.daemon.config.loader import load_action_config, parse_config
 from twinlock.daemon.door.service import pick_up_incoming
 from twinlock.daemon.errors import BundleError, ConfigError, DataError
@@ -32,6 +33,7 @@ from twinlock.daemon.faces.images import MAX_IMAGE_PIXELS, decode_image
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import read_metadata
 from twinlock.daemon.storage.audit import AuditLog
+from twinlock.trainer.household import signing
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("TWINLOCK_FUZZ_SEED", "15"))
@@ -135,9 +137,9 @@ class Home:
         gallery.add("alice", np.random.default_rng(0).normal(size=(2, meta.embedding_dim)))
         gallery.save(root / "gallery.json")
         self.key, self.pub = root / "home.key", root / "home.pub"
-        b.generate_keypair(self.key, self.pub)
+        signing.generate_keypair(self.key, self.pub)
         self.good = root / "good.twinlock"
-        b.write_bundle(model, root / "gallery.json", self.key, self.good)
+        signing.write_bundle(model, root / "gallery.json", self.key, self.good)
         self.data = self.good.read_bytes()
         self.model, self.gallery = model, root / "gallery.json"
 
@@ -156,11 +158,11 @@ def test_fuzz_bundle_reader(tmp_path: Path) -> None:
             case = mutate(rng, data)
         path.write_bytes(case)
         before = sorted(p.name for p in tmp_path.iterdir())
-        verified = expect(BundleError, "bundle", index, lambda: b.verify_bundle(path, home.pub))
+        verified = expect(BundleError, "bundle", index, lambda: store.verify_bundle(path, home.pub))
         assert sorted(p.name for p in tmp_path.iterdir()) == before, "verify wrote a file"
         if verified is not None:  # accepted: then it is the good bundle, byte for byte in use
-            assert isinstance(verified, b.VerifiedBundle)
-            assert verified.digest == b.verify_bundle(home.good, home.pub).digest
+            assert isinstance(verified, fmt.VerifiedBundle)
+            assert verified.digest == store.verify_bundle(home.good, home.pub).digest
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -183,11 +185,11 @@ def test_fuzz_drop_folder(tmp_path: Path) -> None:
     (outside / "secret.txt").write_text("not the door's")
     (outside / "x.twinlock").write_bytes(home.data)
     state, spool = tmp_path / "state", tmp_path / "spool"
-    b.install_bundle(home.good, home.pub, state)
+    store.install_bundle(home.good, home.pub, state)
     cfg = parse_config(f"state_dir: {state}\nmodel:\n  incoming: {spool}\n  public_key: "
                        f"{home.pub}\n")
     newer = tmp_path / "newer.twinlock"
-    b.write_bundle(home.model, home.gallery, home.key, newer)
+    signing.write_bundle(home.model, home.gallery, home.key, newer)
     guarded = tree(outside)
     for rng, index in cases("drop-folder", 60):
         spool.mkdir(exist_ok=True)
@@ -202,7 +204,7 @@ def test_fuzz_drop_folder(tmp_path: Path) -> None:
                 target.write_bytes(mutate(rng, home.data[:4096]) + home.data[4096:])
             elif kind == 1:
                 target.symlink_to(rng.choice([outside / "secret.txt", outside / "x.twinlock",
-                                              outside, b.bundles_dir(state), tmp_path / "gone"]))
+                                              outside, store.bundles_dir(state), tmp_path / "gone"]))
             elif kind == 2:
                 os.mkfifo(target)
             elif kind == 3:
@@ -213,10 +215,10 @@ def test_fuzz_drop_folder(tmp_path: Path) -> None:
                 target.write_bytes(bytes(rng.randrange(256) for _ in range(rng.randint(0, 600))))
             else:
                 target.write_bytes(home.data)
-        before = b.verify_bundle(b.current_bundle(state), home.pub).sequence
+        before = store.verify_bundle(store.current_bundle(state), home.pub).sequence
         with AuditLog(state / "audit.db") as audit:
             expect((), "drop-folder", index, lambda: pick_up_incoming(cfg, audit))
-        after = b.verify_bundle(b.current_bundle(state), home.pub)
+        after = store.verify_bundle(store.current_bundle(state), home.pub)
         assert after.sequence >= before, f"case {index}: the door went back"
         assert tree(outside) == guarded, f"case {index}: something outside changed"
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(

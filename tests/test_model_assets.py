@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twinlock.daemon.bundle import core as b
+from twinlock.daemon.bundle import store
 from twinlock.daemon.errors import BundleError, ModelError
 from twinlock.daemon.faces.assets import DETECTOR_ROLE, IRIS_ROLE, KNOWN, MESH_ROLE, PACKAGED_DIR
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import read_metadata
 from twinlock.trainer.cli import main as twinlock_main
+from twinlock.trainer.household import signing
 from twinlock.trainer.training.model_assets import add_detector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,9 +135,9 @@ def signed(tmp_path: Path) -> tuple[Path, Path, dict]:
     add_detector(folder)
     gallery = gallery_for(folder, tmp_path / "gallery.json")
     key, pub = tmp_path / "k.key", tmp_path / "k.pub"
-    b.generate_keypair(key, pub)
+    signing.generate_keypair(key, pub)
     out = tmp_path / "door.twinlock"
-    manifest = b.write_bundle(folder, gallery, key, out)
+    manifest = signing.write_bundle(folder, gallery, key, out)
     return out, pub, manifest
 
 
@@ -146,8 +147,7 @@ def test_bundle_carries_the_detector_and_door_loads_it(signed, tmp_path: Path,
     out, pub, manifest = signed
     assert f"model/{SHORT}" in manifest["files"] and f"model/{MESH}" in manifest["files"]
     assert manifest["files"][f"model/{SHORT}"]["sha256"] == KNOWN[SHORT][0]
-    verified = b.verify_bundle(out, pub)
-    root = b.unpack(verified, tmp_path / "active")
+    _, root = store.unpack_bundle(out, pub, tmp_path / "active")
     meta = read_metadata(root / "model")
     assert meta.detector.model_path == str(root / "model" / SHORT)
     # and the detector built from it finds the face in a real photo
@@ -167,7 +167,7 @@ def test_altered_detector_member_is_refused(signed, tmp_path: Path) -> None:
     bad = tmp_path / "bad.twinlock"
     bad.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=f"model/{SHORT} does not match its sha256"):
-        b.verify_bundle(bad, pub)
+        store.verify_bundle(bad, pub)
 
 
 @pytest.mark.data

@@ -22,8 +22,8 @@ import pytest
 import yaml
 from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda
 
-from twinlock.daemon.bundle.core import generate_keypair, write_bundle
 from twinlock.daemon.config.schema import Config
+from twinlock.trainer.household.signing import generate_keypair, write_bundle
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]

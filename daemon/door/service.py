@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle.core import BUNDLE_SUFFIX, current_bundle, install_bundle, unpack, verify_bundle
+from ..bundle.format import BUNDLE_SUFFIX
+from ..bundle.store import current_bundle, install_bundle, unpack_bundle
 from ..camera.frame import Frame
 from ..camera.registry import camera_factory
 from ..camera.resilient import ResilientCamera
@@ -279,9 +280,8 @@ def model_files(cfg: Config) -> tuple[Path, Path, str]:
     if cfg.model.source == "folder":
         logger.warning("model.source is 'folder': loading an UNSIGNED model and gallery")
         return cfg.model.dir, cfg.model.gallery, f"unsigned folder {cfg.model.dir}"
-    verified = verify_bundle(current_bundle(cfg.state_dir), cfg.model.public_key)
     active = cfg.state_dir / "active"
-    root = unpack(verified, active)
+    verified, root = unpack_bundle(current_bundle(cfg.state_dir), cfg.model.public_key, active)
     for old in active.iterdir():  # one unpacked bundle at a time
         if old.is_dir() and old != root and not old.name.startswith("."):
             shutil.rmtree(old, ignore_errors=True)

@@ -1,8 +1,8 @@
 """Host side of signed bundles: make signing keys, pack a model and a gallery for the doors.
 
-The format, the signing and every check live once in ``twinlock.daemon.bundle.core`` (the door runs
-the same code to verify); this module only wraps it for the ``twinlock keygen`` and
-``twinlock bundle`` commands and prints what a person wants to see.
+The format and every check live once in ``twinlock.daemon.bundle`` (the door runs the same code
+to verify), the keys and the writing in :mod:`.signing`; this module only wraps them for the
+``twinlock keygen`` and ``twinlock bundle`` commands and prints what a person wants to see.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from twinlock.daemon.bundle.core import canonical_json, generate_keypair, write_bundle
+from twinlock.daemon.bundle.format import canonical_json
 from twinlock.daemon.recognition.model import file_sha256
+
+from .signing import generate_keypair, write_bundle
 
 logger = logging.getLogger(__name__)
 
