@@ -209,6 +209,50 @@ def test_immutable_audit_files_refuse_the_write_instead_of_sigbus(tmp_path: Path
     assert alive == "alive\n"
 
 
+IMMUTABLE_CLOSER = """
+import sys
+from pathlib import Path
+from twinlock.daemon.storage.audit import AuditLog
+audit = AuditLog(Path(sys.argv[1]))
+for i in range(3):
+    audit.record("deny", "deny", f"record {i}")
+print("ready", flush=True)
+sys.stdin.readline()  # the test makes the files immutable now
+audit.close()  # what the daemon's shutdown does
+print("closed", flush=True)
+"""
+
+
+def test_closing_an_audit_log_made_immutable_does_not_kill_the_process(tmp_path: Path) -> None:
+    """The files made immutable while the daemon runs, then a normal shutdown: SQLite's close
+    would write the WAL index through its memory map (SIGBUS). The process exits cleanly, and
+    the committed records are all there once the files are writable again."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "audit.db"
+    files = [db, tmp_path / "audit.db-wal", tmp_path / "audit.db-shm"]
+    proc = subprocess.Popen([sys.executable, "-c", IMMUTABLE_CLOSER, str(db)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        _immutable_or_skip(*files)
+        try:
+            _out, err = proc.communicate("\n", timeout=60)
+        finally:
+            _chattr("-i", *files)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"exit {proc.returncode} (-7 is SIGBUS): {err[-2000:]}"
+    assert "not closing it" in err and "immutable" in err
+    with AuditLog(db) as audit:
+        assert [r.reason for r in audit.query()] == [f"record {i}" for i in range(3)]
+
+
 @pytest.mark.data
 @pytest.mark.slow
 def test_a_door_whose_audit_log_cannot_be_opened_runs_locked(

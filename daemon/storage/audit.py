@@ -74,6 +74,16 @@ def _statx() -> Any:
     return function
 
 
+def _keep_open_until_exit(conn: sqlite3.Connection) -> None:
+    """Never let ``conn`` be closed or freed in this process, not even at interpreter exit.
+
+    A reference held in a list would be dropped when the interpreter clears its modules at exit,
+    and freeing a connection closes it. One reference that nothing owns keeps it alive to the
+    end; the process's exit then releases it without SQLite writing a byte.
+    """
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
+
+
 def unwritable_reason(path: Path) -> str | None:
     """Why ``path`` cannot be written in place (immutable or append-only), or None.
 
@@ -219,6 +229,14 @@ class AuditLog:
                 for name in ("journal_mode", "synchronous", "busy_timeout", "user_version")
             }
 
+    def _unwritable(self) -> str | None:
+        """Why the database, its WAL or its WAL index cannot be written in place, or None."""
+        for suffix in ("", "-wal", "-shm"):
+            why = unwritable_reason(Path(f"{self.path}{suffix}"))
+            if why is not None:
+                return why
+        return None
+
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -255,10 +273,9 @@ class AuditLog:
             _encode_details(details),
         )
         with self._locked() as conn:
-            for suffix in ("", "-wal", "-shm"):  # a SIGBUS would kill the door: refuse first
-                why = unwritable_reason(Path(f"{self.path}{suffix}"))
-                if why is not None:
-                    raise AuditError(f"cannot write to audit log {self.path}: {why}")
+            why = self._unwritable()  # a SIGBUS would kill the door: refuse first
+            if why is not None:
+                raise AuditError(f"cannot write to audit log {self.path}: {why}")
             try:
                 cursor = conn.execute(
                     "INSERT INTO decisions (ts, ts_iso, event, user, best_score, decision, reason,"
@@ -282,6 +299,9 @@ class AuditLog:
             raise UsageError(f"retention_days must be > 0, not {retention_days!r}")
         cutoff = (time.time() if now is None else now) - float(retention_days) * 86400.0
         with self._locked() as conn:
+            why = self._unwritable()
+            if why is not None:
+                raise AuditError(f"cannot prune audit log {self.path}: {why}")
             try:
                 deleted = conn.execute("DELETE FROM decisions WHERE ts < ?", (cutoff,)).rowcount
             except sqlite3.Error as exc:
@@ -350,14 +370,30 @@ class AuditLog:
     # -- life cycle --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection (idempotent); SQLite checkpoints the WAL into the main file."""
+        """Close the connection (idempotent); SQLite checkpoints the WAL into the main file.
+
+        Closing writes the WAL index through SQLite's shared memory map, and into a file made
+        immutable meanwhile that is SIGBUS, which would kill the daemon at shutdown (after the
+        relay is released, but still a crash, and no ``stop`` record). Then the connection is
+        left open for good instead: the kernel drops its locks and mapping when the process
+        exits, every committed record is already in the WAL, and the next open that may write
+        checkpoints it.
+        """
         with self._lock:
             conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except sqlite3.Error as exc:
-                logger.warning("audit log %s: error while closing: %s", self.path, exc)
+        if conn is None:
+            return
+        why = self._unwritable()
+        if why is not None:
+            logger.error("audit log %s: %s; not closing it (SQLite would write into it and die "
+                         "of SIGBUS): the records are safe in its WAL until the next start",
+                         self.path, why)
+            _keep_open_until_exit(conn)
+            return
+        try:
+            conn.close()
+        except sqlite3.Error as exc:
+            logger.warning("audit log %s: error while closing: %s", self.path, exc)
 
     def __enter__(self) -> Self:
         return self
