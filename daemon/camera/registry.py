@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .base import BaseCamera
 from .frame import Camera
 from .opencv import OpenCVCamera
 from .pi_camera import Picamera2Camera
@@ -21,21 +20,25 @@ if TYPE_CHECKING:
     from ..config.schema import Config
 
 
-def _opencv(c: Any) -> BaseCamera:
+#: what a builder returns: a driver, unopened
+Driver = OpenCVCamera | Picamera2Camera | ReplayCamera
+
+
+def _opencv(c: Any) -> Driver:
     return OpenCVCamera(c.device, c.width, c.height, c.fps, rotate=c.rotate, mirror=c.mirror)
 
 
-def _picamera2(c: Any) -> BaseCamera:
+def _picamera2(c: Any) -> Driver:
     return Picamera2Camera(c.width, c.height, c.detect_width, c.detect_height, c.fps,
                            rotate=c.rotate, mirror=c.mirror, timeout_s=c.read_timeout_s)
 
 
-def _replay(c: Any) -> BaseCamera:
+def _replay(c: Any) -> Driver:
     return ReplayCamera(c.source, c.realtime, c.loop, c.fps, rotate=c.rotate, mirror=c.mirror)
 
 
 #: ``camera.type`` -> a builder taking that type's config section
-CAMERAS: dict[str, Callable[[Any], BaseCamera]] = {
+CAMERAS: dict[str, Callable[[Any], Driver]] = {
     "opencv": _opencv, "picamera2": _picamera2, "replay": _replay,
 }
 

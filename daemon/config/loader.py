@@ -51,11 +51,11 @@ MAX_NODES = 20_000
 def _yaml_problem(exc: yaml.YAMLError, source: str, text: str = "") -> ConfigProblem:
     if isinstance(exc, yaml.reader.ReaderError):  # a control character (NUL, BEL, ...)
         position = int(exc.position)
-        line = text.count("\n", 0, position) + 1
-        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        at_line = text.count("\n", 0, position) + 1
+        at_column = position - (text.rfind("\n", 0, position) + 1) + 1
         char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
-        return ConfigProblem(line, "", f"YAML error: character #x{char:04x} is not allowed "
-                             "in a config file (a control character)", NO_VALUE, source, column)
+        return ConfigProblem(at_line, "", f"YAML error: character #x{char:04x} is not allowed "
+                             "in a config file (a control character)", NO_VALUE, source, at_column)
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     if isinstance(exc, yaml.MarkedYAMLError):
         parts = [exc.context, exc.problem] if exc.context and exc.problem else [exc.problem]

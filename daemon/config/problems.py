@@ -60,8 +60,10 @@ def _short_repr(value: Any, limit: int = 80) -> str:
 
 
 def raise_problems(problems: list[ConfigProblem]) -> typing.NoReturn:
-    problems = sorted(problems, key=lambda p: (p.line is None, p.line or 0, p.path))
-    raise ConfigError("\n".join(str(p) for p in problems), problems)
+    """ConfigError with every problem, in file order: one line each, and the records."""
+    ordered = sorted(problems, key=lambda p: (p.line is None, p.line or 0, p.path))
+    records: list[object] = list(ordered)
+    raise ConfigError("\n".join(str(p) for p in ordered), records)
 
 
 
