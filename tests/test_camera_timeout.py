@@ -185,3 +185,20 @@ def test_each_camera_type_builds_its_own_driver(kind: str, tmp_path: Path) -> No
     assert driver.rotate == 90  # type: ignore[attr-defined]
     if kind == "picamera2":  # its own capture timeout is the configured one too
         assert driver.timeout_s == 2.5  # type: ignore[attr-defined]
+
+
+def test_the_read_timeout_stays_below_the_units_watchdog() -> None:
+    """A read may block the loop (and its watchdog pings) for read_timeout_s: above the unit's
+    WatchdogSec systemd would restart the daemon before the camera fault is seen."""
+    import re
+
+    from twinlock.daemon.config.loader import parse_config
+    from twinlock.daemon.errors import ConfigError
+
+    unit = (Path(__file__).resolve().parents[1] / "deploy" / "twinlockd.service").read_text()
+    found = re.search(r"^WatchdogSec=(\d+)", unit, re.MULTILINE)
+    assert found, "the unit has a watchdog"
+    watchdog = float(found.group(1))
+    assert parse_config("camera:\n  read_timeout_s: 20\n").camera.read_timeout_s < watchdog
+    with pytest.raises(ConfigError, match="read_timeout_s"):
+        parse_config(f"camera:\n  read_timeout_s: {watchdog:g}\n")

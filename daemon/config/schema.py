@@ -226,9 +226,10 @@ class _CameraBase(_Section):
         description="the wait doubles after each failed reopen, up to this many seconds",
     )
     read_timeout_s: float = Field(
-        5.0, gt=0, le=300,
+        5.0, gt=0, le=20,
         description="a read bringing no frame within this many seconds counts as a camera "
-        "failure: the camera is closed and reopened (daemon/camera/read_timeout.py)",
+        "failure: the camera is closed and reopened (daemon/camera/read_timeout.py); at most 20, "
+        "below the unit's WatchdogSec=30, so a stalled read is a camera fault, not a restart",
     )
 
     @field_validator("reopen_backoff_max_s")
