@@ -17,11 +17,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from twinlock.daemon.errors import UsageError
+from twinlock.daemon.storage import files
 
 from .config import TrainConfig
 
@@ -48,13 +48,8 @@ def checkpoint_path(run_dir: Path, name: str) -> Path:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write JSON so a crash leaves the old file or the new one (resume depends on state.json
-    matching the checkpoint beside it)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as handle:
-        handle.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    matching the checkpoint beside it): the one atomic write, ``daemon.storage.files``."""
+    files.atomic_write_json(path, data, None)
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
