@@ -1,4 +1,6 @@
-"""Knowledge distillation from the optional dlib teacher (``twinlock[teacher]``).
+"""Offline knowledge distillation from the optional dlib teacher (``twinlock[teacher]``): the
+auxiliary ``--distill-weight`` term of cosface, on embeddings computed once per image.
+``--loss distill`` runs the teacher online instead (``test_student.py``).
 
 The teacher's own tests skip when the optional extra is not installed, also under CI
 (``TWINLOCK_REQUIRE_DATA=1``): the extra is optional by design. The training-loop tests use a
@@ -17,7 +19,7 @@ import pytest
 from twinlock.daemon.errors import UsageError
 from twinlock.daemon.faces.pipeline import DetectorSpec
 from twinlock.trainer.training import teacher as teacher_mod
-from twinlock.trainer.training.train import TrainConfig
+from twinlock.trainer.training.config import TrainConfig
 
 needs_dlib = pytest.mark.skipif(
     not teacher_mod.teacher_available(),
@@ -35,8 +37,9 @@ def test_config_checks_distillation_settings(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=">= 0"):
         TrainConfig(data=[str(tmp_path)], loss="cosface", distill_weight=-1.0)
     cfg = TrainConfig(data=[str(tmp_path)], loss="distill")
-    assert cfg.uses_teacher and cfg.l2_normalize
+    assert cfg.uses_teacher and cfg.l2_normalize and not cfg.offline_teacher
     assert not TrainConfig(data=[str(tmp_path)], loss="cosface").uses_teacher
+    assert TrainConfig(data=[str(tmp_path)], loss="cosface", distill_weight=2.0).offline_teacher
 
 
 def _stand_in_teacher(paths, detector, policy="center", **_):
@@ -52,15 +55,14 @@ def _stand_in_teacher(paths, detector, policy="center", **_):
     return emb
 
 
-@pytest.mark.parametrize("extra", [["--loss", "distill"],
-                                   ["--loss", "cosface", "--distill-weight", "2"]])
-def test_distillation_trains_towards_the_teacher(extra: list[str], tmp_path: Path,
-                                                 orl_dir: Path, crop_cache: Path,
+def test_distillation_trains_towards_the_teacher(tmp_path: Path, orl_dir: Path,
+                                                 crop_cache: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from twinlock.trainer.cli import main
 
     monkeypatch.setattr(teacher_mod, "teacher_embeddings", _stand_in_teacher)
     run_dir = tmp_path / "run"
+    extra = ["--loss", "cosface", "--distill-weight", "2"]
     code = main(["train", "--data", str(orl_dir), "--out", str(run_dir), *extra, "--epochs", "3",
                  "--steps-per-epoch", "8", "--batch-size", "16", "--learning-rate", "0.003",
                  "--val-fraction", "0.25", "--no-augment", "--seed", "0"])

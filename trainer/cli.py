@@ -50,6 +50,17 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--patience", type=int, default=5, help="early stop after N epochs without "
                    "validation AUC gain")
+    p.add_argument("--teacher", choices=("dlib-resnet",), default="",
+                   help="--loss distill: the frozen teacher run online on each augmented view "
+                   "(default dlib-resnet, the imported tower)")
+    p.add_argument("--unlabelled", nargs="+", type=Path, default=[], metavar="PATH",
+                   help="--loss distill: more faces without labels (folders of images at any "
+                   "depth, video files), used only as views")
+    p.add_argument("--mixup", type=float, default=0.5,
+                   help="--loss distill: share of views blended with another face (default 0.5)")
+    p.add_argument("--width", type=int, default=32,
+                   help="compact tower: stem channels, blocks grow to 16x (default 32; int8 "
+                   "size grows with its square)")
     p.add_argument("--distill-weight", type=float, default=0.0,
                    help="cosface: add W * (1 - cos(student, dlib teacher)) to the loss "
                    "(needs the [teacher] extra; embedding dim 128)")
@@ -134,6 +145,8 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             augment=args.augment, flip_average=args.flip_average,
             holdout_pairs=str(args.holdout_pairs.resolve()) if args.holdout_pairs else None,
             max_identities=args.max_identities, strategy=args.strategy, seed=args.seed,
+            teacher=args.teacher, unlabelled=[str(p.resolve()) for p in args.unlabelled],
+            mixup=args.mixup, width=args.width,
             **({"detector": detector} if detector else {}),
         )
         run_dir = args.out or Path("runs") / f"{cfg.architecture}-{cfg.loss}"

@@ -24,6 +24,8 @@ __all__ = ["ARCHITECTURES", "IMPORTED", "LOSSES", "TrainConfig"]
 
 #: the tower whose weights are imported (dlib's public-domain ResNet), not trained from scratch
 IMPORTED = "dlib-resnet"
+#: the imported tower's alignment (its 150 px chips), also the online student's default
+TEACHER_TEMPLATE = "dlib-4pt"
 ARCHITECTURES = ("compact", "koch", IMPORTED)
 
 
@@ -68,6 +70,12 @@ class TrainConfig:
     unit_embeddings: bool | None = None
     strategy: str = "default"  # or "mirrored" (tf.distribute.MirroredStrategy)
     seed: int = 0
+    width: int = 32  # compact: channels of the stem (the blocks grow to 16x this)
+    # --loss distill (online): the teacher run in the graph on the same augmented view
+    teacher: str = ""  # "" -> dlib-resnet for --loss distill
+    # face images or videos without labels, used only as distillation views (never validated on)
+    unlabelled: list[str] = field(default_factory=list)
+    mixup: float = 0.5  # distill: share of views blended with another face
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -86,7 +94,8 @@ class TrainConfig:
         if self.channels not in (1, 3):
             raise UsageError(f"--channels must be 1 or 3, not {self.channels}")
         if not self.template:
-            self.template = DEFAULT_TEMPLATE
+            # the online student sees the teacher's framing (a smaller dlib chip)
+            self.template = TEACHER_TEMPLATE if self.recipe.teacher else DEFAULT_TEMPLATE
         if self.template not in TEMPLATES:
             raise UsageError(f"--template must be one of {', '.join(TEMPLATES)}")
         if self.epochs < (0 if self.architecture == IMPORTED else 1):
@@ -102,12 +111,25 @@ class TrainConfig:
         if self.distill_weight > 0 and not self.recipe.classes:
             raise UsageError("--distill-weight goes with --loss cosface (--loss distill is "
                              "distillation alone)")
+        if self.recipe.teacher:
+            self.teacher = self.teacher or IMPORTED
+            if self.teacher != IMPORTED:
+                raise UsageError(f"--teacher must be {IMPORTED}, not {self.teacher!r}")
+        elif self.teacher or self.unlabelled:
+            raise UsageError("--teacher and --unlabelled go with --loss distill")
+        if not 0.0 <= self.mixup <= 1.0:
+            raise UsageError("--mixup must be within [0, 1]")
+        if self.width < 4:
+            raise UsageError("--width must be >= 4")
         if self.uses_teacher:
             from .teacher import TEACHER_DIM
 
             if self.architecture != "compact" or self.embedding_dim != TEACHER_DIM:
                 raise UsageError(f"distillation regresses the teacher's {TEACHER_DIM}-d embedding: "
                                  f"use --architecture compact --embedding-dim {TEACHER_DIM}")
+            if self.recipe.online_teacher and self.channels != 3:
+                raise UsageError("--loss distill trains an RGB student (grey views come from its "
+                                 "augmentation): leave --channels at 3")
 
     def _imported_defaults(self) -> None:
         """dlib's ResNet fixes its input (150 px RGB dlib chips) and embedding (128-d)."""
@@ -119,7 +141,7 @@ class TrainConfig:
                              f"{EMBEDDING_DIM}-d embeddings; leave --input-size, --channels and "
                              "--embedding-dim at their defaults")
         self.input_size, self.channels = CHIP_SIZE, 3
-        self.template = self.template or "dlib-4pt"
+        self.template = self.template or TEACHER_TEMPLATE
         if self.uses_teacher:
             raise UsageError(f"the {IMPORTED} tower is the teacher; it cannot distil from itself")
 
@@ -132,6 +154,12 @@ class TrainConfig:
     def uses_teacher(self) -> bool:
         """Distillation from the dlib teacher (--loss distill, or cosface with a distill weight)."""
         return self.recipe.teacher or self.distill_weight > 0
+
+    @property
+    def offline_teacher(self) -> bool:
+        """cosface's auxiliary term regresses dlib embeddings computed once per image
+        (``teacher.py``); ``--loss distill`` runs the teacher online instead."""
+        return self.distill_weight > 0
 
     @property
     def l2_normalize(self) -> bool:

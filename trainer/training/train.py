@@ -61,11 +61,15 @@ __all__ = [
 def train(cfg: TrainConfig, run_dir: Path, argv: Sequence[str] | None = None,
           resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a run; returns the validation metrics also written to metrics.json."""
-    from .trainloop import TrainLoop  # TensorFlow is imported only when training really starts
+    # TensorFlow is imported only when training really starts
+    if cfg.recipe.online_teacher:
+        from .student import OnlineDistillLoop as TrainLoop
+    else:
+        from .trainloop import TrainLoop  # type: ignore[assignment]
 
     run_dir.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg, progress)
-    if cfg.uses_teacher:
+    if cfg.offline_teacher:
         attach_teacher(cfg, data, progress)
     for key, value in data.report.items():
         logger.info("data: %s = %s", key, value)

@@ -43,20 +43,9 @@ class TrainLoop:
     kept_checkpoint = "best"
 
     def __init__(self, cfg: TrainConfig, data: PreparedData, run_dir: Path, progress: bool) -> None:
-        self.cfg, self.data, self.run_dir, self.progress = cfg, data, run_dir, progress
-        self.ckpt_dir = run_dir / CHECKPOINT_DIR
-        self.ckpt_dir.mkdir(exist_ok=True)
-        keras.utils.set_random_seed(cfg.seed)
-        self.strategy = (tf.distribute.MirroredStrategy() if cfg.strategy == "mirrored"
-                         else tf.distribute.get_strategy())
-        if cfg.strategy == "mirrored":
-            logger.info("MirroredStrategy over %d replica(s)", self.strategy.num_replicas_in_sync)
-        self.train_labels = data.labels[data.train_idx]
-        self.val_labels = data.labels[data.val_idx]
+        self._setup(cfg, data, run_dir, progress)
         # pixels in the model's format, held once as a constant the input pipeline gathers from
         self.x_train = tf.constant(model_input(data, cfg, data.train_idx))
-        self.val_pairs = validation_pairs(self.val_labels, cfg.val_different_pairs, cfg.seed,
-                                          source_groups(data, data.val_idx))
         # cosface: classes are the training identities with enough images
         counts = np.bincount(self.train_labels)
         classes = np.flatnonzero(counts >= cfg.min_images_per_class)
@@ -65,7 +54,7 @@ class TrainLoop:
         self.cosface_images = np.flatnonzero(self.class_of[self.train_labels] >= 0)
         # distillation: the teacher's unit embedding of each training image (NaN rows: excluded)
         self.teacher = None
-        if cfg.uses_teacher:
+        if cfg.offline_teacher:
             if data.teacher is None:
                 raise RuntimeError("distillation needs PreparedData.teacher")
             self.teacher = np.nan_to_num(data.teacher[data.train_idx]).astype(np.float32)
@@ -79,18 +68,37 @@ class TrainLoop:
                         len(self.distill_images), len(data.train_idx))
         with self.strategy.scope():
             self.tower = build_tower(cfg.architecture, cfg.input_size, cfg.channels,
-                                     cfg.embedding_dim)
+                                     cfg.embedding_dim, cfg.width)
             self.loss_weights: list[float] | None = None
             self.model, loss = self._training_model(len(classes))
-            total_steps = cfg.epochs * cfg.steps_per_epoch
-            schedule = keras.optimizers.schedules.CosineDecay(
-                cfg.learning_rate, decay_steps=max(total_steps, 1), alpha=0.02,
-                warmup_target=None, warmup_steps=0)
-            self.optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+            self.optimizer = self._make_optimizer()
             self.model.compile(optimizer=self.optimizer, loss=loss,
                                loss_weights=self.loss_weights)
         logger.info("tower %s: %d parameters; training model %s",
                     self.tower.name, self.tower.count_params(), self.model.name)
+
+    def _setup(self, cfg: TrainConfig, data: PreparedData, run_dir: Path, progress: bool) -> None:
+        """What every loop needs: run folder, seed, strategy, labels and validation pairs."""
+        self.cfg, self.data, self.run_dir, self.progress = cfg, data, run_dir, progress
+        self.ckpt_dir = run_dir / CHECKPOINT_DIR
+        self.ckpt_dir.mkdir(exist_ok=True)
+        keras.utils.set_random_seed(cfg.seed)
+        self.strategy = (tf.distribute.MirroredStrategy() if cfg.strategy == "mirrored"
+                         else tf.distribute.get_strategy())
+        if cfg.strategy == "mirrored":
+            logger.info("MirroredStrategy over %d replica(s)", self.strategy.num_replicas_in_sync)
+        self.train_labels = data.labels[data.train_idx]
+        self.val_labels = data.labels[data.val_idx]
+        self.val_pairs = validation_pairs(self.val_labels, cfg.val_different_pairs, cfg.seed,
+                                          source_groups(data, data.val_idx))
+
+    def _make_optimizer(self) -> keras.optimizers.Optimizer:
+        """AdamW on a cosine schedule over the whole run (build it inside the strategy's scope)."""
+        cfg = self.cfg
+        schedule = keras.optimizers.schedules.CosineDecay(
+            cfg.learning_rate, decay_steps=max(cfg.epochs * cfg.steps_per_epoch, 1), alpha=0.02,
+            warmup_target=None, warmup_steps=0)
+        return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
 
     # -- models and data -------------------------------------------------------------------------
 
@@ -139,7 +147,10 @@ class TrainLoop:
     # -- checkpoints -----------------------------------------------------------------------------
 
     def _save_checkpoint(self, name: str) -> None:
-        self.model.save_weights(self.ckpt_dir / f"{name}.weights.h5")
+        # written beside and renamed, so a reader (or a kill) never meets half a file
+        tmp = self.ckpt_dir / f"{name}.tmp.weights.h5"
+        self.model.save_weights(tmp)
+        tmp.replace(self.ckpt_dir / f"{name}.weights.h5")
         if name == "last":
             values = {f"v{i}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)}
             np.savez(self.ckpt_dir / "optimizer.tmp.npz", **values)

@@ -1,0 +1,143 @@
+"""A learning curve for a long run: held-out 10-fold accuracy against training views seen.
+
+Each call measures the run's latest finished epoch the way the door would see it: a snapshot
+of the last checkpoint is finished like a run (``TrainLoop.finish``: L1 head fitted on the
+training people, thresholds on the validation people), exported (int8 by default, through
+``export``) and evaluated on the held-out pairs (``evaluate``: the daemon's detector, alignment,
+LiteRT runtime and numpy head). The training process is never touched, so this can run beside
+it, e.g. every 20 minutes:
+
+    python -m twinlock.trainer.evaluation.learning_curve out/student/run \\
+        --pairs out/student/holdout_pairs.txt --images ../shared/data/lfw/lfw-deepfunneled \\
+        --out docs/models/student
+
+Points accumulate in ``<out>/learning_curve.json`` (one per epoch measured) and are drawn in
+``<out>/learning_curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CURVE_JSON = "learning_curve.json"
+CURVE_PNG = "learning_curve.png"
+
+
+def snapshot(run_dir: Path, dest: Path) -> dict[str, Any]:
+    """Copy run.json, state.json and the last checkpoint (as the kept one) into ``dest``."""
+    from ..training.runs import CHECKPOINT_DIR, LAST_WEIGHTS, RUN_FILE, STATE_FILE
+
+    (dest / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    state = json.loads((run_dir / STATE_FILE).read_text())
+    shutil.copyfile(run_dir / RUN_FILE, dest / RUN_FILE)
+    shutil.copyfile(run_dir / CHECKPOINT_DIR / LAST_WEIGHTS,
+                    dest / CHECKPOINT_DIR / "best.weights.h5")
+    # the checkpoint is renamed into place after state.json is written: read state again
+    after = json.loads((run_dir / STATE_FILE).read_text())
+    if after["epoch"] != state["epoch"]:
+        raise RuntimeError("the run saved a new epoch during the copy; try again")
+    (dest / STATE_FILE).write_text(json.dumps(state))
+    return state
+
+
+def measure(run_dir: Path, pairs: Path, images: Path, work: Path,
+            quantization: str = "int8") -> dict[str, Any]:
+    """One point of the curve for the run's latest finished epoch."""
+    from ..training.export import export
+    from ..training.prepare import prepare_data
+    from ..training.runs import load_run_config
+    from ..training.student import OnlineDistillLoop
+    from .evaluate import evaluate
+
+    cfg = load_run_config(run_dir)
+    state = snapshot(run_dir, work)
+    data = prepare_data(cfg, progress=False)
+    loop = OnlineDistillLoop(cfg, data, work, progress=False, views=False)
+    finished = loop.finish(state)
+    model_dir = work / "model"
+    report = export(work, model_dir, quantization, progress=False, max_auc_drop=1.0)
+    result = evaluate(model_dir, images, pairs, progress=False)
+    views = state["epoch"] * cfg.steps_per_epoch * cfg.batch_size
+    return {
+        "epoch": state["epoch"], "views": views,
+        "train_seconds": float(sum(state["history"]["seconds"])),
+        "heldout_accuracy": result["accuracy"], "heldout_accuracy_std": result["accuracy_std"],
+        "heldout_auc": result["auc"], "heldout_pairs": result["n_pairs"],
+        "val_auc": finished["auc"], "distill_loss": state["history"]["loss"][-1],
+        "quantization": quantization, "model_bytes": (model_dir / "tower.tflite").stat().st_size,
+        "export_auc_drop": report.get("auc_drop"), "embed_ms_per_face": result["embed_ms_per_face"],
+    }
+
+
+def plot(points: list[dict[str, Any]], path: Path, baselines: dict[str, float]) -> None:
+    """Held-out accuracy against views seen, with reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted(points, key=lambda p: p["views"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    views = [p["views"] for p in points]
+    acc = [100 * p["heldout_accuracy"] for p in points]
+    std = [100 * p["heldout_accuracy_std"] for p in points]
+    ax.errorbar(views, acc, yerr=std, marker="o", ms=4, capsize=3, label="student, int8")
+    for (name, value), style in zip(baselines.items(), ("--", ":", "-."), strict=False):
+        ax.axhline(100 * value, ls=style, color="grey", lw=1)
+        ax.annotate(name, (views[0] if views else 0, 100 * value), fontsize=8,
+                    xytext=(2, 2), textcoords="offset points", color="grey")
+    ax.set_xlabel("training views seen")
+    ax.set_ylabel("held-out 10-fold accuracy (%)")
+    ax.set_title("Online distillation from dlib: learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="the training run folder")
+    parser.add_argument("--pairs", type=Path, required=True, help="held-out LFW pairs file")
+    parser.add_argument("--images", type=Path, required=True, help="LFW image folder")
+    parser.add_argument("--out", type=Path, required=True, help="where the curve is written")
+    parser.add_argument("--work", type=Path, help="snapshots (default <run>/../curve)")
+    parser.add_argument("--quantization", default="int8", choices=("int8", "mixed"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    curve_file = args.out / CURVE_JSON
+    curve = json.loads(curve_file.read_text()) if curve_file.is_file() else {
+        "run": str(args.run), "pairs": str(args.pairs), "points": [],
+        "baselines": {"models/compact (89.25 %)": 0.8925, "target (95 %)": 0.95}}
+    from ..training.runs import STATE_FILE, atomic_write_json
+
+    epoch = json.loads((args.run / STATE_FILE).read_text())["epoch"]
+    if any(p["epoch"] == epoch and p["quantization"] == args.quantization
+           for p in curve["points"]):
+        logger.info("epoch %d is already on the curve", epoch)
+        return 0
+    work = (args.work or args.run.parent / "curve") / f"epoch-{epoch:04d}-{args.quantization}"
+    point = measure(args.run, args.pairs, args.images, work, args.quantization)
+    curve["points"].append(point)
+    curve["points"].sort(key=lambda p: (p["views"], p["quantization"]))
+    atomic_write_json(curve_file, curve)
+    plot([p for p in curve["points"] if p["quantization"] == "int8"] or curve["points"],
+         args.out / CURVE_PNG, curve["baselines"])
+    print(json.dumps(point, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
