@@ -562,15 +562,15 @@ class LockoutConfig(_Section):
 
     enabled: bool = Field(True, description="turn the lockout on or off")
     max_failures: int = Field(
-        5, ge=1, le=1000, description="failed attempts within window_seconds that lock"
+        15, ge=1, le=1000, description="failed attempts within window_seconds that lock"
     )
     max_failed_frames: int = Field(
-        150, ge=1, le=100_000,
+        450, ge=1, le=100_000,
         description="face-frames that verified nobody within window_seconds that lock (an "
         "attacker without gaps spends frames, not attempts)",
     )
     window_seconds: float = Field(
-        60.0, gt=0, le=86400, description="seconds over which failures are counted"
+        180.0, gt=0, le=86400, description="seconds over which failures are counted"
     )
     lockout_seconds: float = Field(
         300.0, gt=0, le=86400, description="seconds during which nobody is verified"
