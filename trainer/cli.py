@@ -11,6 +11,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from twinlock.daemon.errors import TwinLockError
 
@@ -131,8 +132,9 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     else:
         if not args.data:
             raise _usage("train: --data is required (or --resume RUN_DIR)")
-        detector = ({"type": "yunet", "model_path": str(args.yunet.resolve())}
-                    if args.yunet else None)
+        extra: dict[str, Any] = ({"detector": {"type": "yunet",
+                                               "model_path": str(args.yunet.resolve())}}
+                                 if args.yunet else {})
         cfg = TrainConfig(
             data=[str(p.resolve()) for p in args.data], architecture=args.architecture,
             input_size=args.input_size, channels=args.channels, embedding_dim=args.embedding_dim,
@@ -147,7 +149,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             max_identities=args.max_identities, strategy=args.strategy, seed=args.seed,
             teacher=args.teacher, unlabelled=[str(p.resolve()) for p in args.unlabelled],
             mixup=args.mixup, width=args.width,
-            **({"detector": detector} if detector else {}),
+            **extra,
         )
         run_dir = args.out or Path("runs") / f"{cfg.architecture}-{cfg.loss}"
         if (run_dir / "state.json").exists():

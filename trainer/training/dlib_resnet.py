@@ -324,7 +324,8 @@ def dlib_resnet_tower(net: DlibNet | None = None, name: str = "dlib_resnet_tower
         cur.take("relu")
         y = conv(layers.ReLU()(y))
         shortcut = x
-        if cur.peek() is not None and cur.peek().kind == "avg_pool":
+        following = cur.peek()
+        if following is not None and following.kind == "avg_pool":
             shortcut = pool(x, cur.take("avg_pool"), "avg_pool")
         cur.take("add_prev")
         y, shortcut = _match_shapes(y, shortcut, layers, PadChannels)

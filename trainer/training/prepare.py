@@ -87,8 +87,8 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
                                   counts={n: int(c) for n, c in zip(identities, counts)})
     val_set = {index[n] for n in val_ids}
     is_val = np.array([label in val_set for label in labels])
-    keep = _not_excluded(identities, labels, cfg.exclude_identities, report)
-    train_idx, val_idx = np.flatnonzero(~is_val & keep), np.flatnonzero(is_val & keep)
+    usable = _not_excluded(identities, labels, cfg.exclude_identities, report)
+    train_idx, val_idx = np.flatnonzero(~is_val & usable), np.flatnonzero(is_val & usable)
     val_counts = np.bincount(labels[val_idx], minlength=len(identities))
     if cfg.exclude_identities and ((val_counts > 0).sum() < 2 or val_counts.max() < 2):
         raise DataError(f"after leaving out {', '.join(report['identities_excluded'])}, "

@@ -103,7 +103,9 @@ class TrainLoop:
     # -- models and data -------------------------------------------------------------------------
 
     def _training_model(self, n_classes: int) -> tuple[keras.Model, Any]:
-        built = self.cfg.recipe.build(self.tower, self.cfg, n_classes)
+        build = self.cfg.recipe.build
+        assert build is not None, "a recipe with its own loop never reaches TrainLoop"
+        built = build(self.tower, self.cfg, n_classes)
         self.loss_weights = built.loss_weights
         return built.model, built.loss
 
@@ -115,7 +117,9 @@ class TrainLoop:
             batch = tf.cast(tf.gather(x, idx), tf.float32)
             return augment_batch(batch, aug) if aug else batch
 
-        ds = cfg.recipe.batches(self, samples, images)
+        batches = cfg.recipe.batches
+        assert batches is not None, "a recipe with its own loop never reaches TrainLoop"
+        ds = batches(self, samples, images)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def epoch_samples(self, epoch: int, mined: np.ndarray | None) -> tuple[np.ndarray, ...]:
@@ -153,7 +157,7 @@ class TrainLoop:
         tmp.replace(self.ckpt_dir / f"{name}.weights.h5")
         if name == "last":
             values = {f"v{i}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)}
-            np.savez(self.ckpt_dir / "optimizer.tmp.npz", **values)
+            np.savez(self.ckpt_dir / "optimizer.tmp.npz", **values)  # type: ignore[arg-type]
             (self.ckpt_dir / "optimizer.tmp.npz").replace(self.ckpt_dir / OPTIMIZER_FILE)
 
     def _restore(self) -> dict[str, Any]:
