@@ -81,23 +81,8 @@ class CameraError(TwinLockError, OSError):
     """A camera could not be opened or stopped delivering frames (unplugged, busy, bad device)."""
 
 
-class DeployError(TwinLockError, RuntimeError):
-    """Shipping a bundle to a door failed; ``step`` says where (connect, upload, rename, reload,
-    or copy for a card), ``stderr`` holds the tail of what the failing command said."""
-
-    def __init__(self, message: str, step: str = "", stderr: str = "") -> None:
-        super().__init__(message)
-        self.step = step
-        self.stderr = stderr
-
-
 class BundleError(TwinLockError, ValueError):
     """A signed bundle or its keys are missing, malformed, altered, unsigned or signed by a key
     the door does not trust; the message says which check failed. Nothing was installed."""
 
     exit_code = 2
-
-
-class EnrolmentError(TwinLockError, RuntimeError):
-    """The host's enrolment store could not be opened, read or written (locked, damaged, or made
-    by a newer TwinLock)."""

@@ -29,8 +29,9 @@ from twinlock.daemon.bundle import format as fmt
 from twinlock.daemon.bundle import store
 from twinlock.daemon.bundle.reader import read_bundle
 from twinlock.daemon.errors import BundleError, TwinLockError
+from twinlock.daemon.faces.assets import file_sha256
 from twinlock.daemon.recognition.gallery import Gallery
-from twinlock.daemon.recognition.model import file_sha256, read_metadata
+from twinlock.daemon.recognition.model import read_metadata
 from twinlock.trainer.household import signing
 from twinlock.trainer.household.bundles import keygen, make_bundle
 

@@ -20,7 +20,8 @@ from urllib.parse import quote
 
 import pytest
 
-from twinlock.daemon.errors import DataNotFoundError, DeployError, UsageError
+from twinlock.daemon.errors import DataNotFoundError, UsageError
+from twinlock.trainer.errors import DeployError
 from twinlock.trainer.household.deploy import (
     DEFAULT_REMOTE_DIR,
     LocalTarget,

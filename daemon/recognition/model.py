@@ -23,15 +23,15 @@ import numpy as np
 
 from ..errors import ModelError
 from ..faces.align import DEFAULT_TEMPLATE, TEMPLATES, to_model_input
-from ..faces.assets import DETECTOR_ROLE, Asset, check_asset, file_sha256
+from ..faces.assets import DETECTOR_ROLE, Asset, check_asset
 from ..faces.pipeline import Detector, DetectorSpec, FacePipeline
 from .runtime import DEFAULT_CHAIN, TFLiteModel
 from .scoring import l1_head_scores, l1_pair_scores, postprocess_embeddings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METADATA_FILE", "TOWER_FILE", "FaceEmbedder", "ModelMetadata", "file_sha256",
-           "read_metadata", "resolve_assets"]
+__all__ = ["METADATA_FILE", "TOWER_FILE", "FaceEmbedder", "ModelMetadata", "read_metadata",
+           "resolve_assets"]
 
 MODEL_FORMAT = "twinlock-model"
 MODEL_FORMAT_VERSION = 1

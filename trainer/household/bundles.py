@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from twinlock.daemon.bundle.format import canonical_json
-from twinlock.daemon.recognition.model import file_sha256
+from twinlock.daemon.faces.assets import file_sha256
 
 from .signing import generate_keypair, write_bundle
 

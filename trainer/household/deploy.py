@@ -53,9 +53,11 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import unquote, urlsplit
 
-from twinlock.daemon.errors import DataNotFoundError, DeployError, UsageError
+from twinlock.daemon.errors import DataNotFoundError, UsageError
 from twinlock.daemon.processes import kill_group, output_tail
 from twinlock.daemon.storage.files import atomic_writer
+
+from ..errors import DeployError
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Any, Self
 import cv2
 import numpy as np
 
-from twinlock.daemon.errors import DataError, EnrolmentError, UsageError
+from twinlock.daemon.errors import DataError, UsageError
 from twinlock.daemon.faces.align import DEFAULT_TEMPLATE
 from twinlock.daemon.faces.images import decode_image
 from twinlock.daemon.recognition.gallery import Gallery
@@ -42,6 +42,8 @@ from twinlock.daemon.storage.private_db import (
     migrate_schema,
     open_private_db,
 )
+
+from ..errors import EnrolmentError
 
 logger = logging.getLogger(__name__)
 

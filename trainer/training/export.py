@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from twinlock.daemon.errors import TwinLockError, UsageError
+from twinlock.daemon.faces.assets import file_sha256
 from twinlock.daemon.faces.pipeline import DetectorSpec
-from twinlock.daemon.recognition.model import TOWER_FILE, FaceEmbedder, ModelMetadata, file_sha256
+from twinlock.daemon.recognition.model import TOWER_FILE, FaceEmbedder, ModelMetadata
 
 from ..data.crops import CROP_CODE_VERSION
 from ..evaluation import metrics
