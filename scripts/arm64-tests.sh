@@ -35,6 +35,7 @@ ARM64_TESTS=(
   tests/test_audit.py
   tests/test_notify.py
   tests/test_actions.py
+  tests/test_door_machine.py
   tests/test_daemon_e2e.py
   tests/test_daemon_faults.py
   tests/test_daemon_cli.py
