@@ -79,27 +79,32 @@ def measure(run_dir: Path, pairs: Path, images: Path, work: Path,
 
 
 def plot(points: list[dict[str, Any]], path: Path, baselines: dict[str, float]) -> None:
-    """Held-out accuracy against views seen, with reference lines."""
+    """Held-out accuracy against views seen (one series per export), with reference lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = sorted(points, key=lambda p: p["views"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    views = [p["views"] for p in points]
-    acc = [100 * p["heldout_accuracy"] for p in points]
-    std = [100 * p["heldout_accuracy_std"] for p in points]
-    ax.errorbar(views, acc, yerr=std, marker="o", ms=4, capsize=3, label="student, int8")
+    for quantization, marker in (("int8", "o"), ("mixed", "s")):
+        series = sorted((p for p in points if p["quantization"] == quantization),
+                        key=lambda p: p["views"])
+        if not series:
+            continue
+        ax.errorbar([p["views"] for p in series],
+                    [100 * p["heldout_accuracy"] for p in series],
+                    yerr=[100 * p["heldout_accuracy_std"] for p in series], marker=marker, ms=4,
+                    capsize=3, label=f"student, {quantization}")
     for (name, value), style in zip(baselines.items(), ("--", ":", "-."), strict=False):
         ax.axhline(100 * value, ls=style, color="grey", lw=1)
-        ax.annotate(name, (views[0] if views else 0, 100 * value), fontsize=8,
+        ax.annotate(name, (0, 100 * value), fontsize=8,
                     xytext=(2, 2), textcoords="offset points", color="grey")
+    ax.set_xlim(left=0)
     ax.set_xlabel("training views seen")
     ax.set_ylabel("held-out 10-fold accuracy (%)")
     ax.set_title("Online distillation from dlib: learning curve")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -133,8 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     curve["points"].append(point)
     curve["points"].sort(key=lambda p: (p["views"], p["quantization"]))
     atomic_write_json(curve_file, curve)
-    plot([p for p in curve["points"] if p["quantization"] == "int8"] or curve["points"],
-         args.out / CURVE_PNG, curve["baselines"])
+    plot(curve["points"], args.out / CURVE_PNG, curve["baselines"])
     print(json.dumps(point, indent=2))
     return 0
 
