@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The test command: sets up the machine (idempotent), then runs the whole pytest suite.
+# The test command: sets up the machine (idempotent), then lint, static types (mypy) and the
+# whole pytest suite.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k faces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=2
 status=0
+# Lint and static types first (seconds; a failure is reported, the tests still run).
+if [ $# -eq 0 -o "${CI:-}" = "true" ]; then
+  .venv/bin/ruff check daemon trainer tests benchmarks scripts || status=$?
+  bash scripts/typecheck.sh || status=$?
+fi
 .venv/bin/pytest -p no:cacheprovider "$@" || status=$?
 # The daemon's tests again on the Pi's architecture (aarch64 under qemu), unless asked not to.
 if [ "${TWINLOCK_SKIP_ARM64:-0}" != "1" ] && [ $# -eq 0 -o "${CI:-}" = "true" ]; then

@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     args.out.mkdir(parents=True, exist_ok=True)
     curve_file = args.out / CURVE_JSON
-    curve = json.loads(curve_file.read_text()) if curve_file.is_file() else {
+    curve: dict[str, Any] = json.loads(curve_file.read_text()) if curve_file.is_file() else {
         "run": str(args.run), "pairs": str(args.pairs), "points": [],
         "baselines": {"models/compact (89.25 %)": 0.8925, "target (95 %)": 0.95}}
     from ..training.runs import STATE_FILE, atomic_write_json
