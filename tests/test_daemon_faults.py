@@ -121,7 +121,8 @@ def test_failing_reads_and_corrupt_frames_do_not_stop_the_door(
 
 def test_a_runtime_that_raises_keeps_the_door_locked(
         setup: dict[str, Path], mock_pins: MockFactory) -> None:
-    daemon = Daemon(_config(setup, str(setup["clip"])))
+    # unpaced: every frame is analysed, so the count below does not depend on the machine's speed
+    daemon = Daemon(_config(setup, str(setup["clip"]), camera={"realtime": False}))
     daemon.load_matcher()
     calls = {"n": 0}
 
@@ -133,7 +134,7 @@ def test_a_runtime_that_raises_keeps_the_door_locked(
     assert daemon.matcher is not None
     daemon.matcher.embedder.embed = broken_embed  # type: ignore[method-assign]
     assert daemon.run() == 0
-    assert calls["n"] > 50, "every frame with a face tried the runtime"
+    assert calls["n"] > 50, "every face that passed the quality gate tried the runtime"
     faults = _records(setup, "fault")
     assert 1 <= len(faults) <= 3, "the same fault is written once, not once per frame"
     assert "inference failed" in faults[0].reason
