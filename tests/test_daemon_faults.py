@@ -26,7 +26,7 @@ from gpiozero.pins.mock import MockFactory
 from twinlock.daemon.camera.frame import Frame
 from twinlock.daemon.camera.replay import ReplayCamera
 from twinlock.daemon.camera.resilient import ResilientCamera
-from twinlock.daemon.door.service import Daemon
+from twinlock.daemon.door.service import FAULT_REPEAT_SECONDS, Daemon
 from twinlock.daemon.errors import CameraError, RuntimeBackendError
 from twinlock.daemon.storage.audit import AuditLog
 
@@ -133,10 +133,15 @@ def test_a_runtime_that_raises_keeps_the_door_locked(
     daemon.load_matcher = lambda: None  # keep the sabotaged matcher
     assert daemon.matcher is not None
     daemon.matcher.embedder.embed = broken_embed  # type: ignore[method-assign]
+    started = time.monotonic()
     assert daemon.run() == 0
+    minutes = (time.monotonic() - started) / FAULT_REPEAT_SECONDS
     assert calls["n"] > 50, "every face that passed the quality gate tried the runtime"
     faults = _records(setup, "fault")
-    assert 1 <= len(faults) <= 3, "the same fault is written once, not once per frame"
+    # once per FAULT_REPEAT_SECONDS with a count, not once per frame (a slow or emulated
+    # machine takes minutes over the clip, so the bound follows the run's length)
+    assert 1 <= len(faults) <= 1 + int(minutes) + 1, "the same fault is written once a minute"
+    assert len(faults) < calls["n"] / 10
     assert "inference failed" in faults[0].reason
     assert not _records(setup, "unlock")
     assert mock_pins.pin(17).state is False
