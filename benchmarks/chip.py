@@ -58,10 +58,10 @@ def measure(args: Any) -> dict[str, Any]:
     from twinlock.daemon.faces.pipeline import DetectorSpec, select_face
     from twinlock.daemon.faces.types import Face
     from twinlock.trainer.training.dlib_resnet import CHIP_SIZE, dlib_resnet_tower, weights_file
-    from twinlock.trainer.training.train import _pairs_identities
+    from twinlock.trainer.training.prepare import pairs_identities
 
     lfw = data_root(args.data) / "lfw" / "lfw-deepfunneled"
-    held = _pairs_identities(args.holdout_pairs) if args.holdout_pairs else set()
+    held = pairs_identities(args.holdout_pairs) if args.holdout_pairs else set()
     people = sorted(p for p in lfw.iterdir() if p.is_dir() and p.name not in held)
     rng = np.random.default_rng(0)
     files = [f for p in people for f in sorted(p.glob("*.jpg"))]

@@ -39,12 +39,8 @@ def measure(args: Any) -> dict[str, Any]:
     from twinlock.trainer.training import model as _layers  # noqa: F401  (custom layers)
     from twinlock.trainer.training.embed import head_pair_scores
     from twinlock.trainer.training.head import fit_l1_head, temperature_scale
-    from twinlock.trainer.training.train import (
-        load_run_config,
-        prepare_data,
-        source_groups,
-        validation_pairs,
-    )
+    from twinlock.trainer.training.prepare import prepare_data, source_groups, validation_pairs
+    from twinlock.trainer.training.runs import load_run_config
 
     cfg = load_run_config(args.run)
     data = prepare_data(cfg, progress=False)

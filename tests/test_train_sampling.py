@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from twinlock.trainer.training.train import TrainConfig, epoch_samples, validation_pairs
+from twinlock.trainer.training.config import TrainConfig
+from twinlock.trainer.training.prepare import epoch_samples, validation_pairs
 
 
 def test_pair_label_one_means_same_identity() -> None:

@@ -59,13 +59,17 @@ class Matcher:
     """Everything built from the model and gallery; replaced as a whole on reload."""
 
     analyser: FrameAnalyser
-    verifier: Verifier
     users: int
     origin: str
 
     @property
     def embedder(self) -> FaceEmbedder:
         return self.analyser.embedder
+
+    @property
+    def verifier(self) -> Verifier:
+        assert self.analyser.verifier is not None  # the door's analyser always has a gallery
+        return self.analyser.verifier
 
     @property
     def mesh(self) -> FaceMesh | None:
@@ -324,7 +328,7 @@ def build_matcher(cfg: Config) -> Matcher:
         logger.warning("liveness is off: a photo of a resident can open the door")
     analyser = FrameAnalyser(pipeline, embedder, thresholds, verifier, cfg.quality.multiple_faces,
                              mesh)
-    return Matcher(analyser, verifier, len(gallery.users), origin)
+    return Matcher(analyser, len(gallery.users), origin)
 
 
 def frame_number(frame: Frame) -> int:

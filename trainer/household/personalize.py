@@ -52,16 +52,10 @@ from twinlock.daemon.storage.files import atomic_write_json
 from ..data.crops import CROP_CODE_VERSION
 from ..data.datasets import sample_pairs
 from ..evaluation import metrics
+from ..training.config import TrainConfig
+from ..training.prepare import PreparedData, prepare_data
 from ..training.provenance import data_fingerprint, provenance
-from ..training.train import (
-    HEAD_FILE,
-    RUN_FILE,
-    TOWER_FILE,
-    PreparedData,
-    TrainConfig,
-    load_run_config,
-    prepare_data,
-)
+from ..training.runs import HEAD_FILE, RUN_FILE, TOWER_FILE, load_run_config
 from .enroll import fit_crop
 from .enroll_store import EnrolmentStore, StoredSample, default_path
 

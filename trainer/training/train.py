@@ -7,8 +7,8 @@ the validation identities -> write curves and metrics.
 
 This module only orchestrates. The arrows go one way: ``train -> trainloop -> prepare, runs,
 losses, config``; the config, the run-folder layout (``runs``) and data preparation
-(``prepare``) import neither this module nor the loop. The names below are re-exported for
-callers written before the split (household/personalize, benchmarks).
+(``prepare``) import neither this module nor the loop.
+Callers import each name from the module that defines it.
 """
 
 from __future__ import annotations
@@ -20,43 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from ..data.crops import CROP_CODE_VERSION
-from .config import ARCHITECTURES, IMPORTED, LOSSES, TrainConfig
+from .config import TrainConfig
 from .prepare import (
     PreparedData,
     attach_teacher,
-    epoch_samples,
-    model_input,
-    pairs_identities,
     prepare_data,
-    source_groups,
-    validation_pairs,
 )
 from .provenance import data_fingerprint, provenance
 from .runs import (
-    CHECKPOINT_DIR,
-    HEAD_FILE,
-    METRICS_FILE,
     RUN_FILE,
-    STATE_FILE,
-    TOWER_FILE,
     atomic_write_json,
-    load_run_config,
-    write_history,
 )
 
 logger = logging.getLogger(__name__)
-
-#: the old private name, still imported by household/personalize.py
-_atomic_write_json = atomic_write_json
-_pairs_identities = pairs_identities
-
-__all__ = [
-    "ARCHITECTURES", "CHECKPOINT_DIR", "HEAD_FILE", "IMPORTED", "LOSSES", "METRICS_FILE",
-    "RUN_FILE", "STATE_FILE", "TOWER_FILE", "PreparedData", "TrainConfig", "atomic_write_json",
-    "attach_teacher", "epoch_samples", "load_run_config", "model_input", "pairs_identities",
-    "prepare_data", "source_groups", "train", "validation_pairs", "write_history",
-]
-
 
 def train(cfg: TrainConfig, run_dir: Path, argv: Sequence[str] | None = None,
           resume: bool = False, progress: bool = True) -> dict[str, Any]:
