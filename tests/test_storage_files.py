@@ -75,8 +75,9 @@ def test_mode_none_leaves_the_umask_mode(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == 0o644
 
 
-def test_data_is_synced_before_the_rename_and_the_folder_after(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture()
+def sync_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every fsync and rename files.py makes, as (call, inode of the file or folder)."""
     events: list[tuple[str, int]] = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -90,10 +91,28 @@ def test_data_is_synced_before_the_rename_and_the_folder_after(
 
     monkeypatch.setattr(files.os, "fsync", fsync)
     monkeypatch.setattr(files.os, "replace", replace)
+    return events
+
+
+def test_data_is_synced_before_the_rename_and_the_folder_after(
+        tmp_path: Path, sync_events: list[tuple[str, int]]) -> None:
     target = tmp_path / "anchors.json"
     atomic_write_json(target, {"a": 1}, 0o600)
     file_ino, folder_ino = target.stat().st_ino, tmp_path.stat().st_ino
-    assert events == [("fsync", file_ino), ("replace", file_ino), ("fsync", folder_ino)]
+    assert sync_events == [("fsync", file_ino), ("replace", file_ino), ("fsync", folder_ino)]
+
+
+def test_a_file_another_library_wrote_is_synced_like_one_written_here(
+        tmp_path: Path, sync_events: list[tuple[str, int]]) -> None:
+    """durable_replace (Keras checkpoints): the same order for a file written by path."""
+    written, target = tmp_path / "last.tmp.weights.h5", tmp_path / "last.weights.h5"
+    target.write_bytes(b"epoch 1")
+    written.write_bytes(b"epoch 2")
+    file_ino = written.stat().st_ino
+    files.durable_replace(written, target)
+    assert target.read_bytes() == b"epoch 2" and not written.exists()
+    assert sync_events == [("fsync", file_ino), ("replace", file_ino),
+                           ("fsync", tmp_path.stat().st_ino)]
 
 
 def test_a_folder_that_cannot_be_synced_is_accepted_other_errors_are_not(

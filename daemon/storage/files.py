@@ -50,6 +50,19 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
+def durable_replace(written: Path | str, target: Path | str) -> None:
+    """Rename a finished file that another library wrote (Keras, h5py) over ``target``, durably:
+    its data is fsynced first, then the rename, then the folder, as :func:`atomic_writer` does
+    for what it writes itself."""
+    fd = os.open(written, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(written, target)
+    fsync_dir(Path(target).parent)
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path | str, mode: int | None) -> Iterator[IO[bytes]]:
     """Write ``path`` atomically through the binary handle this yields.

@@ -31,6 +31,7 @@ from twinlock.daemon.errors import DataError
 from twinlock.daemon.faces.align import align_face, similarity_transform, template_points
 from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.faces.pipeline import DetectorSpec, SelectPolicy, select_face
+from twinlock.daemon.storage.files import atomic_writer
 
 from .crops import cache_dir, files_key
 from .datasets import is_image_file
@@ -201,10 +202,9 @@ def make_canvases(paths: Sequence[Path], spec: ViewSpec, use_cache: bool = True,
                       np.stack(to_t).astype(np.float32), sources)
     if use_cache:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
-        np.savez(tmp, pixels=result.pixels, to_student=result.to_student,
-                 to_teacher=result.to_teacher, sources=np.array(result.sources))
-        tmp.replace(cache_file)
+        with atomic_writer(cache_file, None) as handle:
+            np.savez(handle, pixels=result.pixels, to_student=result.to_student,
+                     to_teacher=result.to_teacher, sources=np.array(result.sources))
     return result
 
 

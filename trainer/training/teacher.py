@@ -29,6 +29,7 @@ from tqdm import tqdm
 from twinlock.daemon.errors import DataError, UsageError
 from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.faces.pipeline import DetectorSpec, SelectPolicy, select_face
+from twinlock.daemon.storage.files import atomic_writer
 
 from ..data.crops import cache_dir, files_key
 
@@ -158,7 +159,6 @@ def teacher_embeddings(
                 len(paths), seconds, 1000 * seconds / max(len(paths), 1), workers, missing)
     if use_cache:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npy")
-        np.save(tmp, emb)
-        tmp.replace(cache_file)
+        with atomic_writer(cache_file, None) as handle:
+            np.save(handle, emb)
     return emb
