@@ -113,11 +113,17 @@ def _small_pairs_file(lfw_root: Path, tmp_path: Path, n: int = 100) -> Path:
     return path
 
 
-def test_evaluate_lfw_pairs_protocol(exported_model: Path, lfw_dir: Path, tmp_path: Path,
+#: a shipped model, so that evaluation's figures can be held to what a trained tower scores (a
+#: broken crop, embedding or pairing scores about 0.5); these photos are not held out from its
+#: training, so the bounds are sanity, not generalisation (that is the model card's held-out run)
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "compact"
+
+
+def test_evaluate_lfw_pairs_protocol(lfw_dir: Path, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     pairs = _small_pairs_file(lfw_dir, tmp_path)
     out = tmp_path / "eval" / "result.json"
-    code = main(["evaluate", "--model", str(exported_model), "--images", str(lfw_dir),
+    code = main(["evaluate", "--model", str(SHIPPED), "--images", str(lfw_dir),
                  "--pairs", str(pairs), "--json", str(out)])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
@@ -127,21 +133,23 @@ def test_evaluate_lfw_pairs_protocol(exported_model: Path, lfw_dir: Path, tmp_pa
                 "n_no_face", "one_shot_20way"):
         assert key in saved, key
     assert saved["n_pairs"] + saved["n_pairs_skipped_no_face"] == 200
-    assert 0.0 <= saved["accuracy"] <= 1.0 and 0.0 <= saved["auc"] <= 1.0
+    # models/compact scored 0.965 / 0.991 on these 200 pairs
+    assert saved["accuracy"] > 0.85 and saved["auc"] > 0.93, saved
     assert "1e-02" in saved["tar_at_far"]
     for name in ("roc.png", "det.png", "scores.png"):
         image = cv2.imread(str(out.parent / name))
         assert image is not None and image.std() > 5, name
 
 
-def test_evaluate_folder_without_pairs(exported_model: Path, data_dir: Path, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    """People the model never saw (Extended Yale B): every same pair, sampled different pairs."""
+def test_evaluate_folder_without_pairs(data_dir: Path, tmp_path: Path) -> None:
+    """A folder of people (Extended Yale B): every same pair, sampled different pairs."""
     yale = data_dir / "extended_yaleb_cropped_subset"
     out = tmp_path / "yale.json"
-    assert main(["evaluate", "--model", str(exported_model), "--images", str(yale),
+    assert main(["evaluate", "--model", str(SHIPPED), "--images", str(yale),
                  "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["n_same"] > 5000 and result["n_different"] > 5000
-    assert result["one_shot_20way"] is not None and 0.0 <= result["one_shot_20way"] <= 1.0
+    # models/compact: 0.92 one-shot 20-way (chance 0.05), AUC 0.996
+    assert result["one_shot_20way"] is not None and result["one_shot_20way"] > 0.6, result
+    assert result["auc"] > 0.95, result
     assert result["n_images"] == 909
