@@ -26,10 +26,10 @@ def _lfw_images(lfw_dir: Path, n: int) -> list[Path]:
     return [min(p.iterdir()) for p in people]
 
 
-def _canvases(lfw_dir: Path, n: int, student_size: int):
+def _canvases(lfw_dir: Path, n: int, student_size: int, template: str = "dlib-4pt"):
     from twinlock.trainer.data.views import ViewSpec, make_canvases
 
-    spec = ViewSpec(student_size)
+    spec = ViewSpec(student_size, template)
     return spec, make_canvases(_lfw_images(lfw_dir, n), spec, use_cache=False, progress=False)
 
 
@@ -58,21 +58,24 @@ def test_config_for_online_distillation(tmp_path: Path) -> None:
 
 
 @pytest.mark.data
-def test_unaugmented_views_are_the_doors_crops(lfw_dir: Path) -> None:
+@pytest.mark.parametrize(("size", "template"), [(96, "dlib-4pt"), (64, "arcface-4pt")])
+def test_unaugmented_views_are_the_doors_crops(lfw_dir: Path, size: int, template: str) -> None:
     """With no augmentation, the student crop and the teacher chip are what the door's
-    ``align_face`` cuts from the photo (the canvas adds one bilinear resampling)."""
+    ``align_face`` cuts from the photo (the canvas adds one bilinear resampling), for the
+    student's own template too (models/compact's arcface-4pt frames more of the head than the
+    teacher's chip, so it must still fit the canvas)."""
     import tensorflow as tf
 
     from twinlock.trainer.data.views import ViewAugment, make_views
 
-    spec, canvases = _canvases(lfw_dir, 3, 96)
+    spec, canvases = _canvases(lfw_dir, 3, size, template)
     student, teacher = make_views(tf.constant(canvases.pixels), canvases.to_student,
                                   canvases.to_teacher, spec, ViewAugment.none())
     detector = DetectorSpec().build(1)
     for i, source in enumerate(canvases.sources):
         image = load_image(source)
         face = select_face(detector.detect(image), image.shape, "center")
-        door_student = align_face(image, face, 96, 1.0, "dlib-4pt").astype(np.float32)
+        door_student = align_face(image, face, size, 1.0, template).astype(np.float32)
         door_teacher = align_face(image, face, 150, 1.0, "dlib-4pt").astype(np.float32)
         assert np.abs(student[i].numpy() - door_student).mean() < 4.0
         assert np.abs(teacher[i].numpy() - door_teacher).mean() < 4.0
@@ -183,3 +186,61 @@ def test_killed_distillation_resumes_from_its_checkpoint(tmp_path: Path, orl_dir
     assert rows[:done] == before
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert (run_dir / "tower.keras").is_file() and (run_dir / "head.json").is_file()
+
+
+COMPACT = Path(__file__).resolve().parents[1] / "models" / "compact"
+
+
+@pytest.mark.data
+def test_warm_start_rebuilds_the_exported_tower(lfw_dir: Path) -> None:
+    """--init-from reads models/compact's int8 file back into a trainable Keras tower: it embeds
+    real faces as the file does, in inference and (batch statistics) in training mode alike,
+    and a tower of another shape is refused."""
+    import tensorflow as tf
+
+    from twinlock.daemon.errors import DataError
+    from twinlock.trainer.data.views import ViewAugment, make_views
+    from twinlock.trainer.training.model import compact_tower
+    from twinlock.trainer.training.warm_start import embedding_parity, read_init_model, warm_start
+
+    init = read_init_model(COMPACT)
+    assert (init.input_size, init.template, init.width) == (64, "arcface-4pt", 32)
+    spec, canvases = _canvases(lfw_dir, 40, init.input_size, init.template)
+    crops, _ = make_views(tf.constant(canvases.pixels), canvases.to_student,
+                          canvases.to_teacher, spec, ViewAugment.none())
+    crops = np.round(crops.numpy()).clip(0, 255).astype(np.uint8)
+    tower = compact_tower(init.input_size, 3, init.embedding_dim, init.width)
+    random_parity = embedding_parity(tower, init, crops)
+    assert random_parity < 0.9  # a random tower is nowhere near the file
+    assert warm_start(tower, init, crops) > 0.999
+    x = crops.astype(np.float32)
+    infer, train = (np.array(tower(x, training=t)) for t in (False, True))
+    infer /= np.linalg.norm(infer, axis=1, keepdims=True)
+    train /= np.linalg.norm(train, axis=1, keepdims=True)
+    assert np.sum(infer * train, axis=1).mean() > 0.97
+    with pytest.raises(DataError, match="is \\(3, 3, 3, 16\\)"):
+        warm_start(compact_tower(init.input_size, 3, 128, 16), init, crops)
+    with pytest.raises(DataError, match="only compact towers"):
+        read_init_model(COMPACT.parent / "default")
+
+
+@pytest.mark.data
+def test_distillation_starts_from_an_exported_model(tmp_path: Path, orl_dir: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --loss distill --init-from models/compact`: the run takes the model's crop and
+    width, its epoch 0 is the model itself, and one step later it still tells ORL's people
+    apart as well as a trained tower does (a random student scores far lower)."""
+    import json
+
+    run_dir = tmp_path / "run"
+    base = ["train", "--data", str(orl_dir), "--loss", "distill", "--init-from", str(COMPACT),
+            "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "8",
+            "--val-fraction", "0.3"]
+    assert main([*base, "--input-size", "112", "--out", str(run_dir)]) == 2
+    assert "--input-size 112 does not fit" in capsys.readouterr().err
+    assert main([*base, "--out", str(run_dir)]) == 0
+    config = json.loads((run_dir / "run.json").read_text())["config"]
+    assert (config["input_size"], config["template"], config["width"]) == (64, "arcface-4pt", 32)
+    assert config["init_model_id"] == json.loads((COMPACT / "model.json").read_text())["model_id"]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["best_auc"] > 0.95, state

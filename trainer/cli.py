@@ -59,9 +59,14 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    "depth, video files), used only as views")
     p.add_argument("--mixup", type=float, default=0.5,
                    help="--loss distill: share of views blended with another face (default 0.5)")
-    p.add_argument("--width", type=int, default=32,
+    p.add_argument("--width", type=int,
                    help="compact tower: stem channels, blocks grow to 16x (default 32; int8 "
                    "size grows with its square)")
+    p.add_argument("--init-from", type=Path, metavar="MODEL_DIR",
+                   help="--loss distill: start the student from this exported compact model "
+                   "(e.g. models/compact) instead of random weights; its input size, alignment "
+                   "and width become the student's, and the run keeps it (epoch 0) unless "
+                   "distillation beats it on validation people")
     p.add_argument("--distill-weight", type=float, default=0.0,
                    help="cosface: add W * (1 - cos(student, dlib teacher)) to the loss "
                    "(needs the [teacher] extra; embedding dim 128)")
@@ -135,6 +140,9 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         extra: dict[str, Any] = ({"detector": {"type": "yunet",
                                                "model_path": str(args.yunet.resolve())}}
                                  if args.yunet else {})
+        if args.init_from:
+            extra |= _init_settings(args)
+        args.width = args.width or 32
         cfg = TrainConfig(
             data=[str(p.resolve()) for p in args.data], architecture=args.architecture,
             input_size=args.input_size, channels=args.channels, embedding_dim=args.embedding_dim,
@@ -159,6 +167,23 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(json.dumps(result, indent=2))
     print(f"run folder: {run_dir}", file=sys.stderr)
     return 0
+
+
+def _init_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """--init-from: the student takes the model's crop and width (given ones must agree)."""
+    from .training.warm_start import read_init_model
+
+    init = read_init_model(args.init_from)
+    for flag, given, fixed in (("--input-size", args.input_size, init.input_size),
+                               ("--width", args.width, init.width),
+                               ("--embedding-dim", args.embedding_dim, init.embedding_dim)):
+        if given and given != fixed:
+            raise _usage(f"train: {flag} {given} does not fit --init-from {args.init_from} "
+                         f"({fixed}); leave it out")
+    args.input_size, args.width, args.embedding_dim = init.input_size, init.width, \
+        init.embedding_dim
+    return {"init_from": str(init.model_dir.resolve()), "init_model_id": init.model_id,
+            "template": init.template, "zoom": init.zoom}
 
 
 def _cmd_personalize(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -76,6 +76,10 @@ class TrainConfig:
     # face images or videos without labels, used only as distillation views (never validated on)
     unlabelled: list[str] = field(default_factory=list)
     mixup: float = 0.5  # distill: share of views blended with another face
+    # distill: the exported compact model the student starts from (its folder and model id;
+    # input size, template, zoom and width are the model's), "" = random weights
+    init_from: str = ""
+    init_model_id: str = ""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -117,6 +121,8 @@ class TrainConfig:
                 raise UsageError(f"--teacher must be {IMPORTED}, not {self.teacher!r}")
         elif self.teacher or self.unlabelled:
             raise UsageError("--teacher and --unlabelled go with --loss distill")
+        if self.init_from and not (self.recipe.online_teacher and self.init_model_id):
+            raise UsageError("--init-from goes with --loss distill")
         if not 0.0 <= self.mixup <= 1.0:
             raise UsageError("--mixup must be within [0, 1]")
         if self.width < 4:

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from twinlock.daemon.storage.files import atomic_writer, durable_replace
+
 from ..data.augment import AugmentConfig, augment_batch
 from ..evaluation import metrics
 from .config import IMPORTED, TrainConfig
@@ -151,14 +153,15 @@ class TrainLoop:
     # -- checkpoints -----------------------------------------------------------------------------
 
     def _save_checkpoint(self, name: str) -> None:
-        # written beside and renamed, so a reader (or a kill) never meets half a file
+        # written beside, fsynced and renamed, so a reader, a kill or a power cut never meets
+        # half a file (state.json, which names the epoch, is written after both)
         tmp = self.ckpt_dir / f"{name}.tmp.weights.h5"
         self.model.save_weights(tmp)
-        tmp.replace(self.ckpt_dir / f"{name}.weights.h5")
+        durable_replace(tmp, self.ckpt_dir / f"{name}.weights.h5")
         if name == "last":
             values = {f"v{i}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)}
-            np.savez(self.ckpt_dir / "optimizer.tmp.npz", **values)  # type: ignore[arg-type]
-            (self.ckpt_dir / "optimizer.tmp.npz").replace(self.ckpt_dir / OPTIMIZER_FILE)
+            with atomic_writer(self.ckpt_dir / OPTIMIZER_FILE, None) as handle:
+                np.savez(handle, **values)  # type: ignore[arg-type]
 
     def _restore(self) -> dict[str, Any]:
         state_path = self.run_dir / STATE_FILE
@@ -189,8 +192,8 @@ class TrainLoop:
         if resume:
             state = self._restore()
         history = state["history"]
-        if not resume and cfg.architecture == IMPORTED:
-            self._imported_baseline(state)
+        if not resume and self.starts_trained:
+            self._trained_baseline(state)
         for epoch in range(state["epoch"], cfg.epochs):
             if state["bad_epochs"] >= cfg.patience:
                 break
@@ -225,13 +228,18 @@ class TrainLoop:
             logger.info("early stop: no val AUC gain for %d epochs", cfg.patience)
         return self.finish(state)
 
-    def _imported_baseline(self, state: dict[str, Any]) -> None:
-        """An imported tower starts as the best checkpoint ("epoch 0"): fine-tuning is kept only
-        if it beats the imported weights on validation people, and ``--epochs 0`` fits the head
+    @property
+    def starts_trained(self) -> bool:
+        """The tower starts from trained weights (the imported one), not at random."""
+        return self.cfg.architecture == IMPORTED
+
+    def _trained_baseline(self, state: dict[str, Any]) -> None:
+        """A tower that starts trained is the best checkpoint ("epoch 0"): training is kept only
+        if it beats the starting weights on validation people, and ``--epochs 0`` fits the head
         on the imported tower alone."""
         scores, y = self.val_scores()
         auc = metrics.roc_auc(scores, y)
-        logger.info("imported tower before any training: val AUC %.4f", auc)
+        logger.info("tower before any training: val AUC %.4f", auc)
         state.update(best_auc=auc, best_epoch=0)
         if self.cfg.recipe.classes and self.cfg.epochs > 0:
             self._class_centres_from_embeddings()
