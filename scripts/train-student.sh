@@ -12,8 +12,8 @@
 #   INIT=models/compact bash scripts/train-student.sh   # start from another exported model
 #
 # Rerunning resumes the run from its last finished epoch (each epoch of STEPS x 64 views ends
-# with a checkpoint); then it exports out/student/model (mixed) and evaluates it on the
-# held-out people. At about 35 views/s on 2 CPU cores (nice 19) an epoch takes about 3 min.
+# with a checkpoint); then it exports out/student/model (mixed), evaluates it on the held-out
+# people, pair by pair and at the door, and writes its door thresholds. At about 35 views/s on 2 CPU cores (nice 19) an epoch takes about 3 min.
 # Environment: TWINLOCK_DATA (default ../shared/data), OUT (default out/student), INIT,
 # EPOCHS (default 30), STEPS (default 100), LR (default 1e-3).
 set -euo pipefail
@@ -46,3 +46,9 @@ fi
 .venv/bin/twinlock export "$OUT/run" --out "$OUT/model" --quantization mixed > "$OUT/export.json"
 .venv/bin/twinlock evaluate --model "$OUT/model" --images "$LFW" --pairs "$OUT/holdout_pairs.txt" \
   --json "$OUT/eval/holdout.json"
+# At the door (held-out people as households, the real clip); writes the door thresholds.
+.venv/bin/twinlock evaluate --door --model "$OUT/model" --images "$LFW" \
+  --pairs "$OUT/holdout_pairs.txt" --examples "$DATA/face_recognition_examples" \
+  --json "$OUT/eval/door/door.json" --write-thresholds
+set +x
+echo "train-student: model in $OUT/model (copy it to models/compact once it beats it)"

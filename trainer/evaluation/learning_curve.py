@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 CURVE_JSON = "learning_curve.json"
 CURVE_PNG = "learning_curve.png"
+#: the series of points written before runs could start from a model (they all started random)
+FROM_SCRATCH = "from scratch"
 
 
 def snapshot(run_dir: Path, dest: Path) -> dict[str, Any]:
@@ -68,6 +70,7 @@ def measure(run_dir: Path, pairs: Path, images: Path, work: Path,
     result = evaluate(model_dir, images, pairs, progress=False)
     views = state["epoch"] * cfg.steps_per_epoch * cfg.batch_size
     return {
+        "series": series_name(cfg.init_model_id), "run": str(run_dir),
         "epoch": state["epoch"], "views": views,
         "train_seconds": float(sum(state["history"]["seconds"])),
         "heldout_accuracy": result["accuracy"], "heldout_accuracy_std": result["accuracy_std"],
@@ -78,23 +81,32 @@ def measure(run_dir: Path, pairs: Path, images: Path, work: Path,
     }
 
 
+def series_name(init_model_id: str) -> str:
+    """A run's series on the curve: where its student started."""
+    return f"from {init_model_id}" if init_model_id else FROM_SCRATCH
+
+
 def plot(points: list[dict[str, Any]], path: Path, baselines: dict[str, float]) -> None:
-    """Held-out accuracy against views seen (one series per export), with reference lines."""
+    """Held-out accuracy against views seen (one line per starting point and export), with
+    reference lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for quantization, marker in (("int8", "o"), ("mixed", "s")):
-        series = sorted((p for p in points if p["quantization"] == quantization),
-                        key=lambda p: p["views"])
-        if not series:
-            continue
-        ax.errorbar([p["views"] for p in series],
-                    [100 * p["heldout_accuracy"] for p in series],
-                    yerr=[100 * p["heldout_accuracy_std"] for p in series], marker=marker, ms=4,
-                    capsize=3, label=f"student, {quantization}")
+    names = sorted({p.get("series", FROM_SCRATCH) for p in points})
+    for name in names:
+        for quantization, marker in (("int8", "o"), ("mixed", "s")):
+            series = sorted((p for p in points if p["quantization"] == quantization
+                             and p.get("series", FROM_SCRATCH) == name),
+                            key=lambda p: p["views"])
+            if not series:
+                continue
+            ax.errorbar([p["views"] for p in series],
+                        [100 * p["heldout_accuracy"] for p in series],
+                        yerr=[100 * p["heldout_accuracy_std"] for p in series], marker=marker,
+                        ms=4, capsize=3, label=f"student {name}, {quantization}")
     for (name, value), style in zip(baselines.items(), ("--", ":", "-."), strict=False):
         ax.axhline(100 * value, ls=style, color="grey", lw=1)
         ax.annotate(name, (0, 100 * value), fontsize=8,
@@ -104,7 +116,7 @@ def plot(points: list[dict[str, Any]], path: Path, baselines: dict[str, float]) 
     ax.set_ylabel("held-out 10-fold accuracy (%)")
     ax.set_title("Online distillation from dlib: learning curve")
     ax.grid(alpha=0.3)
-    ax.legend(loc="center right")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -126,17 +138,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     curve: dict[str, Any] = json.loads(curve_file.read_text()) if curve_file.is_file() else {
         "run": str(args.run), "pairs": str(args.pairs), "points": [],
         "baselines": {"models/compact (89.25 %)": 0.8925, "target (95 %)": 0.95}}
-    from ..training.runs import STATE_FILE, atomic_write_json
+    from ..training.runs import STATE_FILE, atomic_write_json, load_run_config
 
     epoch = json.loads((args.run / STATE_FILE).read_text())["epoch"]
+    series = series_name(load_run_config(args.run).init_model_id)
     if any(p["epoch"] == epoch and p["quantization"] == args.quantization
-           for p in curve["points"]):
+           and p.get("series", FROM_SCRATCH) == series for p in curve["points"]):
         logger.info("epoch %d is already on the curve", epoch)
         return 0
     work = (args.work or args.run.parent / "curve") / f"epoch-{epoch:04d}-{args.quantization}"
+    shutil.rmtree(work, ignore_errors=True)  # a measurement that was interrupted
     point = measure(args.run, args.pairs, args.images, work, args.quantization)
     curve["points"].append(point)
-    curve["points"].sort(key=lambda p: (p["views"], p["quantization"]))
+    curve["points"].sort(key=lambda p: (p.get("series", FROM_SCRATCH), p["views"],
+                                        p["quantization"]))
     atomic_write_json(curve_file, curve)
     plot(curve["points"], args.out / CURVE_PNG, curve["baselines"])
     print(json.dumps(point, indent=2))
