@@ -55,6 +55,9 @@ def test_config_for_online_distillation(tmp_path: Path) -> None:
         TrainConfig(data=[str(tmp_path)], loss="distill", channels=1)
     with pytest.raises(UsageError, match="--mixup"):
         TrainConfig(data=[str(tmp_path)], loss="distill", mixup=1.5)
+    with pytest.raises(UsageError, match="--init-from goes with --loss distill"):
+        TrainConfig(data=[str(tmp_path)], loss="cosface", init_from="models/compact",
+                    init_model_id="4a2d4b3a1b1b09d7")
 
 
 @pytest.mark.data
