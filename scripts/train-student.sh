@@ -13,9 +13,10 @@
 #
 # Rerunning resumes the run from its last finished epoch (each epoch of STEPS x 64 views ends
 # with a checkpoint); then it exports out/student/model (mixed), evaluates it on the held-out
-# people, pair by pair and at the door, and writes its door thresholds. At about 35 views/s on 2 CPU cores (nice 19) an epoch takes about 3 min.
+# people, pair by pair and at the door, and writes its door thresholds. At about 90 views/s on
+# 2 CPU cores (nice 19) an epoch takes about 70 s and the whole schedule about an hour.
 # Environment: TWINLOCK_DATA (default ../shared/data), OUT (default out/student), INIT,
-# EPOCHS (default 30), STEPS (default 100), LR (default 1e-3).
+# EPOCHS (default 50), STEPS (default 100), LR (default 1e-3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=train-student OUT_DEFAULT=out/student
@@ -39,7 +40,7 @@ else
     --data "$LFW" "$DATA/orl_att_faces" "$DATA/extended_yaleb_cropped_subset" \
     --unlabelled "$VIDEO" --holdout-pairs "$OUT/holdout_pairs.txt" \
     --architecture compact --loss distill --teacher dlib-resnet --init-from "$INIT" \
-    --mixup 0.5 --epochs "${EPOCHS:-30}" --steps-per-epoch "${STEPS:-100}" --batch-size 64 \
+    --mixup 0.5 --epochs "${EPOCHS:-50}" --steps-per-epoch "${STEPS:-100}" --batch-size 64 \
     --learning-rate "${LR:-1e-3}" --weight-decay 1e-4 --val-fraction 0.1 --patience 1000 \
     --out "$OUT/run" > "$OUT/train.json"
 fi
