@@ -81,6 +81,11 @@ def measure(run_dir: Path, pairs: Path, images: Path, work: Path,
     }
 
 
+def _series(point: dict[str, Any]) -> str:
+    """A point's series (points written before series existed started from scratch)."""
+    return str(point.get("series", FROM_SCRATCH))
+
+
 def series_name(init_model_id: str) -> str:
     """A run's series on the curve: where its student started."""
     return f"from {init_model_id}" if init_model_id else FROM_SCRATCH
@@ -95,11 +100,11 @@ def plot(points: list[dict[str, Any]], path: Path, baselines: dict[str, float]) 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    names = sorted({p.get("series", FROM_SCRATCH) for p in points})
+    names = sorted({_series(p) for p in points})
     for name in names:
         for quantization, marker in (("int8", "o"), ("mixed", "s")):
             series = sorted((p for p in points if p["quantization"] == quantization
-                             and p.get("series", FROM_SCRATCH) == name),
+                             and _series(p) == name),
                             key=lambda p: p["views"])
             if not series:
                 continue
@@ -143,15 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     epoch = json.loads((args.run / STATE_FILE).read_text())["epoch"]
     series = series_name(load_run_config(args.run).init_model_id)
     if any(p["epoch"] == epoch and p["quantization"] == args.quantization
-           and p.get("series", FROM_SCRATCH) == series for p in curve["points"]):
+           and _series(p) == series for p in curve["points"]):
         logger.info("epoch %d is already on the curve", epoch)
         return 0
     work = (args.work or args.run.parent / "curve") / f"epoch-{epoch:04d}-{args.quantization}"
     shutil.rmtree(work, ignore_errors=True)  # a measurement that was interrupted
     point = measure(args.run, args.pairs, args.images, work, args.quantization)
     curve["points"].append(point)
-    curve["points"].sort(key=lambda p: (p.get("series", FROM_SCRATCH), p["views"],
-                                        p["quantization"]))
+    curve["points"].sort(key=lambda p: (_series(p), p["views"], p["quantization"]))
     atomic_write_json(curve_file, curve)
     plot(curve["points"], args.out / CURVE_PNG, curve["baselines"])
     print(json.dumps(point, indent=2))

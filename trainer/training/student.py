@@ -162,7 +162,7 @@ class OnlineDistillLoop(TrainLoop):
 
         if self.canvases is None:
             raise RuntimeError("this loop was built without views (views=False)")
-        init = read_init_model(Path(self.cfg.init_from or ""))
+        init = read_init_model(Path(self.cfg.init_from))
         if init.model_id != self.cfg.init_model_id:
             raise DataError(f"--init-from {init.model_dir}: model {init.model_id}, but the run "
                             f"was set up for {self.cfg.init_model_id}")

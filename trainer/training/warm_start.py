@@ -16,15 +16,15 @@ against the TFLite file itself on the same crops.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from twinlock.daemon.errors import DataError
+from twinlock.daemon.recognition.model import TOWER_FILE, read_metadata
 from twinlock.daemon.recognition.runtime import interpreter_class
 
 logger = logging.getLogger(__name__)
@@ -33,39 +33,41 @@ logger = logging.getLogger(__name__)
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
+#: (op, kernel, bias) of each weight op of a tower file, in run order (see ``_weights``)
+Weights = list[tuple[str, np.ndarray, np.ndarray]]
+
+
 @dataclass(frozen=True)
 class InitModel:
-    """What an exported compact model fixes about a tower started from it."""
+    """What an exported compact model fixes about a tower started from it, and its weights."""
 
     model_dir: Path
+    tower_file: Path
     model_id: str
     input_size: int
     template: str
     zoom: float
     width: int
     embedding_dim: int
+    weights: Weights = field(repr=False, compare=False)
 
 
 def read_init_model(model_dir: Path) -> InitModel:
-    """The shape of the tower in ``model_dir`` (a ``twinlock export`` folder of a compact tower)."""
-    meta_path = model_dir / "model.json"
-    if not meta_path.is_file():
-        raise DataError(f"--init-from {model_dir}: no model.json (expected a twinlock export "
-                        "folder)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("architecture") != "compact":
-        raise DataError(f"--init-from {model_dir}: a {meta.get('architecture')!r} tower; only "
+    """The compact tower in ``model_dir`` (a ``twinlock export`` folder, read and checked by the
+    daemon's own ``read_metadata``), with its weights read from the file once."""
+    meta = read_metadata(model_dir)
+    if meta.architecture != "compact":
+        raise DataError(f"--init-from {model_dir}: a {meta.architecture!r} tower; only "
                         "compact towers can start a compact student")
-    kernels = _weights(model_dir / meta["tower_file"])
-    return InitModel(model_dir=model_dir, model_id=str(meta["model_id"]),
-                     input_size=int(meta["input"]["size"]),
-                     template=str(meta["alignment"]["template"]),
-                     zoom=float(meta["alignment"]["zoom"]),
-                     width=int(kernels[0][1].shape[0]),
-                     embedding_dim=int(meta["embedding"]["dim"]))
+    tower_file = model_dir / TOWER_FILE
+    weights = _weights(tower_file)
+    return InitModel(model_dir=model_dir, tower_file=tower_file, model_id=meta.model_id,
+                     input_size=meta.input_size, template=meta.alignment_template,
+                     zoom=meta.alignment_zoom, width=int(weights[0][1].shape[0]),
+                     embedding_dim=meta.embedding_dim, weights=weights)
 
 
-def _weights(tower_file: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _weights(tower_file: Path) -> Weights:
     """(op, kernel, bias) of every weight op, in run order, dequantised to float32 and in TFLite's
     layouts: conv ``[out, kh, kw, in]``, depthwise ``[1, kh, kw, channels]``, dense
     ``[out, in]``."""
@@ -100,7 +102,7 @@ def warm_start(tower: keras.Model, init: InitModel, crops: np.ndarray) -> float:
     ``crops`` also set the batch norms' statistics, so they should be training faces as the
     student will see them.
     """
-    weights = _weights(init.model_dir / "tower.tflite")
+    weights = init.weights
     convs = [layer for layer in tower.layers
              if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
     dense = [layer for layer in tower.layers if isinstance(layer, keras.layers.Dense)]
@@ -146,7 +148,7 @@ def embedding_parity(tower: keras.Model, init: InitModel, crops: np.ndarray) -> 
     """Worst cosine similarity between the Keras and TFLite embeddings of ``crops``."""
     from twinlock.daemon.recognition.runtime import TFLiteModel
 
-    runtime = TFLiteModel(init.model_dir / "tower.tflite", num_threads=1)
+    runtime = TFLiteModel(init.tower_file, num_threads=1)
     dtype = runtime.inputs[0].dtype
     lite = np.concatenate([runtime.run(crop[None].astype(dtype))[0] for crop in crops])
     keras_out = np.asarray(tower.predict(crops.astype(np.float32), batch_size=64, verbose=0))
