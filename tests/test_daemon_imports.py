@@ -83,7 +83,7 @@ def test_every_daemon_module_imports(child_report: dict[str, object]) -> None:
     # the walk really reached the modules on disk (a package missing an __init__.py would not be)
     missing = _expected_modules() - imported
     assert not missing, f"modules on disk that the package walk did not import: {sorted(missing)}"
-    assert {"twinlock.daemon.recognition.runtime", "twinlock.daemon.faces.blazeface"} <= imported
+    assert {"twinlock.daemon.runtime", "twinlock.daemon.faces.blazeface"} <= imported
 
 
 def test_importing_the_daemon_loads_no_tensorflow_or_keras(

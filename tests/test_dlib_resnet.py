@@ -134,7 +134,7 @@ def test_keras_tower_matches_dlib_on_200_real_faces(dlib_chips, tower) -> None:
 @pytest.mark.slow
 def test_float32_tflite_through_the_daemon_runtime_matches_dlib(dlib_chips, tower,
                                                                tmp_path: Path) -> None:
-    from twinlock.daemon.recognition.runtime import TFLiteModel
+    from twinlock.daemon.runtime import TFLiteModel
     from twinlock.trainer.training.export import convert_tower
 
     chips, refs, _, _ = dlib_chips
@@ -192,7 +192,7 @@ def test_the_shipped_int8_tower_keeps_dlibs_descriptor(dlib_chips, door_model: P
     """models/default's tower.tflite, through the daemon's runtime, on dlib's own chips: the
     quantized descriptor points where dlib's does (cosine >= 0.995 asked; 0.9994 measured)."""
     from twinlock.daemon.recognition.model import read_metadata
-    from twinlock.daemon.recognition.runtime import TFLiteModel
+    from twinlock.daemon.runtime import TFLiteModel
 
     meta = read_metadata(door_model)
     assert meta.architecture == "dlib-resnet" and meta.alignment_template == "dlib-4pt"

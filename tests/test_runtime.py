@@ -1,4 +1,4 @@
-"""Tests for twinlock.daemon.recognition.runtime: the LiteRT fallback chain and the TFLiteModel wrapper.
+"""Tests for twinlock.daemon.runtime: the LiteRT fallback chain and the TFLiteModel wrapper.
 
 The door must say clearly why a model cannot run (missing file, broken file, wrong call) and
 which backends it tried; it runs the real BlazeFace model here, not a stand-in.
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from twinlock.daemon import runtime
 from twinlock.daemon.errors import ModelError, RuntimeBackendError, TwinLockError
 from twinlock.daemon.faces.blazeface import find_model_file
-from twinlock.daemon.recognition import runtime
-from twinlock.daemon.recognition.runtime import TFLiteModel, interpreter_class
+from twinlock.daemon.runtime import TFLiteModel, interpreter_class
 
 MISSING_MODULE = "twinlock_no_such_backend_module.interpreter"
 
@@ -86,7 +86,7 @@ def test_tensorflow_fallback_runs_blazeface(blazeface_file: Path) -> None:
     code = (
         "import warnings, numpy as np\n"
         "warnings.simplefilter('ignore')\n"
-        "from twinlock.daemon.recognition.runtime import TFLiteModel, interpreter_class\n"
+        "from twinlock.daemon.runtime import TFLiteModel, interpreter_class\n"
         "name, cls = interpreter_class(('tensorflow',))\n"
         f"model = TFLiteModel({str(blazeface_file)!r}, chain=('tensorflow',))\n"
         "out = model.run(np.zeros(model.inputs[0].shape, np.float32))\n"

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from ..errors import DetectorError
-from ..recognition.runtime import TFLiteModel
+from ..runtime import TFLiteModel
 from .assets import find_model_file
 from .types import Face
 

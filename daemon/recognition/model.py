@@ -25,7 +25,7 @@ from ..errors import ModelError
 from ..faces.align import DEFAULT_TEMPLATE, TEMPLATES, to_model_input
 from ..faces.assets import DETECTOR_ROLE, Asset, check_asset
 from ..faces.pipeline import Detector, DetectorSpec, FacePipeline
-from .runtime import DEFAULT_CHAIN, TFLiteModel
+from ..runtime import DEFAULT_CHAIN, TFLiteModel
 from .scoring import l1_head_scores, l1_pair_scores, postprocess_embeddings
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import numpy as np
 
 from twinlock.daemon.errors import DataError
 from twinlock.daemon.recognition.model import TOWER_FILE, read_metadata
-from twinlock.daemon.recognition.runtime import interpreter_class
+from twinlock.daemon.runtime import interpreter_class
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _norm_after(tower: keras.Model, conv: keras.layers.Layer) -> keras.layers.Ba
 
 def embedding_parity(tower: keras.Model, init: InitModel, crops: np.ndarray) -> float:
     """Worst cosine similarity between the Keras and TFLite embeddings of ``crops``."""
-    from twinlock.daemon.recognition.runtime import TFLiteModel
+    from twinlock.daemon.runtime import TFLiteModel
 
     runtime = TFLiteModel(init.tower_file, num_threads=1)
     dtype = runtime.inputs[0].dtype

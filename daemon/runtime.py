@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelError, RuntimeBackendError
+from .errors import ModelError, RuntimeBackendError
 
 logger = logging.getLogger(__name__)
 
