@@ -149,18 +149,51 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+#: records ``twinlockd log`` shows when neither --limit nor --all says otherwise
+LOG_DEFAULT_LIMIT = 50
+#: records formatted (and a table aligned) at a time while the log streams out
+LOG_PAGE = 1000
+
+
 def _cmd_log(args: argparse.Namespace) -> int:
+    """Print the audit log as it streams from SQLite, a page at a time: a log of millions of
+    rows must not be read into memory whole. Needs only the config's audit section: a door
+    whose camera or model section is broken is exactly when its log must be readable."""
+    from itertools import islice
+
     from .storage.audit import AuditLog, format_records, parse_since
 
-    cfg = load_config(args.config)
-    db = args.db or cfg.audit.db
+    db = args.db
+    if db is None:
+        from .config.loader import load_audit_config
+
+        audit_cfg, problems = load_audit_config(args.config)
+        db = audit_cfg.db
+        if problems is not None:
+            print(f"twinlockd log: warning: the config has other problems (the door will not "
+                  f"start with it; 'twinlockd check-config' says the same); the audit log is "
+                  f"shown anyway:\n{problems}", file=sys.stderr)
     if not Path(db).exists():
         print(f"twinlockd log: no audit log at {db} yet", file=sys.stderr)
         return 1
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit must be 0 (everything) or more, not {args.limit}")
+    limit = None if args.all or args.limit == 0 else args.limit or LOG_DEFAULT_LIMIT
     since = parse_since(args.since) if args.since else None
+    shown = 0
     with AuditLog(db) as audit:
-        records = audit.query(since=since, event=args.event, user=args.user, limit=args.limit)
-    print(format_records(records, as_json=args.json))
+        records = audit.stream(since=since, event=args.event, user=args.user, limit=limit)
+        while page := list(islice(records, LOG_PAGE)):  # itertools.batched is Python >= 3.12
+            text = format_records(page, as_json=args.json)
+            if shown and not args.json:
+                text = text.partition("\n")[2]  # the table's header once, at the top
+            shown += len(page)
+            print(text, flush=True)
+    if not shown:
+        print(format_records([], as_json=args.json))
+    elif args.limit is None and not args.all and shown == limit:
+        print(f"twinlockd log: the newest {limit} records; --limit N or --all for more",
+              file=sys.stderr)
     return 0
 
 
@@ -217,12 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="model folder (overrides the config)")
     p.add_argument("--gallery", type=Path, help="gallery file (overrides the config)")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("log", help="show the audit log")
+    p = sub.add_parser("log", help=f"show the audit log (the newest {LOG_DEFAULT_LIMIT} "
+                       "records unless --limit or --all); reads only the config's audit "
+                       "section and warns about the rest")
     _config_arg(p)
     p.add_argument("--since", help="e.g. 2h, 7d, 2026-11-28 or 2026-11-28T10:00")
     p.add_argument("--event", help="only this event (unlock, deny, lockout, fault, ...)")
     p.add_argument("--user", help="only this user")
-    p.add_argument("--limit", type=int, help="only the newest N records")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help=f"only the newest N matching records (default {LOG_DEFAULT_LIMIT}; "
+                   "0: all of them)")
+    p.add_argument("--all", action="store_true",
+                   help=f"every matching record, streamed (a long table is aligned "
+                   f"{LOG_PAGE} rows at a time)")
     p.add_argument("--db", type=Path, help="audit database (overrides the config)")
     p.add_argument("--json", action="store_true", help="JSON lines")
     for name, text in (("check-bundle", "verify a bundle's signature and checksums"),

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..errors import ConfigError
 from .problems import (
     NO_VALUE,
     ConfigProblem,
@@ -31,7 +32,7 @@ from .problems import (
     strict_problems,
     value_at,
 )
-from .schema import ActionConfig, Config, GpioActionConfig, fill_section
+from .schema import ActionConfig, AuditConfig, Config, GpioActionConfig, fill_section
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +275,41 @@ def load_action_config(path: Path | str | None = None) -> ActionConfig:
     except ValidationError as exc:
         raise_problems([problem_from_error(error, located, source, Config) for error in exc.errors()])
     return only.action
+
+
+class _AuditOnly(BaseModel):
+    """The ``audit`` section alone; every other section is ignored, however broken."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    audit: Annotated[AuditConfig, fill_section()] = Field(default_factory=AuditConfig)
+
+
+def load_audit_config(path: Path | str | None = None) -> tuple[AuditConfig, ConfigError | None]:
+    """Only the ``audit`` section of a config file, for ``twinlockd log``, and what is wrong with
+    the rest of the file (None when nothing is).
+
+    A household debugging a broken door must still read its audit log: a camera, model or MQTT
+    section that does not validate is returned as a problem to show, not raised. The file must
+    still be YAML with a valid ``audit`` section (else ConfigError, one line per problem).
+    """
+    path = _named_or_default(path)
+    if path is None:
+        return AuditConfig(), None
+    source = str(path)
+    text = _read_text(path, source)
+    located = _read_yaml(text, source)
+    data = located.data if isinstance(located.data, Mapping) else {}
+    try:
+        only = _AuditOnly.model_validate(
+            {"audit": data.get("audit")}, context={"base_dir": path.absolute().parent})
+    except ValidationError as exc:
+        raise_problems([problem_from_error(error, located, source, Config) for error in exc.errors()])
+    try:
+        parse_config(text, source, base_dir=path.absolute().parent)
+    except ConfigError as exc:
+        return only.audit, exc
+    return only.audit, None
 
 
 def dump_defaults() -> str:

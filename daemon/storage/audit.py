@@ -367,6 +367,55 @@ class AuditLog:
             for row in rows
         ]
 
+    def stream(
+        self,
+        since: float | None = None,
+        event: str | None = None,
+        user: str | None = None,
+        limit: int | None = None,
+        batch: int = 500,
+    ) -> Iterator[AuditRecord]:
+        """:meth:`query`'s records (oldest first; with ``limit`` the newest ``limit``), read
+        from the cursor ``batch`` rows at a time: a log of millions of rows costs one batch of
+        memory, not a list of them all (``twinlockd log``). The lock is held per batch only."""
+        where: list[str] = []
+        params: list[object] = []
+        if event is not None and event not in EVENTS:
+            raise UsageError(f"unknown event {event!r}; choose from {', '.join(sorted(EVENTS))}")
+        for clause, value in (("ts >= ?", since), ("event = ?", event), ("user = ?", user)):
+            if value is not None:
+                where.append(clause)
+                params.append(float(value) if clause.startswith("ts") else value)
+        sql = ("SELECT id, ts, ts_iso, event, user, best_score, decision, reason, frame, details"
+               " FROM decisions" + (" WHERE " + " AND ".join(where) if where else ""))
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+                raise UsageError(f"limit must be a positive whole number, not {limit!r}")
+            sql = f"SELECT * FROM ({sql} ORDER BY ts DESC, id DESC LIMIT ?)"
+            params.append(limit)
+        sql += " ORDER BY ts, id"
+        with self._locked() as conn:
+            try:
+                cursor = conn.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise AuditError(f"cannot read audit log {self.path}: {exc}") from exc
+        try:
+            while True:
+                with self._locked():
+                    try:
+                        rows = cursor.fetchmany(batch)
+                    except sqlite3.Error as exc:
+                        raise AuditError(f"cannot read audit log {self.path}: {exc}") from exc
+                if not rows:
+                    return
+                for row in rows:
+                    yield AuditRecord(
+                        id=row[0], ts=row[1], ts_iso=row[2], event=row[3], user=row[4],
+                        best_score=row[5], decision=row[6], reason=row[7], frame=row[8],
+                        details=None if row[9] is None else json.loads(row[9]))
+        finally:
+            cursor.close()
+
     # -- life cycle --------------------------------------------------------------------------
 
     def close(self) -> None:
