@@ -278,7 +278,7 @@ def dlib_resnet_tower(net: DlibNet | None = None, name: str = "dlib_resnet_tower
     import keras
     from keras import layers
 
-    from .model import PadChannels
+    from .keras_layers import PadChannels
 
     net = net or read_dlib_net()
     cur = _Cursor(net.layers)

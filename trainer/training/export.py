@@ -125,7 +125,7 @@ def export(run_dir: Path, out_dir: Path, quantization: str = "int8",
     """Write the model folder; returns the export report (also saved as export_report.json)."""
     import keras
 
-    from . import model as _registered_layers  # noqa: F401  (custom layers for load_model)
+    from . import keras_layers as _registered_layers  # noqa: F401  (custom layers for load_model)
 
     if not (run_dir / RUN_FILE).is_file():
         raise UsageError(f"{run_dir}: not a training run folder (no {RUN_FILE})")

@@ -319,7 +319,7 @@ class FineTuneLoop(TrainLoop):
         if not cfg.recipe.twin_head:
             raise RuntimeError("fine-tuning trains the twin with its own head (bce)")
         super().__init__(cfg, data, run_dir, progress)
-        from . import model as _registered_layers  # noqa: F401  (custom layers for load_model)
+        from . import keras_layers as _registered_layers  # noqa: F401  (custom layers for load_model)
 
         general = keras.models.load_model(tower_path, compile=False)
         shapes = [w.shape for w in general.get_weights()]
