@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 
@@ -24,14 +24,35 @@ if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
-    from .config import TrainConfig
-
 logger = logging.getLogger(__name__)
 
 #: what one epoch draws from the training images (``prepare.epoch_samples``)
 SampleKind = Literal["pairs", "triplets", "images"]
 #: pixels of training images by index, augmented (the loop's ``images``)
 ImagesFn = Callable[["tf.Tensor"], "tf.Tensor"]
+
+
+class LossSettings(Protocol):
+    """What a recipe's ``build`` reads from the training config (``TrainConfig`` has it all).
+
+    A protocol rather than the config class, so that the config reads the recipes without the
+    two modules importing each other.
+    """
+
+    @property
+    def l2_normalize(self) -> bool: ...
+    @property
+    def contrastive_margin(self) -> float: ...
+    @property
+    def triplet_margin(self) -> float: ...
+    @property
+    def min_images_per_class(self) -> int: ...
+    @property
+    def distill_weight(self) -> float: ...
+    @property
+    def cosface_scale(self) -> float: ...
+    @property
+    def cosface_margin(self) -> float: ...
 
 
 class TrainingModel(NamedTuple):
@@ -60,7 +81,7 @@ class LossRecipe:
     #: the teacher runs in the graph on each augmented view (``student.OnlineDistillLoop``, which
     #: builds its own model and batches: ``build`` and ``batches`` stay None)
     online_teacher: bool = False
-    build: Callable[[keras.Model, TrainConfig, int], TrainingModel] | None = None
+    build: Callable[[keras.Model, LossSettings, int], TrainingModel] | None = None
     #: (loop, epoch samples, images fn) -> batched tf.data of (inputs, targets)
     batches: Callable[[Any, tuple[np.ndarray, ...], ImagesFn], tf.data.Dataset] | None = None
 
@@ -73,7 +94,7 @@ class LossRecipe:
 # -- training models ---------------------------------------------------------------------------
 
 
-def _build_bce(tower: keras.Model, cfg: TrainConfig, n_classes: int) -> TrainingModel:
+def _build_bce(tower: keras.Model, cfg: LossSettings, n_classes: int) -> TrainingModel:
     import keras
 
     from .model import build_twin
@@ -81,19 +102,19 @@ def _build_bce(tower: keras.Model, cfg: TrainConfig, n_classes: int) -> Training
     return TrainingModel(build_twin(tower, cfg.l2_normalize), keras.losses.BinaryCrossentropy())
 
 
-def _build_contrastive(tower: keras.Model, cfg: TrainConfig, n_classes: int) -> TrainingModel:
+def _build_contrastive(tower: keras.Model, cfg: LossSettings, n_classes: int) -> TrainingModel:
     from .model import build_distance_model, contrastive_loss
 
     return TrainingModel(build_distance_model(tower), contrastive_loss(cfg.contrastive_margin))
 
 
-def _build_triplet(tower: keras.Model, cfg: TrainConfig, n_classes: int) -> TrainingModel:
+def _build_triplet(tower: keras.Model, cfg: LossSettings, n_classes: int) -> TrainingModel:
     from .model import build_triplet_model, triplet_loss
 
     return TrainingModel(build_triplet_model(tower), triplet_loss(cfg.triplet_margin))
 
 
-def _build_cosface(tower: keras.Model, cfg: TrainConfig, n_classes: int) -> TrainingModel:
+def _build_cosface(tower: keras.Model, cfg: LossSettings, n_classes: int) -> TrainingModel:
     import keras
 
     from .model import build_classifier, build_classifier_distill, cosine_distill_loss
