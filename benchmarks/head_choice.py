@@ -35,7 +35,7 @@ def measure(args: Any) -> dict[str, Any]:
     import keras
 
     from twinlock.daemon.recognition.scoring import postprocess_embeddings
-    from twinlock.trainer.evaluation import metrics
+    from twinlock.trainer.stats import metrics
     from twinlock.trainer.training import model as _layers  # noqa: F401  (custom layers)
     from twinlock.trainer.training.embed import head_pair_scores
     from twinlock.trainer.training.head import fit_l1_head, temperature_scale

@@ -15,7 +15,7 @@ what that costs in speed.
     - dlib: HOG detector (face nearest the centre) -> 5-point landmarks -> its own 150 px chip
       -> ResNet 128-d descriptor -> minus the Euclidean distance.
 
-    Accuracy is LFW's 10-fold protocol (``twinlock.trainer.evaluation.metrics.kfold_accuracy``: each
+    Accuracy is LFW's 10-fold protocol (``twinlock.trainer.stats.metrics.kfold_accuracy``: each
     fold's threshold is tuned on the other nine), with the folds as ``lfw_folds`` lays them out.
     A method can fail to find a face; failures are counted per method and accuracy is given on
     (1) the pairs both methods could score (the like-for-like number), (2) each method's own
@@ -79,7 +79,7 @@ from twinlock.daemon.errors import TwinLockError
 from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.recognition.analyser import FrameAnalyser
 from twinlock.daemon.recognition.model import FaceEmbedder
-from twinlock.trainer.evaluation import metrics
+from twinlock.trainer.stats import metrics
 
 logger = logging.getLogger("benchmarks.peer")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from twinlock.daemon.recognition.scoring import l1_pair_scores
-from twinlock.trainer.evaluation import metrics
+from twinlock.trainer.stats import metrics
 from twinlock.trainer.training.head import fit_l1_head, temperature_scale
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from twinlock.daemon.errors import DataError, UsageError
-from twinlock.trainer.evaluation import metrics as m
+from twinlock.trainer.stats import metrics as m
 
 
 def _brute_auc(scores: np.ndarray, labels: np.ndarray) -> float:

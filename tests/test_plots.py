@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from twinlock.daemon.errors import DataError
-from twinlock.trainer.evaluation import metrics as m
-from twinlock.trainer.evaluation import plots
+from twinlock.trainer.stats import metrics as m
+from twinlock.trainer.stats import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

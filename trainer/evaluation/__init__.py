@@ -1,1 +1,2 @@
-"""Metrics, held-out evaluation, door-level evaluation, spoofs and plots."""
+"""Held-out evaluation, door-level evaluation, spoof replays and learning curves (the metrics and
+plots they use live in trainer/stats/)."""

@@ -742,7 +742,7 @@ def _growth_rule(growth: list[dict[str, Any]]) -> str:
 def write_plots(out_dir: Path, pools: dict[str, Pooled], calibrated: dict[str, float],
                 winner: str, grid: list[dict[str, Any]],
                 calibrate: tuple[int, int] = (HEADLINE_R, HEADLINE_M)) -> dict[str, str]:
-    from .plots import plot_det
+    from ..stats.plots import plot_det
 
     cal_r, cal_m = calibrate
 

@@ -21,7 +21,7 @@ from twinlock.daemon.recognition.model import FaceEmbedder
 
 from ..data.crops import NO_FACE, UNREADABLE, CropSpec, make_crops
 from ..data.datasets import all_same_pairs, load_dataset, read_pairs_file, sample_different_pairs
-from . import metrics
+from ..stats import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def evaluate(
 
 def write_plots(plots_dir: Path, scores: np.ndarray, y: np.ndarray, thresholds: dict[str, float],
                 default: str) -> dict[str, str]:
-    from .plots import plot_det, plot_roc, plot_score_histograms
+    from ..stats.plots import plot_det, plot_roc, plot_score_histograms
 
     plots_dir.mkdir(parents=True, exist_ok=True)
     far, tar, _ = metrics.roc_curve(scores, y)

@@ -51,7 +51,7 @@ from twinlock.daemon.storage.files import atomic_write_json
 
 from ..data.crops import CROP_CODE_VERSION
 from ..data.datasets import sample_pairs
-from ..evaluation import metrics
+from ..stats import metrics
 from ..training.config import TrainConfig
 from ..training.prepare import PreparedData, prepare_data
 from ..training.provenance import data_fingerprint, provenance

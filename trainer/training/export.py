@@ -30,7 +30,7 @@ from twinlock.daemon.faces.pipeline import DetectorSpec
 from twinlock.daemon.recognition.model import TOWER_FILE, FaceEmbedder, ModelMetadata
 
 from ..data.crops import CROP_CODE_VERSION
-from ..evaluation import metrics
+from ..stats import metrics
 from .embed import head_pair_scores, keras_embed
 from .model_assets import add_assets
 from .prepare import model_input, prepare_data, source_groups, validation_pairs
@@ -212,7 +212,7 @@ def export(run_dir: Path, out_dir: Path, quantization: str = "int8",
                                               "training": json.loads((run_dir / RUN_FILE).read_text())}
         (staging / "model.json").write_text(json.dumps(meta.to_json(), indent=2) + "\n")
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        from ..evaluation.plots import plot_roc
+        from ..stats.plots import plot_roc
 
         far_k, tar_k, _ = metrics.roc_curve(keras_scores, y)
         far_l, tar_l, _ = metrics.roc_curve(lite_scores, y)

@@ -19,7 +19,7 @@ import tensorflow as tf
 from twinlock.daemon.storage.files import atomic_writer, durable_replace
 
 from ..data.augment import AugmentConfig, augment_batch
-from ..evaluation import metrics
+from ..stats import metrics
 from .config import IMPORTED, TrainConfig
 from .embed import cosine_pair_scores, head_pair_scores, keras_embed
 from .head import fit_l1_head, temperature_scale
@@ -265,7 +265,7 @@ class TrainLoop:
 
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
         """Best weights -> fitted head -> calibrated thresholds -> files people look at."""
-        from ..evaluation.plots import plot_training_curves
+        from ..stats.plots import plot_training_curves
 
         cfg = self.cfg
         self.model.load_weights(self.ckpt_dir / f"{self.kept_checkpoint}.weights.h5")

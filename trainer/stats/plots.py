@@ -24,7 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from twinlock.daemon.errors import DataError
-from twinlock.trainer.evaluation.metrics import _check as _check_pairs
+
+from .metrics import check_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def plot_score_histograms(
     Both classes share one set of bins (over [0, 1] when the scores fit, else their range) so
     the bars are comparable; ``thresholds`` are drawn as labelled vertical lines.
     """
-    s, y = _check_pairs(scores, labels)
+    s, y = check_pairs(scores, labels)
     s = s.astype(np.float64)
     lo, hi = float(s.min()), float(s.max())
     if lo >= 0.0 and hi <= 1.0:

@@ -32,6 +32,7 @@ __all__ = [
     "accuracy_at",
     "best_accuracy_threshold",
     "calibrate_thresholds",
+    "check_pairs",
     "equal_error_rate",
     "far_key",
     "kfold_accuracy",
@@ -85,7 +86,7 @@ def _as_scores(scores: Any) -> np.ndarray:
     return arr
 
 
-def _check(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+def check_pairs(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validated (scores, labels); every metric needs both classes to mean anything."""
     s = _as_scores(scores)
     y = _as_labels(labels)
@@ -146,7 +147,7 @@ def roc_curve(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndar
     Point i is what you get accepting ``score >= thresholds[i]``; a tie group moves the curve
     in one diagonal step, which is what makes the area match the Mann-Whitney statistic.
     """
-    s, y = _check(scores, labels)
+    s, y = check_pairs(scores, labels)
     fp, tp, thr = _roc_counts(s, y)
     n_pos = int(np.count_nonzero(y))
     n_neg = y.size - n_pos
@@ -196,7 +197,7 @@ def threshold_at_far(scores: Any, labels: Any, far: float) -> float | None:
     straddling the budget is therefore rejected as a whole.
     """
     far = _check_far(far)
-    s, y = _check(scores, labels)
+    s, y = check_pairs(scores, labels)
     neg = np.sort(s[~y].astype(np.float64))[::-1]
     n_neg = neg.size
     needed = math.ceil(1.0 / far - 1e-9)
@@ -211,7 +212,7 @@ def threshold_at_far(scores: Any, labels: Any, far: float) -> float | None:
 
 def tar_at_far(scores: Any, labels: Any, fars: Sequence[float] = DEFAULT_FARS) -> dict[str, float]:
     """{far_key(far): TAR at threshold_at_far}; FARs that cannot be measured are left out."""
-    s, y = _check(scores, labels)
+    s, y = check_pairs(scores, labels)
     pos = s[y]
     out: dict[str, float] = {}
     for far in fars:
@@ -224,7 +225,7 @@ def tar_at_far(scores: Any, labels: Any, fars: Sequence[float] = DEFAULT_FARS) -
 
 def accuracy_at(scores: Any, labels: Any, threshold: float) -> float:
     """Share of pairs decided correctly at ``threshold``."""
-    s, y = _check(scores, labels)
+    s, y = check_pairs(scores, labels)
     return float(np.mean((s >= threshold) == y))
 
 
@@ -234,7 +235,7 @@ def precision_recall_at(scores: Any, labels: Any, threshold: float) -> tuple[flo
     Precision is defined as 1.0 when nothing is accepted: a lock that opens for nobody has made
     no false accept. Recall is the TAR.
     """
-    s, y = _check(scores, labels)
+    s, y = check_pairs(scores, labels)
     accepted = s >= threshold
     n_acc = int(np.count_nonzero(accepted))
     tp = int(np.count_nonzero(accepted & y))
@@ -251,7 +252,7 @@ def best_accuracy_threshold(scores: Any, labels: Any) -> float:
     generalises better. Ties between equally accurate thresholds go to the highest one (fewer
     false accepts).
     """
-    s, y = _check(scores, labels)
+    s, y = check_pairs(scores, labels)
     fp, tp, thr = _roc_counts(s, y)
     n_pos = int(np.count_nonzero(y))
     n_neg = y.size - n_pos
@@ -297,7 +298,7 @@ def kfold_accuracy(scores: Any, labels: Any, folds: Any) -> dict[str, Any]:
     ``accuracy_std`` is the population standard deviation (ddof=0) of the fold accuracies, as
     the usual LFW evaluation code reports it.
     """
-    s, y = _check(scores, labels)
+    s, y = check_pairs(scores, labels)
     f = np.asarray(folds)
     if f.ndim != 1 or f.shape[0] != s.shape[0]:
         raise DataError(f"folds must be 1-D with one entry per pair; got shape {f.shape}")
@@ -398,7 +399,7 @@ def calibrate_thresholds(
     scores: Any, labels: Any, fars: Sequence[float] = DEFAULT_FARS
 ) -> dict[str, float]:
     """{far_key(far): threshold} for every measurable FAR, plus "eer": the EER threshold."""
-    s, y = _check(scores, labels)
+    s, y = check_pairs(scores, labels)
     out: dict[str, float] = {}
     for far in fars:
         thr = threshold_at_far(s, y, far)
@@ -415,7 +416,7 @@ def summarize(
     fars: Sequence[float] = DEFAULT_FARS,
 ) -> dict[str, Any]:
     """One JSON-ready dict of the headline numbers (plain Python floats and ints)."""
-    s, y = _check(scores, labels)
+    s, y = check_pairs(scores, labels)
     n_same = int(np.count_nonzero(y))
     eer, eer_thr = equal_error_rate(s, y)
     out: dict[str, Any] = {
