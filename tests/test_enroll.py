@@ -437,6 +437,7 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path, examples_dir: Pa
         store.add_sample("ann", "a.jpg", crop, crop, {"blur": 1.0})
     conn = sqlite3.connect(path)  # make it what version 1 wrote
     conn.execute("ALTER TABLE samples DROP COLUMN crop_template")
+    conn.execute("ALTER TABLE users DROP COLUMN strict_far")  # v3's
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
@@ -446,6 +447,7 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path, examples_dir: Pa
         store.add_sample("ann", "b.jpg", crop, crop, {"blur": 1.0}, crop_template="dlib-4pt")
         assert [s.crop_template for s in store.stored_samples("ann")] == [
             "arcface-4pt", "dlib-4pt"]
+        assert [u.strict_far for u in store.users()] == [None]  # v3: the door's threshold
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     conn.close()

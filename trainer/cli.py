@@ -336,8 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="camera: give up after seconds")
     p.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR")
     p.add_argument("--db", type=Path, help=DB_HELP)
-    p = sub.add_parser("users", help="list, remove or rename enrolled residents")
-    p.add_argument("action", choices=("list", "remove", "rename"))
+    p.add_argument("--strict", metavar="FAR|off",
+                   help="this resident's own false-accept target per knock (1e-06..0.01, e.g. "
+                   "1e-05 for someone with a look-alike sister or twin; README 'Look-alikes "
+                   "and twins'), or off for the door's")
+    p = sub.add_parser("users", help="list, remove or rename enrolled residents, or make one "
+                       "strict", description="users strict NAME FAR|off: the resident's own "
+                       "false-accept target per knock (README 'Look-alikes and twins').")
+    p.add_argument("action", choices=("list", "remove", "rename", "strict"))
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--model", type=Path, metavar="MODEL_DIR", help="also count anchors for it")
     p.add_argument("--json", action="store_true")
@@ -375,6 +381,16 @@ def _cmd_pairs(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _strict_far(text: str) -> float | None:
+    """--strict / users strict: a false-accept target per knock, or off (the door's)."""
+    if text.strip().lower() in ("off", "none", "default"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate (e.g. 1e-05) or off") from None
+
+
 def _store(args: argparse.Namespace):
     from .household.enroll_store import EnrolmentStore
 
@@ -386,6 +402,14 @@ def _cmd_enroll(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     if bool(args.images) == (args.camera is not None):
         raise _usage("enroll: give either --images DIR (or files) or --camera DEVICE")
+    strict = None
+    if args.strict is not None:
+        from .household.enroll_store import check_strict_far
+
+        try:
+            strict = check_strict_far(_strict_far(args.strict))
+        except argparse.ArgumentTypeError as exc:
+            raise _usage(f"enroll --strict: {exc}") from None
     with _store(args) as store:
         if args.images:
             paths: list[Path] = []
@@ -414,11 +438,15 @@ def _cmd_enroll(args: argparse.Namespace, argv: Sequence[str]) -> int:
             report = enroll_from_camera(store, args.name, OpenCVCamera(device), args.model,
                                         count=args.count, timeout_s=args.timeout, progress=show)
             print(file=sys.stderr)
+        if args.strict is not None and report.accepted:
+            store.set_strict(report.user, strict)
     for source, reason in report.rejected:
         print(f"  rejected {source}: {describe(reason)}", file=sys.stderr)
     print(json.dumps({"user": report.user, "model_id": report.model_id,
                       "accepted": report.accepted, "rejected": len(report.rejected),
-                      "anchors_for_model": report.anchors}, indent=2))
+                      "anchors_for_model": report.anchors}
+                     | ({"strict_far": strict} if args.strict is not None else {}),
+                     indent=2))
     if not report.accepted:
         print(f"twinlock enroll: no usable face for {args.name}", file=sys.stderr)
         return 1
@@ -437,13 +465,27 @@ def _cmd_users(args: argparse.Namespace, argv: Sequence[str]) -> int:
             if args.json:
                 print(json.dumps([{"name": u.name, "samples": u.samples,
                                    "anchors_for_model": u.anchors_for_model,
-                                   "created": u.created} for u in rows], indent=2))
+                                   "created": u.created, "strict_far": u.strict_far}
+                                  for u in rows], indent=2))
             elif not rows:
                 print("no users enrolled")
             else:
                 for u in rows:
                     extra = f", {u.anchors_for_model} anchors for this model" if model_id else ""
+                    if u.strict_far is not None:
+                        extra += f", strict: false-accept target {u.strict_far:g} per knock"
                     print(f"{u.name}: {u.samples} photos{extra} (since {u.created})")
+        elif args.action == "strict":
+            if len(args.names) != 2:
+                raise _usage("users strict NAME FAR|off (e.g. 1e-05)")
+            try:
+                far = _strict_far(args.names[1])
+            except argparse.ArgumentTypeError as exc:
+                raise _usage(f"users strict: {exc}") from None
+            name = store.set_strict(args.names[0], far)
+            print(f"{name}: " + ("the door's threshold" if far is None else
+                                 f"own false-accept target {far:g} per knock") +
+                  " from the next bundle (twinlock bundle)")
         elif args.action == "remove":
             if not args.names:
                 raise _usage("users remove NAME")

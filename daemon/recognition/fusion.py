@@ -145,6 +145,45 @@ def threshold_for_residents(calibration: dict[str, Any], target: float,
     return None  # unreachable: the rungs cover [rungs[0], rungs[-1]]
 
 
+#: bounds of a resident's own false-accept target (``twinlock enroll --strict``): from the
+#: loosest rung any door calibration measures to two decades past the strictest (extrapolated)
+STRICT_FAR_MIN, STRICT_FAR_MAX = 1e-6, 1e-2
+
+
+def strict_threshold(calibration: dict[str, Any], far: float) -> tuple[float, bool]:
+    """(threshold, extrapolated) that holds a stranger's chance per knock of passing for one
+    resident to ``far``: the one-resident ladder of ``twinlock evaluate --door``, interpolated
+    log-linearly; past its strictest rung, extended in logit space along its last two rungs
+    (``extrapolated`` True: a rate that the held-out strangers are too few to measure).
+
+    For a resident with a look-alike (README "Look-alikes and twins"), resolved on the host
+    when the gallery is written. ModelError when ``far`` is out of bounds or the model has no
+    ladder: a strict resident is never written with a guessed number.
+    """
+    if isinstance(far, bool) or not isinstance(far, int | float) or not math.isfinite(far) \
+            or not STRICT_FAR_MIN <= far <= STRICT_FAR_MAX:
+        raise ModelError(f"a resident's false-accept target must be within "
+                         f"{STRICT_FAR_MIN:g}..{STRICT_FAR_MAX:g}, not {far!r}")
+    ladder = calibration.get("one_resident", {}).get("ladder") if calibration else None
+    rungs = sorted((float(f), float(t)) for f, t in ladder or [])
+    if len(rungs) < 2:
+        raise ModelError("the model has no one-resident ladder (run twinlock evaluate --door "
+                         "--write-thresholds on it): a resident's own target cannot be resolved")
+    if far >= rungs[0][0] * (1 - 1e-9):
+        fitted = threshold_for_residents(calibration, far, 1)
+        assert fitted is not None  # a ladder with two rungs answers every rate within it
+        return fitted[0], False
+    (f0, t0), (f1, t1) = rungs[0], rungs[1]
+    slope = (_logit(t0) - _logit(t1)) / (math.log10(f1) - math.log10(f0))
+    logit = _logit(t0) + max(slope, 0.0) * (math.log10(f0) - math.log10(far))
+    return 1.0 / (1.0 + math.exp(-logit)), True
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1.0 - p))
+
+
 def decision_settings(thresholds: dict[str, float], default_threshold: str,
                       metrics: dict[str, Any], threshold: float | None = None,
                       threshold_name: str | None = None,

@@ -3,12 +3,19 @@
 A gallery is tied to the model that made it (``model_id``): embeddings of different models live in
 different spaces, so the daemon refuses a gallery made by another model rather than silently
 comparing apples with pears.
+
+A resident may carry a stricter threshold of their own (``threshold``, with the
+``strict_far`` it was resolved from on the host): a sister or twin passes for a resident far
+more often than a stranger does (README "Look-alikes and twins"). Being tied to the model, the
+gallery can carry the number itself; the door only ever makes a resident stricter with it
+(``Verifier``), and a gallery whose value is out of bounds is refused, not clamped.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 GALLERY_FORMAT = "twinlock-gallery"
 GALLERY_VERSION = 1
+#: bounds of a resident's own threshold: a same-person probability, never 1 (nobody would pass)
+#: and never below an even chance (it can only make the door stricter; see ``Verifier``)
+MIN_USER_THRESHOLD, MAX_USER_THRESHOLD = 0.5, 0.999999
 
 
 @dataclass
@@ -31,6 +41,21 @@ class User:
     anchors: np.ndarray  # (A, D) float32
     enrolled: str = ""  # ISO time
     sources: list[str] = field(default_factory=list)  # where each anchor came from (file names)
+    threshold: float | None = None  # this resident's own, stricter threshold (None: the door's)
+    strict_far: float | None = None  # the one-resident target it was resolved from on the host
+
+
+def check_user_threshold(name: str, threshold: object) -> float | None:
+    """A resident's own threshold, or None; ModelError unless a finite number within
+    [MIN_USER_THRESHOLD, MAX_USER_THRESHOLD] (a bad value refuses the gallery: fail safe)."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) \
+            or not math.isfinite(threshold) \
+            or not MIN_USER_THRESHOLD <= threshold <= MAX_USER_THRESHOLD:
+        raise ModelError(f"user {name!r}: threshold {threshold!r} must be a number within "
+                         f"{MIN_USER_THRESHOLD}..{MAX_USER_THRESHOLD}")
+    return float(threshold)
 
 
 @dataclass
@@ -59,9 +84,19 @@ class Gallery:
     def to_json(self) -> dict[str, Any]:
         return {
             "format": GALLERY_FORMAT, "format_version": GALLERY_VERSION, "model_id": self.model_id,
-            "users": [{"name": u.name, "enrolled": u.enrolled, "sources": u.sources,
-                       "anchors": u.anchors.round(6).tolist()} for u in self.users.values()],
+            "users": [self._user_json(u) for u in self.users.values()],
         }
+
+    @staticmethod
+    def _user_json(user: User) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": user.name, "enrolled": user.enrolled,
+                                 "sources": user.sources}
+        if user.threshold is not None:  # only when set: galleries without it stay as they were
+            entry["threshold"] = check_user_threshold(user.name, user.threshold)
+            if user.strict_far is not None:
+                entry["strict_far"] = float(user.strict_far)
+        entry["anchors"] = user.anchors.round(6).tolist()
+        return entry
 
     def save(self, path: Path) -> None:
         """Atomic, durable write, mode 0600: anchors are biometric data."""
@@ -84,6 +119,11 @@ def load_gallery(path: Path) -> Gallery:
             user = gallery.add(str(entry["name"]), np.asarray(entry["anchors"], np.float32),
                                [str(s) for s in entry.get("sources", [])])
             user.enrolled = str(entry.get("enrolled", ""))
+            user.threshold = check_user_threshold(user.name, entry.get("threshold"))
+            far = entry.get("strict_far")
+            user.strict_far = None if far is None else float(far)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{path}: malformed gallery ({exc!r})") from None
     return gallery

@@ -4,7 +4,10 @@
    resident's scores are fused into one (``verification.fusion``: the best anchor by default,
    chosen by the door-level measurement in README "Door-level figures"); the resident with the
    best fused score is *verified* when it reaches the threshold (the model's door-calibrated
-   ``default_threshold`` unless the config names another).
+   ``default_threshold`` unless the config names another), or that resident's own stricter
+   threshold from the gallery when it has one (a resident with a look-alike sister or twin;
+   README "Look-alikes and twins"). A resident's own value only ever raises the bar: the
+   door's threshold stays the floor whatever a gallery says.
 2. **Over frames** (daemon/door/rules.py and machine.py): k of the last n frames must agree, in
    attempts, with a lockout and a cooldown.
 """
@@ -38,7 +41,9 @@ class FrameVerdict:
 class Verifier:
     """Scores a probe against every resident's templates at once (one matrix product), fuses
     each resident's scores with ``fusion`` (daemon/recognition/fusion.py) and verifies the top resident when
-    the fused score reaches ``threshold``."""
+    the fused score reaches ``threshold`` or, when higher, that resident's own (``limits``).
+    The top resident is the only candidate: a face that looks most like a strict resident but
+    misses her bar is refused, not handed to the next resident."""
 
     def __init__(self, gallery: Gallery, weights: np.ndarray, bias: float, threshold: float,
                  verification_threshold: float = 0.5, fusion: str = "max") -> None:
@@ -52,6 +57,13 @@ class Verifier:
         if not len(self._anchors):
             self._anchors = np.zeros((0, weights.shape[0]), np.float32)
         self._fuse = Fusion(self._owner, len(self._users), fusion, verification_threshold)
+        #: each resident's bar (R,): the door's threshold, or the resident's own when stricter
+        self.limits = np.array([max(threshold, user.threshold or threshold)
+                                for user in gallery.users.values()], dtype=np.float64)
+        for user in gallery.users.values():
+            if user.threshold is not None:
+                logger.info("resident %s: own threshold %.6f (door's %.6f)", user.name,
+                            max(threshold, user.threshold), threshold)
 
     def resident_scores(self, probes: np.ndarray, chunk: int = 64) -> np.ndarray:
         """Fused score of each probe (N, D) for each resident (N, R): the door's per-frame
@@ -67,8 +79,9 @@ class Verifier:
         top = int(np.argmax(fused))
         best = int(np.argmax(scores))
         mine = scores[self._owner == top]
-        share = float((mine >= self.threshold).mean())
+        limit = self.limits[top]
+        share = float((mine >= limit).mean())
         top_user, best_user = self._users[top], self._users[int(self._owner[best])]
-        user = top_user if fused[top] >= self.threshold else None
+        user = top_user if fused[top] >= limit else None
         return FrameVerdict(user, best_user, float(scores[best]), share, float(fused[top]),
                             top_user)

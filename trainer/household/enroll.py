@@ -54,7 +54,8 @@ from twinlock.daemon.faces.align import (
 )
 from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.recognition.analyser import FrameAnalyser
-from twinlock.daemon.recognition.gallery import Gallery
+from twinlock.daemon.recognition.fusion import door_calibration, strict_threshold
+from twinlock.daemon.recognition.gallery import Gallery, User, check_user_threshold
 from twinlock.daemon.recognition.model import FaceEmbedder, read_metadata
 from twinlock.trainer.household.anchors import UNREADABLE, enrolment_analyser, enrolment_face
 
@@ -398,6 +399,23 @@ def reembed(store: EnrolmentStore, model_dir: str | Path) -> int:
     return len(missing)
 
 
+def strict(user: User, far: float, metrics: dict[str, Any]) -> User:
+    """Give ``user`` the threshold that holds a stranger's chance of passing for them to
+    ``far`` per knock, from the model's door calibration (``strict_threshold``: past the
+    strictest measured rung it is extrapolated, and said so). For a resident with a look-alike
+    sister or twin; what it costs them is measured in ``benchmarks/lookalikes.py``."""
+    try:
+        value, extrapolated = strict_threshold(door_calibration(metrics), far)
+    except ModelError as exc:
+        raise ModelError(f"user {user.name}: {exc}") from None
+    user.threshold, user.strict_far = check_user_threshold(user.name, value), far
+    logger.log(logging.WARNING if extrapolated else logging.INFO,
+               "user %s: own threshold %.6f for a false-accept target of %g per knock%s",
+               user.name, value, far, " (extrapolated past the model's strictest measured "
+               "rung: not a measured rate)" if extrapolated else "")
+    return user
+
+
 def export_gallery(store: EnrolmentStore, model_dir: str | Path, out_path: str | Path) -> Gallery:
     """Write the door's gallery for the model in ``model_dir`` (re-embedding where needed).
 
@@ -405,11 +423,14 @@ def export_gallery(store: EnrolmentStore, model_dir: str | Path, out_path: str |
     last resident reaches the door.
     """
     reembed(store, model_dir)
-    model_id = read_metadata(model_dir).model_id
+    meta = read_metadata(model_dir)
+    model_id = meta.model_id
     gallery = store.gallery(model_id)
     for user in store.users(model_id):
         if user.name not in gallery.users:
             logger.warning("user %s has no samples and is left out of the gallery", user.name)
+        elif user.strict_far is not None:
+            strict(gallery.users[user.name], user.strict_far, meta.metrics)
     if not gallery.users:
         logger.warning("the gallery for model %s has no users: the door will open for no one",
                        model_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -33,6 +34,7 @@ import numpy as np
 from twinlock.daemon.errors import DataError, UsageError
 from twinlock.daemon.faces.align import DEFAULT_TEMPLATE
 from twinlock.daemon.faces.images import decode_image
+from twinlock.daemon.recognition.fusion import STRICT_FAR_MAX, STRICT_FAR_MIN
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.storage.json_encoding import json_default
 from twinlock.daemon.storage.private_db import (
@@ -51,7 +53,7 @@ logger = logging.getLogger(__name__)
 ENV_DB = "TWINLOCK_ENROL_DB"
 DB_NAME = "enrolment.db"
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: side of the thumbnails kept for people to look at (any size is accepted)
 THUMBNAIL_PX = 96
@@ -67,14 +69,21 @@ def _add_crop_template(conn: sqlite3.Connection) -> None:
                  f"DEFAULT '{DEFAULT_TEMPLATE}'")
 
 
+def _add_strict_far(conn: sqlite3.Connection) -> None:
+    """v3: a resident's own false-accept target (``twinlock enroll --strict``), NULL: the door's."""
+    conn.execute("ALTER TABLE users ADD COLUMN strict_far REAL")
+
+
 #: schema upgrades: _UPGRADES[v] takes a version v-1 store to v (a new store is made at once)
-_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {2: _add_crop_template}
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {2: _add_crop_template,
+                                                              3: _add_strict_far}
 
 _SCHEMA = (
     # COLLATE NOCASE: "bob" and "Bob" are one resident (and `users remove bob` finds "Bob")
     """CREATE TABLE users (
            name TEXT PRIMARY KEY COLLATE NOCASE,
-           created TEXT NOT NULL
+           created TEXT NOT NULL,
+           strict_far REAL
        )""",
     """CREATE TABLE samples (
            id INTEGER PRIMARY KEY,
@@ -134,6 +143,18 @@ def check_name(name: str) -> str:
     return text
 
 
+def check_strict_far(far: object) -> float | None:
+    """A resident's own false-accept target per knock, or None; UsageError unless a number
+    within STRICT_FAR_MIN..STRICT_FAR_MAX."""
+    if far is None:
+        return None
+    if isinstance(far, bool) or not isinstance(far, int | float) or not math.isfinite(far) \
+            or not STRICT_FAR_MIN <= far <= STRICT_FAR_MAX:
+        raise UsageError(f"a resident's false-accept target must be within "
+                         f"{STRICT_FAR_MIN:g}..{STRICT_FAR_MAX:g}, not {far!r}")
+    return float(far)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -163,6 +184,7 @@ class UserSummary:
     samples: int
     anchors_for_model: int  # anchors made by the model asked about (0 when none was named)
     created: str = ""
+    strict_far: float | None = None  # the resident's own false-accept target (None: the door's)
 
 
 @dataclass(frozen=True)
@@ -313,11 +335,28 @@ class EnrolmentStore:
                 """SELECT u.name, u.created,
                           (SELECT COUNT(*) FROM samples s WHERE s.user = u.name),
                           (SELECT COUNT(*) FROM samples s JOIN anchors a ON a.sample_id = s.id
-                            WHERE s.user = u.name AND a.model_id = ?)
+                            WHERE s.user = u.name AND a.model_id = ?),
+                          u.strict_far
                    FROM users u ORDER BY u.name""",
                 (model_id,),
             ).fetchall()
-        return [UserSummary(str(n), int(s), int(a), str(c)) for n, c, s, a in rows]
+        return [UserSummary(str(n), int(s), int(a), str(c), None if f is None else float(f))
+                for n, c, s, a, f in rows]
+
+    def set_strict(self, name: str, far: float | None) -> str:
+        """Give a resident their own false-accept target per knock (``far``; None: the door's).
+
+        For a resident with a look-alike sister or twin (README "Look-alikes and twins"): the
+        gallery written for a model carries the threshold that target resolves to with that
+        model's door calibration. UsageError outside STRICT_FAR_MIN..STRICT_FAR_MAX.
+        """
+        far = check_strict_far(far)
+        with self._tx(write=True) as conn:
+            stored = self._require_user(conn, name)
+            conn.execute("UPDATE users SET strict_far = ? WHERE name = ?", (far, stored))
+        logger.info("user %s: false-accept target %s", stored,
+                    "the door's" if far is None else f"{far:g}")
+        return stored
 
     # -- samples -----------------------------------------------------------------------------
 
