@@ -43,7 +43,7 @@ from _common import main as run_main
 from twinlock.daemon.camera.base import to_grey
 from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.recognition.model import FaceEmbedder
-from twinlock.trainer.data.datasets import read_pairs_file
+from twinlock.trainer.data.pairs import read_pairs_file
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

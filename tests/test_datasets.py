@@ -12,7 +12,8 @@ import pytest
 
 from twinlock.daemon.errors import DataError, DataNotFoundError, UsageError
 from twinlock.trainer.data import datasets as ds
-from twinlock.trainer.data.datasets import FaceDataset, ImageRecord, PairSpec
+from twinlock.trainer.data.datasets import FaceDataset, ImageRecord
+from twinlock.trainer.data.pairs import PairSpec, read_pairs_file
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -272,7 +273,7 @@ def test_read_pairs_view1(tmp_path: Path) -> None:
     pairs_file = tmp_path / "pairsDevTrain.txt"
     pairs_file.write_text(view1_text(20))
 
-    pairs = ds.read_pairs_file(pairs_file, images)
+    pairs = read_pairs_file(pairs_file, images)
 
     assert len(pairs) == 40
     assert [p.same for p in pairs] == [True] * 20 + [False] * 20
@@ -296,7 +297,7 @@ def test_read_pairs_view2(tmp_path: Path) -> None:
     pairs_file = tmp_path / "pairs.txt"
     pairs_file.write_text("\r\n".join(lines))
 
-    pairs = ds.read_pairs_file(pairs_file, images)
+    pairs = read_pairs_file(pairs_file, images)
 
     assert len(pairs) == 12
     assert [p.fold for p in pairs] == [0] * 4 + [1] * 4 + [2] * 4
@@ -327,7 +328,7 @@ def test_read_pairs_malformed(tmp_path: Path, text: str, message: str) -> None:
     pairs_file = tmp_path / "bad_pairs.txt"
     pairs_file.write_text(text)
     with pytest.raises(DataError, match=message) as info:
-        ds.read_pairs_file(pairs_file, images)
+        read_pairs_file(pairs_file, images)
     assert "bad_pairs.txt" in str(info.value)
 
 
@@ -339,7 +340,7 @@ def test_read_pairs_missing_images(tmp_path: Path) -> None:
     pairs_file = tmp_path / "pairs.txt"
     pairs_file.write_text("\n".join(lines))
     with pytest.raises(DataError) as info:
-        ds.read_pairs_file(pairs_file, images)
+        read_pairs_file(pairs_file, images)
     message = str(info.value)
     assert "6 of 16 pairs" in message
     assert "Ghost0_0001.jpg" in message
@@ -350,11 +351,11 @@ def test_read_pairs_missing_images(tmp_path: Path) -> None:
 def test_read_pairs_missing_files(tmp_path: Path) -> None:
     images = make_lfw_tree(tmp_path / "lfw", PEOPLE)
     with pytest.raises(DataNotFoundError, match="nothere.txt"):
-        ds.read_pairs_file(tmp_path / "nothere.txt", images)
+        read_pairs_file(tmp_path / "nothere.txt", images)
     pairs_file = tmp_path / "pairs.txt"
     pairs_file.write_text(view1_text(1))
     with pytest.raises(DataNotFoundError, match="no_images"):
-        ds.read_pairs_file(pairs_file, tmp_path / "no_images")
+        read_pairs_file(pairs_file, tmp_path / "no_images")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -659,7 +660,7 @@ def test_real_lfw_pairs(lfw_dir: Path) -> None:
     from conftest import require_data
 
     pairs_file = require_data("lfw", "pairsDevTrain.txt")
-    pairs = ds.read_pairs_file(pairs_file, lfw_dir)
+    pairs = read_pairs_file(pairs_file, lfw_dir)
     assert len(pairs) == 2200
     assert sum(p.same for p in pairs) == 1100
     assert Counter(p.fold for p in pairs) == {f: 220 for f in range(10)}

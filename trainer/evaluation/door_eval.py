@@ -60,7 +60,7 @@ from twinlock.daemon.recognition.scoring import l1_head_matrix
 from twinlock.daemon.recognition.verify import Verifier
 from twinlock.trainer.household.anchors import anchor_from_image
 
-from ..data.datasets import read_pairs_file
+from ..data.pairs import read_pairs_file
 
 logger = logging.getLogger(__name__)
 

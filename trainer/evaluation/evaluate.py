@@ -20,7 +20,8 @@ from twinlock.daemon.errors import DataError
 from twinlock.daemon.recognition.model import FaceEmbedder
 
 from ..data.crops import NO_FACE, UNREADABLE, CropSpec, make_crops
-from ..data.datasets import all_same_pairs, load_dataset, read_pairs_file, sample_different_pairs
+from ..data.datasets import all_same_pairs, load_dataset, sample_different_pairs
+from ..data.pairs import read_pairs_file
 from ..stats import metrics
 
 logger = logging.getLogger(__name__)
