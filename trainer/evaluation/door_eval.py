@@ -10,7 +10,7 @@ measures them:
 
 - R residents (1-10), each enrolled from M photos (1-10) with the enrolment gate (one face,
   quality, near-duplicates; ``trainer.household.anchors.enrolment_face`` and
-  ``trainer.household.enroll._Kept``);
+  ``trainer.household.enroll.KeptFaces``);
   the first door of the headline setting is also enrolled through ``enroll_from_images`` into a
   throw-away store, and its anchors must equal these;
 - every other photo of a resident is a genuine knock; every photo of every other held-out person
@@ -218,7 +218,7 @@ def build_doors(photos: Photos, residents: int, anchors: int, doors: int, seed: 
     Photos are tried in a seeded order, as a person would hand them in; near-duplicates are
     refused as ``twinlock enroll`` refuses them.
     """
-    from ..household.enroll import _Kept
+    from ..household.enroll import KeptFaces
 
     rng = np.random.default_rng([seed, residents, anchors])
     pool = np.unique(photos.person) if people is None else np.asarray(people)
@@ -234,7 +234,7 @@ def build_doors(photos: Photos, residents: int, anchors: int, doors: int, seed: 
         anchor_sets, orders, genuine, owner = [], [], [], []
         for r, p in enumerate(chosen):
             order = rng.permutation(by_person[p])
-            kept = _Kept(None, duplicate_cosine)
+            kept = KeptFaces(None, duplicate_cosine)
             mine: list[int] = []
             for i in order:
                 if len(mine) < anchors and photos.enrol_ok[i] \

@@ -175,8 +175,12 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
-class _Kept:
-    """Unit embeddings of the user's faces so far (stored and new), for the duplicate check."""
+class KeptFaces:
+    """Unit embeddings of the user's faces so far (stored and new), for the duplicate check.
+
+    Public because the door-level evaluation (evaluation/door_eval.py) refuses near-duplicate
+    photos with this same check when it seats residents.
+    """
 
     def __init__(self, existing: np.ndarray | None, threshold: float) -> None:
         self.threshold = threshold
@@ -280,7 +284,7 @@ def enroll_from_images(store: EnrolmentStore, name: str, image_paths: Sequence[s
         raise UsageError(f"max_samples must be at least 1, not {max_samples}")
     enroller = _Enroller(model_dir, thresholds)
     report = EnrolReport(_stored_name(store, name), enroller.model_id)
-    kept = _Kept(_existing_anchors(store, enroller, name), duplicate_cosine)
+    kept = KeptFaces(_existing_anchors(store, enroller, name), duplicate_cosine)
     room = max_samples - _sample_count(store, name)
     for path in image_paths:
         source = Path(path).name
@@ -335,7 +339,7 @@ def enroll_from_camera(store: EnrolmentStore, name: str, camera: Camera, model_d
         logger.info("capturing %d faces, not %d: %s may hold %d samples", room, count,
                     report.user, max_samples)
         count = room
-    kept = _Kept(_existing_anchors(store, enroller, name), duplicate_cosine)
+    kept = KeptFaces(_existing_anchors(store, enroller, name), duplicate_cosine)
     last_kept: float | None = None
     last_reason: str | None = None
     start = clock()
