@@ -76,6 +76,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         model = f"UNSIGNED model folder {cfg.model.dir}"
         needed_files = (("model folder", cfg.model.dir), ("gallery", cfg.model.gallery))
     print(f"{where}: ok (camera {cfg.camera.type}, action {cfg.action.type}, {model})")
+    for warning in cfg.camera.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     for label, needed in needed_files:
         if not Path(needed).exists():
             print(f"warning: {label} {needed} does not exist yet: the door stays locked until "

@@ -592,3 +592,84 @@ def test_resilient_camera_over_a_real_replay_with_a_fault_in_the_middle(clip: Pa
     assert sleeps == [0.5, 1.0, 2.0]  # no good frame in between: the wait keeps doubling
     # each reopen succeeded, then the first read failed again, until the third wait was over
     assert camera.stats["failures"] == 3 and camera.stats["reopens"] == 3 and healthy
+
+
+# --------------------------------------------------------------------------------------------
+# frame size: a 4K camera is shrunk at capture (issue 20, item 7)
+
+
+def _upscale_to_4k(clip: Path, out: Path, frames: range) -> Path:
+    """The real clip's ``frames`` upscaled to 3840x2160, as a 4K camera would deliver them."""
+    capture = cv2.VideoCapture(str(clip))
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"),
+                             capture.get(cv2.CAP_PROP_FPS), (3840, 2160))
+    for index in range(frames.stop):
+        ok, bgr = capture.read()
+        assert ok, f"the clip ended at frame {index}"
+        if index in frames:
+            writer.write(cv2.resize(bgr, (3840, 2160), interpolation=cv2.INTER_CUBIC))
+    capture.release()
+    writer.release()
+    return out
+
+
+def test_frames_are_shrunk_to_max_side_at_capture(tmp_path: Path, examples_dir: Path) -> None:
+    from twinlock.daemon.camera.base import DEFAULT_MAX_SIDE
+    from twinlock.daemon.config.schema import Config
+
+    assert Config().camera.max_side == DEFAULT_MAX_SIDE  # the schema's default is the driver's
+    portrait = cv2.imread(str(examples_dir / "obama.jpg"))
+    big = tmp_path / "big.png"  # 4:3, long side 4000: larger than any default lets through
+    cv2.imwrite(str(big), cv2.resize(portrait, (4000, 3000), interpolation=cv2.INTER_CUBIC))
+    for max_side, expected in ((None, (3000, 4000, 3)), (1920, (1440, 1920, 3)),
+                               (640, (480, 640, 3))):
+        camera = ReplayCamera(big, realtime=False, rotate=90)
+        camera.max_side = max_side
+        camera.open()
+        frame = camera.read()
+        camera.close()
+        assert frame is not None
+        assert frame.image.shape == (expected[1], expected[0], 3)  # rotated after shrinking
+    small = ReplayCamera(examples_dir / "obama.jpg", realtime=False)  # already small: untouched
+    small.open()
+    frame = small.read()
+    small.close()
+    assert frame is not None and frame.image.shape == portrait.shape
+    np.testing.assert_array_equal(frame.image, portrait[:, :, ::-1])
+    # the Pi camera's ISP shrinks both streams (no CPU): never a detect stream above the main
+    pi = Picamera2Camera(3840, 2160, 3840, 2160, 15)
+    assert pi.stream_sizes() == ((1920, 1080), (1920, 1080))
+    pi = Picamera2Camera(4056, 3040, 320, 240, 15)
+    assert pi.stream_sizes() == ((1920, 1440), (320, 240))  # even sizes (YUV)
+
+
+@pytest.mark.slow
+def test_a_4k_camera_is_shrunk_at_capture_and_the_door_still_opens(
+        tmp_path: Path, door_model: Path, examples_dir: Path, clip: Path,
+        mock_pins: object) -> None:
+    """The performer's frames of the real clip at 4K through the real daemon: every frame it
+    analyses is at most 1920 px wide (a 4K frame took it past MemoryMax=300M), and the door
+    opens for him all the same (default liveness included)."""
+    from daemon_helpers import MIRANDA_FRAMES, enrol_miranda, write_config
+
+    from twinlock.daemon.door.service import Daemon
+    from twinlock.daemon.storage.audit import AuditLog
+
+    clip4k = _upscale_to_4k(clip, tmp_path / "clip4k.mp4", range(MIRANDA_FRAMES.start, 180))
+    gallery = tmp_path / "gallery.json"
+    enrol_miranda(door_model, examples_dir, gallery)
+    config = write_config(tmp_path / "config.yaml", tmp_path / "state", door_model, gallery,
+                          str(clip4k), camera={"realtime": False},
+                          service={"max_fps": 120, "status_interval_s": 0.5})
+    sizes: list[tuple[int, ...]] = []
+
+    class Watched(Daemon):
+        def process(self, frame: Frame) -> tuple[object, ...]:
+            sizes.append(frame.image.shape)
+            return super().process(frame)
+
+    assert Watched(config).run() == 0  # the replay ends; the daemon stops cleanly
+    assert sizes and set(sizes) == {(1080, 1920, 3)}
+    with AuditLog(tmp_path / "state" / "audit.db") as audit:
+        unlocks = audit.query(event="unlock")
+    assert unlocks and {u.user for u in unlocks} == {"lin"}

@@ -54,3 +54,18 @@ def test_check_config_names_line_and_key(tmp_path: Path,
     good.write_text("action:\n  type: log\n")
     assert main(["check-config", str(good)]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+def test_check_config_warns_about_a_camera_larger_than_needed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 4K camera is valid (frames are shrunk at capture) but costs the Pi for nothing."""
+    config = tmp_path / "config.yaml"
+    for camera, warned in (("{type: opencv, width: 3840, height: 2160}", True),
+                           ("{type: picamera2, width: 4056, height: 3040, max_side: 2560}", True),
+                           ("{type: opencv, width: 1920, height: 1080}", False),
+                           ("{type: picamera2}", False)):
+        config.write_text(f"camera: {camera}\naction: {{type: log}}\n")
+        assert main(["check-config", str(config)]) == 0
+        err = capsys.readouterr().err
+        assert ("larger than the door needs" in err) is warned, (camera, err)
+        assert ("camera.max_side" in err) is warned

@@ -1,4 +1,4 @@
-"""What the concrete cameras share: orientation, grey frames, numbering and time stamps.
+"""What the concrete cameras share: size, orientation, grey frames, numbering and time stamps.
 
 Cameras are mounted sideways or upside down, and an IR camera's frames carry no colour; every
 driver applies the same fixes to every picture it delivers, here, so no consumer has to.
@@ -41,6 +41,36 @@ def apply_orientation(image: np.ndarray, rotate: int = 0, mirror: bool = False) 
     return image
 
 
+#: the long side of delivered frames when ``camera.max_side`` is not set (see fit_to_side)
+DEFAULT_MAX_SIDE = 1920
+
+
+def fitted_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """``(width, height)`` scaled down, aspect kept, so the long side is at most ``max_side``
+    (even sizes, as YUV streams need); unchanged when it already fits or ``max_side`` is None."""
+    long_side = max(width, height)
+    if max_side is None or long_side <= max_side:
+        return width, height
+    scale = max_side / long_side
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def fit_to_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``image`` shrunk (area interpolation) to :func:`fitted_size`, or itself when it fits.
+
+    Why: a 4K camera's frame is 25 MB of RGB, and the frame path copies it several times; the
+    daemon peaked at 401 MB with one, past the unit's ``MemoryMax=300M``. Detection runs on a
+    128 px input and the crop needs no more pixels than a face at the door brings at 1920 px
+    (README, camera), so frames are shrunk once, as they are captured, before anything else
+    copies them.
+    """
+    height, width = image.shape[:2]
+    size = fitted_size(width, height, max_side)
+    if size == (width, height):
+        return image
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
 def describe_error(exc: BaseException) -> str:
     """``Type: message`` for a log line or a CameraError (the type alone when it says nothing)."""
     text = str(exc).strip()
@@ -64,6 +94,8 @@ class BaseCamera:
         self.mirror = bool(mirror)
         #: deliver grey frames (an IR / NoIR camera under IR light): see :func:`to_grey`
         self.grey = False
+        #: the long side of delivered frames (``camera.max_side``): see :func:`fit_to_side`
+        self.max_side: int | None = DEFAULT_MAX_SIDE
         self._index = 0
         self._clock: Callable[[], float] = time.monotonic
 
@@ -74,9 +106,10 @@ class BaseCamera:
         source_index: int | None = None,
     ) -> Frame:
         timestamp, wall_time = self._clock(), time.time()
-        image = apply_orientation(image, self.rotate, self.mirror)
+        image = apply_orientation(fit_to_side(image, self.max_side), self.rotate, self.mirror)
         if detect_image is not None:
-            detect_image = apply_orientation(detect_image, self.rotate, self.mirror)
+            detect_image = apply_orientation(fit_to_side(detect_image, self.max_side),
+                                             self.rotate, self.mirror)
         if self.grey:
             image = to_grey(image)
             detect_image = None if detect_image is None else to_grey(detect_image)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import CameraError, DataError, UsageError
 from ..faces.images import to_rgb
-from .base import BaseCamera, describe_error
+from .base import BaseCamera, describe_error, fit_to_side
 from .frame import Frame
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class OpenCVCamera(BaseCamera):
         if not ok or bgr is None:
             raise CameraError(f"camera {self.device}: no frame (unplugged or stalled?)")
         if bgr.ndim == 3 and bgr.shape[2] == 3 and bgr.dtype == np.uint8:
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            # shrunk before the colour conversion: one full-size copy fewer (base.fit_to_side)
+            rgb = cv2.cvtColor(fit_to_side(bgr, self.max_side), cv2.COLOR_BGR2RGB)
         else:
             rgb = _to_rgb_or_raw(bgr)
         return self._frame(rgb)

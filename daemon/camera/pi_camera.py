@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from ..errors import CameraError, UsageError
-from .base import BaseCamera, describe_error
+from .base import BaseCamera, describe_error, fitted_size
 from .frame import Frame
 
 logger = logging.getLogger(__name__)
@@ -72,13 +72,14 @@ class Picamera2Camera(BaseCamera):
         except ImportError as exc:
             raise CameraError(f"picamera2 is not available ({exc}): {PICAMERA2_HINT}") from exc
         cam = None
+        main_size, lores_size = self.stream_sizes()
         try:
             cam = Picamera2(self.camera_num)
             config = cam.create_video_configuration(
                 # "RGB888" is B, G, R in memory (libcamera/DRM naming): converted in read()
-                main={"size": (self.width, self.height), "format": "RGB888"},
+                main={"size": main_size, "format": "RGB888"},
                 # the Pi 4's ISP gives its low-res output only as YUV420
-                lores={"size": (self.detect_width, self.detect_height), "format": "YUV420"},
+                lores={"size": lores_size, "format": "YUV420"},
                 controls={"FrameRate": float(self.fps)},
             )
             cam.configure(config)
@@ -93,8 +94,14 @@ class Picamera2Camera(BaseCamera):
         self._index = 0
         logger.info(
             "Pi camera %d open: main %dx%d, detect %dx%d, %.1f fps", self.camera_num,
-            self.width, self.height, self.detect_width, self.detect_height, self.fps,
+            *main_size, *lores_size, self.fps,
         )
+
+    def stream_sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The main and detect streams' sizes as configured, shrunk to ``max_side`` by the ISP
+        (free; base.fit_to_side), the detect stream never larger than the main one."""
+        main = fitted_size(self.width, self.height, self.max_side)
+        return main, fitted_size(self.detect_width, self.detect_height, max(main))
 
     def read(self) -> Frame:
         if self._cam is None:
@@ -116,7 +123,7 @@ class Picamera2Camera(BaseCamera):
         finally:
             request.release()  # back to the camera, or it runs out of buffers and stalls
         image = cv2.cvtColor(main, cv2.COLOR_BGR2RGB)
-        return self._frame(image, yuv420_to_rgb(lores, self.detect_width))
+        return self._frame(image, yuv420_to_rgb(lores, self.stream_sizes()[1][0]))
 
     def close(self) -> None:
         cam, self._cam = self._cam, None

@@ -45,13 +45,15 @@ CAMERAS: dict[str, Callable[[Any], Driver]] = {
 
 def camera_factory(cfg: Config) -> Callable[[], Camera]:
     """A factory of fresh, unopened cameras as ``cfg.camera`` describes (``ResilientCamera``
-    calls it at every reopen), grey if asked, with reads timed out after ``read_timeout_s``."""
+    calls it at every reopen), grey if asked, frames no larger than ``max_side``, with reads
+    timed out after ``read_timeout_s``."""
     c = cfg.camera
     build = CAMERAS[c.type]
 
     def make() -> Camera:
         camera = build(c)
         camera.grey = c.grey  # an IR camera: grey frames (base.to_grey)
+        camera.max_side = c.max_side  # frames shrunk at capture (base.fit_to_side)
         return camera
 
     return with_read_timeout(make, c.read_timeout_s)

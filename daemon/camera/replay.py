@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import CameraError, DataError, UsageError
 from ..faces.images import load_image
-from .base import BaseCamera, describe_error
+from .base import BaseCamera, describe_error, fit_to_side
 from .frame import Frame
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,8 @@ class ReplayCamera(BaseCamera):
             return None
         position = self._position
         self._position += 1
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), position
+        # shrunk before the colour conversion: one full-size copy fewer (base.fit_to_side)
+        return cv2.cvtColor(fit_to_side(bgr, self.max_side), cv2.COLOR_BGR2RGB), position
 
     def _next_image(self) -> tuple[np.ndarray, int] | None:
         while self._position < len(self.files):

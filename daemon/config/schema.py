@@ -217,6 +217,13 @@ class _CameraBase(_Section):
         False, description="IR / NoIR camera under IR light: use frames as grey (luma in all three "
         "channels); costs some accuracy (README 'Liveness')",
     )
+    max_side: int = Field(
+        1920, ge=320, le=2560,
+        description="frames are shrunk at capture (aspect kept) to at most this many pixels on "
+        "their long side: a face at the door needs no more for an unscaled crop, and a 4K frame "
+        "would take the daemon past the unit's MemoryMax (README 'Configuration'); "
+        "quality.min_face_px counts pixels of the shrunk frame",
+    )
     reopen_backoff_initial_s: float = Field(
         0.5, gt=0, le=60,
         description="seconds to wait before the first attempt to reopen a failed camera",
@@ -241,6 +248,17 @@ class _CameraBase(_Section):
                 f"must be at least reopen_backoff_initial_s ({initial:g}), the first wait"
             )
         return value
+
+    def warnings(self) -> list[str]:
+        """What ``check-config`` warns about: a valid section that costs more than it brings."""
+        width, height = getattr(self, "width", None), getattr(self, "height", None)
+        if width is None or height is None or max(width, height) <= self.max_side:
+            return []
+        message = (f"camera {width}x{height} is larger than the door needs: frames are shrunk "
+                   f"at capture to {self.max_side} px on the long side (camera.max_side), so the "
+                   f"extra pixels cost the Pi CPU and memory and add nothing; ask the camera for "
+                   f"at most {self.max_side} px")
+        return [message]
 
 
 class OpenCVCameraConfig(_CameraBase):
