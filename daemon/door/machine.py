@@ -91,6 +91,21 @@ class DoorSettings:
                        self.lockout_seconds, self.max_failed_frames)
 
 
+def vetoed(observations: Sequence[Observation]) -> bool:
+    """Whether several faces are in view (``quality.multiple_faces: each``) and not all of them
+    are one verified resident: then no face of the frame votes for an unlock.
+
+    Any face in view that is not the verified resident vetoes: a stranger, another resident,
+    or a face the quality gate refused (a stranger's face held blurred in front of the camera
+    opened the door 1 time in 6 while it only counted as a quality rejection).
+    """
+    if len(observations) < 2:
+        return False
+    users = {o.verdict.user if isinstance(o, Scored) and o.verdict is not None else None
+             for o in observations}
+    return len(users) > 1 or None in users
+
+
 class DoorMachine:
     """Attempts, agreement, liveness, cooldown and lockout; see the module docstring."""
 
@@ -109,6 +124,8 @@ class DoorMachine:
         self.liveness: LivenessTracker | None = None  # the open attempt's evidence
         #: when recognition first agreed in this attempt while liveness had not passed
         self.awaiting_liveness_since: float | None = None
+        #: frames of this attempt vetoed by another face in view (multiple_faces: each)
+        self.vetoed_frames = 0
 
     @property
     def needs_liveness(self) -> bool:
@@ -123,8 +140,13 @@ class DoorMachine:
         the analyser saw in it: nothing for a frame without a face or one not analysed."""
         out: list[Command] = []
         self._tick(now, out)
+        veto = vetoed(observations)
         for observation in observations:
-            self._observe(now, frame, observation, out)
+            self._observe(now, frame, observation, out, veto)
+        if veto and self.attempt is not None:
+            self.vetoed_frames += 1
+            logger.debug("frame %s: %d faces in view, not all the verified resident: no vote",
+                         frame, len(observations))
         return out
 
     def remote(self, now: float, source: str, allowed: bool) -> list[Command]:
@@ -174,7 +196,7 @@ class DoorMachine:
                               or self.liveness is None else self.liveness.failure_reason(), out)
 
     def _observe(self, now: float, frame: int | None, observation: Observation,
-                 out: list[Command]) -> None:
+                 out: list[Command], veto: bool = False) -> None:
         if now < self.cooldown_until:
             return  # the door just opened for this visit
         if self.attempt is None:
@@ -184,21 +206,26 @@ class DoorMachine:
         if isinstance(observation, Rejected):
             self.attempt.add(now, None, observation.reason)
         else:
-            self._scored(now, frame, observation, out)
+            self._scored(now, frame, observation, out, veto)
         if self.attempt is not None and now - self.attempt.started > self.settings.attempt_seconds:
             self._end_attempt("not recognised within the attempt time"
+            self.vetoed_frames = 0
                               if self.awaiting_liveness_since is None or self.liveness is None
                               else self.liveness.failure_reason(), out)
 
-    def _scored(self, now: float, frame: int | None, scored: Scored, out: list[Command]) -> None:
+    def _scored(self, now: float, frame: int | None, scored: Scored, out: list[Command],
+                veto: bool = False) -> None:
+        """``veto``: another face in the same frame is not this resident, so the frame gives
+        no vote and no liveness evidence (see :func:`vetoed`)."""
         assert self.attempt is not None and self.liveness is not None
         verdict = scored.verdict
         if verdict is None:
             raise ValueError("the door needs verdicts: the analyser has no gallery")
         self.attempt.add(now, verdict, None)
-        if scored.mesh is not None and verdict.user is not None:
+        vote = None if veto else verdict.user
+        if scored.mesh is not None and vote is not None:
             self.liveness.add(now, scored.mesh, frame)
-        agreed = self.window.add(now, verdict.user, scored.evidence)
+        agreed = self.window.add(now, vote, scored.evidence)
         logger.debug("frame %s: best %s %.4f, verified %s, agreed %s", frame, verdict.best_user,
                      verdict.best_score, verdict.user, agreed)
         if agreed is not None and (self.liveness.passed or self.lockout.locked(now)):
@@ -263,6 +290,8 @@ class DoorMachine:
                               details=details))
             self.last_decision = f"deny ({worst})"
             return
+        if self.vetoed_frames:
+            details["vetoed_frames"] = self.vetoed_frames  # several faces, not all the resident
         out.append(Record("deny", "deny", reason, None, attempt.best_score,
                           details=details | {"closest_user": attempt.best_user}))
         out.append(SaveSnapshot())

@@ -23,7 +23,9 @@ from .model import FaceEmbedder
 from .verify import FrameVerdict, Verifier
 
 #: what to do when a picture shows several faces: use the largest, the one nearest the centre
-#: (datasets centre the labelled person), check each one, or reject the picture
+#: (datasets centre the labelled person), check each one, or reject the picture. With "each"
+#: every face gets an observation, a quality-refused one included, because the door opens only
+#: when every face in view is the verified resident (``door.machine.vetoed``)
 MultipleFaces = Literal["largest", "center", "each", "reject"]
 
 
