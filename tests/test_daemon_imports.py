@@ -4,14 +4,21 @@ Each check imports every module under ``daemon/`` in a fresh interpreter (this t
 already hold TensorFlow from other tests) and looks at ``sys.modules`` afterwards. The one-way
 rule ``trainer -> daemon`` is checked the same way, and statically, since an import inside a
 function only shows up in ``sys.modules`` when that function runs.
+
+The floors of docs/ARCHITECTURE.md are checked statically too: each package imports only the
+floors below it, no two modules and no two packages of daemon/ and trainer/ import each other
+(directly or round a longer circle), and no private name is taken from another package. Every
+check has a probe that plants a lazy import and shows the check catches it.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -193,3 +200,341 @@ def test_the_public_name_check_sees_private_imports() -> None:
               "from twinlock.daemon.recognition.model import FaceEmbedder\n")
     found = _private_daemon_imports(source, "probe.py")
     assert [line.split(":")[1] for line in found] == ["1", "3"]
+
+
+# -- floors: the layer contracts of docs/ARCHITECTURE.md, and no import cycles ---------------------
+#
+# Static, over every import statement of daemon/ and trainer/ (lazy imports inside functions and
+# TYPE_CHECKING blocks included): an import a test run never executes is still a dependency a
+# reader has to follow. A package's "unit" is its first part under twinlock.daemon or
+# twinlock.trainer: ``daemon.faces``, ``daemon.errors`` (a module at the top counts as its own
+# unit), ``trainer.stats``.
+
+REPO = DAEMON_DIR.parent
+TOPS = ("daemon", "trainer")
+
+#: what a unit may import from its own program (daemon units: from daemon/; trainer units: from
+#: trainer/; the trainer may use any public daemon module). ARCHITECTURE.md's "Packages as floors".
+DAEMON_LAYERS: dict[str, set[str]] = {
+    "daemon.errors": set(),  # the exception tree: the ground
+    "daemon.runtime": {"daemon.errors"},  # LiteRT, below faces and recognition
+    "daemon.storage": {"daemon.errors"},
+    "daemon.processes": {"daemon.errors"},
+    "daemon.config": {"daemon.errors"},
+    "daemon.faces": {"daemon.errors", "daemon.runtime", "daemon.storage"},
+    # door -> recognition -> faces: recognition never reaches back up to the door
+    "daemon.recognition": {"daemon.errors", "daemon.runtime", "daemon.storage", "daemon.faces"},
+}
+#: every trainer unit says its floor (a new package must be placed here and in ARCHITECTURE.md)
+TRAINER_LAYERS: dict[str, set[str]] = {
+    "trainer.errors": set(),
+    "trainer.stats": set(),  # metrics and plots: the ground floor
+    "trainer.data": set(),
+    "trainer.training": {"trainer.data", "trainer.stats"},
+    "trainer.household": {"trainer.errors", "trainer.data", "trainer.stats", "trainer.training"},
+    "trainer.evaluation": {"trainer.errors", "trainer.data", "trainer.stats", "trainer.training",
+                           "trainer.household"},
+    "trainer.cli": {"trainer.errors", "trainer.data", "trainer.stats", "trainer.training",
+                    "trainer.household", "trainer.evaluation"},
+}
+#: door/machine.py is the pure decision machine: it decides, it does nothing, so it imports none
+#: of the parts that act or read files
+MACHINE = "twinlock.daemon.door.machine"
+MACHINE_MUST_NOT_IMPORT = ("daemon.config", "daemon.camera", "daemon.storage", "daemon.bundle",
+                           "daemon.processes", "daemon.runtime", "daemon.cli",
+                           "twinlock.daemon.door.service", "twinlock.daemon.door.actions",
+                           "twinlock.daemon.door.mqtt", "twinlock.daemon.door.notify")
+#: known violations, each an exact (importer, imported) module pair, excused until the named work
+#: lands; any other import that breaks a contract fails, and an entry that no longer occurs fails
+#: too (delete it then)
+PENDING: dict[tuple[str, str], str] = {
+    # issue 21 item 1, pending: config/schema.py imports nothing above errors
+    ("twinlock.daemon.config.schema", "twinlock.daemon.door.liveness"): "issue 21 item 1, pending",
+    ("twinlock.daemon.config.schema", "twinlock.daemon.faces.pipeline"): "issue 21 item 1, pending",
+    # issue 21 item 1, pending: DoorMachine no longer imports the config schema
+    ("twinlock.daemon.door.machine", "twinlock.daemon.config.schema"): "issue 21 item 1, pending",
+}
+
+Sources = dict[str, tuple[Path, str]]  # module name -> (path under the repository, source text)
+Edges = dict[str, dict[str, int]]  # module -> {module it imports: line of the first import}
+
+
+def _real_sources() -> Sources:
+    sources: Sources = {}
+    for top in TOPS:
+        for path in sorted((REPO / top).rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            relative = path.relative_to(REPO)
+            sources[_module_name(relative)] = (relative, path.read_text())
+    return sources
+
+
+def _module_name(relative: Path) -> str:
+    """``daemon/faces/pipeline.py`` -> ``twinlock.daemon.faces.pipeline`` (a package's
+    ``__init__.py`` is the package)."""
+    parts = relative.with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(("twinlock", *parts))
+
+
+def _unit(module: str) -> str:
+    """``twinlock.daemon.faces.pipeline`` -> ``daemon.faces``; ``twinlock.daemon`` -> ``daemon``."""
+    return ".".join(module.split(".")[1:3])
+
+
+@functools.lru_cache(maxsize=1024)  # the probes below re-read one changed module each
+def _imported_names(source: str, relative: Path) -> list[tuple[int, str]]:
+    """(line, most specific absolute name) per imported alias, lazy imports included:
+    ``from . import types`` in faces/ names ``twinlock.daemon.faces.types``."""
+    package = ("twinlock", *relative.parent.parts)
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source, filename=str(relative))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: max(1, len(package) - (node.level - 1))] if node.level else ()
+            module = ".".join((*base, *([node.module] if node.module else [])))
+            found += [(node.lineno, module if alias.name == "*" else f"{module}.{alias.name}")
+                      for alias in node.names]
+    return found
+
+
+def _edges(sources: Sources) -> Edges:
+    """Module -> modules of daemon/ and trainer/ it imports (each name resolved to the longest
+    module that exists: ``...faces.Face`` is the faces package, ``...faces.types`` its module)."""
+    edges: Edges = {}
+    for name, (relative, source) in sources.items():
+        out = edges.setdefault(name, {})
+        for line, imported in _imported_names(source, relative):
+            parts = imported.split(".")
+            target = next((".".join(parts[:i]) for i in range(len(parts), 1, -1)
+                           if ".".join(parts[:i]) in sources), None)
+            if target is not None and target != name:
+                out.setdefault(target, line)
+    return edges
+
+
+def _where(sources: Sources, module: str, line: int) -> str:
+    return f"{sources[module][0]}:{line}"
+
+
+def _layer_offences(sources: Sources, edges: Edges) -> list[str]:
+    """Imports that break a contract above, less the PENDING ones."""
+    layers = DAEMON_LAYERS | TRAINER_LAYERS
+    offences = []
+    for module, targets in sorted(edges.items()):
+        unit = _unit(module)
+        for target, line in sorted(targets.items()):
+            if (module, target) in PENDING:
+                continue
+            other = _unit(target)
+            top = unit.split(".")[0]
+            # the program's own __init__ (a docstring) is no floor; the other program is not
+            # these contracts' business (the daemon never imports the trainer: tests above)
+            same_program = other.split(".")[0] == top and other != top
+            if unit in layers and other != unit and same_program and other not in layers[unit]:
+                offences.append(f"{_where(sources, module, line)}: {unit} imports {other} "
+                                f"({target}); it may import only {sorted(layers[unit])}")
+            if module == MACHINE and (other in MACHINE_MUST_NOT_IMPORT
+                                      or target in MACHINE_MUST_NOT_IMPORT):
+                offences.append(f"{_where(sources, module, line)}: the pure DoorMachine imports "
+                                f"{target}")
+    return offences
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one member (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def _module_cycles(sources: Sources, edges: Edges) -> list[str]:
+    graph = {m: {t for t in ts if (m, t) not in PENDING} for m, ts in edges.items()}
+    return [_explain(sources, edges, set(c), lambda m: m) for c in _cycles(graph)]
+
+
+def _package_cycles(sources: Sources, edges: Edges) -> list[str]:
+    graph: dict[str, set[str]] = {}
+    for module, targets in edges.items():
+        for target in targets:
+            if (module, target) not in PENDING and _unit(target) != _unit(module):
+                graph.setdefault(_unit(module), set()).add(_unit(target))
+    return [_explain(sources, edges, set(c), _unit) for c in _cycles(graph)]
+
+
+def _explain(sources: Sources, edges: Edges, cycle: set[str], key: Callable[[str], str]) -> str:
+    """The imports that close a cycle, one ``file:line: a -> b`` each."""
+    lines = [f"{_where(sources, m, line)}: {m} -> {t}"
+             for m, targets in sorted(edges.items()) for t, line in sorted(targets.items())
+             if (m, t) not in PENDING and key(m) in cycle and key(t) in cycle and key(m) != key(t)]
+    return f"cycle between {sorted(cycle)}:\n  " + "\n  ".join(lines)
+
+
+@pytest.fixture(scope="module")
+def real_sources() -> Sources:
+    return _real_sources()
+
+
+def test_the_layer_contracts_hold(real_sources: Sources) -> None:
+    offences = _layer_offences(real_sources, _edges(real_sources))
+    assert not offences, "imports against the floors of docs/ARCHITECTURE.md:\n" + "\n".join(
+        offences)
+
+
+def test_no_import_cycle_between_modules(real_sources: Sources) -> None:
+    cycles = _module_cycles(real_sources, _edges(real_sources))
+    assert not cycles, "\n".join(cycles)
+
+
+def test_no_import_cycle_between_packages(real_sources: Sources) -> None:
+    cycles = _package_cycles(real_sources, _edges(real_sources))
+    assert not cycles, "\n".join(cycles)
+
+
+def test_every_pending_exception_still_occurs(real_sources: Sources) -> None:
+    """An excused import that is gone must leave PENDING, or it would excuse its comeback."""
+    edges = _edges(real_sources)
+    gone = [f"{a} -> {b} ({why})" for (a, b), why in PENDING.items() if b not in edges.get(a, {})]
+    assert not gone, "no longer imported; delete from PENDING:\n" + "\n".join(gone)
+
+
+def test_every_trainer_package_has_a_floor(real_sources: Sources) -> None:
+    units = {_unit(m) for m in real_sources if m.startswith("twinlock.trainer.")}
+    assert units - set(TRAINER_LAYERS) == set(), "place these in TRAINER_LAYERS and ARCHITECTURE.md"
+    assert set(DAEMON_LAYERS) <= {_unit(m) for m in real_sources}, "a contract names no package"
+
+
+def _with_lazy_import(sources: Sources, module: str, target: str) -> Sources:
+    """``sources`` with a function in ``module`` that imports ``target`` (twinlock.x.y...)."""
+    relative, text = sources[module]
+    depth = len(relative.parent.parts)  # daemon/faces/x.py: 2 -> "from .." reaches daemon/
+    head, _, last = target.removeprefix("twinlock.").partition(".")[2].rpartition(".")
+    statement = f"from {'.' * depth}{head} import {last}"
+    return sources | {module: (relative, text + f"\n\ndef _probe():\n    {statement}\n")}
+
+
+def _contract_probes() -> list[tuple[str, str]]:
+    """(unit, a unit it must not import) for every contract: each must be caught."""
+    units = {_unit(m) for m in _real_sources()}
+    probes = []
+    for unit, allowed in (DAEMON_LAYERS | TRAINER_LAYERS).items():
+        top = unit.split(".")[0]
+        probes += [(unit, other) for other in sorted(units - allowed - {unit, top})
+                   if other.split(".")[0] == top]
+    return probes
+
+
+@pytest.mark.parametrize(("unit", "other"), _contract_probes())
+def test_each_contract_catches_a_lazy_import_upwards(
+    real_sources: Sources, unit: str, other: str
+) -> None:
+    module = next(m for m in sorted(real_sources) if _unit(m) == unit)
+    inside = [m for m in sorted(real_sources) if _unit(m) == other and m != f"twinlock.{other}"]
+    target = inside[0] if inside else f"twinlock.{other}"  # a module of that package, or itself
+    probed = _with_lazy_import(real_sources, module, target)
+    offences = _layer_offences(probed, _edges(probed))
+    assert [o for o in offences if f"({target})" in o and o.startswith(
+        str(real_sources[module][0]))], f"{module} importing {target} was not caught: {offences}"
+
+
+def test_a_pending_exception_excuses_only_its_own_import(real_sources: Sources) -> None:
+    """config/schema.py's excused imports do not excuse a new one from config/, nor a new
+    upward import in schema.py itself."""
+    loader = _with_lazy_import(real_sources, "twinlock.daemon.config.loader",
+                               "twinlock.daemon.door.liveness")
+    schema = _with_lazy_import(real_sources, "twinlock.daemon.config.schema",
+                               "twinlock.daemon.recognition.model")
+    for probed, where in ((loader, "daemon/config/loader.py"), (schema, "daemon/config/schema.py")):
+        offences = _layer_offences(probed, _edges(probed))
+        assert [o for o in offences if o.startswith(where)], offences
+    machine = _with_lazy_import(real_sources, MACHINE, "twinlock.daemon.door.actions")
+    assert [o for o in _layer_offences(machine, _edges(machine)) if "DoorMachine" in o]
+
+
+@pytest.mark.parametrize("top", TOPS)
+def test_the_cycle_checks_catch_a_lazy_import_back(real_sources: Sources, top: str) -> None:
+    """Close a cycle with a lazy import against a real edge: between two modules of one package,
+    and between two packages."""
+    edges = _edges(real_sources)
+    real = [(m, t) for m, ts in sorted(edges.items()) for t in sorted(ts)
+            if m.startswith(f"twinlock.{top}.") and t.startswith(f"twinlock.{top}.")
+            and (m, t) not in PENDING]
+    a, b = next((m, t) for m, t in real if _unit(m) == _unit(t) and m.count(".") == t.count("."))
+    probed = _with_lazy_import(real_sources, b, a)
+    assert any(a in c and b in c for c in _module_cycles(probed, _edges(probed))), (a, b)
+    a, b = next((m, t) for m, t in real if _unit(m) != _unit(t) and _unit(t) != top)
+    probed = _with_lazy_import(real_sources, b, a)
+    cycles = _package_cycles(probed, _edges(probed))
+    assert any(f"'{_unit(a)}'" in c and f"'{_unit(b)}'" in c for c in cycles), (a, b, cycles)
+
+
+def _private_imports_across_packages(sources: Sources) -> list[str]:
+    """``file:line: name`` for each private (``_name``) module or name imported from another
+    unit; inside one package, helpers may share private names."""
+    offences = []
+    for name, (relative, source) in sorted(sources.items()):
+        for line, imported in _imported_names(source, relative):
+            parts = imported.split(".")
+            if parts[0] != "twinlock" or _unit(imported) == _unit(name):
+                continue
+            if any(part.startswith("_") and part != "__init__" for part in parts[2:]):
+                offences.append(f"{relative}:{line}: {imported}")
+    return offences
+
+
+def test_no_private_name_is_taken_across_packages(real_sources: Sources) -> None:
+    offences = _private_imports_across_packages(real_sources)
+    assert not offences, "private names imported from another package:\n" + "\n".join(offences)
+
+
+def test_the_private_name_check_sees_lazy_and_relative_imports(real_sources: Sources) -> None:
+    probed = _with_lazy_import(real_sources, "twinlock.trainer.evaluation.door_eval",
+                               "twinlock.trainer.household.enroll._Kept")
+    probed = _with_lazy_import(probed, "twinlock.daemon.recognition.model",
+                               "twinlock.daemon.faces._secret")
+    probed = _with_lazy_import(probed, "twinlock.daemon.faces.pipeline",
+                               "twinlock.daemon.faces.types._own_package")
+    offences = _private_imports_across_packages(probed)
+    assert [o.split(": ")[1] for o in offences] == [
+        "twinlock.daemon.faces._secret", "twinlock.trainer.household.enroll._Kept"]
+
+
+def test_every_package_on_disk_is_in_the_wheel(real_sources: Sources) -> None:
+    """A package missing from pyproject.toml's list is left out of the wheel without a word."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    on_disk = {m for m, (relative, _) in real_sources.items() if relative.name == "__init__.py"}
+    assert on_disk - listed == set()
