@@ -203,13 +203,13 @@ class DoorMachine:
             self.attempt = Attempt(started=now, last_seen=now)
             self.liveness = LivenessTracker(self.settings.liveness)
             self.awaiting_liveness_since = None
+            self.vetoed_frames = 0
         if isinstance(observation, Rejected):
             self.attempt.add(now, None, observation.reason)
         else:
             self._scored(now, frame, observation, out, veto)
         if self.attempt is not None and now - self.attempt.started > self.settings.attempt_seconds:
             self._end_attempt("not recognised within the attempt time"
-            self.vetoed_frames = 0
                               if self.awaiting_liveness_since is None or self.liveness is None
                               else self.liveness.failure_reason(), out)
 
@@ -284,14 +284,14 @@ class DoorMachine:
         if attempt is None:
             return
         details = self._details(attempt) | liveness
+        if self.vetoed_frames:
+            details["vetoed_frames"] = self.vetoed_frames  # several faces, not all the resident
         if attempt.frames == 0:
             worst = max(attempt.quality_rejections, key=attempt.quality_rejections.__getitem__)
             out.append(Record("quality", "deny", f"face unusable: {q.describe(worst)}",
                               details=details))
             self.last_decision = f"deny ({worst})"
             return
-        if self.vetoed_frames:
-            details["vetoed_frames"] = self.vetoed_frames  # several faces, not all the resident
         out.append(Record("deny", "deny", reason, None, attempt.best_score,
                           details=details | {"closest_user": attempt.best_user}))
         out.append(SaveSnapshot())
