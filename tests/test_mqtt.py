@@ -494,7 +494,9 @@ def test_snapshot_of_a_denied_attempt(tmp_path: Path, examples_dir: Path, door_m
     assert len(denials) == 1 and denials[0]["user"] is None
     (jpeg,) = observer.on(f"{PREFIX}/snapshot")
     picture = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    assert picture.shape == stranger.shape
+    # the frame as the camera delivered it: shrunk at capture to camera.max_side, aspect kept
+    assert max(picture.shape[:2]) == Config().camera.max_side
+    assert abs(picture.shape[1] / picture.shape[0] - stranger.shape[1] / stranger.shape[0]) < 0.01
     assert abs(float(picture.mean()) - float(stranger.mean())) < 5  # the stranger, not grey
     denied = [e for e in observer.events() if e["event_type"] == "denied"]
     assert len(denied) == 1 and denied[0]["closest_user"] == "lin"
