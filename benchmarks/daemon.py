@@ -271,10 +271,11 @@ def in_process(config: Path, db: Path, performer_frames: range) -> dict[str, Any
             self.process_seconds: list[float] = []
             super().__init__(*args, **kwargs)
 
-        def process(self, frame: Frame) -> None:
+        def process(self, frame: Frame) -> Any:
             start = time.perf_counter()
-            super().process(frame)
+            observations = super().process(frame)  # the door's step() needs them back
             self.process_seconds.append(time.perf_counter() - start)
+            return observations
 
     daemon = TimedDaemon(config)
     camera = daemon.camera
