@@ -32,6 +32,6 @@ echo "setup: creating $VENV and installing twinlock[dev] (first run takes a minu
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/pip" install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
-"$VENV/bin/python" -c "import twinlock.daemon, twinlock.trainer, ai_edge_litert, cv2, tensorflow" \
+"$VENV/bin/python" -c "import twinlock.daemon, twinlock.trainer, ai_edge_litert, cv2, tensorflow, material" \
   || { echo "setup: the environment in $VENV is incomplete" >&2; exit 1; }
 echo "$want" > "$stamp"

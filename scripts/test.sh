@@ -11,6 +11,10 @@ status=0
 if [ $# -eq 0 -o "${CI:-}" = "true" ]; then
   .venv/bin/ruff check daemon trainer tests benchmarks scripts || status=$?
   bash scripts/typecheck.sh || status=$?
+  # The documentation site: a broken link, anchor or nav entry fails (offline; into a temp dir)
+  site=$(mktemp -d)
+  NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site" || status=$?
+  rm -rf "$site"
 fi
 .venv/bin/pytest -p no:cacheprovider "$@" || status=$?
 # The daemon's tests again on the Pi's architecture (aarch64 under qemu), unless asked not to.
