@@ -81,6 +81,14 @@ class CameraError(TwinLockError, OSError):
     """A camera could not be opened or stopped delivering frames (unplugged, busy, bad device)."""
 
 
+class AlreadyRunningError(TwinLockError, RuntimeError):
+    """Another daemon already runs on this state folder (it holds ``state_dir``'s lock): two
+    would fight over the relay, the camera, the audit log and the bundles, so the second one
+    refuses to start."""
+
+    exit_code = 3
+
+
 class BundleError(TwinLockError, ValueError):
     """A signed bundle or its keys are missing, malformed, altered, unsigned or signed by a key
     the door does not trust; the message says which check failed. Nothing was installed."""

@@ -552,7 +552,8 @@ def test_install_keeps_previous_and_rollback_swaps(door: Door, tmp_path: Path) -
     for path in (current, previous):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE((state / "bundles").stat().st_mode) == 0o700
-    assert sorted(p.name for p in (state / "bundles").iterdir()) == ["current.twinlock",
+    # .lock: what installs and rollbacks hold (tests/test_bundle_race.py)
+    assert sorted(p.name for p in (state / "bundles").iterdir()) == [".lock", "current.twinlock",
                                                                      "previous.twinlock"]
 
 

@@ -3,12 +3,17 @@
 ``state_dir/bundles`` holds ``current.twinlock`` and the one it replaced, ``previous.twinlock``.
 Every path here reads through :func:`.reader.read_bundle`, so what is installed or unpacked is
 exactly the stream that was verified, copied as it was read. Each step is an atomic replace of
-a fsynced file, so after a power cut ``current`` is always one complete, good bundle.
+a fsynced file, so after a power cut ``current`` is always one complete, good bundle. Installs
+and rollbacks hold an exclusive lock on ``bundles/.lock`` from reading ``current`` to replacing
+it, so two at once (``twinlockd install-bundle`` beside the daemon's pick-up, or two by hand)
+run one after the other and the second judges the sequence against what the first installed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -32,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 CURRENT_NAME = "current" + fmt.BUNDLE_SUFFIX
 PREVIOUS_NAME = "previous" + fmt.BUNDLE_SUFFIX
+#: the lock file in ``bundles/`` that installs and rollbacks hold while they change it
+LOCK_NAME = ".lock"
 
 
 def verify_bundle(path: str | Path, public_key_path: str | Path) -> fmt.VerifiedBundle:
@@ -180,20 +187,29 @@ def install_bundle(bundle_path: str | Path, public_key_path: str | Path,
     lower than the current bundle's (only :func:`rollback` goes back), and one whose model and
     gallery do not load and run together (:func:`check_runs`, with LiteRT ``runtimes``). One
     read of the file verifies it, copies it (the copy becomes ``current``) and unpacks it for
-    the check, so the bytes installed are the bytes verified.
+    the check, so the bytes installed are the bytes verified. All of it holds the bundles lock
+    (:func:`bundles_lock`): of two installs at once, the second compares its sequence with the
+    first's bundle, so the older of two newer bundles can never end up current.
     """
     public_key = fmt.load_public_key(public_key_path)
     folder = bundles_dir(state_dir)
-    current, previous = folder / CURRENT_NAME, folder / PREVIOUS_NAME
     make_private_dirs(folder, BundleError)  # state_dir too, if this makes it: 0700
+    with bundles_lock(folder):
+        return _install_locked(Path(bundle_path), public_key, folder, runtimes)
+
+
+def _install_locked(bundle_path: Path, public_key: Ed25519PublicKey, folder: Path,
+                    runtimes: Sequence[str] | None) -> Path:
+    """:func:`install_bundle`'s work, with the bundles folder locked: what ``current`` is
+    (and so which sequence the new bundle must pass) cannot change until it is replaced."""
+    current, previous = folder / CURRENT_NAME, folder / PREVIOUS_NAME
     had_current = current.is_file()
     try:
         with _private_temp_dir(folder, ".install-") as work, \
                 atomic_writer(current, 0o600) as copy:
             files = work / "files"
             files.mkdir(mode=0o700)
-            verified = read_bundle(Path(bundle_path), public_key, copy_to=copy,
-                                   extract_to=files)
+            verified = read_bundle(bundle_path, public_key, copy_to=copy, extract_to=files)
             installed = _installed(current, public_key)
             if installed is not None and installed.file_sha256 == verified.file_sha256:
                 raise _AlreadyCurrent
@@ -211,6 +227,29 @@ def install_bundle(bundle_path: str | Path, public_key_path: str | Path,
                 verified.model_id, len(verified.users), verified.key_id,
                 "; kept the one before as previous" if had_current else "")
     return current
+
+
+@contextlib.contextmanager
+def bundles_lock(folder: Path) -> Iterator[None]:
+    """Hold the exclusive lock of the bundles folder (``flock`` on ``folder/.lock``, waiting for
+    another holder). The kernel drops it when its holder exits, even killed: no stale lock."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except OSError as exc:
+        raise BundleError(f"{folder}: cannot open its lock file {LOCK_NAME} "
+                          f"({exc.strerror or exc})") from None
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                break
+            except OSError as exc:  # EINTR: a signal while waiting; wait again
+                if exc.errno != errno.EINTR:
+                    raise BundleError(f"{folder}: cannot lock it ({exc.strerror or exc})") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class _AlreadyCurrent(Exception):
@@ -256,7 +295,7 @@ def rollback(state_dir: str | Path, public_key_path: str | Path) -> Path:
         raise BundleError(f"{previous}: no previous bundle to roll back to")
     public_key = fmt.load_public_key(public_key_path)
     try:
-        with _private_temp_dir(folder, ".rollback-") as work:
+        with bundles_lock(folder), _private_temp_dir(folder, ".rollback-") as work:
             newer = work / "newer"
             if current.is_file():
                 _copy_file(current, newer)

@@ -10,6 +10,8 @@ keeping the old ones if the new ones do not load.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import queue
@@ -22,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -33,7 +35,7 @@ from ..camera.registry import camera_factory
 from ..camera.resilient import ResilientCamera
 from ..config.loader import load_config
 from ..config.schema import Config, ReplayCameraConfig
-from ..errors import AuditError, ModelError, TwinLockError
+from ..errors import AlreadyRunningError, AuditError, ModelError, TwinLockError
 from ..faces import quality as q
 from ..faces.assets import MESH_ROLE
 from ..faces.mesh import IRIS_ROLE, FaceMesh
@@ -43,6 +45,7 @@ from ..recognition.gallery import load_gallery
 from ..recognition.model import FaceEmbedder
 from ..recognition.verify import Verifier
 from ..storage.audit import AuditLog, SnapshotStore
+from ..storage.private_db import make_private_dirs
 from .actions import Action, build_action
 from .machine import Command, DoorMachine, DoorSettings, Record, Unlock
 from .mqtt import UNLOCK_COMMANDS, MqttLink, event_type
@@ -97,6 +100,44 @@ class UnavailableAudit:
 
     def close(self) -> None:
         """Nothing is open."""
+
+
+#: the lock file in ``state_dir`` a running daemon holds for its whole life
+STATE_LOCK_NAME = "twinlockd.lock"
+
+
+def lock_state_dir(state_dir: Path) -> IO[bytes] | None:
+    """Hold ``state_dir``'s lock for as long as the returned file stays open (the kernel drops
+    it when the process ends, however). AlreadyRunningError when another daemon holds it: two
+    on one state folder would fight over the relay, the camera, the audit log and the bundles.
+    None (with an error logged) when the lock file cannot be made at all: a read-only or full
+    card must not become a restart loop; what else fails there keeps the door locked."""
+    try:
+        make_private_dirs(state_dir, AuditError)
+        fd = os.open(state_dir / STATE_LOCK_NAME,
+                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except (OSError, AuditError) as exc:
+        logger.error("state folder %s: cannot make its lock file (%s): not checking for another "
+                     "daemon", state_dir, getattr(exc, "strerror", None) or exc)
+        return None
+    handle = os.fdopen(fd, "r+b")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = handle.read(32).decode("ascii", "replace").strip() or "unknown"
+        handle.close()
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise AlreadyRunningError(
+                f"another twinlockd (pid {holder}) is running on state folder {state_dir}; "
+                "not starting a second one (stop the other first: systemctl stop twinlockd)"
+            ) from None
+        logger.error("state folder %s: cannot lock it (%s): not checking for another daemon",
+                     state_dir, exc.strerror or exc)
+        return None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n".encode())
+    handle.flush()
+    return handle
 
 
 def _open_audit(cfg: Config) -> AuditLog | UnavailableAudit:
@@ -367,9 +408,16 @@ class Daemon:
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
         self.matcher: Matcher | None = None
+        # Before the relay: a second daemon on this state folder must not touch the pin (its
+        # claim would cut the running one's pulse short).
+        self._state_lock = lock_state_dir(self.cfg.state_dir)
         # The relay first: claiming the pin drives it inactive, so a relay left on by a crashed
         # run goes off even when what follows (audit DB, camera, model) fails.
-        self.action = build_action(self.cfg, self._action_event)
+        try:
+            self.action = build_action(self.cfg, self._action_event)
+        except BaseException:
+            self._release_state()
+            raise
         try:
             self.audit: AuditLog | UnavailableAudit = _open_audit(self.cfg)
             self.records = GuardedAudit(self.audit, self._audit_failed)
@@ -389,6 +437,7 @@ class Daemon:
             mqtt = getattr(self, "mqtt", None)
             if mqtt is not None:
                 mqtt.close()
+            self._release_state()
             raise
         self._watchdog_period = watchdog_interval() if self.cfg.service.watchdog else None
         self._last_ping = 0.0
@@ -663,3 +712,10 @@ class Daemon:
             if self.mqtt is not None:
                 self.mqtt.close()  # "offline", after the last record was published
             self.notifier.close()
+            self._release_state()
+
+    def _release_state(self) -> None:
+        """Let another daemon start on this state folder (the last step of a stop)."""
+        lock, self._state_lock = self._state_lock, None
+        if lock is not None:
+            lock.close()
