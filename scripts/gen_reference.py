@@ -56,8 +56,10 @@ USAGE_COLUMNS = 96
 
 
 def _cell(text: object) -> str:
-    """One Markdown table cell: no line breaks, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """One Markdown table cell (or line): no line breaks, pipes and angle brackets escaped
+    (``<root>/<person>`` in a help text is not an HTML tag)."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _code(text: object) -> str:
@@ -593,6 +595,13 @@ def gen_mqtt() -> str:
     for what, event in examples:
         out += ["", f"{what.capitalize()}:", "", "```json", json.dumps(event, indent=2), "```"]
     out += ["", _table(["field", "meaning"], [[_code(k), EVENT_FIELDS[k]] for k in fields])]
+    plain = getattr(mqtt, "PLAIN_REASONS", None)
+    if plain and "denial_details" in MqttConfig.model_fields:
+        out += ["", "Unless `mqtt.denial_details` is on, a refused attempt is published without "
+                "its user, score and closest resident, and with a plain reason ("
+                + ", ".join(f"{_code(k)}: {_code(v)}" for k, v in plain.items())
+                + "): they would tell whoever may subscribe how near an attack came. The audit "
+                "log keeps them all."]
     kinds = []
     for audit_event in sorted(EVENTS):
         published = {mqtt.event_type(audit_event, "")}
@@ -759,14 +768,14 @@ def gen_holdout_table() -> str:
         d = _load(rel)
         tar = d.get("tar_at_far", {})
         rows.append([
-            name, _code(d["model_id"]), f"{d['n_pairs']:,}",
-            f"{_pct(d['accuracy'], 2)} ± {_pct(d['accuracy_std'], 2)}",
-            f"{d['auc']:.4f}", _pct(d["eer"]),
+            (f"{name}<br>`{d['model_id']}`<br>[{rel.rsplit('/', 1)[1]}]"
+            f"({'../' + rel[len('docs/'):]})"),
+            f"{_pct(d['accuracy'], 2)} ± {_pct(d['accuracy_std'], 2)} ({d['n_pairs']:,} pairs)",
+            f"{d['auc']:.4f} / {_pct(d['eer'])}",
             " / ".join(_pct(tar[k]) for k in ("1e-02", "1e-03") if k in tar),
-            _pct(d["one_shot_20way"]), f"{d['embed_ms_per_face']:.1f} ms",
-            f"[{rel.rsplit('/', 1)[1]}]({'../' + rel[len('docs/'):]})"])
-    return _table(["model", "model_id", "pairs", "10-fold accuracy", "AUC", "EER",
-                   "TAR at FAR 1 % / 0.1 %", "20-way one-shot", "embed per face", "JSON"], rows)
+            _pct(d["one_shot_20way"]), f"{d['embed_ms_per_face']:.1f} ms"])
+    return _table(["model", "10-fold accuracy", "AUC / EER", "TAR at FAR 1 % / 0.1 %",
+                   "20-way one-shot", "embed per face"], rows)
 
 
 def gen_door_table(model: str) -> str:
@@ -781,22 +790,19 @@ def gen_door_table(model: str) -> str:
         row = [_code(rule) + (" (chosen)" if rule == d.get("winner") else "")]
         for n in names:
             r = by.get(n)
-            if r is None:
-                row += ["", ""]
-                continue
-            row += [(f"{_pct(r['genuine_accept_rate'])} ({r['genuine_accepts']}/"
-                    f"{r['genuine_knocks']})"),
-                    (f"{r['impostor_accepts']:,} = {_pct(r['impostor_accept_rate'], 3)} "
-                    f"(≤ {_pct(r['impostor_accept_upper95'], 3)})")]
+            row.append("" if r is None else
+                       f"{_pct(r['genuine_accept_rate'])} ({r['genuine_accepts']}/"
+                       f"{r['genuine_knocks']}) · {r['impostor_accepts']:,} = "
+                       f"{_pct(r['impostor_accept_rate'], 3)} (≤ "
+                       f"{_pct(r['impostor_accept_upper95'], 3)})")
         zero = by.get("zero_impostors")
         row.append(f"{_pct(zero['genuine_accept_rate'])}" if zero else "")
         wrong = sum(by[n]["wrong_resident_accepts"] for n in names if n in by)
         row.append(str(wrong))
         rows.append(row)
-    header = ["fusion rule"]
-    for n in names:
-        header += [f"{n}: residents' knocks let in", "strangers' knocks let in (95 % bound)"]
-    header += ["threshold letting no stranger in: residents' knocks", "wrong resident"]
+    header = ["fusion rule", *[f"{n}: residents' knocks let in · strangers' knocks let in "
+                               "(95 % bound)" for n in names],
+              "threshold letting no stranger in: residents' knocks", "wrong resident"]
     winner = d["rules"].get(d.get("winner", ""), {})
     pair = winner.get("pair_far_1e-03_threshold")
     if pair:
