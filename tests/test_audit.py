@@ -227,8 +227,9 @@ def test_prune_deletes_only_old_records(log: AuditLog) -> None:
     log.record("deny", "denied", "ten days ago", ts=now - 10 * 86400)
     log.record("deny", "denied", "eight days ago", ts=now - 8 * 86400)
     log.record("deny", "denied", "yesterday", ts=now - 86400)
+    log.record("stop", "ignore", "a minute ago", ts=now - 60)  # age counts from the newest
     assert log.prune(7, now=now) == 2
-    assert [r.reason for r in log.query()] == ["yesterday"]
+    assert [r.reason for r in log.query()] == ["yesterday", "a minute ago"]
     assert log.prune(7, now=now) == 0
     with pytest.raises(UsageError):
         log.prune(0)
@@ -384,7 +385,7 @@ def test_snapshot_is_a_private_rgb_jpeg(tmp_path: Path) -> None:
     red[..., 0] = 255
     path = store.save(red, ts=1_800_000_000.123, tag="unlock alice/../x")
     assert path.parent == tmp_path / "snaps"
-    assert path.name == "20270115T080000.123Z_unlock-alice-x.jpg"
+    assert path.name == "0000000001_20270115T080000.123Z_unlock-alice-x.jpg"
     assert mode(path.parent) == 0o700
     assert mode(path) == 0o600
     bgr = cv2.imread(str(path))

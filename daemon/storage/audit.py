@@ -53,6 +53,9 @@ EVENTS: frozenset[str] = frozenset(
 #: the schema this code writes; the file's ``PRAGMA user_version`` holds the schema it has
 SCHEMA_VERSION = 1
 
+#: the clock may lag the newest record by this much (a few NTP corrections) and still prune
+CLOCK_BEHIND_SLACK_S = 86400.0
+
 #: a ``details`` object larger than this is refused: the log is for facts, not payloads
 MAX_DETAILS_BYTES = 64 * 1024
 
@@ -292,17 +295,35 @@ class AuditLog:
     def prune(self, retention_days: float, now: float | None = None) -> int:
         """Delete records older than ``retention_days``; returns how many went.
 
+        Age is measured from the clock or from the newest record, whichever is earlier: a Pi
+        has no battery clock, and one that starts with its clock far ahead (a bad NTP answer, a
+        wrong RTC) must not take the whole log with it. When the clock and the newest record
+        disagree by more than the retention period (the clock that far ahead of it, or more
+        than a day behind it), nothing is pruned and a warning says why: either the door was
+        off that long or the clock is wrong, and a log can be pruned later but never restored.
+
         No VACUUM: the freed pages are reused by new records, and rewriting the file would wear
         the SD card for nothing.
         """
         if not retention_days > 0:
             raise UsageError(f"retention_days must be > 0, not {retention_days!r}")
-        cutoff = (time.time() if now is None else now) - float(retention_days) * 86400.0
+        clock = time.time() if now is None else float(now)
+        period = float(retention_days) * 86400.0
         with self._locked() as conn:
             why = self._unwritable()
             if why is not None:
                 raise AuditError(f"cannot prune audit log {self.path}: {why}")
             try:
+                newest = conn.execute("SELECT MAX(ts) FROM decisions").fetchone()[0]
+                if newest is None:
+                    return 0
+                if clock - newest > period or newest - clock > CLOCK_BEHIND_SLACK_S:
+                    logger.warning(
+                        "audit log %s: the clock says %s but the newest record is from %s: "
+                        "either the door was off that long or the clock is wrong; nothing "
+                        "pruned", self.path, _utc_iso(clock), _utc_iso(newest))
+                    return 0
+                cutoff = min(clock, newest) - period
                 deleted = conn.execute("DELETE FROM decisions WHERE ts < ?", (cutoff,)).rowcount
             except sqlite3.Error as exc:
                 raise AuditError(f"cannot prune audit log {self.path}: {exc}") from exc
@@ -522,17 +543,21 @@ def format_records(records: Iterable[AuditRecord], as_json: bool) -> str:
 
 # -- snapshots ------------------------------------------------------------------------------------
 
-_SNAPSHOT_NAME = re.compile(r"^\d{8}T\d{6}\.\d{3}Z_[A-Za-z0-9_-]+\.jpg$")
+_SNAPSHOT_NAME = re.compile(r"^(?:(\d{10})_)?\d{8}T\d{6}\.\d{3}Z_[A-Za-z0-9_-]+\.jpg$")
 _BAD_TAG_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 class SnapshotStore:
     """JPEG evidence frames in a private folder, oldest deleted first above a size cap.
 
-    Names are ``<UTC time>_<tag>.jpg`` (e.g. ``20261128T100000.123Z_unlock-alice.jpg``), so a
-    listing sorts by time. The cap counts only files named that way; anything else in the folder
-    is left alone. The snapshot just saved is never deleted, so one frame larger than the cap
-    still survives (with a warning). One writer per folder is assumed.
+    Names are ``<sequence>_<UTC time>_<tag>.jpg`` (e.g.
+    ``0000000042_20261128T100000.123Z_unlock-alice.jpg``). The sequence (one more than the
+    highest in the folder) orders them, not the time: after the clock is set back, a new
+    snapshot's time sorts before yesterday's, and deleting by time would take the newest first.
+    Names of the former ``<UTC time>_<tag>.jpg`` form count as older than any numbered one. The
+    cap counts only files named these ways; anything else in the folder is left alone. The
+    snapshot just saved is never deleted, so one frame larger than the cap still survives (with
+    a warning). One writer per folder is assumed.
     """
 
     def __init__(self, dir: Path | str, max_total_mb: float, jpeg_quality: int = 85) -> None:
@@ -548,8 +573,18 @@ class SnapshotStore:
         make_private_dirs(self.dir, AuditError)
 
     def snapshots(self) -> list[Path]:
-        """Our snapshots, oldest first."""
-        return sorted(p for p in self.dir.iterdir() if _SNAPSHOT_NAME.match(p.name))
+        """Our snapshots, oldest first (by sequence; unnumbered ones first, by name)."""
+        found = []
+        for path in self.dir.iterdir():
+            match = _SNAPSHOT_NAME.match(path.name)
+            if match:
+                found.append((int(match.group(1) or -1), path.name, path))
+        return [path for *_, path in sorted(found)]
+
+    def _next_sequence(self) -> int:
+        last = self.snapshots()[-1:]
+        match = _SNAPSHOT_NAME.match(last[0].name) if last else None
+        return int(match.group(1) or 0) + 1 if match else 1
 
     def total_bytes(self) -> int:
         """Bytes the snapshots use now."""
@@ -558,11 +593,11 @@ class SnapshotStore:
     def _name_for(self, ts: float, tag: str) -> Path:
         clean = _BAD_TAG_CHARS.sub("-", str(tag)).strip("-")[:48] or "snapshot"
         stamp = datetime.fromtimestamp(ts, tz=UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
-        path = self.dir / f"{stamp}_{clean}.jpg"
-        n = 1
-        while path.exists():
-            n += 1
-            path = self.dir / f"{stamp}_{clean}-{n}.jpg"
+        sequence = self._next_sequence()
+        path = self.dir / f"{sequence:010d}_{stamp}_{clean}.jpg"
+        while path.exists():  # pragma: no cover - the sequence is past every name there
+            sequence += 1
+            path = self.dir / f"{sequence:010d}_{stamp}_{clean}.jpg"
         return path
 
     def save(self, image_rgb: np.ndarray, ts: float, tag: str) -> Path:
