@@ -138,6 +138,12 @@ class Lockout:
         return self._count(self._failed_frames, now, self.max_failed_frames,
                            f"{self.max_failed_frames} unrecognised face-frames")
 
+    def resume(self, until: float, reason: str) -> None:
+        """Carry on a lockout that a restart interrupted (the daemon rebuilds it from the audit
+        log): refuse unlocks until ``until``. Never shortens one already running."""
+        if self.enabled and until > self.until:
+            self.until, self.reason = until, reason
+
     def _count(self, events: deque[float], now: float, limit: int, what: str) -> bool:
         if not self.enabled or self.locked(now):
             return False  # during a lockout nothing can open anyway; it is not extended

@@ -44,7 +44,7 @@ from ..recognition.fusion import decision_settings
 from ..recognition.gallery import load_gallery
 from ..recognition.model import FaceEmbedder
 from ..recognition.verify import Verifier
-from ..storage.audit import AuditLog, SnapshotStore
+from ..storage.audit import AuditLog, SnapshotStore, boot_clock, seconds_since
 from ..storage.private_db import make_private_dirs
 from .actions import Action, build_action
 from .machine import Command, DoorMachine, DoorSettings, Record, Unlock
@@ -384,7 +384,10 @@ def carry_out(commands: list[Command], door: DoorMachine, records: GuardedAudit,
     with a face (for a snapshot of a refused attempt)."""
     for command in commands:
         if isinstance(command, Record):
-            records.record(command.event, command.decision, command.reason, **command.fields())
+            fields = command.fields()
+            if command.event == "lockout":  # timed by the boot clock too (resume_lockout)
+                fields["details"] = (fields["details"] or {}) | boot_clock()
+            records.record(command.event, command.decision, command.reason, **fields)
         elif isinstance(command, Unlock):
             record = command.record
             if records.record(record.event, record.decision, record.reason, **record.fields()):
@@ -398,6 +401,35 @@ def carry_out(commands: list[Command], door: DoorMachine, records: GuardedAudit,
                 snapshots.save(image, time.time(), command.kind)
             except (OSError, TwinLockError) as exc:
                 logger.warning("snapshot not saved: %s", exc)
+
+
+def resume_lockout(log: AuditLog | UnavailableAudit, door: DoorMachine, records: GuardedAudit,
+                   now: float) -> float:
+    """Carry a lockout over a restart: a crash, an OOM kill or a flood that forces restarts must
+    not lift it. The last ``lockout`` record says how long it was to last; how long ago it began
+    is measured by the boot clock when it is from this boot (a wall clock set since changes
+    nothing), else by the wall clock, with no time passed if that went back. The rest is resumed
+    on the door's clock (``now``, the frames' monotonic time) and recorded, so the next restart
+    measures from there. Returns the seconds resumed (0: none)."""
+    if not isinstance(log, AuditLog) or not door.lockout.enabled:
+        return 0.0
+    try:
+        last = log.last("lockout")
+    except AuditError as exc:
+        logger.error("cannot look for a lockout to resume: %s", exc)
+        return 0.0
+    seconds = (last.details or {}).get("lockout_seconds") if last is not None else None
+    if last is None or not isinstance(seconds, (int, float)):
+        return 0.0
+    length = min(float(seconds), door.settings.lockout_seconds)
+    left = length - seconds_since(last)
+    if left <= 0:
+        return 0.0
+    door.lockout.resume(now + left, last.reason)
+    logger.warning("lockout resumed after a restart: %.0f s left (%s)", left, last.reason)
+    records.record("lockout", "deny", last.reason,
+                   details={"lockout_seconds": round(left, 3), "resumed": True} | boot_clock())
+    return left
 
 
 class Daemon:
@@ -619,6 +651,7 @@ class Daemon:
 
     def run(self) -> int:
         self.records.record("start", "ignore", f"twinlockd starting with {self.config_path}")
+        resume_lockout(self.audit, self.door, self.records, time.monotonic())
         self.action.safe()
         self.load_matcher()
         self.camera.open()

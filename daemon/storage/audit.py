@@ -333,6 +333,25 @@ class AuditLog:
 
     # -- reading -----------------------------------------------------------------------------
 
+    def last(self, event: str) -> AuditRecord | None:
+        """The record of ``event`` written last (by id, not by time: the clock may have been
+        set back since), or None."""
+        if event not in EVENTS:
+            raise UsageError(f"unknown event {event!r}; choose from {', '.join(sorted(EVENTS))}")
+        with self._locked() as conn:
+            try:
+                row = conn.execute(
+                    "SELECT id, ts, ts_iso, event, user, best_score, decision, reason, frame,"
+                    " details FROM decisions WHERE event = ? ORDER BY id DESC LIMIT 1",
+                    (event,)).fetchone()
+            except sqlite3.Error as exc:
+                raise AuditError(f"cannot read audit log {self.path}: {exc}") from exc
+        if row is None:
+            return None
+        return AuditRecord(id=row[0], ts=row[1], ts_iso=row[2], event=row[3], user=row[4],
+                           best_score=row[5], decision=row[6], reason=row[7], frame=row[8],
+                           details=None if row[9] is None else json.loads(row[9]))
+
     def query(
         self,
         since: float | None = None,
@@ -475,6 +494,36 @@ class AuditLog:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+# -- time that survives a restart and a clock change ---------------------------------------------
+
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_clock() -> dict[str, Any]:
+    """This boot's id and its seconds since boot (``CLOCK_BOOTTIME``, suspend included), for a
+    record that must be timed after a restart: unlike the wall clock, nobody sets it, and NTP
+    does not step it. Empty where the system offers neither (not Linux)."""
+    try:
+        boot_id = _BOOT_ID.read_text().strip()
+        return {"boot_id": boot_id,
+                "boottime_s": round(time.clock_gettime(time.CLOCK_BOOTTIME), 3)}
+    except (OSError, AttributeError):
+        return {}
+
+
+def seconds_since(record: AuditRecord, now: float | None = None) -> float:
+    """How long ago ``record`` was written: by the boot clock when it carries one from this
+    boot (see :func:`boot_clock`; a wall clock set forward or back since changes nothing), else
+    by the wall clock (``now``), and 0 when that puts the record in the future (the clock was
+    set back: assume no time passed rather than lift what the record started)."""
+    details = record.details or {}
+    clock = boot_clock()
+    then = details.get("boottime_s")
+    if clock and details.get("boot_id") == clock["boot_id"] and isinstance(then, (int, float)):
+        return max(0.0, clock["boottime_s"] - float(then))
+    return max(0.0, (time.time() if now is None else now) - record.ts)
 
 
 # -- command-line helpers -------------------------------------------------------------------------
