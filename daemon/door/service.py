@@ -29,7 +29,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..bundle.format import BUNDLE_SUFFIX
-from ..bundle.store import current_bundle, install_bundle, unpack_bundle
+from ..bundle.store import CURRENT_NAME, bundles_dir, current_bundle, install_bundle, unpack_bundle
 from ..camera.frame import Frame
 from ..camera.registry import camera_factory
 from ..camera.resilient import ResilientCamera
@@ -55,6 +55,10 @@ logger = logging.getLogger(__name__)
 
 #: the same fault message is written to the audit log at most once per this many seconds
 FAULT_REPEAT_SECONDS = 60.0
+
+#: reloads (SIGHUP) start at most once per this many seconds; one asked for sooner waits, so
+#: the last change is still applied, but a storm of them costs the door nothing
+RELOAD_MIN_INTERVAL_S = 2.0
 
 
 @dataclass
@@ -333,6 +337,29 @@ def model_files(cfg: Config) -> tuple[Path, Path, str]:
     return root / "model", root / "gallery.json", f"bundle {verified.bundle_id}"
 
 
+def source_stamp(cfg: Config) -> tuple[object, ...]:
+    """What a config loads the model and gallery from, without reading a byte: the installed
+    bundle's (or the model folder's files', the gallery's, the liveness models') inode, size
+    and times. A reload finding the same stamp and an equal config has nothing to change."""
+    if cfg.model.source == "bundle":
+        paths = [bundles_dir(cfg.state_dir) / CURRENT_NAME]
+    else:
+        folder = Path(cfg.model.dir)
+        paths = [Path(cfg.model.gallery), folder,
+                 *(sorted(folder.iterdir()) if folder.is_dir() else [])]
+    paths += [Path(p) for p in (cfg.liveness.mesh_model_path, cfg.liveness.iris_model_path)
+              if p is not None]
+    stamp: list[object] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            stamp.append((str(path), None))
+            continue
+        stamp.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(stamp)
+
+
 def build_matcher(cfg: Config) -> Matcher:
     """Load model + gallery and check they belong together. Raises TwinLockError."""
     model_dir, gallery_path, origin = model_files(cfg)
@@ -439,6 +466,9 @@ class Daemon:
         self.notifier = notifier or Notifier.from_env()
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
+        self._last_reload = -RELOAD_MIN_INTERVAL_S  # monotonic time the last reload began
+        #: source_stamp() of what the running matcher was built from
+        self._loaded_stamp: tuple[object, ...] | None = None
         self.matcher: Matcher | None = None
         # Before the relay: a second daemon on this state folder must not touch the pin (its
         # claim would cut the running one's pulse short).
@@ -501,12 +531,13 @@ class Daemon:
     def load_matcher(self) -> None:
         """(Re)build the matcher; on failure the old one stays (or the door stays locked)."""
         pick_up_incoming(self.cfg, self.records)
+        stamp = source_stamp(self.cfg)  # before loading: a change meanwhile reloads next time
         try:
             matcher = build_matcher(self.cfg)
         except TwinLockError as exc:
             self.fault(f"model/gallery not loaded, door stays locked: {exc}", event="fault")
             return
-        self.matcher = matcher
+        self.matcher, self._loaded_stamp = matcher, stamp
         logger.info("loaded %s", matcher.describe())
 
     def reload(self) -> None:
@@ -520,6 +551,12 @@ class Daemon:
         old = self.cfg
         self.cfg = new_cfg
         pick_up_incoming(new_cfg, self.records)
+        stamp = source_stamp(new_cfg)
+        if self.matcher is not None and new_cfg == old and stamp == self._loaded_stamp:
+            # nothing changed (a repeated SIGHUP): keep everything, cut no visitor's attempt
+            logger.info("reload: config, model and gallery unchanged; nothing to do")
+            self.notifier.ready()
+            return
         try:
             matcher = build_matcher(new_cfg)
         except TwinLockError as exc:
@@ -538,7 +575,7 @@ class Daemon:
             if self.mqtt is not None:
                 self.mqtt.close()
             self.mqtt = self._start_mqtt(new_cfg)
-        self.matcher = matcher
+        self.matcher, self._loaded_stamp = matcher, stamp
         self.carry_out(self.door.finish("reloaded during the attempt"))  # the old settings
         # a reload must not lift a running lockout
         lockout = self.door.lockout if new_cfg.lockout == old.lockout else None
@@ -664,8 +701,10 @@ class Daemon:
         last_status = last_processed = 0.0
         try:
             while not self.stop_event.is_set():
-                if self.reload_requested.is_set():
+                if self.reload_requested.is_set() and \
+                        time.monotonic() - self._last_reload >= RELOAD_MIN_INTERVAL_S:
                     self.reload_requested.clear()
+                    self._last_reload = time.monotonic()
                     self.reload()
                 self._handle_remote()
                 frame = self.camera.read()
