@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -162,3 +164,93 @@ def test_a_bundle_the_door_died_checking_is_not_tried_again(home: Home) -> None:
     home.pick_up()
     assert store.current_bundle(home.state).read_bytes() == newer
     assert sorted(p.name for p in home.spool.iterdir()) == ["rejected"]
+
+
+# -- what the deploy group can read after a pick-up (issue 20, item 12) ------------------------
+
+SETPRIV = shutil.which("setpriv")
+DEPLOY_GID, UPLOADER_UID, MEMBER_UID = 4242, 4243, 4244  # ids nobody else has; no NSS needed
+
+
+def _group_readable(spool: Path) -> list[str]:
+    return sorted(str(p.relative_to(spool)) for p in spool.rglob("*")
+                  if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o044)
+
+
+def test_picked_up_uploads_keep_no_group_readable_copy(home: Home,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uploads arrive 0640 (twinlock deploy makes them so, for the daemon to read through the
+    group). Once picked up, neither the copy being checked, nor a refused one in rejected/, nor
+    an installed one is readable by the group. Without the fix the refused bundle (anchors and
+    all) stayed 0640 in rejected/, and the one being checked was the upload itself."""
+    other_key, other_pub = home.root / "other.key", home.root / "other.pub"
+    signing.generate_keypair(other_key, other_pub)
+    refused = home.spool / "foreign.twinlock"
+    signing.write_bundle(MODEL, home.root / "gallery.json", other_key, refused)
+    refused.chmod(0o640)
+    data = refused.read_bytes()
+    seen: list[list[str]] = []
+    install = store.install_bundle
+
+    def checking(path: Path, *args: object) -> Path:  # what lies in the spool while checked
+        seen.append(_group_readable(home.spool) + [f"mode {oct(path.stat().st_mode & 0o777)}"])
+        return install(path, *args)  # type: ignore[arg-type]
+
+    from twinlock.daemon.door import service
+
+    monkeypatch.setattr(service, "install_bundle", checking)
+    reasons = home.pick_up()
+    assert any("foreign.twinlock refused" in r for r in reasons), reasons
+    assert seen == [["mode 0o600"]], seen
+    assert (home.spool / "rejected" / "foreign.twinlock").read_bytes() == data
+    assert _group_readable(home.spool) == []
+    newer = home.newer()
+    newer.chmod(0o640)
+    home.pick_up()
+    assert seen[1:] == [["mode 0o600"]] and _group_readable(home.spool) == []
+    assert sorted(p.name for p in home.spool.iterdir()) == ["rejected"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv")
+def test_a_deploy_group_member_cannot_read_a_refused_bundle(home: Home) -> None:
+    """With real ids (setpriv): the spool is 2770 of the deploy group, an uploader in the group
+    uploads a bundle the door refuses (0640, as twinlock deploy leaves it); another member of
+    the group can read the upload, and after the pick-up cannot read what was kept of it."""
+    base = Path(tempfile.mkdtemp(prefix="twinlock-spool-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        spool = base / "spool"
+        for folder in (spool, spool / "rejected"):  # as deploy/install.sh makes them
+            folder.mkdir()
+            os.chown(folder, 0, DEPLOY_GID)
+            folder.chmod(0o2770)
+        other_key, other_pub = base / "other.key", base / "other.pub"
+        signing.generate_keypair(other_key, other_pub)
+        source = base / "foreign.twinlock"
+        signing.write_bundle(MODEL, home.root / "gallery.json", other_key, source)
+        source.chmod(0o644)
+
+        def as_user(uid: int, script: str) -> int:
+            argv = [str(SETPRIV), f"--reuid={uid}", f"--regid={uid}",
+                    f"--groups={DEPLOY_GID}", "--", "sh", "-c", script]
+            return subprocess.run(argv, check=False, capture_output=True, timeout=60,
+                                  cwd="/").returncode
+
+        upload = spool / "foreign.twinlock"
+        assert as_user(UPLOADER_UID, f"cat {source} > {upload}.part && chmod 0640 "
+                       f"{upload}.part && mv -f {upload}.part {upload}") == 0
+        assert as_user(MEMBER_UID, f"cat {upload} > /dev/null") == 0  # the group reads uploads
+        cfg = parse_config(f"state_dir: {home.state}\nmodel:\n  incoming: {spool}\n"
+                           f"  public_key: {home.pub}\n")
+        with AuditLog(base / "audit.db") as audit:
+            within(lambda: pick_up_incoming(cfg, audit))
+            assert any("foreign.twinlock refused" in r.reason
+                       for r in audit.query(event="bundle"))
+        kept = spool / "rejected" / "foreign.twinlock"
+        assert kept.read_bytes() == source.read_bytes()
+        assert as_user(MEMBER_UID, f"ls {spool}/rejected > /dev/null") == 0
+        assert as_user(MEMBER_UID, f"cat {kept} > /dev/null") != 0, \
+            "a deploy group member can still read the refused bundle's anchors"
+        assert as_user(MEMBER_UID, f"rm -f {kept}") == 0  # but may clear it away
+    finally:
+        shutil.rmtree(base)

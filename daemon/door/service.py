@@ -28,14 +28,14 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..bundle.format import BUNDLE_SUFFIX
+from ..bundle.format import BUNDLE_SUFFIX, MAX_BUNDLE_SIZE
 from ..bundle.store import CURRENT_NAME, bundles_dir, current_bundle, install_bundle, unpack_bundle
 from ..camera.frame import Frame
 from ..camera.registry import camera_factory
 from ..camera.resilient import ResilientCamera
 from ..config.loader import load_config
 from ..config.schema import Config, ReplayCameraConfig
-from ..errors import AlreadyRunningError, AuditError, ModelError, TwinLockError
+from ..errors import AlreadyRunningError, AuditError, BundleError, ModelError, TwinLockError
 from ..faces import quality as q
 from ..faces.assets import MESH_ROLE
 from ..faces.mesh import IRIS_ROLE, FaceMesh
@@ -214,7 +214,10 @@ def pick_up_incoming(cfg: Config, audit: AuditLog | GuardedAudit | None) -> None
     folder is writable by the deploy group, so nothing in it is trusted: only regular files are
     opened (without following a symlink and without blocking on a FIFO), anything else named
     ``*.twinlock`` is quarantined unread, ``rejected`` itself is never followed, and no error
-    here stops the door.
+    here stops the door. A bundle holds the residents' anchors, and an upload is the uploader's
+    file, readable by the whole deploy group: the door takes it into a file of its own, 0600,
+    and deletes the upload before checking it, so what it installs, or keeps in ``rejected/``,
+    the group can no longer read.
     """
     incoming = cfg.model.incoming
     if cfg.model.source != "bundle":
@@ -272,7 +275,11 @@ def _pick_up(cfg: Config, audit: AuditLog | GuardedAudit | None, folder: int) ->
         return
     newest = regular[-1][1]
     checking = CHECKING_PREFIX + newest
-    os.replace(newest, checking, src_dir_fd=folder, dst_dir_fd=folder)
+    try:
+        _take(folder, newest, checking)
+    except BundleError as exc:  # oversized, or no longer a regular file: refused unread
+        _quarantine(audit, folder, incoming, newest, str(exc))
+        return
     try:
         install_bundle(incoming / checking, cfg.model.public_key, cfg.state_dir,
                        cfg.model.runtimes)
@@ -286,6 +293,53 @@ def _pick_up(cfg: Config, audit: AuditLog | GuardedAudit | None, folder: int) ->
     logger.info("installed bundle %s", newest)
     if audit is not None:
         audit.record("bundle", "ignore", f"bundle {newest} installed")
+
+
+def _take(folder: int, name: str, private: str) -> None:
+    """Copy the upload ``name`` into a new file ``private`` that only the daemon can read (its
+    own, 0600: the folder's setgid bit gives it the group, the mode gives the group nothing),
+    fsynced, then delete the upload. The daemon cannot chmod the upload (the uploader owns
+    it), so a copy is the way. BundleError, with nothing changed, for an upload larger than
+    any bundle or one that is no longer a regular file; OSError (a full card) leaves the upload
+    where it is for the next pick-up."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        source = os.open(name, flags, dir_fd=folder)
+    except OSError as exc:
+        raise BundleError(f"{name}: cannot open it ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(source)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{name}: not a regular file (changed while being picked up)")
+        if st.st_size > MAX_BUNDLE_SIZE:
+            raise BundleError(f"{name}: {st.st_size} bytes, larger than any bundle can be "
+                              f"({MAX_BUNDLE_SIZE} bytes)")
+        os.set_blocking(source, True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(private, dir_fd=folder)  # ours from a pick-up cut short, or planted
+        target = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=folder)
+        try:
+            os.fchmod(target, 0o600)
+            copied = 0
+            while chunk := os.read(source, 1 << 20):
+                copied += len(chunk)
+                if copied > MAX_BUNDLE_SIZE:  # grew while being read
+                    raise BundleError(f"{name}: grew past {MAX_BUNDLE_SIZE} bytes while being "
+                                      "picked up")
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(target, view):]
+            os.fsync(target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(private, dir_fd=folder)
+            raise
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+    os.unlink(name, dir_fd=folder)
 
 
 def _quarantine(audit: AuditLog | GuardedAudit | None, folder: int, incoming: Path, name: str,
