@@ -1,7 +1,8 @@
 """Races on the door's state: two ``twinlockd install-bundle`` at once, two daemons on one folder.
 
 Real processes on real files: the installs are the command itself (``twinlockd install-bundle``,
-the shipped model checked by LiteRT) in forked processes started together; the daemons are
+the shipped model checked by LiteRT) in processes started together (from a forkserver with the
+daemon's modules loaded: never a fork of this threaded test process); the daemons are
 ``python -m twinlock.daemon.cli run`` subprocesses.
 """
 
@@ -28,6 +29,13 @@ from twinlock.trainer.household import signing
 ROUNDS = 20
 
 
+def _processes() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["twinlock.daemon.cli", "twinlock.daemon.bundle.store",
+                                    "twinlock.daemon.recognition.model"])
+    return context
+
+
 def _install(barrier: object, bundle: str, config: str, log: str) -> None:
     """A forked child: wait for its rival, then run ``twinlockd install-bundle``; its exit code
     and stderr are the command's."""
@@ -41,6 +49,16 @@ def _install(barrier: object, bundle: str, config: str, log: str) -> None:
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(code)
+
+
+def _hold(state: Path, held: object, release: object) -> None:
+    with store.bundles_lock(store.bundles_dir(state)):
+        held.set()  # type: ignore[attr-defined]
+        release.wait(60)  # type: ignore[attr-defined]
+
+
+def _rollback(state: Path, pub: Path) -> None:
+    store.rollback(state, pub)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +82,7 @@ def test_two_newer_bundles_installed_at_once_leave_the_newest_current(
     102 is always current, and 101 either went first (then 102 replaced it: it is previous) or
     was refused as older."""
     door, bundles = signed
-    fork = multiprocessing.get_context("fork")
+    fork = _processes()
     outcomes = []
     both_installed_over_100: list[int] = []
     for round_ in range(ROUNDS):
@@ -117,19 +135,12 @@ def test_a_rollback_waits_for_an_install_in_progress(
     state = tmp_path / "state"
     store.install_bundle(bundles[100], door.pub, state)
     store.install_bundle(bundles[101], door.pub, state)
-    fork = multiprocessing.get_context("fork")
+    fork = _processes()
     held, release = fork.Event(), fork.Event()
-
-    def hold() -> None:
-        with store.bundles_lock(store.bundles_dir(state)):
-            held.set()
-            release.wait(60)
-        os._exit(0)
-
-    holder = fork.Process(target=hold)
+    holder = fork.Process(target=_hold, args=(state, held, release))
     holder.start()
     assert held.wait(60)
-    rolled = fork.Process(target=lambda: os._exit(0 if store.rollback(state, door.pub) else 1))
+    rolled = fork.Process(target=_rollback, args=(state, door.pub))
     rolled.start()
     rolled.join(1.0)  # not a deadline: only a look while the lock is held
     assert rolled.exitcode is None, "rollback ran while the bundles folder was locked"
