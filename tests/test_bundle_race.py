@@ -74,6 +74,7 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Door, dict[int, Pa
     return door, bundles
 
 
+@pytest.mark.slow
 def test_two_newer_bundles_installed_at_once_leave_the_newest_current(
         signed: tuple[Door, dict[int, Path]], tmp_path: Path) -> None:
     """20 races of ``install-bundle seq 101`` against ``install-bundle seq 102`` over seq 100,
@@ -191,6 +192,7 @@ def _start(config: Path) -> subprocess.Popen[str]:
                             env=os.environ | {"GPIOZERO_PIN_FACTORY": "mock"})
 
 
+@pytest.mark.slow
 def test_a_second_daemon_on_the_same_state_folder_refuses_to_start(tmp_path: Path) -> None:
     """The first daemon runs; a second on the same state_dir exits at once with code 3 and says
     who holds it, writing nothing (its audit log is never made); the first keeps running. Once

@@ -38,6 +38,7 @@ def _frames(examples: Path, folder: Path, wanted: range, step: int) -> Path:
 
 
 @pytest.mark.data
+@pytest.mark.slow
 def test_a_lockout_survives_a_restart_of_the_daemon(
         tmp_path: Path, door_model: Path, examples_dir: Path) -> None:
     """Run 1: the stranger's face-frames lock the door (5 minutes). Run 2, a restart on the

@@ -21,7 +21,7 @@ from daemon_helpers import CLIP, enrol_miranda, liveness_off, scaled, write_conf
 from twinlock.daemon.door.service import RELOAD_MIN_INTERVAL_S, Daemon
 from twinlock.daemon.storage.audit import AuditLog
 
-pytestmark = pytest.mark.data
+pytestmark = [pytest.mark.data, pytest.mark.slow]
 
 
 @pytest.fixture()
