@@ -35,7 +35,18 @@ from daemon_helpers import CLIP, enrol_miranda, write_config
 
 from twinlock.daemon.config.loader import load_config
 from twinlock.daemon.config.schema import Config, MqttConfig
-from twinlock.daemon.door.mqtt import EVENT_TYPES, Message, MqttLink, OutQueue, discovery_messages
+from twinlock.daemon.door.machine import Record
+from twinlock.daemon.door.mqtt import (
+    EVENT_TYPES,
+    FLOOD_QUIET_S,
+    CommandCheck,
+    CommandInbox,
+    Message,
+    MqttLink,
+    OutQueue,
+    RemoteCommand,
+    discovery_messages,
+)
 from twinlock.daemon.door.service import Daemon
 from twinlock.daemon.errors import ConfigError
 from twinlock.daemon.storage.audit import AuditLog
@@ -134,15 +145,19 @@ class Broker:
     """A mosquitto process on 127.0.0.1:port with a password file (and TLS when given certs)."""
 
     def __init__(self, folder: Path, port: int, certs: Certs | None = None,
-                 require_certificate: bool = False) -> None:
+                 require_certificate: bool = False, persistent: bool = False) -> None:
         self.folder, self.port, self.certs = folder, port, certs
         folder.mkdir(parents=True, exist_ok=True)
         passwd = folder / "passwd"
         for i, (user, password) in enumerate(((USER, PASSWORD), (HA_USER, HA_PASSWORD))):
             subprocess.run([PASSWD, *(["-c"] if i == 0 else []), "-b", str(passwd), user,
                             password], check=True, capture_output=True)
+        # persistent: retained messages survive a restart (saved at a clean stop); the log
+        # says who subscribed to what (log_type all), so tests can ask the broker
         lines = [f"listener {port} 127.0.0.1", "allow_anonymous false",
-                 f"password_file {passwd}", "persistence false", "user root",
+                 f"password_file {passwd}", "user root",
+                 f"persistence {'true' if persistent else 'false'}",
+                 f"persistence_location {folder}/", "log_type all",
                  f"log_dest file {folder / 'mosquitto.log'}"]
         if certs is not None:
             lines += [f"cafile {certs.ca}", f"certfile {certs.server_cert}",
@@ -165,6 +180,16 @@ class Broker:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start listening")
+
+    def subscriptions(self, client_id: str) -> list[str]:
+        """The topic filters ``client_id`` subscribed to, as the broker's log says: a line
+        ``<client id> <qos> <topic filter>`` for each subscription it granted."""
+        found = []
+        for line in (self.folder / "mosquitto.log").read_text(errors="replace").splitlines():
+            parts = line.split(": ", 1)[-1].split(" ")
+            if len(parts) == 3 and parts[0] == client_id and parts[1].isdigit():
+                found.append(parts[2])
+        return found
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -499,7 +524,10 @@ def test_snapshot_of_a_denied_attempt(tmp_path: Path, examples_dir: Path, door_m
     assert abs(picture.shape[1] / picture.shape[0] - stranger.shape[1] / stranger.shape[0]) < 0.01
     assert abs(float(picture.mean()) - float(stranger.mean())) < 5  # the stranger, not grey
     denied = [e for e in observer.events() if e["event_type"] == "denied"]
-    assert len(denied) == 1 and denied[0]["closest_user"] == "lin"
+    # the closest resident and the score stay in the audit log (mqtt.denial_details is off)
+    assert len(denied) == 1 and denied[0]["reason"] == "not verified"
+    assert not {"closest_user", "score", "user"} & set(denied[0])
+    assert denials[0]["details"]["closest_user"] == "lin" and denials[0]["best_score"] > 0
 
 
 @pytest.mark.data
@@ -572,7 +600,7 @@ def test_broker_killed_mid_run_then_restarted(clip_door: dict[str, Any], tmp_pat
 
 
 def still_door(tmp_path: Path, examples_dir: Path, door_model: Path, mqtt: dict[str, Any],
-               ) -> Path:
+               **overrides: Any) -> Path:
     """A door watching an empty grey scene: no face, so only a remote unlock can open it (and
     no stranger's frames run into a lockout while the test runs)."""
     gallery = tmp_path / "gallery.json"
@@ -583,12 +611,21 @@ def still_door(tmp_path: Path, examples_dir: Path, door_model: Path, mqtt: dict[
     return write_config(tmp_path / "config.yaml", tmp_path / "state", door_model, gallery,
                         str(frames), camera={"type": "replay", "source": str(frames),
                                              "loop": True, "fps": 10, "realtime": True},
-                        mqtt=mqtt, **NO_LIVENESS)
+                        mqtt=mqtt, **NO_LIVENESS, **overrides)
+
+
+def fresh_command(command: str = "UNLOCK", age_s: float = 0.0, **fields: Any) -> bytes:
+    """What Home Assistant's lock entity sends (discovery's command_template): the command, the
+    time it was sent and a new nonce; ``age_s`` back-dates it, ``fields`` override."""
+    payload: dict[str, Any] = {"command": command, "time": time.time() - age_s,
+                               "nonce": os.urandom(8).hex()}
+    return json.dumps({k: v for k, v in (payload | fields).items() if v is not None}).encode()
 
 
 def press_unlock(port: int, certs: Certs | None, user: str | None, password: str | None,
-                 ) -> str:
-    """Publish UNLOCK to the lock's command topic as Home Assistant would; the CONNACK."""
+                 payload: bytes | None = None, retain: bool = False) -> str:
+    """Publish a command (a fresh UNLOCK unless ``payload``) to the lock's command topic as
+    Home Assistant would; the CONNACK."""
     import paho.mqtt.client as mqtt
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ha-{time.time_ns()}")
@@ -603,7 +640,8 @@ def press_unlock(port: int, certs: Certs | None, user: str | None, password: str
     def on_connect(c: Any, u: Any, f: Any, reason: Any, p: Any) -> None:
         result["connack"] = str(reason)
         if not reason.is_failure:
-            c.publish(f"{PREFIX}/lock/set", "UNLOCK", qos=1).wait_for_publish(5)
+            c.publish(f"{PREFIX}/lock/set", fresh_command() if payload is None else payload,
+                      qos=1, retain=retain).wait_for_publish(5)
         done.set()
 
     client.on_connect = on_connect
@@ -616,23 +654,28 @@ def press_unlock(port: int, certs: Certs | None, user: str | None, password: str
 
 
 @pytest.mark.data
-def test_remote_unlock_refused_when_disabled(tmp_path: Path, examples_dir: Path,
-                                             door_model: Path, brokers: list[Broker],
-                                             mock_pins: Any) -> None:
+def test_with_remote_unlock_off_the_door_does_not_subscribe(
+        tmp_path: Path, examples_dir: Path, door_model: Path, brokers: list[Broker],
+        mock_pins: Any) -> None:
+    """Off (the default): no subscription, so neither a retained UNLOCK waiting at the broker
+    nor one published later reaches the door (the broker's log lists what it subscribed to)."""
     port = free_port()
-    brokers.append(Broker(tmp_path / "broker", port).start())
+    broker = Broker(tmp_path / "broker", port).start()
+    brokers.append(broker)
+    assert press_unlock(port, None, HA_USER, HA_PASSWORD, b"UNLOCK", retain=True) == "Success"
     observer = Observer(port).start()
     config = still_door(tmp_path, examples_dir, door_model, mqtt_section(port, tmp_path))
-    with door_running(config, observer):
+    with door_running(config, observer) as daemon:
         assert observer.wait_for(lambda: b"online" in observer.on(f"{PREFIX}/availability"))
         assert press_unlock(port, None, HA_USER, HA_PASSWORD) == "Success"
-        assert observer.wait_for(lambda: any(e["event_type"] == "remote_unlock_refused"
-                                             for e in observer.events()))
+        assert press_unlock(port, None, HA_USER, HA_PASSWORD, b"UNLOCK") == "Success"
+        time.sleep(1.0)
+        assert daemon.mqtt is not None and daemon.mqtt.unsolicited == 0
+    # the broker's log does list subscriptions (Home Assistant's), and none of the door's
+    assert f"{PREFIX}/#" in broker.subscriptions(f"observer-{id(observer)}")
+    assert broker.subscriptions("test_door") == []
     rows = audit_rows(config)
-    refused = [r for r in rows if r["event"] == "remote"]
-    assert len(refused) == 1 and "mqtt.remote_unlock is false" in refused[0]["reason"]
-    assert "lock/set" in refused[0]["details"]["source"]
-    assert not [r for r in rows if r["event"] == "unlock"]
+    assert not [r for r in rows if r["event"] in ("remote", "unlock")]
     assert mock_pins.pin(17).state is False and all(not s for _, s in mock_pins.pin(17).states)
 
 
@@ -705,3 +748,337 @@ def test_a_killed_door_reads_offline_through_its_retained_last_will(
         assert any(r for _, t, _, r in later.messages if t == f"{PREFIX}/availability")
     finally:
         later.stop()
+
+
+# ------------------------------------------------------------------------------------------
+# issue 20: retained, stale and replayed commands, floods, and what denials publish
+
+
+def test_a_command_must_be_fresh_json_with_a_time_and_a_new_nonce() -> None:
+    now = [1_765_000_000.0]
+    check = CommandCheck(30.0, clock=lambda: now[0])
+
+    def judge(payload: Any, retained: bool = False) -> str | None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return check.judge(data, retained)[2]
+
+    ok = {"command": "UNLOCK", "time": now[0] - 2.5, "nonce": "3f9c2a7e51d04b8a"}
+    assert judge(ok) is None
+    assert "replayed" in (judge(ok) or "")
+    assert "retained" in (judge(ok | {"nonce": "another-nonce-1"}, retained=True) or "")
+    assert "stale" in (judge(ok | {"time": now[0] - 31, "nonce": "another-nonce-2"}) or "")
+    assert "ahead" in (judge(ok | {"time": now[0] + 31, "nonce": "another-nonce-3"}) or "")
+    for bad in (b"UNLOCK", b"\xff\xfe", b"[1]", b"{" + b" " * 600 + b"}",
+                {"command": "UNLOCK", "time": now[0]},
+                {"command": "UNLOCK", "time": now[0], "nonce": "short"},
+                {"command": "UNLOCK", "time": "now", "nonce": "another-nonce-4"},
+                {"command": "UNLOCK", "time": True, "nonce": "another-nonce-5"},
+                {"command": "UNLOCK", "time": float("nan"), "nonce": "another-nonce-6"},
+                {"command": "SHOUT", "time": now[0], "nonce": "another-nonce-7"}):
+        assert judge(bad) is not None, bad
+    assert judge(ok | {"command": "open", "nonce": "another-nonce-8"}) is None
+    # a nonce is remembered for its window only; by then a replay is stale anyway
+    now[0] += 60
+    assert "stale" in (judge(ok) or "")
+    assert judge(ok | {"time": now[0]}) is None  # same nonce, new time: a new command
+
+
+def test_home_assistants_command_template_makes_fresh_commands() -> None:
+    """Discovery's command_template, rendered as Home Assistant does (a Jinja sandbox, with
+    its now() and as_timestamp()), gives commands the door accepts, each with its own nonce."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment()
+    env.globals |= {"now": lambda: dt.datetime.now(dt.UTC),
+                    "as_timestamp": lambda d: d.timestamp()}
+    cfg = MqttConfig(enabled=True, topic_prefix=PREFIX, remote_unlock=True, ca_file="ca.pem",
+                     username="u", password_file="pw")
+    lock = next(c for t, c in discovery_messages(cfg).items() if "/lock/" in t)
+    assert lock["retain"] is False
+    template = env.from_string(lock["command_template"])
+    check = CommandCheck(cfg.command_max_age_s)
+    payloads = [template.render(value=lock["payload_unlock"]).encode() for _ in range(20)]
+    assert [check.judge(p, retained=False)[2] for p in payloads] == [None] * 20
+    assert len({json.loads(p)["nonce"] for p in payloads}) == 20
+    assert "command_template" not in next(
+        c for t, c in discovery_messages(MqttConfig(enabled=True)).items() if "/lock/" in t)
+
+
+def test_the_inbox_admits_a_few_commands_a_minute_and_sums_up_a_flood() -> None:
+    now = [100.0]
+    inbox = CommandInbox(16, 10, f"{PREFIX}/lock/set", clock=lambda: now[0])
+    admitted = 0
+    for _ in range(100_000):
+        if inbox.admit():
+            admitted += 1
+            inbox.put(RemoteCommand("UNLOCK", "test"))
+    assert admitted == 10 and inbox.dropped == 99_990
+    taken = inbox.take()
+    assert len(taken) == 10 and all(isinstance(i, RemoteCommand) for i in taken)
+    now[0] += FLOOD_QUIET_S
+    (summary,) = inbox.take()
+    assert isinstance(summary, Record) and summary.details is not None
+    assert summary.event == "remote" and summary.details["dropped"] == 99_990
+    assert inbox.take() == []
+    now[0] += 60  # a minute later the rate is there again
+    assert inbox.admit()
+    inbox.put(RemoteCommand("UNLOCK", "test"))
+    (left,) = inbox.take(final=True)  # the daemon stops: counted, never run
+    assert isinstance(left, Record) and left.details and left.details["dropped"] == 1
+
+
+def test_denials_are_published_without_score_or_closest_user_unless_asked() -> None:
+    reason = "liveness: no head motion (parallax 0.012 < 0.03 in 0/2 frames) in 5 s"
+    fields = {"best_score": 0.93, "details": {"closest_user": "lin"}}
+    for details, expected in ((False, None), (True, "lin")):
+        link = MqttLink(MqttConfig(enabled=True, denial_details=details))
+        link.record("deny", "deny", reason, fields)
+        event = json.loads(link.queue.get(0).payload)  # type: ignore[union-attr, arg-type]
+        assert event["event_type"] == "liveness_failure"
+        assert event.get("closest_user") == expected and ("score" in event) == details
+        assert ("parallax" in json.dumps(event)) == details
+        state = json.loads(link.queue.get(0).payload)  # type: ignore[union-attr, arg-type]
+        assert state["last_score"] == (0.93 if details else None)
+
+
+def flood(port: int, certs: Certs | None, payloads: Iterator[bytes], qos: int = 0) -> int:
+    """Publish every payload to the command topic as fast as paho goes; how many."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"flood-{time.time_ns()}")
+    client.username_pw_set(HA_USER, HA_PASSWORD)
+    if certs is not None:
+        client.tls_set(ca_certs=str(certs.ca), certfile=str(certs.client_cert),
+                       keyfile=str(certs.client_key))
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port, 30)
+    client.loop_start()
+    sent = 0
+    try:
+        for payload in payloads:
+            while client.publish(f"{PREFIX}/lock/set", payload, qos=qos).rc != 0:
+                time.sleep(0.001)
+            sent += 1
+        time.sleep(0.5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return sent
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("payload", ["plain", "fresh"])
+def test_a_retained_unlock_opens_neither_at_start_nor_at_a_reconnect(
+        payload: str, tmp_path: Path, examples_dir: Path, door_model: Path,
+        brokers: list[Broker], mock_pins: Any) -> None:
+    """A retained UNLOCK waits at the broker before the door starts: the broker hands it over at
+    the subscription, and again after the broker restarts. Refused and audited both times, even
+    when it is otherwise a fresh command (the time window is wide here, so only the retain flag
+    can refuse it)."""
+    port = free_port()
+    certs = make_certs(tmp_path / "certs")
+    broker = Broker(tmp_path / "broker", port, certs, persistent=True).start()
+    brokers.append(broker)
+    command = b"UNLOCK" if payload == "plain" else fresh_command()
+    assert press_unlock(port, certs, HA_USER, HA_PASSWORD, command, retain=True) == "Success"
+    observer = Observer(port, certs).start()
+    config = still_door(tmp_path, examples_dir, door_model,
+                        mqtt_section(port, tmp_path, certs, remote_unlock=True,
+                                     command_max_age_s=300))
+
+    def refused() -> list[dict[str, Any]]:
+        return [e for e in observer.events() if e["event_type"] == "remote_unlock_refused"]
+
+    with door_running(config, observer) as daemon:
+        assert observer.wait_for(lambda: len(refused()) >= 1, timeout=60)
+        connects = daemon.mqtt.connects if daemon.mqtt else 0
+        broker.stop()  # saves the retained message ...
+        broker.start()  # ... and the door, reconnecting, is handed it again
+        observer.wait_connected()
+        assert observer.wait_for(lambda: len(refused()) >= 2, timeout=60)
+        assert daemon.mqtt is not None and daemon.mqtt.connects > connects
+    rows = audit_rows(config)
+    remote = [r for r in rows if r["event"] == "remote"]
+    assert len(remote) == 2 and all("retained" in r["reason"] for r in remote)
+    assert all("lock/set" in r["details"]["source"] for r in remote)
+    assert not [r for r in rows if r["event"] == "unlock"]
+    assert not any(state for _, state in mock_pins.pin(17).states)
+
+
+@pytest.mark.data
+def test_a_stale_replayed_or_malformed_command_is_refused_and_audited(
+        tmp_path: Path, examples_dir: Path, door_model: Path, brokers: list[Broker],
+        mock_pins: Any) -> None:
+    port = free_port()
+    certs = make_certs(tmp_path / "certs")
+    brokers.append(Broker(tmp_path / "broker", port, certs).start())
+    observer = Observer(port, certs).start()
+    config = still_door(tmp_path, examples_dir, door_model,
+                        mqtt_section(port, tmp_path, certs, remote_unlock=True))
+    pin = mock_pins.pin(17)
+
+    def refusals() -> int:
+        return sum(e["event_type"] == "remote_unlock_refused" for e in observer.events())
+
+    with door_running(config, observer):
+        assert observer.wait_for(lambda: b"online" in observer.on(f"{PREFIX}/availability"))
+        first = fresh_command()
+        assert press_unlock(port, certs, HA_USER, HA_PASSWORD, first) == "Success"
+        assert observer.wait_for(lambda: b"UNLOCKED" in observer.on(f"{PREFIX}/lock/state"))
+        assert observer.wait_for(lambda: observer.on(f"{PREFIX}/lock/state")[-1] == b"LOCKED")
+        time.sleep(1.5)  # past action.cooldown_seconds (1 s): only the nonce can refuse it
+        for payload in (first, fresh_command(age_s=120), fresh_command(age_s=-120),
+                        fresh_command(nonce=None), b"UNLOCK", b"\x00garbage"):
+            assert press_unlock(port, certs, HA_USER, HA_PASSWORD, payload) == "Success"
+        assert observer.wait_for(lambda: refusals() >= 6)
+    rows = audit_rows(config)
+    reasons = [r["reason"] for r in rows if r["event"] == "remote"]
+    assert len(reasons) == 6 and all(r.startswith("remote command refused: ") for r in reasons)
+    for word, reason in zip(("replayed", "stale", "ahead", "nonce", "not a fresh command",
+                             "not a fresh command"), reasons, strict=True):
+        assert word in reason
+    unlocks = [r for r in rows if r["event"] == "unlock"]
+    assert len(unlocks) == 1 and unlocks[0]["reason"] == "remote unlock"
+    assert sum(1 for _, state in pin.states if state) == 1 and pin.state is False
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_a_flood_with_remote_unlock_off_costs_the_door_nothing(
+        clip_door: dict[str, Any], tmp_path: Path, brokers: list[Broker], mock_pins: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """20,000 UNLOCKs while the resident walks up (the replayed clip, in real time): no record
+    of them, the frame loop goes on, systemd's watchdog keeps being pinged, the resident gets in.
+    (Before the fix each one was an audit record written on the frame thread, with no ping.)"""
+    sock_path = tmp_path / "notify.sock"
+    if len(str(sock_path)) > 100:
+        pytest.skip(f"tmp path too long for AF_UNIX: {sock_path}")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.settimeout(0.2)
+    pings: list[float] = []
+    done = threading.Event()
+
+    def listen() -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                if b"WATCHDOG=1" in listener.recv(4096):
+                    pings.append(time.monotonic())
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # a ping a second
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    port = free_port()
+    broker = Broker(tmp_path / "broker", port).start()
+    brokers.append(broker)
+    observer = Observer(port).start()
+    observer.wait_connected()
+    config = clip_config(clip_door, mqtt=mqtt_section(port, tmp_path),
+                         service={"watchdog": True})
+    daemon, thread = start_daemon(config)
+    try:
+        assert observer.wait_for(lambda: b"online" in observer.on(f"{PREFIX}/availability"),
+                                 timeout=60)
+        flood_start = time.monotonic()
+        assert flood(port, None, (b"UNLOCK" for _ in range(20_000))) == 20_000
+        flood_end = time.monotonic()
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+    finally:
+        daemon.stop()
+        done.set()
+        reader.join(5)
+        listener.close()
+        observer.stop()
+    rows = audit_rows(config)
+    assert not [r for r in rows if r["event"] == "remote"]
+    assert [r["user"] for r in rows if r["event"] == "unlock"][:1] == ["lin"]
+    assert broker.subscriptions("test_door") == []
+    assert daemon.mqtt is not None and daemon.mqtt.unsolicited == 0
+    # frames were handled and the watchdog pinged while the flood went on, and after it
+    assert [t for t in daemon.seen if flood_start <= t <= flood_end + 1.0]
+    assert [t for t in pings if t > flood_start] and pings[-1] > flood_end
+
+
+@pytest.mark.data
+def test_a_flood_with_remote_unlock_on_opens_once_per_cooldown_in_a_few_records(
+        tmp_path: Path, examples_dir: Path, door_model: Path, brokers: list[Broker],
+        mock_pins: Any) -> None:
+    """3,000 valid commands (each fresh, each its own nonce) within seconds: one pulse for the
+    cooldown (30 s here), at most commands_per_minute records of them, one summary of the rest.
+    (Before the fix: an unlock record for nearly every command, and a pulse per cooldown.)"""
+    port = free_port()
+    certs = make_certs(tmp_path / "certs")
+    brokers.append(Broker(tmp_path / "broker", port, certs).start())
+    observer = Observer(port, certs).start()
+    config = still_door(tmp_path, examples_dir, door_model,
+                        mqtt_section(port, tmp_path, certs, remote_unlock=True),
+                        action={"cooldown_seconds": 30.0})
+    per_minute = MqttConfig().commands_per_minute
+    pin = mock_pins.pin(17)
+
+    def summaries() -> list[dict[str, Any]]:
+        return [e for e in observer.events() if "dropped unread" in e.get("reason", "")]
+
+    with door_running(config, observer) as daemon:
+        assert observer.wait_for(lambda: b"online" in observer.on(f"{PREFIX}/availability"))
+        assert flood(port, certs, (fresh_command() for _ in range(3_000))) == 3_000
+        assert observer.wait_for(lambda: bool(summaries()), timeout=60)
+        assert daemon.mqtt is not None
+        dropped = daemon.mqtt.commands.dropped
+    rows = audit_rows(config)
+    unlocks = [r for r in rows if r["event"] == "unlock"]
+    remote = [r for r in rows if r["event"] == "remote"]
+    summary = [r for r in remote if "dropped unread" in r["reason"]]
+    assert len(unlocks) == 1 and sum(1 for _, state in pin.states if state) == 1
+    assert len(summary) == 1 and summary[0]["details"]["dropped"] == dropped > 2_000
+    cooldown = [r for r in remote if "cooldown" in r["reason"]]
+    assert len(unlocks) + len(cooldown) == per_minute == len(remote) - 1 + len(unlocks)
+    assert len(rows) <= per_minute + 4  # start, the commands, one summary, stop
+
+
+@pytest.mark.data
+def test_a_liveness_failure_is_published_without_score_closest_user_or_parallax(
+        tmp_path: Path, examples_dir: Path, door_model: Path, brokers: list[Broker],
+        mock_pins: Any) -> None:
+    """A still photo of the resident fails liveness: the audit log has the score, the closest
+    resident and the parallax; MQTT (denial_details off, the default) says only that it failed."""
+    port = free_port()
+    brokers.append(Broker(tmp_path / "broker", port).start())
+    observer = Observer(port).start()
+    observer.wait_connected()
+    gallery = tmp_path / "gallery.json"
+    enrol_miranda(door_model, examples_dir, gallery)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    photo = cv2.imread(str(examples_dir / "lin-manuel-miranda.png"))
+    rng = np.random.default_rng(20)
+    for i in range(100):  # 7 s of a photo held up (a camera's noise, a hand's small shifts):
+        # past liveness.timeout_seconds (5 s); then nobody
+        shift = np.float32([[1, 0, rng.uniform(-2, 2)], [0, 1, rng.uniform(-2, 2)]])
+        held = cv2.warpAffine(photo, shift, photo.shape[1::-1], borderMode=cv2.BORDER_REPLICATE)
+        noisy = np.clip(held + rng.normal(0, 2, held.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(frames / f"{i:03d}.png"), noisy if i < 70 else np.full_like(photo, 128))
+    config = write_config(tmp_path / "config.yaml", tmp_path / "state", door_model, gallery,
+                          str(frames / "*.png"),
+                          camera={"type": "replay", "source": str(frames / "*.png"), "fps": 10,
+                                  "realtime": True},
+                          mqtt=mqtt_section(port, tmp_path), liveness={"mode": "motion"})
+    _daemon, thread = start_daemon(config)
+    thread.join(90)
+    assert observer.wait_for(lambda: b"offline" in observer.on(f"{PREFIX}/availability"))
+    observer.stop()
+    rows = audit_rows(config)
+    failures = [r for r in rows if r["event"] == "deny" and r["reason"].startswith("liveness")]
+    assert failures and not [r for r in rows if r["event"] == "unlock"], [r["reason"] for r in rows]
+    assert "parallax" in failures[0]["reason"] and failures[0]["best_score"] > 0
+    assert failures[0]["details"]["closest_user"] == "lin"
+    published = [e for e in observer.events() if e["event_type"] == "liveness_failure"]
+    assert len(published) == len(failures)
+    for event in published:
+        assert event["reason"] == "liveness check failed"
+        assert not {"closest_user", "score", "user"} & set(event)
+    raw = b"".join(observer.on(f"{PREFIX}/event") + observer.on(f"{PREFIX}/state"))
+    assert b"parallax" not in raw and b'"lin"' not in raw

@@ -689,8 +689,19 @@ class MqttConfig(_Section):
         False, description="publish a JPEG of each denied attempt (personal data: off unless "
         "the broker and everyone who can subscribe are trusted)")
     remote_unlock: bool = Field(
-        False, description="accept UNLOCK on PREFIX/lock/set; needs TLS (ca_file) and a "
-        "username with password_file; audited with its source, refused during a lockout")
+        False, description="subscribe to PREFIX/lock/set and accept fresh unlock commands on it; "
+        "needs TLS (ca_file) and a username with password_file; audited with its source, "
+        "refused during a lockout and the cooldown. Off: the door does not subscribe at all")
+    command_max_age_s: float = Field(
+        30.0, ge=1, le=300, description="a remote command's time may differ from the door's "
+        "clock by at most this many seconds; older, newer, retained or replayed (same nonce) "
+        "commands are refused and audited")
+    commands_per_minute: int = Field(
+        10, ge=1, le=600, description="commands on PREFIX/lock/set read per minute at most; "
+        "the rest are dropped unread and audited as one summary record per flood")
+    denial_details: bool = Field(
+        False, description="publish refused attempts with their score, closest resident and "
+        "liveness measurements (an oracle for tuning an attack; the audit log always has them)")
 
     @field_validator("password_file")
     @classmethod

@@ -151,7 +151,8 @@ class DoorMachine:
 
     def remote(self, now: float, source: str, allowed: bool) -> list[Command]:
         """An unlock asked for over MQTT (Home Assistant's lock entity). Refused unless
-        ``allowed`` (``mqtt.remote_unlock``) and refused during a lockout."""
+        ``allowed`` (``mqtt.remote_unlock``), during a lockout and during the cooldown (a flood
+        of commands must not pulse the relay over and over)."""
         details = {"source": source}
         if not allowed:
             logger.warning("remote unlock refused (disabled): %s", source)
@@ -160,6 +161,11 @@ class DoorMachine:
         if self.lockout.locked(now):
             return [Record("remote", "deny", "remote unlock refused: locked out after repeated "
                            "failures", details=details | {"locked_until_s": self.lockout.until - now})]
+        if now < self.cooldown_until:  # one pulse per cooldown, as for a face
+            return [Record("remote", "deny", "remote unlock refused: the door opened less than "
+                           "action.cooldown_seconds ago",
+                           details=details | {"cooldown_left_s": round(self.cooldown_until - now,
+                                                                       3)})]
         self._start_cooldown(now, "remote unlock")
         logger.warning("door opening remotely: %s", source)
         return [Unlock("remote", Record("unlock", "unlock", "remote unlock", details=details))]

@@ -15,8 +15,19 @@ Topics under ``mqtt.topic_prefix`` (P)::
                      fault, camera_lost, camera_back, reload, remote_unlock_refused, ...
     P/state          JSON (retained): lock, last_user, last_score, last_event, fps, camera, dropped
     P/lock/state     "LOCKED" / "UNLOCKED" (retained): the relay, as Home Assistant's lock shows it
-    P/lock/set       commands from Home Assistant: UNLOCK / OPEN (remote unlock), LOCK
+    P/lock/set       commands from Home Assistant (subscribed only with mqtt.remote_unlock):
+                     {"command": "UNLOCK"|"OPEN"|"LOCK", "time": UNIX_SECONDS, "nonce": TEXT}
     P/snapshot       JPEG of a denied attempt (only with mqtt.snapshots: personal data)
+
+A command must be fresh: never a retained message (the broker would hand it over again at every
+restart and reconnect), dated within ``mqtt.command_max_age_s`` of the door's clock, and with a
+nonce not seen within that window (a replay). Anything else is refused and audited. Commands
+reach the frame loop through a small bounded inbox, at most ``mqtt.commands_per_minute`` of
+them; the rest are dropped unread and written as one summary record per flood, so whoever can
+publish to the topic can neither fill the audit log nor stall the frame loop.
+
+Refused attempts are published without their score, closest resident or liveness measurements
+(an oracle for tuning an attack) unless ``mqtt.denial_details`` is on; the audit log keeps them.
 
 Discovery configs go to ``<discovery_prefix>/<component>/<client_id>/<object>/config``
 (retained): a lock, an event entity, sensors for the last user, last score and frame rate, and an
@@ -28,6 +39,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
+import re
 import stat
 import threading
 import time
@@ -41,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError
+from .machine import Record
 
 if TYPE_CHECKING:
     from ..config.schema import MqttConfig
@@ -55,6 +69,22 @@ LOCKED, UNLOCKED = "LOCKED", "UNLOCKED"
 UNLOCK_COMMANDS = ("UNLOCK", "OPEN")
 #: how long close() waits for queued messages and the "offline" message, seconds
 CLOSE_FLUSH_S = 2.0
+#: the longest command payload read; a fresh JSON command is about 100 bytes
+MAX_COMMAND_BYTES = 512
+#: commands waiting for the frame loop; more are dropped (counted) until it takes them
+INBOX_SIZE = 16
+#: a flood's summary is written once the flood has been quiet this long, seconds ...
+FLOOD_QUIET_S = 5.0
+#: ... or, while it goes on, once per this many seconds
+FLOOD_REPORT_S = 60.0
+#: what a nonce may look like (a uuid, random hex, a time with a random suffix)
+NONCE = re.compile(r"^[A-Za-z0-9_.:+-]{8,128}$")
+#: what Home Assistant's lock entity sends (discovery's command_template): the command, the
+#: time and a nonce that is new each time (Jinja's sandbox caps range() at 100,000)
+HA_COMMAND_TEMPLATE = ('{"command": "{{ value }}", "time": {{ as_timestamp(now()) }}, '
+                       '"nonce": "{{ as_timestamp(now()) }}-{{ range(100000) | random }}"}')
+#: the reason a refused attempt is published with (without mqtt.denial_details)
+PLAIN_REASONS = {"denied": "not verified", "liveness_failure": "liveness check failed"}
 VERSION = "0.1.0"
 
 Payload = bytes | Callable[[], bytes]
@@ -129,17 +159,154 @@ class OutQueue:
             return len(self._items)
 
 
+@dataclass(frozen=True)
+class RemoteCommand:
+    """A fresh unlock command, for the door to decide on (lockout, cooldown, remote_unlock)."""
+
+    command: str
+    source: str
+
+
+class CommandCheck:
+    """Whether a command payload is fresh: JSON ``{"command", "time", "nonce"}``, dated within
+    ``max_age_s`` of the door's clock either way, its nonce unseen within that window.
+
+    Why both: a time alone lets a copy be replayed for ``max_age_s``; a nonce alone needs every
+    nonce remembered for ever. Together the door remembers one window's nonces only (a replay
+    of an older one is stale). ``clock`` is the wall clock (the sender's time is wall time).
+    """
+
+    def __init__(self, max_age_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._seen: dict[str, float] = {}  # nonce -> when it may be forgotten
+
+    def judge(self, payload: bytes, retained: bool) -> tuple[str, str, str | None]:
+        """(command, nonce, why it is refused, or None when it is a fresh command)."""
+        if retained:
+            return "", "", ("a retained message (the broker hands it over again at every "
+                            "restart and reconnect; a command must never be retained)")
+        if len(payload) > MAX_COMMAND_BYTES:
+            return "", "", f"{len(payload)} bytes, more than a command's {MAX_COMMAND_BYTES}"
+        try:
+            data = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            data = None
+        if not isinstance(data, dict):
+            return "", "", ('not a fresh command: send JSON {"command": "UNLOCK", "time": '
+                            'UNIX_SECONDS, "nonce": NEW_RANDOM_TEXT}')
+        command, sent, nonce = data.get("command"), data.get("time"), data.get("nonce")
+        if not isinstance(command, str) or command.upper() not in (*UNLOCK_COMMANDS, "LOCK"):
+            return "", "", "no command (UNLOCK, OPEN or LOCK) in it"
+        command = command.upper()
+        if not isinstance(nonce, str) or not NONCE.match(nonce):
+            return command, "", "no nonce (8-128 letters, digits or . _ : + -)"
+        if isinstance(sent, bool) or not isinstance(sent, int | float) or \
+                not math.isfinite(sent):
+            return command, nonce, "no time (UNIX seconds)"
+        now = self._clock()
+        age = now - float(sent)
+        if age > self.max_age_s:
+            return command, nonce, (f"stale: sent {age:.0f} s ago, more than "
+                                    f"mqtt.command_max_age_s ({self.max_age_s:g} s)")
+        if -age > self.max_age_s:
+            return command, nonce, (f"dated {-age:.0f} s ahead of the door's clock (more than "
+                                    f"{self.max_age_s:g} s): is either clock wrong?")
+        for old in [n for n, until in self._seen.items() if until < now]:
+            del self._seen[old]
+        if nonce in self._seen:
+            return command, nonce, "replayed: this nonce was already used"
+        self._seen[nonce] = float(sent) + self.max_age_s + 1.0
+        return command, nonce, None
+
+
+class CommandInbox:
+    """Commands from the MQTT thread to the frame loop: at most ``size`` waiting and at most
+    ``per_minute`` admitted in any 60 s. The rest are dropped unread, counted, and reported as
+    one record once the flood has been quiet ``FLOOD_QUIET_S`` (or once a ``FLOOD_REPORT_S``
+    while it goes on), so a flood costs the frame loop a few records, not one per message."""
+
+    def __init__(self, size: int, per_minute: int, topic: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.size, self.per_minute, self.topic = size, per_minute, topic
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._items: deque[Record | RemoteCommand] = deque()
+        self._admitted: deque[float] = deque()  # admission times within the last minute
+        self.dropped = 0  # in all
+        self._unreported = 0
+        self._first_drop = self._last_drop = 0.0
+
+    def admit(self) -> bool:
+        """May one more message be read? False (counted as dropped) during a flood."""
+        now = self._clock()
+        with self._lock:
+            while self._admitted and now - self._admitted[0] >= 60.0:
+                self._admitted.popleft()
+            if len(self._items) >= self.size or len(self._admitted) >= self.per_minute:
+                self.dropped += 1
+                if not self._unreported:
+                    self._first_drop = now
+                    logger.warning("mqtt: commands on %s are flooding in (more than %d a "
+                                   "minute); dropping them unread", self.topic, self.per_minute)
+                self._unreported += 1
+                self._last_drop = now
+                return False
+            self._admitted.append(now)
+            return True
+
+    def put(self, item: Record | RemoteCommand) -> None:
+        with self._lock:
+            self._items.append(item)
+
+    def take(self, final: bool = False) -> list[Record | RemoteCommand]:
+        """What the frame loop does next: refusals to record, fresh commands to decide on, and
+        a flood's summary when it is due (``final``: now, and no command is handed over)."""
+        now = self._clock()
+        with self._lock:
+            items: list[Record | RemoteCommand] = list(self._items)
+            self._items.clear()
+            if final:  # the daemon stops: commands left are counted with the flood, not run
+                kept = [i for i in items if isinstance(i, Record)]
+                left = len(items) - len(kept)
+                if left:
+                    if not self._unreported:
+                        self._first_drop = now
+                    self._unreported += left
+                    self._last_drop = now
+                items = list(kept)
+            due = self._unreported and (final or now - self._last_drop >= FLOOD_QUIET_S
+                                        or now - self._first_drop >= FLOOD_REPORT_S)
+            if due:
+                count, span = self._unreported, self._last_drop - self._first_drop
+                self._unreported = 0
+                items.append(Record(
+                    "remote", "deny", f"{count} MQTT command(s) on {self.topic} dropped unread: "
+                    f"more than {self.per_minute} a minute or {self.size} waiting (a flood?)",
+                    details={"dropped": count, "seconds": round(span, 1),
+                             "dropped_total": self.dropped}))
+        return items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
 class MqttLink:
     """The door's MQTT client. Every public method returns at once and never raises."""
 
-    def __init__(self, cfg: MqttConfig,
-                 on_command: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, cfg: MqttConfig) -> None:
         import paho.mqtt.client as mqtt
 
         self.cfg = cfg
-        self.on_command = on_command
         self.prefix = cfg.topic_prefix
         self.queue = OutQueue(cfg.queue_size)
+        #: what came in on the command topic, for the frame loop (Daemon._handle_remote)
+        self.commands = CommandInbox(INBOX_SIZE, cfg.commands_per_minute,
+                                     self.topic("lock/set"))
+        self._check = CommandCheck(cfg.command_max_age_s)
+        #: messages that arrived although the door never subscribed (remote unlock off)
+        self.unsolicited = 0
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._seq = itertools.count(1)
@@ -172,13 +339,12 @@ class MqttLink:
     # -- life cycle ------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, cfg: MqttConfig,
-                    on_command: Callable[[str, str], None] | None = None) -> MqttLink | None:
+    def from_config(cls, cfg: MqttConfig) -> MqttLink | None:
         """A started link, or None when MQTT is off. A bad TLS/password file is a ConfigError."""
         if not cfg.enabled:
             return None
         try:
-            link = cls(cfg, on_command)
+            link = cls(cfg)
         except (OSError, ValueError) as exc:  # ssl errors are OSError; paho raises ValueError
             if isinstance(exc, ConfigError):
                 raise
@@ -217,6 +383,21 @@ class MqttLink:
 
     def topic(self, name: str) -> str:
         return f"{self.prefix}/{name}"
+
+    def record(self, event: str, decision: str, reason: str, fields: dict[str, Any]) -> None:
+        """One committed audit record as an event. A refused attempt goes without its score,
+        closest resident and reason's measurements unless ``mqtt.denial_details``: they tell
+        whoever may subscribe how near an attack came. The audit log keeps them all."""
+        kind = event_type(event, reason)
+        details = fields.get("details") or {}
+        published: dict[str, Any] = {
+            "decision": decision, "reason": reason, "user": fields.get("user"),
+            "score": fields.get("best_score"), "closest_user": details.get("closest_user"),
+            "source": details.get("source"), "frame": fields.get("frame")}
+        if kind in PLAIN_REASONS and not self.cfg.denial_details:
+            published |= {"reason": PLAIN_REASONS[kind], "user": None, "score": None,
+                          "closest_user": None}
+        self.event(kind, **published)
 
     def event(self, kind: str, **fields: Any) -> None:
         """Queue one decision event; updates the last user/score state it implies."""
@@ -287,7 +468,8 @@ class MqttLink:
             return
         self.connects += 1
         logger.info("mqtt: connected to %s:%d", self.cfg.host, self.cfg.port)
-        client.subscribe(self.topic("lock/set"), qos=1)
+        if self.cfg.remote_unlock:  # otherwise nobody's message on it can reach the door
+            client.subscribe(self.topic("lock/set"), qos=1)
         if self.cfg.discovery:
             for topic, config in discovery_messages(self.cfg).items():
                 client.publish(topic, _json(config), qos=1, retain=True)
@@ -313,15 +495,33 @@ class MqttLink:
             self._acked_cond.notify_all()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        command = bytes(message.payload[:32]).decode("utf-8", "replace").strip().upper()
-        source = (f"mqtt {message.topic} via {self.cfg.username or 'anonymous'}@"
-                  f"{self.cfg.host}:{self.cfg.port}{' (TLS)' if self.cfg.ca_file else ''}")
-        logger.info("mqtt: command %r on %s", command, message.topic)
-        if self.on_command is not None:
-            try:
-                self.on_command(command, source)
-            except Exception:
-                logger.exception("mqtt: command handler failed")
+        """paho's network thread: judge the command and leave it in the inbox (never more than
+        the inbox admits: a flood is counted, not read)."""
+        try:
+            if not self.cfg.remote_unlock or message.topic != self.topic("lock/set"):
+                self.unsolicited += 1
+                if self.unsolicited in (1, 100) or self.unsolicited % 10_000 == 0:
+                    logger.warning("mqtt: %d message(s) the door did not subscribe to (last on "
+                                   "%s); ignored", self.unsolicited, message.topic)
+                return
+            if not self.commands.admit():
+                return
+            source = (f"mqtt {message.topic} via {self.cfg.username or 'anonymous'}@"
+                      f"{self.cfg.host}:{self.cfg.port}{' (TLS)' if self.cfg.ca_file else ''}")
+            command, nonce, refused = self._check.judge(bytes(message.payload),
+                                                        bool(message.retain))
+            if refused is not None:
+                logger.warning("mqtt: command refused (%s): %s", source, refused)
+                details = {"source": source} | ({"nonce": nonce} if nonce else {})
+                self.commands.put(Record("remote", "deny", f"remote command refused: {refused}",
+                                         details=details | {"command": command or None}))
+            elif command in UNLOCK_COMMANDS:
+                logger.info("mqtt: fresh %s command (%s)", command, source)
+                self.commands.put(RemoteCommand(command, source))
+            else:
+                logger.info("mqtt: %s ignored: the door locks by itself", command)
+        except Exception:  # the network thread must go on
+            logger.exception("mqtt: command not handled")
 
     def _send_loop(self) -> None:
         """Publish queued messages in order, each acknowledged before the next."""
@@ -364,7 +564,8 @@ def discovery_messages(cfg: MqttConfig) -> dict[str, dict[str, Any]]:
             "state_topic": f"{prefix}/lock/state", "command_topic": f"{prefix}/lock/set",
             "payload_lock": "LOCK", "payload_unlock": "UNLOCK", "payload_open": "OPEN",
             "state_locked": LOCKED, "state_unlocked": UNLOCKED, "optimistic": False,
-        },
+        } | ({"command_template": HA_COMMAND_TEMPLATE, "retain": False}
+             if cfg.remote_unlock else {}),
         topic("event", "face"): common | {
             "name": "Face", "unique_id": f"{node}_face",
             "state_topic": f"{prefix}/event", "event_types": list(EVENT_TYPES),

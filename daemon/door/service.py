@@ -14,7 +14,6 @@ import errno
 import fcntl
 import logging
 import os
-import queue
 import shutil
 import signal
 import stat
@@ -48,7 +47,7 @@ from ..storage.audit import AuditLog, SnapshotStore, boot_clock, seconds_since
 from ..storage.private_db import make_private_dirs
 from .actions import Action, build_action
 from .machine import Command, DoorMachine, DoorSettings, Record, Unlock
-from .mqtt import UNLOCK_COMMANDS, MqttLink, event_type
+from .mqtt import MqttLink
 from .notify import Notifier, watchdog_interval
 
 logger = logging.getLogger(__name__)
@@ -538,8 +537,7 @@ class Daemon:
             self.audit: AuditLog | UnavailableAudit = _open_audit(self.cfg)
             self.records = GuardedAudit(self.audit, self._audit_failed)
             self._audit_error: str | None = None
-            # MQTT: events out (never waited on), remote unlock requests in (handled here)
-            self._remote_requests: queue.SimpleQueue[str] = queue.SimpleQueue()
+            # MQTT: events out (never waited on), remote unlock requests in (_handle_remote)
             self._camera_down = False
             self.mqtt = self._start_mqtt(self.cfg)
             self.records.listener = self._publish_record
@@ -571,7 +569,7 @@ class Daemon:
     def _start_mqtt(self, cfg: Config) -> MqttLink | None:
         """The MQTT link, or None (off, or its files unusable: the door runs without it)."""
         try:
-            return MqttLink.from_config(cfg.mqtt, self._remote_command)
+            return MqttLink.from_config(cfg.mqtt)
         except TwinLockError as exc:
             logger.error("mqtt not started, the door runs without it: %s", exc)
             self.records.record("fault", "deny", f"mqtt not started: {exc}")
@@ -692,28 +690,22 @@ class Daemon:
         """Every audit record, as an MQTT event (after it is committed: the log comes first)."""
         if self.mqtt is None:
             return
-        kind = event_type(event, reason)
-        details = fields.get("details") or {}
-        self.mqtt.event(kind, decision=decision, reason=reason, user=fields.get("user"),
-                        score=fields.get("best_score"), closest_user=details.get("closest_user"),
-                        source=details.get("source"), frame=fields.get("frame"))
+        self.mqtt.record(event, decision, reason, fields)
         image = getattr(self, "last_image", None)
         if event == "deny" and image is not None:
             self.mqtt.snapshot(image)
 
-    def _remote_command(self, command: str, source: str) -> None:
-        """From the MQTT thread: hand an unlock request to the frame loop, which decides."""
-        if command in UNLOCK_COMMANDS:
-            self._remote_requests.put(source)
-
-    def _handle_remote(self) -> None:
-        while True:
-            try:
-                source = self._remote_requests.get_nowait()
-            except queue.Empty:
-                return
-            self.carry_out(self.door.remote(time.monotonic(), source,
-                                            self.cfg.mqtt.remote_unlock))
+    def _handle_remote(self, final: bool = False) -> None:
+        """What came in over MQTT since the last frame: a bounded, rate-limited few refusals to
+        record and fresh commands for the door to decide on (a flood is one summary record)."""
+        if self.mqtt is None:
+            return
+        for item in self.mqtt.commands.take(final):
+            if isinstance(item, Record):
+                self.carry_out([item])
+            else:
+                self.carry_out(self.door.remote(time.monotonic(), item.source,
+                                                self.cfg.mqtt.remote_unlock))
 
     def _wait(self, seconds: float) -> None:
         """The camera's backoff wait: stays responsive to stop and keeps the watchdog fed
@@ -832,6 +824,7 @@ class Daemon:
             self.action.close()
         finally:
             self.carry_out(self.door.finish())
+            self._handle_remote(final=True)  # refusals and a flood's count, never an unlock
             self.camera.close()
             self.records.record("stop", "ignore", "twinlockd stopped")
             self.audit.close()
