@@ -6,7 +6,9 @@ such as ``median_ms`` or ``environment.load_average`` must mean the same thing i
 once here, a fix reaches all of them.
 
 The scripts run as ``python benchmarks/X.py``; each puts this folder on ``sys.path`` before
-importing this module, so that works from any working directory.
+importing this module, so that works from any working directory, and imports it whole
+(``import _common as common``; ``common.timing(...)``), so a script's header does not repeat a
+list of names that every other script repeats too.
 """
 
 from __future__ import annotations

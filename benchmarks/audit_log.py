@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, from any working directory
-from _common import add_json_option, environment, make_parser
-from _common import main as run_main
+import _common as common
 
 from twinlock.daemon.storage.audit import AuditLog
 
@@ -116,20 +115,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["modes"][name] = {"skipped": f"this tree's log has no {' '.join(extra)}"}
                 continue
             report["modes"][name] = run_log(db, extra, env, args.timeout)
-    report["environment"] = environment()
+    report["environment"] = common.environment()
     return report
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = make_parser(__doc__)
+    parser = common.make_parser(__doc__)
     parser.add_argument("--rows", type=int, default=3_000_000, help="records (default 3,000,000)")
     parser.add_argument("--db", type=Path, help="an audit log to reuse (made if missing)")
     parser.add_argument("--pythonpath", type=Path, help="run the children on this tree")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="seconds per child before it is killed (default 900)")
-    add_json_option(parser)
+    common.add_json_option(parser)
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(parse_args, run))
+    sys.exit(common.main(parse_args, run))

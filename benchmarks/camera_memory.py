@@ -29,15 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, from any working directory
-from _common import (
-    add_json_option,
-    add_model_option,
-    data_root,
-    environment,
-    make_parser,
-    report_header,
-)
-from _common import main as run_main
+import _common as common
 
 from daemon import child_env, child_report, load_test_helpers, prepare_door, run_child
 
@@ -66,7 +58,7 @@ def make_4k_clip(clip: Path, out: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    root = data_root(args.data)
+    root = common.data_root(args.data)
     helpers = load_test_helpers()
     examples = root / "face_recognition_examples"
     started = time.perf_counter()
@@ -87,7 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result = child_report(child, door.db, helpers.MIRANDA_FRAMES)
     memory = result["memory"]
     return {
-        **report_header("camera_memory", root),
+        **common.report_header("camera_memory", root),
         "clip": f"short_hamilton_clip.mp4 upscaled to {SIZE_4K[0]}x{SIZE_4K[1]}"
                 + (f" ({args.clip})" if args.clip else ""),
         "camera_max_side": args.max_side or "not set (the tree's default)",
@@ -98,14 +90,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "under_memory_max": memory.get("peak_rss_mb", 1e9) < MEMORY_MAX_MB,
         "unlock_frames": result["audit"].get("unlock_frames"),
         "run": result,
-        "environment": environment(),
+        "environment": common.environment(),
         "wall_s": round(time.perf_counter() - started, 1),
     }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = make_parser(__doc__)
-    add_model_option(parser)
+    parser = common.make_parser(__doc__)
+    common.add_model_option(parser)
     parser.add_argument("--clip", type=Path, help="a 4K clip made before (default: make one)")
     parser.add_argument("--max-side", type=int, default=0,
                         help="camera.max_side for the run (default: leave it out)")
@@ -113,9 +105,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="pace the replay at the clip's rate (max_fps 15) instead of unpaced")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds before the child is stopped (default 600)")
-    add_json_option(parser)
+    common.add_json_option(parser)
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(parse_args, run))
+    sys.exit(common.main(parse_args, run))

@@ -25,9 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _common as common
 import numpy as np
-from _common import data_root, make_parser, report_header
-from _common import main as run_main
 
 #: dlib's 5-point chip template (get_face_chip_details), in [0, 1] of a padding-0 chip
 DLIB_5PT = np.array([[0.8596, 0.2135], [0.6461, 0.2290], [0.1206, 0.2137],
@@ -39,7 +38,7 @@ MEAN_SHAPE = np.array([[47.55, 46.60], [100.48, 46.60], [74.01, 76.56], [74.01, 
 
 
 def parse_args(argv: Any) -> Any:
-    parser = make_parser(__doc__)
+    parser = common.make_parser(__doc__)
     parser.add_argument("--limit", type=int, default=400, help="LFW images to use")
     parser.add_argument("--holdout-pairs", type=Path,
                         help="pairs file whose people are left out (your held-out people)")
@@ -60,7 +59,7 @@ def measure(args: Any) -> dict[str, Any]:
     from twinlock.trainer.training.dlib_resnet import CHIP_SIZE, dlib_resnet_tower, weights_file
     from twinlock.trainer.training.prepare import pairs_identities
 
-    lfw = data_root(args.data) / "lfw" / "lfw-deepfunneled"
+    lfw = common.data_root(args.data) / "lfw" / "lfw-deepfunneled"
     held = pairs_identities(args.holdout_pairs) if args.holdout_pairs else set()
     people = sorted(p for p in lfw.iterdir() if p.is_dir() and p.name not in held)
     rng = np.random.default_rng(0)
@@ -127,8 +126,8 @@ def measure(args: Any) -> dict[str, Any]:
 
 def main(argv: Any = None) -> int:
     def run(args: Any) -> dict[str, Any]:
-        return report_header("chip", data_root(args.data)) | measure(args)
-    return run_main(parse_args, run, argv)
+        return common.report_header("chip", common.data_root(args.data)) | measure(args)
+    return common.main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

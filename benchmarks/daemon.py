@@ -54,17 +54,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, from any working directory
-from _common import (
-    REPO,
-    add_json_option,
-    add_model_option,
-    data_root,
-    environment,
-    make_parser,
-    report_header,
-    timing,
-)
-from _common import main as run_main
+import _common as common
 
 from twinlock.daemon.storage.audit import AuditLog
 
@@ -93,7 +83,7 @@ VERIFIED = re.compile(r"DEBUG .*: frame \d+: .*, verified (?!None\b)")
 def load_test_helpers() -> Any:
     """``tests/daemon_helpers``: the tests' own enrolment and config writer, so the benchmark
     runs the door exactly as the end-to-end tests do."""
-    tests = str(REPO / "tests")
+    tests = str(common.REPO / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
     import daemon_helpers
@@ -300,8 +290,8 @@ def in_process(config: Path, db: Path, performer_frames: range) -> dict[str, Any
         "frames_read": frames_read,
         "frames_processed": len(processed),
         "frames_skipped_by_max_fps": frames_read - len(processed),
-        "process_per_frame": timing(processed, extreme="max"),
-        "camera_read_per_frame": timing(read_seconds[:-1] if read_seconds else [],
+        "process_per_frame": common.timing(processed, extreme="max"),
+        "camera_read_per_frame": common.timing(read_seconds[:-1] if read_seconds else [],
                                         extreme="max"),
         "processed_per_s": round(len(processed) / sum(processed), 1) if processed else None,
         "audit": audit_report(db, performer_frames),
@@ -367,7 +357,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from twinlock.daemon.recognition.model import read_metadata
 
     RSS_TARGET_MB = RSS_TARGETS_MB.get(read_metadata(args.model).architecture, RSS_TARGET_MB)
-    root = data_root(args.data)
+    root = common.data_root(args.data)
     examples = root / EXAMPLES_SUBDIR
     helpers = load_test_helpers()
     clip = examples / helpers.CLIP
@@ -376,7 +366,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     performer = helpers.MIRANDA_FRAMES
     started = time.perf_counter()
     report: dict[str, Any] = {
-        **report_header("daemon", root),
+        **common.report_header("daemon", root),
         "clip": str(clip.name),
         "model": str(args.model),
         "action": f"{args.action}" + (" (gpiozero MockFactory)" if args.action == "gpio" else ""),
@@ -432,7 +422,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "met": camera_like is not None and camera_like <= RSS_TARGET_MB,
         "measured_as": "VmHWM of the child replaying the clip's frames as JPEG files",
     }
-    report["environment"] = environment()
+    report["environment"] = common.environment()
     report["wall_s"] = round(time.perf_counter() - started, 1)
     return report
 
@@ -455,8 +445,8 @@ def extract_frames(clip: Path, folder: Path) -> Path:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = make_parser(__doc__)
-    add_model_option(parser)
+    parser = common.make_parser(__doc__)
+    common.add_model_option(parser)
     parser.add_argument("--action", choices=("gpio", "log"), default="gpio",
                         help="relay action: gpio on gpiozero's mock pins (default) or log")
     parser.add_argument("--realtime-fps", type=fps_list, default=(15.0, 30.0),
@@ -468,7 +458,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="seconds before a child is stopped with SIGTERM (default 300)")
     parser.add_argument("--skip-in-process", action="store_true",
                         help="no in-process run with per-frame timing")
-    add_json_option(parser)
+    common.add_json_option(parser)
     return parser.parse_args(argv)
 
 
@@ -484,7 +474,7 @@ def fps_list(text: str) -> tuple[float, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(parse_args, run, argv)
+    return common.main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -34,19 +34,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, from any working directory
-from _common import (
-    FRAME_SIZE,
-    VIDEO_SUBPATH,
-    add_json_option,
-    data_root,
-    environment,
-    make_parser,
-    progress,
-    report_header,
-    timing,
-    warm_up,
-)
-from _common import main as run_main
+import _common as common
 
 from twinlock.daemon.faces.align import align_face
 from twinlock.daemon.faces.images import load_image
@@ -142,7 +130,7 @@ def build_detectors(root: Path, threads: int, threshold: float | None) -> dict[s
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    root = data_root(args.data)
+    root = common.data_root(args.data)
     cv2.setNumThreads(args.threads)  # YuNet runs in OpenCV's pool; resizes too
     started = time.perf_counter()
     paths = lfw_images(root, args.limit, args.seed)
@@ -151,11 +139,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # (a) LFW: counts and time per detection; detectors interleaved per image so machine noise
     # hits all of them alike
     first = load_image(paths[0])
-    warm_up([partial(d.detect, first) for d in detectors.values()], WARMUP_CALLS)
+    common.warm_up([partial(d.detect, first) for d in detectors.values()], WARMUP_CALLS)
     lfw_counts: dict[str, list[int]] = {name: [] for name in detectors}
     lfw_times: dict[str, list[float]] = {name: [] for name in detectors}
     align_inputs: list[tuple[np.ndarray, Face]] = []
-    for path in progress(paths, "LFW"):
+    for path in common.progress(paths, "LFW"):
         image = load_image(path)
         for name, detector in detectors.items():
             faces, seconds = timed(lambda d=detector, i=image: d.detect(i))
@@ -165,17 +153,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 align_inputs.append((image, faces[0]))
 
     # (b) 640x480 frames: the real clip, or LFW faces placed on a frame when it is missing
-    video = root.joinpath(*VIDEO_SUBPATH)
+    video = root.joinpath(*common.VIDEO_SUBPATH)
     if video.is_file():
-        frames = video_frames(video, FRAME_SIZE, args.frames)
+        frames = video_frames(video, common.FRAME_SIZE, args.frames)
         frame_source = f"{video.name}: {len(frames)} frames, 640x360 resized to 640x480"
     else:
-        frames = placed_frames(paths, FRAME_SIZE, args.frames or 250)
+        frames = placed_frames(paths, common.FRAME_SIZE, args.frames or 250)
         frame_source = f"{len(frames)} LFW images placed on 640x480 grey frames (no video found)"
-    warm_up([partial(d.detect, frames[0]) for d in detectors.values()], WARMUP_CALLS)
+    common.warm_up([partial(d.detect, frames[0]) for d in detectors.values()], WARMUP_CALLS)
     frame_counts: dict[str, list[int]] = {name: [] for name in detectors}
     frame_times: dict[str, list[float]] = {name: [] for name in detectors}
-    for frame in progress(frames, "frames"):
+    for frame in common.progress(frames, "frames"):
         for name, detector in detectors.items():
             faces, seconds = timed(lambda d=detector, f=frame: d.detect(f))
             frame_counts[name].append(len(faces))
@@ -190,23 +178,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             align_times.append(timed(lambda i=image, f=face: align_face(i, f, args.crop_size))[1])
 
     report: dict[str, Any] = {
-        **report_header("detector", root),
+        **common.report_header("detector", root),
         "lfw_images": len(paths),
         "lfw_subset": None if args.limit is None else {"limit": args.limit, "seed": args.seed},
         "frames": frame_source,
         "num_threads": args.threads,
         "warmup_calls": WARMUP_CALLS,
         "detectors": {},
-        "align_face": {"crop_size": args.crop_size, "zoom": 1.0, **timing(align_times)},
-        "environment": environment(load_average=False),
+        "align_face": {"crop_size": args.crop_size, "zoom": 1.0, **common.timing(align_times)},
+        "environment": common.environment(load_average=False),
     }
     for name, detector in detectors.items():
         entry: dict[str, Any] = {
             "spec": detector.spec.describe(),  # type: ignore[attr-defined]
             "lfw": face_counts(lfw_counts[name]),
             "frames_640x480": face_counts(frame_counts[name]),
-            "time_lfw_250x250": timing(lfw_times[name]),
-            "time_frame_640x480": timing(frame_times[name]),
+            "time_lfw_250x250": common.timing(lfw_times[name]),
+            "time_frame_640x480": common.timing(frame_times[name]),
         }
         backend = getattr(getattr(detector, "model", None), "backend", None)
         if backend:
@@ -217,10 +205,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = make_parser(__doc__)
+    parser = common.make_parser(__doc__)
     parser.add_argument("--limit", type=int, help="seeded random subset of N LFW images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
-    add_json_option(parser)
+    common.add_json_option(parser)
     parser.add_argument("--threads", type=int, default=1, help="threads per detector (default 1)")
     parser.add_argument("--frames", type=int, help="use at most N video frames (default: all)")
     parser.add_argument("--align", type=int, default=1000,
@@ -235,7 +223,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(parse_args, run, argv)
+    return common.main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

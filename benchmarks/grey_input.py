@@ -28,17 +28,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, from any working directory
-from _common import (
-    REPO,
-    add_json_option,
-    add_model_option,
-    data_root,
-    environment,
-    make_parser,
-    progress,
-    report_header,
-)
-from _common import main as run_main
+import _common as common
 
 from twinlock.daemon.camera.base import to_grey
 from twinlock.daemon.faces.images import load_image
@@ -47,11 +37,11 @@ from twinlock.trainer.data.pairs import read_pairs_file
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = make_parser(__doc__)
-    add_model_option(parser)
-    parser.add_argument("--pairs", type=Path, default=REPO / "out" / "holdout_pairs.txt")
+    parser = common.make_parser(__doc__)
+    common.add_model_option(parser)
+    parser.add_argument("--pairs", type=Path, default=common.REPO / "out" / "holdout_pairs.txt")
     parser.add_argument("--limit", type=int, default=250, help="pairs of each kind")
-    add_json_option(parser)
+    common.add_json_option(parser)
     return parser.parse_args(argv)
 
 
@@ -62,7 +52,7 @@ def auc(genuine: np.ndarray, impostor: np.ndarray) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    lfw = data_root(args.data) / "lfw" / "lfw-deepfunneled"
+    lfw = common.data_root(args.data) / "lfw" / "lfw-deepfunneled"
     specs = read_pairs_file(args.pairs, lfw)
     same = [s for s in specs if s.same][: args.limit]
     other = [s for s in specs if not s.same][: args.limit]
@@ -79,13 +69,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cache[path, as_grey] = None if aligned is None else embedder.embed(aligned.crop)[0]
         return cache[path, as_grey]
 
-    report = report_header("grey_input", data_root(args.data)) | {
+    report = common.report_header("grey_input", common.data_root(args.data)) | {
         "model": str(args.model), "pairs": str(args.pairs), "threshold_far_1e-03": threshold}
-    report["environment"] = environment()
+    report["environment"] = common.environment()
     for as_grey in (False, True):
         scores: dict[bool, list[float]] = {True: [], False: []}
         missed = 0
-        for spec in progress(same + other, "grey" if as_grey else "rgb"):
+        for spec in common.progress(same + other, "grey" if as_grey else "rgb"):
             a, b = embed(spec.a, as_grey), embed(spec.b, as_grey)
             if a is None or b is None:
                 missed += 1
@@ -101,7 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(parse_args, run, argv)
+    return common.main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

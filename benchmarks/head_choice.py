@@ -17,13 +17,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _common as common
 import numpy as np
-from _common import main as run_main
-from _common import make_parser, report_header
 
 
 def parse_args(argv: Any) -> Any:
-    parser = make_parser(__doc__)
+    parser = common.make_parser(__doc__)
     parser.add_argument("run", type=Path, help="training run folder")
     parser.add_argument("--train-images", type=int, default=3000,
                         help="training images to fit each head on (seeded subset)")
@@ -76,7 +75,7 @@ def measure(args: Any) -> dict[str, Any]:
 
 
 def main(argv: Any = None) -> int:
-    return run_main(parse_args, lambda a: report_header("head_choice") | measure(a), argv)
+    return common.main(parse_args, lambda a: common.report_header("head_choice") | measure(a), argv)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _common import DEFAULT_MODEL, REPO, data_root
+import _common as common
 from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda
 
 from twinlock.daemon.config.loader import parse_config
@@ -57,7 +57,7 @@ from twinlock.daemon.recognition.model import FaceEmbedder
 
 def shipped_config(model: Path, gallery: Path, **overrides: Any) -> Config:
     """config.yaml as shipped, with the model folder and gallery given (and ``overrides``)."""
-    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    raw = yaml.safe_load((common.REPO / "config.yaml").read_text())
     raw["model"] = {"source": "folder", "dir": str(model), "gallery": str(gallery)}
     for section, values in overrides.items():
         raw[section] = raw.get(section, {}) | values
@@ -130,7 +130,7 @@ def run(cfg: Config, seen: list[tuple[Observation, ...]], fps: float, seconds: f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--model", type=Path, default=common.DEFAULT_MODEL)
     parser.add_argument("--strangers", type=int, default=1000)
     parser.add_argument("--stand", type=float, default=120.0)
     parser.add_argument("--budgets", default="150/60/5,450/60/5,900/60/5,450/180/15",
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                         "max_failed_frames/window_seconds/max_failures")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    data = data_root(args.data)
+    data = common.data_root(args.data)
     examples, lfw = data / "face_recognition_examples", data / "lfw" / "lfw-deepfunneled"
     budgets = [tuple(int(x) for x in b.split("/")) for b in args.budgets.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="lockout-bench-"))

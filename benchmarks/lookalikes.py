@@ -42,16 +42,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _common as common
 import numpy as np
-from _common import (
-    add_json_option,
-    add_model_option,
-    data_root,
-    environment,
-    make_parser,
-    report_header,
-)
-from _common import main as run_main
 
 from twinlock.daemon.recognition.fusion import (
     door_calibration,
@@ -63,7 +55,7 @@ from twinlock.daemon.recognition.model import FaceEmbedder
 from twinlock.daemon.recognition.verify import Verifier
 from twinlock.trainer.data.pairs import make_pairs_file
 from twinlock.trainer.evaluation import door_eval as de
-from twinlock.trainer.household.enroll import DUPLICATE_COSINE, _Kept
+from twinlock.trainer.household.enroll import DUPLICATE_COSINE, KeptFaces
 
 SISTERS = ("Serena_Williams", "Venus_Williams")
 TWINS = ("Mary-Kate_Olsen", "Ashley_Olsen")
@@ -103,8 +95,8 @@ ANCHORS = 5
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = make_parser(__doc__)
-    add_model_option(parser)
+    parser = common.make_parser(__doc__)
+    common.add_model_option(parser)
     parser.add_argument("--holdout-pairs", type=Path,
                         help="the model's held-out pairs file (default: remade as the model card "
                         "says, twinlock pairs --identities 300 --pairs 1000 --seed 0)")
@@ -112,7 +104,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="seeded enrolments per sister (orders in which photos are handed in)")
     parser.add_argument("--strict", type=float, nargs="+", default=list(STRICT_LEVELS),
                         metavar="FAR", help="per-resident false-accept targets to try")
-    add_json_option(parser)
+    common.add_json_option(parser)
     return parser.parse_args(argv)
 
 
@@ -135,7 +127,7 @@ class Faces:
         p = self.photos
         order = np.random.default_rng([seed, self.index[name]]).permutation(
             np.flatnonzero(p.person == self.index[name]))
-        kept, mine = _Kept(None, DUPLICATE_COSINE), []
+        kept, mine = KeptFaces(None, DUPLICATE_COSINE), []
         for i in order:
             if len(mine) < anchors and p.enrol_ok[i] and not kept.is_duplicate(p.embedding[i]):
                 kept.add(p.embedding[i])
@@ -345,7 +337,7 @@ def spread(faces: Faces, embedder: FaceEmbedder, calibration: dict[str, Any], fu
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    data = data_root(args.data)
+    data = common.data_root(args.data)
     lfw = data / "lfw" / "lfw-deepfunneled"
     embedder = FaceEmbedder(args.model)
     meta = embedder.meta
@@ -365,7 +357,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                              if n not in family])
                                & faces.photos.knock_ok)
     levels = _levels(calibration, args.strict)
-    report = report_header("lookalikes", data) | {
+    report = common.report_header("lookalikes", data) | {
         "model": str(args.model), "model_id": meta.model_id, "fusion": fusion,
         "knock": "one photo = one knock, one frame (the door wants 2 of 2 frames in 3 s; a "
                  "look-alike standing at the door gives correlated frames, so a photo's "
@@ -382,13 +374,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "relatives": relatives(faces, embedder, calibration, fusion, strangers, 1e-5),
         "spread": spread(faces, embedder, calibration, fusion,
                          [n for n in held if n not in family]),
-        "environment": environment(),
+        "environment": common.environment(),
     }
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(parse_args, run, argv)
+    return common.main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -60,20 +60,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, from any working directory
-from _common import (
-    FRAME_SIZE,
-    VIDEO_SUBPATH,
-    add_json_option,
-    add_model_option,
-    data_root,
-    make_parser,
-    progress,
-    report_header,
-    timing,
-    warm_up,
-)
-from _common import environment as common_environment
-from _common import main as run_main
+import _common as common
 
 from twinlock.daemon.errors import TwinLockError
 from twinlock.daemon.faces.images import load_image
@@ -91,7 +78,7 @@ WARMUP_CALLS = 3
 
 def environment() -> dict[str, Any]:
     """The shared block plus the thread variables import_peer sets for dlib's BLAS."""
-    return common_environment(
+    return common.environment(
         variables=("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE"))
 
 
@@ -291,13 +278,13 @@ def lfw_part(args: argparse.Namespace, methods: Sequence[Any]) -> dict[str, Any]
     ib = np.array([where[p.b] for p in pairs])
 
     warm = load_image(paths[0])
-    warm_up([partial(method.run, warm, "center") for method in methods], WARMUP_CALLS)
+    common.warm_up([partial(method.run, warm, "center") for method in methods], WARMUP_CALLS)
 
     embeddings: dict[str, list[np.ndarray | None]] = {m.name: [] for m in methods}
     detect_s: dict[str, list[float]] = {m.name: [] for m in methods}
     embed_s: dict[str, list[float]] = {m.name: [] for m in methods}
     unreadable = 0
-    for path in progress(paths, "LFW images"):
+    for path in common.progress(paths, "LFW images"):
         try:
             image = load_image(path)  # decoded once: both methods get the same pixels
         except TwinLockError:
@@ -342,8 +329,8 @@ def lfw_part(args: argparse.Namespace, methods: Sequence[Any]) -> dict[str, Any]
         entry["all_pairs_failure_is_different"] = kfold(
             np.where(usable, scores, floor), labels, folds)
         entry["fixed_threshold"] = fixed_threshold(method, scores[both], labels[both])
-        entry["time_lfw_250x250"] = {"detect": timing(detect_s[name]),
-                                     "embed": timing(embed_s[name])}
+        entry["time_lfw_250x250"] = {"detect": common.timing(detect_s[name]),
+                                     "embed": common.timing(embed_s[name])}
         out["methods"][name] = entry
     return out
 
@@ -399,18 +386,18 @@ def clip_frames(video: Path, count: int) -> list[np.ndarray]:
     if not frames:
         raise SystemExit(f"{video}: no frames")
     picks = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)
-    return [cv2.cvtColor(cv2.resize(frames[i], FRAME_SIZE, interpolation=cv2.INTER_LINEAR),
+    return [cv2.cvtColor(cv2.resize(frames[i], common.FRAME_SIZE, interpolation=cv2.INTER_LINEAR),
                          cv2.COLOR_BGR2RGB) for i in picks]
 
 
 def latency_part(video: Path, count: int, methods: Sequence[Any]) -> dict[str, Any]:
     frames = clip_frames(video, count)
     middle = frames[len(frames) // 2]
-    warm_up([partial(method.run, middle, "largest") for method in methods], WARMUP_CALLS)
+    common.warm_up([partial(method.run, middle, "largest") for method in methods], WARMUP_CALLS)
     results: dict[str, list[Result]] = {m.name: [] for m in methods}
     cpu: dict[str, list[float]] = {m.name: [] for m in methods}
     wall: dict[str, list[float]] = {m.name: [] for m in methods}
-    for frame in progress(frames, "640x480 frames"):
+    for frame in common.progress(frames, "640x480 frames"):
         for method in methods:
             c0, w0 = time.process_time(), time.perf_counter()
             results[method.name].append(method.run(frame, "largest"))
@@ -434,11 +421,11 @@ def latency_part(video: Path, count: int, methods: Sequence[Any]) -> dict[str, A
         cpu_totals = [c for c, keep in zip(cpu[name], both, strict=True) if keep]
         entry = {
             "frames_with_face": int(found[name].sum()),
-            "detect_all_frames": timing(r.detect_s for r in rs),
-            "detect": timing(r.detect_s for r, keep in zip(rs, both, strict=True) if keep),
-            "embed": timing(r.embed_s for r, keep in zip(rs, both, strict=True) if keep),
-            "per_face": timing(totals),
-            "per_face_cpu": timing(cpu_totals),
+            "detect_all_frames": common.timing(r.detect_s for r in rs),
+            "detect": common.timing(r.detect_s for r, keep in zip(rs, both, strict=True) if keep),
+            "embed": common.timing(r.embed_s for r, keep in zip(rs, both, strict=True) if keep),
+            "per_face": common.timing(totals),
+            "per_face_cpu": common.timing(cpu_totals),
             "cpu_s_per_wall_s": round(sum(cpu[name]) / sum(wall[name]), 2)
             if sum(wall[name]) > 0 else None,
         }
@@ -458,7 +445,7 @@ def latency_part(video: Path, count: int, methods: Sequence[Any]) -> dict[str, A
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    report = report_header("peer")
+    report = common.report_header("peer")
     library, versions = import_peer()
     if library is None:
         report.update(status="not installed", peer="dlib", **versions,
@@ -487,7 +474,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     if args.limit != 0:
         report["lfw"] = lfw_part(args, [twinlock, peer])
-    video = data_root(args.data).joinpath(*VIDEO_SUBPATH)
+    video = common.data_root(args.data).joinpath(*common.VIDEO_SUBPATH)
     if args.frames and video.is_file():
         report["latency_640x480"] = latency_part(video, args.frames, [twinlock, peer])
     elif args.frames:
@@ -498,7 +485,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = make_parser(__doc__)
+    parser = common.make_parser(__doc__)
     parser.add_argument("--pairs", type=Path,
                         help="LFW pairs file (default: DATA/lfw/pairsDevTrain.txt)")
     parser.add_argument("--images", type=Path,
@@ -506,14 +493,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int,
                         help="seeded class-balanced subset of N pairs (0: skip LFW)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
-    add_model_option(parser, "exported TwinLock model folder")
+    common.add_model_option(parser, "exported TwinLock model folder")
     parser.add_argument("--frames", type=int, default=20,
                         help="640x480 clip frames for the latency part (0: skip; default 20)")
     parser.add_argument("--upsample", type=int, default=1,
                         help="dlib HOG upsampling (face_recognition's default 1)")
-    add_json_option(parser)
+    common.add_json_option(parser)
     args = parser.parse_args(argv)
-    root = data_root(args.data)
+    root = common.data_root(args.data)
     args.pairs = args.pairs or root / "lfw" / "pairsDevTrain.txt"
     args.images = args.images or root / "lfw" / "lfw-deepfunneled"
     if args.limit is not None and (args.limit < 0 or 0 < args.limit < 20):
@@ -524,7 +511,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(parse_args, run, argv)
+    return common.main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -50,20 +50,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, from any working directory
-from _common import (
-    FRAME_SIZE,
-    VIDEO_SUBPATH,
-    add_json_option,
-    add_model_option,
-    data_root,
-    environment,
-    make_parser,
-    progress,
-    report_header,
-    timing,
-    warm_up,
-)
-from _common import main as run_main
+import _common as common
 
 from twinlock.daemon.camera.replay import ReplayCamera
 from twinlock.daemon.faces import quality as q
@@ -193,12 +180,12 @@ class Chain:
             "frames_rejected_by_quality": len(bucket.get("total_rejected_frames", [])),
         }
         for stage in (*STAGES, "quality"):
-            out[stage] = timing(bucket.get(stage, []))
+            out[stage] = common.timing(bucket.get(stage, []))
         out["quality"]["note"] = "quality gate and face selection (inside the analyser's total)"
-        out["total_face_frames"] = timing(face_totals)
-        out["total_face_frames_cpu"] = timing(bucket.get("total_face_frames_cpu", []))
-        out["total_rejected_frames"] = timing(bucket.get("total_rejected_frames", []))
-        out["total_all_frames"] = timing(all_totals)
+        out["total_face_frames"] = common.timing(face_totals)
+        out["total_face_frames_cpu"] = common.timing(bucket.get("total_face_frames_cpu", []))
+        out["total_rejected_frames"] = common.timing(bucket.get("total_rejected_frames", []))
+        out["total_all_frames"] = common.timing(all_totals)
         out["fps_face_frames"] = fps(face_totals)
         out["fps_all_frames"] = fps(all_totals)
         return out
@@ -226,7 +213,7 @@ def time_decode(video: Path, threads: Sequence[int], limit: int | None) -> dict[
             if image is None:
                 break
             seconds.append(elapsed)
-        out[f"threads_{n}"] = {**timing(seconds), "fps": fps(seconds)}
+        out[f"threads_{n}"] = {**common.timing(seconds), "fps": fps(seconds)}
     return out
 
 
@@ -243,8 +230,8 @@ def first_face_frame(chain: Chain, video: Path, limit: int | None) -> np.ndarray
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    root = data_root(args.data)
-    video = root.joinpath(*VIDEO_SUBPATH)
+    root = common.data_root(args.data)
+    video = root.joinpath(*common.VIDEO_SUBPATH)
     if not video.is_file():
         raise SystemExit(f"no video at {video} (use --data or $TWINLOCK_DATA)")
     started = time.perf_counter()
@@ -260,16 +247,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     decode = time_decode(video, args.threads, args.frames)
 
     warm = first_face_frame(chains[args.threads[0]], video, args.frames)
-    warm_480 = cv2.resize(warm, FRAME_SIZE, interpolation=cv2.INTER_LINEAR)
-    warm_up([lambda c=chain: (c.run(warm, None), c.run(warm_480, None))
+    warm_480 = cv2.resize(warm, common.FRAME_SIZE, interpolation=cv2.INTER_LINEAR)
+    common.warm_up([lambda c=chain: (c.run(warm, None), c.run(warm_480, None))
              for chain in chains.values()], WARMUP_CALLS)
 
     frames = 0
     native_size = None
-    for image in progress(replay_frames(video, args.frames), "frames", args.frames):
+    for image in common.progress(replay_frames(video, args.frames), "frames", args.frames):
         frames += 1
         native_size = native_size or (image.shape[1], image.shape[0])
-        resized = cv2.resize(image, FRAME_SIZE, interpolation=cv2.INTER_LINEAR)
+        resized = cv2.resize(image, common.FRAME_SIZE, interpolation=cv2.INTER_LINEAR)
         for chain in chains.values():  # interleaved: noise hits every setting alike
             chain.run(image, "native")
             chain.run(resized, "640x480")
@@ -313,7 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         target.update(met=None, why=f"--threads did not include {TARGET_THREADS}")
 
     return {
-        **report_header("pipeline", root),
+        **common.report_header("pipeline", root),
         "video": f"{video.name}: {frames} frames, "
                  f"{native_size[0]}x{native_size[1]}" if native_size else video.name,
         "model": {
@@ -338,7 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "note": f"whole benchmark process (ru_maxrss), {len(chains)} detector+tower sets "
                     "loaded; frames are streamed, never all held",
         },
-        "environment": environment(
+        "environment": common.environment(
             # ai_edge_litert None: another runtime of the fallback chain is in use
             packages={"ai_edge_litert": "ai-edge-litert"},
             variables=("OPENBLAS_CORETYPE", "OMP_NUM_THREADS")),
@@ -357,14 +344,14 @@ def thread_list(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = make_parser(__doc__)
-    add_model_option(parser)
+    parser = common.make_parser(__doc__)
+    common.add_model_option(parser)
     parser.add_argument("--threads", type=thread_list, default=(1, 2),
                         help="thread settings to compare, comma-separated (default 1,2)")
     parser.add_argument("--frames", type=int, help="use at most N video frames (default: all)")
     parser.add_argument("--anchors", type=int, default=50, help="anchors to score against")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random anchors")
-    add_json_option(parser)
+    common.add_json_option(parser)
     args = parser.parse_args(argv)
     if args.frames is not None and args.frames < 1:
         parser.error("--frames must be at least 1")
@@ -374,7 +361,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(parse_args, run, argv)
+    return common.main(parse_args, run, argv)
 
 
 if __name__ == "__main__":
