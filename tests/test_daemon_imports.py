@@ -224,6 +224,8 @@ DAEMON_LAYERS: dict[str, set[str]] = {
     "daemon.faces": {"daemon.errors", "daemon.runtime", "daemon.storage"},
     # door -> recognition -> faces: recognition never reaches back up to the door
     "daemon.recognition": {"daemon.errors", "daemon.runtime", "daemon.storage", "daemon.faces"},
+    # the review record format and the door's writer: read by the household, fed by the door
+    "daemon.review": {"daemon.errors", "daemon.storage", "daemon.faces"},
 }
 #: every trainer unit says its floor (a new package must be placed here and in ARCHITECTURE.md)
 TRAINER_LAYERS: dict[str, set[str]] = {
