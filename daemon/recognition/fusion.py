@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import ModelError
+from .thresholds import door_rate
 
 logger = logging.getLogger(__name__)
 
@@ -102,16 +103,6 @@ def door_calibration(metrics: dict[str, Any]) -> dict[str, Any]:
     model.json (``metrics.door``), or {} for a model calibrated per pair only."""
     door = metrics.get("door") if isinstance(metrics, dict) else None
     return door if isinstance(door, dict) else {}
-
-
-def door_target(name: str) -> float | None:
-    """The impostor accept rate per knock a ``door_far_<rate>`` threshold name stands for."""
-    if not name.startswith("door_far_"):
-        return None
-    try:
-        return float(name.removeprefix("door_far_"))
-    except ValueError:
-        return None
 
 
 def threshold_for_residents(calibration: dict[str, Any], target: float,
@@ -217,7 +208,7 @@ def decision_settings(thresholds: dict[str, float], default_threshold: str,
         logger.warning("threshold %s was calibrated for fusion %r, the config asks for %r: its "
                        "false-accept rate does not hold", name, calibrated, rule)
         return thresholds[name], name, rule
-    target = door_target(name)
+    target = door_rate(name)
     if residents and target is not None and not threshold_name:
         fitted = threshold_for_residents(door_calibration(metrics), target, residents)
         if fitted is not None:

@@ -27,6 +27,7 @@ from ..faces.assets import DETECTOR_ROLE, Asset, check_asset
 from ..faces.pipeline import Detector, DetectorSpec, FacePipeline
 from ..runtime import DEFAULT_CHAIN, TFLiteModel
 from .scoring import l1_head_scores, l1_pair_scores, postprocess_embeddings
+from .thresholds import DEFAULT_PAIR
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class ModelMetadata:
     l2_normalize: bool = False
     detector: DetectorSpec = field(default_factory=DetectorSpec)
     thresholds: dict[str, float] = field(default_factory=dict)
-    default_threshold: str = "far_1e-03"
+    default_threshold: str = DEFAULT_PAIR
     quantization: str = "int8"
     architecture: str = ""
     model_id: str = ""
@@ -124,7 +125,7 @@ class ModelMetadata:
                 l2_normalize=bool(data["embedding"].get("l2_normalize", False)),
                 detector=DetectorSpec(**data.get("detector", {})),
                 thresholds={k: float(v) for k, v in data.get("thresholds", {}).items()},
-                default_threshold=str(data.get("default_threshold", "far_1e-03")),
+                default_threshold=str(data.get("default_threshold", DEFAULT_PAIR)),
                 quantization=str(data.get("quantization", "")),
                 architecture=str(data.get("architecture", "")),
                 model_id=str(data.get("model_id", "")),

@@ -57,6 +57,7 @@ from twinlock.daemon.recognition.fusion import (
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import FaceEmbedder
 from twinlock.daemon.recognition.scoring import l1_head_matrix
+from twinlock.daemon.recognition.thresholds import door_name, pair_name
 from twinlock.daemon.recognition.verify import Verifier
 from twinlock.trainer.household.anchors import anchor_from_image
 
@@ -588,20 +589,20 @@ def evaluate_door(model_dir: Path, images_root: Path, holdout_pairs: Path,
         return build_doors(photos, r, m, doors, seed + salt, DUPLICATE_COSINE, people_subset)
 
     head_doors = setting(cal_r, cal_m)
-    pair_t = meta.thresholds.get("far_1e-03")
+    pair_t = meta.thresholds.get(pair_name(1e-3))
     rules: dict[str, Any] = {}
     pools = {rule: pooled(head_doors, photos, matrix, embedder, rule) for rule in MEASURED_RULES}
     for rule, pool in pools.items():
         zero = threshold_for(pool.impostor_top, 0.0)
         rules[rule] = {
-            f"door_far_{far:.0e}": pool.at(threshold_for(pool.impostor_top, far))
+            door_name(far): pool.at(threshold_for(pool.impostor_top, far))
             for far in DOOR_FARS} | {"zero_impostors": pool.at(zero)}
         if pair_t is not None:
             rules[rule]["pair_far_1e-03_threshold"] = pool.at(pair_t)
     # the winner: most genuine accepts at the same door-level impostor accept rate 1e-3
     winner = max(FUSION_RULES, key=lambda r: (rules[r]["door_far_1e-03"]["genuine_accept_rate"],
                                               rules[r]["zero_impostors"]["genuine_accept_rate"]))
-    calibrated = {f"door_far_{far:.0e}": rules[winner][f"door_far_{far:.0e}"]["threshold"]
+    calibrated = {door_name(far): rules[winner][door_name(far)]["threshold"]
                   for far in DOOR_FARS}
 
     # the same thresholds on people they were not calibrated on: two halves of the held-out set

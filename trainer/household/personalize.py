@@ -47,6 +47,7 @@ import numpy as np
 from twinlock.daemon.errors import DataError, UsageError
 from twinlock.daemon.faces.align import DEFAULT_TEMPLATE
 from twinlock.daemon.recognition.model import FaceEmbedder, read_metadata
+from twinlock.daemon.recognition.thresholds import PAIR_PREFIX, pair_rate
 from twinlock.daemon.storage.files import atomic_write_json
 
 from ..data.crops import CROP_CODE_VERSION
@@ -471,7 +472,7 @@ def compare(general_dir: Path, personal_dir: Path, users: Sequence[UserSplit],
         scores[name] = embedder.pair_scores(probes[pairs.probe], anchors[pairs.anchor])
     thresholds = {f"{name} {key}": value for name, embedder in models.items()
                   for key, value in sorted(embedder.meta.thresholds.items())
-                  if key.startswith("far_")}
+                  if key.startswith(PAIR_PREFIX)}
     results: dict[str, Any] = {}
     for name, embedder in models.items():
         s = scores[name]
@@ -528,7 +529,7 @@ def verdict(general: dict[str, Any], personal: dict[str, Any], n_photos: int) ->
     fars = [k for k in tar_g if k in tar_p]
     worse = [k for k in fars if tar_p[k] < tar_g[k] - _noise(tar_g[k], tar_p[k], n_photos)]
     ranks_better = not worse and personal["auc"] - general["auc"] >= AUC_MARGIN
-    target = _far_of(p["name"])
+    target = pair_rate(p["name"])
     allowed = max(g["far"], target if target is not None else g["far"])
     numbers = "; ".join(
         [f"TAR at FAR {k} on these pairs {tar_p[k]:.1%} vs {tar_g[k]:.1%}" for k in fars]
@@ -572,10 +573,3 @@ def _stricter_hint(personal: dict[str, Any], allowed: float, general_tar: float)
 def _noise(a: float, b: float, n: int) -> float:
     """Two standard errors of the difference of two rates measured on ``n`` units."""
     return 2.0 * float(np.sqrt((a * (1.0 - a) + b * (1.0 - b)) / max(n, 1)))
-
-
-def _far_of(threshold_name: str) -> float | None:
-    try:
-        return float(threshold_name.removeprefix("far_")) if threshold_name != "eer" else None
-    except ValueError:
-        return None

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from twinlock.daemon.errors import DataError, UsageError
+from twinlock.daemon.recognition.thresholds import rate_key
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +121,9 @@ def _step_above(value: float, dtype: np.dtype) -> float:
 
 
 def far_key(far: float) -> str:
-    """Dictionary key for a FAR target, e.g. ``1e-03``; one spelling for JSON reports."""
-    return f"{far:.0e}"
+    """Dictionary key for a FAR target, e.g. ``1e-03``: the spelling of model.json's threshold
+    names (daemon/recognition/thresholds.py), used for JSON reports too."""
+    return rate_key(far)
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 from twinlock.daemon.errors import TwinLockError, UsageError
 from twinlock.daemon.faces.assets import file_sha256
 from twinlock.daemon.faces.pipeline import DetectorSpec
+from twinlock.daemon.recognition import thresholds as names
 from twinlock.daemon.recognition.model import TOWER_FILE, FaceEmbedder, ModelMetadata
 
 from ..data.crops import CROP_CODE_VERSION
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 MAX_AUC_DROP = 0.01
 QUANTIZATIONS = ("int8", "mixed", "float32")
-DEFAULT_THRESHOLD = "far_1e-03"
+DEFAULT_THRESHOLD = names.DEFAULT_PAIR
 
 
 class ExportError(TwinLockError):
@@ -189,9 +190,11 @@ def export(run_dir: Path, out_dir: Path, quantization: str = "int8",
         cos = np.sum(keras_emb * lite_emb, 1) / np.maximum(
             np.linalg.norm(keras_emb, axis=1) * np.linalg.norm(lite_emb, axis=1), 1e-12)
         calibrated = metrics.calibrate_thresholds(lite_scores, y)
-        thresholds = {(k if k == "eer" else f"far_{k}"): v for k, v in calibrated.items()}
+        thresholds = {(k if k == names.EER else names.PAIR_PREFIX + k): v
+                      for k, v in calibrated.items()}
         if DEFAULT_THRESHOLD not in thresholds:
-            meta.default_threshold = "far_1e-02" if "far_1e-02" in thresholds else "eer"
+            looser = names.pair_name(1e-2)
+            meta.default_threshold = looser if looser in thresholds else names.EER
         report: dict[str, Any] = {
             "quantization": quantization,
             "tflite_bytes": len(tflite_bytes),
