@@ -370,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--identity", type=Path, help="ssh private key")
     p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
                    help="extra ssh option, e.g. -o StrictHostKeyChecking=yes (repeatable)")
+    _review_parsers(sub)
     return parser
 
 
@@ -554,10 +555,171 @@ def _cmd_deploy(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+# -- doors and activity (issue 22) ----------------------------------------------------------------
+
+ACTIVITY_HELP = ("activity store (default $TWINLOCK_ACTIVITY_DB, else activity.db beside the "
+                 "enrolment database)")
+
+
+def _review_parsers(sub: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", type=Path, help=DB_HELP)
+    common.add_argument("--activity-db", type=Path, metavar="PATH", help=ACTIVITY_HELP)
+    p = sub.add_parser("doors", help="the household's doors: add, list, remove, sync",
+                       description="Doors as a list. sync fetches each door's new review records "
+                       "(its attempts with their faces) into the activity store, over the SSH "
+                       "deploy account or from a folder; it only reads on the door.")
+    dsub = p.add_subparsers(dest="doors_action", required=True, metavar="ACTION")
+    q = dsub.add_parser("add", parents=[common], help="add a door: where its review records are read from")
+    q.add_argument("name", metavar="NAME", help="1-32 lower-case letters, digits and '-' "
+                   "(the door's name in its config's review: section)")
+    q.add_argument("--to", required=True, metavar="TARGET",
+                   help="ssh://USER@HOST[:PORT][/REVIEW_DIR] (default folder "
+                   "/var/lib/twinlock/review/) or a local folder")
+    q.add_argument("-i", "--identity", type=Path, help="ssh private key")
+    q.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
+                   help="extra ssh option, kept for every sync (repeatable)")
+    q = dsub.add_parser("list", parents=[common], help="the doors, with attempts stored and last sync")
+    q.add_argument("--json", action="store_true")
+    q = dsub.add_parser("remove", parents=[common], help="take a door off the list (its fetched attempts stay)")
+    q.add_argument("name", metavar="NAME")
+    q = dsub.add_parser("sync", parents=[common], help="fetch new review records from one door or all")
+    q.add_argument("name", nargs="?", metavar="NAME")
+    q.add_argument("--timeout", type=float, default=300.0, help="seconds per door (default 300)")
+
+    p = sub.add_parser("activity", help="what the doors did: list, show, visitors, label",
+                       description="Attempts fetched from the doors (twinlock doors sync), with "
+                       "their faces; unknown visitors grouped; labels that become enrolment.")
+    asub = p.add_subparsers(dest="activity_action", required=True, metavar="ACTION")
+    q = asub.add_parser("list", parents=[common], help="attempts, newest first")
+    q.add_argument("--door", metavar="NAME")
+    q.add_argument("--since", metavar="WHEN", help="ISO date/time (UTC unless it says) or an "
+                   "age: 30m, 12h, 7d")
+    q.add_argument("--decision", choices=("unlock", "deny", "liveness", "lockout"))
+    q.add_argument("--limit", type=int, default=50, help="at most this many (default 50; 0: all)")
+    q.add_argument("--json", action="store_true")
+    q = asub.add_parser("show", parents=[common], help="one attempt; --crop-out writes its face")
+    q.add_argument("id", metavar="ID")
+    q.add_argument("--crop-out", type=Path, metavar="FILE", help="write the face crop (JPEG)")
+    q.add_argument("--json", action="store_true")
+
+
+def _activity_store(args: argparse.Namespace):
+    from .household.activity import ActivityStore, default_path
+
+    return ActivityStore(args.activity_db or default_path(args.db))
+
+
+def _since(text: str | None):
+    """--since: an ISO time (UTC unless it names a zone) or an age such as 30m, 12h, 7d."""
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if match:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+        return datetime.now(UTC) - timedelta(seconds=float(match.group(1)) * unit)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise _usage(f"--since {text!r}: give an ISO date or time (2026-12-06, "
+                     "2026-12-06T08:00) or an age (30m, 12h, 7d)") from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .household.doors import parse_door_target, sync_door
+
+    with _activity_store(args) as store:
+        action = args.doors_action
+        if action == "add":
+            parse_door_target(args.to)  # the syntax now, not at the first sync
+            options = [t for o in args.ssh_option for t in shlex.split(o)]
+            identity = str(args.identity.expanduser().resolve()) if args.identity else None
+            entry = store.add_door(args.name, args.to, identity, options)
+            print(f"added door {entry.name}: {entry.target} (fetch with: twinlock doors sync "
+                  f"{entry.name})")
+        elif action == "remove":
+            kept = store.remove_door(args.name)
+            print(f"removed door {args.name}; its {kept} fetched attempts stay in {store.path}")
+        elif action == "list":
+            counts = store.door_counts()
+            rows = [{"name": d.name, "target": d.target, "added": d.added,
+                     "last_sync": d.last_sync, "last_error": d.last_error,
+                     "attempts": counts.get(d.name, (0, None))[0],
+                     "newest": counts.get(d.name, (0, None))[1]} for d in store.doors()]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            elif not rows:
+                print("no doors yet (twinlock doors add NAME --to ssh://USER@HOST/...)")
+            for r in rows if not args.json else []:
+                state = (f"last sync {r['last_sync']}" if r["last_sync"] else "never synced")
+                if r["last_error"]:
+                    state += f" (FAILED: {r['last_error']})"
+                print(f"{r['name']}: {r['target']}; {r['attempts']} attempts; {state}")
+        else:
+            names = [args.name] if args.name else [d.name for d in store.doors()]
+            if not names:
+                raise _usage("no doors to sync (twinlock doors add NAME --to ...)")
+            failed = 0
+            for name in names:
+                try:
+                    report = sync_door(store, name, timeout_s=args.timeout)
+                except TwinLockError as exc:
+                    if len(names) == 1:
+                        raise
+                    failed += 1
+                    print(f"{name}: sync failed: {exc}", file=sys.stderr)
+                    continue
+                print(report.summary())
+            return 1 if failed else 0
+    return 0
+
+
+def _cmd_activity(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    with _activity_store(args) as store:
+        action = args.activity_action
+        if action == "list":
+            rows = store.attempts(door=args.door, since=_since(args.since),
+                                  decision=args.decision, limit=args.limit or None)
+            if args.json:
+                print(json.dumps([a.as_json() for a in rows], indent=2))
+            elif not rows:
+                print("no attempts (twinlock doors sync fetches them)")
+            for a in rows if not args.json else []:
+                who = f" {a.resident}" if a.resident else ""
+                score = f" {a.score:.3f}" if a.score is not None else ""
+                labels = "".join(f" [{k} {n}]" for k, n in a.labels)
+                print(f"{a.time:%Y-%m-%d %H:%M:%S} {a.door:<12} {a.decision:<8}{who}{score}"
+                      f"{labels}  {a.id}")
+        elif action == "show":
+            a = store.attempt(args.id)
+            if args.crop_out:
+                crop = store.crop(a.id)
+                if crop is None:
+                    raise _usage(f"attempt {a.id} kept no face crop")
+                from twinlock.daemon.storage.files import atomic_write
+
+                atomic_write(args.crop_out, crop, 0o600)
+            info = a.as_json() | {"embedding_dim": None if a.embedding is None
+                                  else int(a.embedding.size)}
+            if args.crop_out:
+                info["crop_written_to"] = str(args.crop_out)
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                for key, value in info.items():
+                    print(f"{key}: {value}")
+    return 0
+
+
 COMMANDS = {"train": _cmd_train, "export": _cmd_export, "evaluate": _cmd_evaluate,
             "pairs": _cmd_pairs, "add-detector": _cmd_add_detector,
             "enroll": _cmd_enroll, "users": _cmd_users,
-            "keygen": _cmd_keygen, "bundle": _cmd_bundle, "deploy": _cmd_deploy}
+            "keygen": _cmd_keygen, "bundle": _cmd_bundle, "deploy": _cmd_deploy,
+            "doors": _cmd_doors, "activity": _cmd_activity}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
