@@ -57,6 +57,7 @@ from twinlock.daemon.faces import quality as q
 from twinlock.daemon.recognition.analyser import FrameAnalyser
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import FaceEmbedder
+from twinlock.daemon.recognition.scoring import unit
 from twinlock.daemon.recognition.verify import Verifier
 
 logger = logging.getLogger("benchmarks.pipeline")
@@ -195,8 +196,7 @@ def random_anchors(count: int, dim: int, seed: int) -> np.ndarray:
     """``count`` random unit-length float32 anchors: the head's cost depends on shape only."""
     rng = np.random.default_rng(seed)
     anchors = rng.standard_normal((count, dim)).astype(np.float32)
-    anchors /= np.linalg.norm(anchors, axis=1, keepdims=True)
-    return anchors
+    return unit(anchors, axis=1)
 
 
 def time_decode(video: Path, threads: Sequence[int], limit: int | None) -> dict[str, Any]:

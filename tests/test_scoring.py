@@ -15,6 +15,7 @@ from twinlock.daemon.recognition.scoring import (
     l1_head_scores,
     l1_pair_scores,
     postprocess_embeddings,
+    unit,
 )
 
 
@@ -136,3 +137,17 @@ def test_postprocess_single_embedding(rng: np.random.Generator) -> None:
     out = postprocess_embeddings(vector, vector[::-1].copy(), l2_normalize=True)
     assert out.shape == (5,)
     assert np.linalg.norm(out) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_unit_along_either_axis(rng: np.random.Generator) -> None:
+    """Rows (embeddings) and columns (CosFace's class centres) both come out unit length, and a
+    zero vector stays zero: the one normalisation the door and the trainer share."""
+    vectors = rng.normal(size=(3, 6)).astype(np.float32)
+    vectors[1] = 0.0
+    rows = unit(vectors, axis=1)
+    assert rows.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), [1.0, 0.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(rows[2], vectors[2] / np.linalg.norm(vectors[2]), rtol=1e-6)
+    columns = unit(vectors, axis=0)
+    np.testing.assert_allclose(np.linalg.norm(columns, axis=0), np.ones(6), rtol=1e-6)
+    np.testing.assert_allclose(unit(vectors[0]), rows[0], rtol=1e-6)

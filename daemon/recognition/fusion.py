@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import ModelError
+from .scoring import unit
 from .thresholds import door_rate
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def templates(anchor_blocks: Sequence[np.ndarray], rule: str) -> tuple[np.ndarra
             centre = np.asarray(block, np.float32).mean(axis=0)
             norms = np.linalg.norm(block, axis=1)
             if np.allclose(norms, 1.0, atol=1e-3):  # unit anchors: keep the template on the sphere
-                centre = centre / max(float(np.linalg.norm(centre)), 1e-12)
+                centre = unit(centre)
             rows.append(centre)
         return np.stack(rows).astype(np.float32), np.arange(len(anchor_blocks))
     owner = np.concatenate([np.full(len(b), i) for i, b in enumerate(anchor_blocks)])

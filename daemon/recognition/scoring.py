@@ -45,6 +45,12 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))).astype(np.float32)
 
 
+def unit(vectors: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``vectors`` scaled to unit length along ``axis`` (a zero vector stays zero): the one
+    normalisation of embeddings, anchors and centres, on the door and in the trainer."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=axis, keepdims=True), 1e-12)
+
+
 def postprocess_embeddings(
     embeddings: np.ndarray, flipped: np.ndarray | None, l2_normalize: bool
 ) -> np.ndarray:
@@ -56,5 +62,5 @@ def postprocess_embeddings(
     """
     out = embeddings if flipped is None else (embeddings + flipped) / 2.0
     if l2_normalize:
-        out = out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+        out = unit(out)
     return out.astype(np.float32, copy=False)

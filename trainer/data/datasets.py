@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from twinlock.daemon.errors import DataError, DataNotFoundError, UsageError
+from twinlock.daemon.recognition.scoring import unit
 
 logger = logging.getLogger(__name__)
 
@@ -630,8 +631,7 @@ def mine_hard_negatives(
         return np.empty(0, np.int64), np.empty(0, np.int64)
     groups.require(same=False, different=True)
     if distance == "cosine":
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.maximum(norms, 1e-12)
+        vectors = unit(vectors, axis=1)
 
     anchors = rng.integers(0, groups.n_images, size=n).astype(np.int64)
     candidates = groups.image_of_other_identity(anchors, rng, (n, int(pool)))

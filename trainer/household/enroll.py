@@ -57,6 +57,7 @@ from twinlock.daemon.recognition.analyser import FrameAnalyser
 from twinlock.daemon.recognition.fusion import door_calibration, strict_threshold
 from twinlock.daemon.recognition.gallery import Gallery, User, check_user_threshold
 from twinlock.daemon.recognition.model import FaceEmbedder, read_metadata
+from twinlock.daemon.recognition.scoring import unit
 from twinlock.trainer.household.anchors import UNREADABLE, enrolment_analyser, enrolment_face
 
 from .enroll_store import THUMBNAIL_PX, EnrolmentStore, check_name
@@ -171,8 +172,7 @@ class _Enroller:
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+    return unit(np.asarray(vectors, dtype=np.float32))
 
 
 class KeptFaces:

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from twinlock.daemon.faces.align import to_model_input
-from twinlock.daemon.recognition.scoring import l1_pair_scores, postprocess_embeddings
+from twinlock.daemon.recognition.scoring import l1_pair_scores, postprocess_embeddings, unit
 
 
 def keras_embed(
@@ -27,8 +27,7 @@ def keras_embed(
 
 def cosine_pair_scores(emb: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
     """Similarity in [0, 1] from unit-length embeddings, for towers that have no head yet."""
-    a = emb[ia] / np.maximum(np.linalg.norm(emb[ia], axis=1, keepdims=True), 1e-12)
-    b = emb[ib] / np.maximum(np.linalg.norm(emb[ib], axis=1, keepdims=True), 1e-12)
+    a, b = unit(emb[ia], axis=1), unit(emb[ib], axis=1)
     return ((a * b).sum(1) + 1.0) / 2.0
 
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from twinlock.daemon.errors import DataError, UsageError
 from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.faces.pipeline import DetectorSpec, SelectPolicy, select_face
+from twinlock.daemon.recognition.scoring import unit
 from twinlock.daemon.storage.files import atomic_writer
 
 from ..data.crops import cache_dir, files_key
@@ -73,7 +74,7 @@ class DlibTeacher:
         image = np.ascontiguousarray(image, dtype=np.uint8)
         shape = self.shape_predictor(image, rect)
         vec = np.asarray(self.encoder.compute_face_descriptor(image, shape), dtype=np.float32)
-        return vec / max(float(np.linalg.norm(vec)), 1e-12)
+        return unit(vec)
 
 
 def _cache_key(paths: Sequence[Path], detector: DetectorSpec, policy: str) -> str:

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from twinlock.daemon.recognition.scoring import unit
 from twinlock.daemon.storage.files import atomic_writer, durable_replace
 
 from ..data.augment import AugmentConfig, augment_batch
@@ -253,11 +254,11 @@ class TrainLoop:
         random centres it can barely move."""
         images = self.cosface_images
         emb = self.embed(self.data.train_idx[images])
-        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        emb = unit(emb, axis=1)
         classes = self.class_of[self.train_labels[images]]
         centres = np.zeros((emb.shape[1], int(classes.max()) + 1), np.float32)
         np.add.at(centres.T, classes, emb)
-        centres /= np.maximum(np.linalg.norm(centres, axis=0, keepdims=True), 1e-12)
+        centres = unit(centres, axis=0)
         layer = self.model.get_layer("cosface")
         layer.set_weights([centres])
         logger.info("CosFace centres set from the mean embeddings of %d classes",

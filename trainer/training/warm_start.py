@@ -25,6 +25,7 @@ import numpy as np
 
 from twinlock.daemon.errors import DataError
 from twinlock.daemon.recognition.model import TOWER_FILE, read_metadata
+from twinlock.daemon.recognition.scoring import unit
 from twinlock.daemon.runtime import interpreter_class
 
 logger = logging.getLogger(__name__)
@@ -152,8 +153,7 @@ def embedding_parity(tower: keras.Model, init: InitModel, crops: np.ndarray) -> 
     dtype = runtime.inputs[0].dtype
     lite = np.concatenate([runtime.run(crop[None].astype(dtype))[0] for crop in crops])
     keras_out = np.asarray(tower.predict(crops.astype(np.float32), batch_size=64, verbose=0))
-    lite /= np.linalg.norm(lite, axis=1, keepdims=True)
-    keras_out /= np.linalg.norm(keras_out, axis=1, keepdims=True)
+    lite, keras_out = unit(lite, axis=1), unit(keras_out, axis=1)
     worst = float(np.min(np.sum(lite * keras_out, axis=1)))
     logger.info("started from %s (%s): worst cosine to its TFLite embeddings %.4f over %d crops",
                 init.model_dir, init.model_id, worst, len(crops))
