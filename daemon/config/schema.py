@@ -497,6 +497,21 @@ class LivenessConfig(_Section):
         0.5, ge=0, le=1,
         description="the face mesh's own face score below which a frame is not used",
     )
+    motion_max_step: float = Field(
+        0.15, ge=0.02, le=1,
+        description="largest nose parallax between two consecutive matched frames that "
+        "continues a sweep; a larger step is a jump (another picture shown): the sweep starts "
+        "again (the real clip's largest step at 15 fps: 0.128)",
+    )
+    motion_max_share: float = Field(
+        0.4, gt=0, le=1,
+        description="largest share of a frame's parallax that one step of its sweep may make "
+        "up: a head's turn spreads over several frames, a swap of pictures does not (1: off)",
+    )
+    motion_max_gap_seconds: float = Field(
+        0.5, ge=0.05, le=5,
+        description="consecutive matched frames further apart than this start a new sweep",
+    )
     mesh_model_path: ConfigPath | None = Field(
         None,
         description="face_landmark.tflite; empty: the model folder's copy (assets.face_mesh), else "
@@ -528,7 +543,9 @@ class LivenessConfig(_Section):
 
         return LivenessSettings(self.mode, self.timeout_seconds, self.blink_closed_ratio,
                                 self.blink_open_ratio, self.blink_max_seconds,
-                                self.motion_threshold, self.motion_frames, self.min_presence)
+                                self.motion_threshold, self.motion_frames, self.min_presence,
+                                self.motion_max_step, self.motion_max_share,
+                                self.motion_max_gap_seconds)
 
 
 class _ActionBase(_Section):

@@ -15,9 +15,23 @@ already matched a resident, so a stranger costs nothing extra. Within one attemp
   homography puts them, in inter-ocular distances, is the parallax. ``motion_frames`` frames
   reaching ``motion_threshold`` pass.
 
+  Two pictures of the resident shown in turn (two head turns, a photo and its mirror image, a
+  photo and a copy with the nose pushed aside) differ by exactly such a parallax, so the
+  parallax must also come from a **continuous sweep**, as a real head's does: the landmarks
+  move a little from each matched frame to the next. Between consecutive matched frames the
+  step (their own nose parallax) must stay under ``motion_max_step``, the crop must not jump
+  (scale, position) and the frames must be at most ``motion_max_gap_seconds`` apart; otherwise
+  the sweep starts again from that frame (its earlier references are dropped). And no single
+  step may make up more than ``motion_max_share`` of a frame's parallax against its reference:
+  a swap of pictures puts all of it in one or two steps, a turning head spreads it over
+  several. A left-right mirrored landmark set is not refused as such: a real head turning
+  through the frontal pose makes one too; the swap to a mirror image is a jump like any other.
+
 What neither stops: a video of the resident played on a screen (it blinks and has parallax), a
 3-D mask or bust (parallax; blinking masks exist), a photo bent into a curve (not a plane, so it
-has some parallax of its own), and a resident coerced at the door. An IR camera with IR
+has some parallax of its own), a slideshow whose pictures blend into each other slowly enough to
+look like a sweep (a cross-dissolve is a crude morph: README "Liveness" has its rate), and a
+resident coerced at the door. An IR camera with IR
 illumination does better: a screen shows nothing in IR and a print looks wrong.
 """
 
@@ -102,6 +116,9 @@ class LivenessSettings:
     motion_threshold: float = 0.18
     motion_frames: int = 2
     min_presence: float = 0.5
+    motion_max_step: float = 0.15
+    motion_max_share: float = 0.4
+    motion_max_gap_seconds: float = 0.5
 
     @property
     def enabled(self) -> bool:
@@ -116,8 +133,13 @@ class LivenessSettings:
         return self.mode in ("motion", "both")
 
 
-#: earlier frames each new frame is compared with (the attempt's first, then every few)
+#: earlier frames each new frame is compared with (the sweep's first, then every few)
 MAX_REFERENCES = 8
+#: a crop jump between consecutive matched frames: the eye distance changing by more than this
+#: factor (a real face at 1 m moves far less in a frame), or the face moving by more than this
+#: many eye distances (the real clip: under 0.5 at 15 fps, 0.9 at 7.5 fps)
+CROP_JUMP_SCALE = 1.25
+CROP_JUMP_SHIFT = 1.5
 #: EAR samples kept for the open-eye level (a running high percentile)
 EAR_HISTORY = 60
 
@@ -136,8 +158,14 @@ class LivenessTracker:
     _ears: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=EAR_HISTORY))
     _closed_at: float | None = None
     _must_open: bool = False  # eyes stayed shut too long: wait for them to open first
-    _references: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=MAX_REFERENCES))
+    jumps: int = 0  # times the sweep started again (a jump between consecutive frames)
+    largest_step: float = 0.0  # the largest step seen between consecutive matched frames
+    #: (mesh, its position in ``_steps``): the current sweep's frames parallax is measured from
+    _references: deque[tuple[np.ndarray, int]] = field(
+        default_factory=lambda: deque(maxlen=MAX_REFERENCES))
     _since_reference: int = 0
+    _steps: list[float] = field(default_factory=list)  # the current sweep's steps, in order
+    _previous: tuple[float, np.ndarray] | None = None  # the last matched frame's time and mesh
 
     def add(self, now: float, mesh: Mesh, frame: int | None = None) -> None:
         """Take one matched frame's mesh (a mesh that is no face, by the model's own presence
@@ -153,7 +181,7 @@ class LivenessTracker:
             self._blink(now, eye_aspect_ratio(mesh.points) if openness is None else openness,
                         label)
         if self.settings.needs_motion:
-            self._motion(mesh.points, label)
+            self._motion(now, mesh.points, label)
 
     def _blink(self, now: float, ear: float, label: int) -> None:
         opened = max((e for _, e in self._ears), default=ear)
@@ -182,17 +210,63 @@ class LivenessTracker:
             # closure counts until the eyes have been open again
             self._closed_at, self._must_open = None, True
 
-    def _motion(self, points: np.ndarray, label: int) -> None:
-        parallax = max((nose_parallax(ref, points) for ref in self._references), default=0.0)
+    def _jump(self, now: float, points: np.ndarray) -> str | None:
+        """Why the sweep cannot go on from the last matched frame to ``points`` (None: it can);
+        the step, when there is one, joins the sweep."""
+        assert self._previous is not None
+        then, previous = self._previous
+        s = self.settings
+        if now - then > s.motion_max_gap_seconds:
+            return f"{now - then:.2f} s since the last matched frame"
+        before, after = inter_ocular(previous), inter_ocular(points)
+        if before <= 0 or after <= 0 or max(before, after) / min(before, after) > CROP_JUMP_SCALE:
+            return f"eye distance {before:.0f} -> {after:.0f} px"
+        centre = np.linalg.norm(points[list(PLANE_POINTS), :2].mean(0)
+                                - previous[list(PLANE_POINTS), :2].mean(0))
+        if centre > CROP_JUMP_SHIFT * after:
+            return f"face moved {centre / after:.2f} eye distances"
+        step = nose_parallax(previous, points)
+        self.largest_step = max(self.largest_step, step)
+        if step > s.motion_max_step:
+            return f"step parallax {step:.3f} > {s.motion_max_step:g}"
+        self._steps.append(step)
+        return None
+
+    def _motion(self, now: float, points: np.ndarray, label: int) -> None:
+        if self._previous is not None:
+            why = self._jump(now, points)
+            if why is not None:  # another picture, or too long unseen: a new sweep from here
+                self.jumps += 1
+                logger.debug("frame %s: the sweep starts again (%s)", label, why)
+                self._references.clear()
+                self._steps.clear()
+                self._since_reference = 0
+        self._previous = (now, points.copy())
+        position = len(self._steps)
+        share = self.settings.motion_max_share
+        parallax = 0.0
+        for reference, at in self._references:
+            if at >= position:
+                continue
+            value = nose_parallax(reference, points)
+            # a sweep: no one step of the way from the reference makes up too much of it
+            if max(self._steps[at:position]) <= share * value:
+                parallax = max(parallax, value)
         self.best_parallax = max(self.best_parallax, parallax)
         if parallax >= self.settings.motion_threshold:
             self.motion_frames.append(label)
-        # references: the attempt's first frame, then one every few frames (a slow turn is
+        # references: the sweep's first frame, then one every few frames (a slow turn is
         # compared across its whole sweep, at a bounded cost per frame)
         self._since_reference += 1
         if not self._references or self._since_reference >= 4:
-            self._references.append(points.copy())
+            self._references.append((points.copy(), position))
             self._since_reference = 0
+        if self._references and self._references[0][1] > 0 and len(self._steps) > 4 * 64:
+            # a long still sweep: steps before the oldest reference are no longer needed
+            drop = self._references[0][1]
+            del self._steps[:drop]
+            self._references = deque(((r, at - drop) for r, at in self._references),
+                                     maxlen=MAX_REFERENCES)
 
     @property
     def blinked(self) -> bool:
@@ -220,9 +294,10 @@ class LivenessTracker:
         if s.needs_blink and not self.blinked:
             missing.append("no blink")
         if s.needs_motion and not self.moved:
+            jumps = f", {self.jumps} jumps" if self.jumps else ""
             missing.append(f"no head motion (parallax {self.best_parallax:.3f} < "
                            f"{s.motion_threshold:g} in {len(self.motion_frames)}/"
-                           f"{s.motion_frames} frames)")
+                           f"{s.motion_frames} frames{jumps})")
         return f"liveness: {' and '.join(missing) or 'not passed'} in {s.timeout_seconds:g} s"
 
     def summary(self) -> dict[str, object]:
@@ -230,5 +305,6 @@ class LivenessTracker:
         return {"mode": self.settings.mode, "frames": self.frames,
                 "blink_frames": list(self.blink_frames[:10]),
                 "motion_frames": list(self.motion_frames[:10]),
-                "best_parallax": round(self.best_parallax, 4),
+                "best_parallax": round(self.best_parallax, 4), "jumps": self.jumps,
+                "largest_step": round(self.largest_step, 4),
                 "min_eye_ratio": round(self.min_eye_ratio, 3), "passed": self.passed}

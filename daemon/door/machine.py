@@ -132,6 +132,14 @@ class DoorMachine:
         """Whether a verified face's mesh is wanted (liveness on)."""
         return self.settings.liveness.enabled
 
+    @property
+    def tracking_face(self) -> bool:
+        """Whether faces that do not verify want a mesh too: a resident verified in the open
+        attempt, and the motion check follows the face frame by frame (a continuous sweep,
+        daemon/door/liveness.py). A stranger's frames still cost nothing."""
+        return self.settings.liveness.needs_motion and self.liveness is not None \
+            and self.liveness.frames > 0
+
     # -- inputs ------------------------------------------------------------------------------
 
     def step(self, now: float, frame: int | None = None,
@@ -229,8 +237,8 @@ class DoorMachine:
             raise ValueError("the door needs verdicts: the analyser has no gallery")
         self.attempt.add(now, verdict, None)
         vote = None if veto else verdict.user
-        if scored.mesh is not None and vote is not None:
-            self.liveness.add(now, scored.mesh, frame)
+        if scored.mesh is not None and (vote is not None or (not veto and self.liveness.frames)):
+            self.liveness.add(now, scored.mesh, frame)  # unverified: see tracking_face
         agreed = self.window.add(now, vote, scored.evidence)
         logger.debug("frame %s: best %s %.4f, verified %s, agreed %s", frame, verdict.best_user,
                      verdict.best_score, verdict.user, agreed)

@@ -781,7 +781,8 @@ class Daemon:
         self._frame_times.append(time.monotonic())
         try:
             analysis = matcher.analyser.analyse(frame.image, frame.detect_input,
-                                                frame.to_image_coords, self.door.needs_liveness)
+                                                frame.to_image_coords, self.door.needs_liveness,
+                                                self.door.tracking_face)
         except TwinLockError as exc:
             self.fault(f"frame skipped: {exc}", frame=frame.index)
             return ()

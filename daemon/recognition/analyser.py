@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -83,12 +83,15 @@ class FrameAnalyser:
 
     def analyse(self, image: np.ndarray, detect_input: np.ndarray | None = None,
                 to_image: Callable[[Face], Face] | None = None,
-                want_mesh: bool = False) -> Analysis:
+                want_mesh: bool = False, track: bool = False) -> Analysis:
         """Observations for ``image`` (uint8 RGB or grey).
 
         ``detect_input``: a smaller picture of the same scene to detect on (a camera's detect
         stream) and ``to_image`` the map of its faces to ``image``'s pixels. ``want_mesh``: run
-        the face mesh on faces that verified a resident (liveness evidence), and on no other.
+        the face mesh on faces that verified a resident (liveness evidence), and on no other;
+        ``track``: also on the other faces past the quality gate (a resident verified in the open
+        attempt: the motion check follows the face from frame to frame, not only across the
+        frames that verified).
         """
         found = self.pipeline.detector.detect(image if detect_input is None else detect_input)
         if to_image is not None:
@@ -102,7 +105,12 @@ class FrameAnalyser:
         else:
             policy: SelectPolicy = "center" if self.multiple == "center" else "largest"
             chosen = [select_face(found, image.shape, policy)]
-        return Analysis(len(found), tuple(self.observe(image, face, want_mesh) for face in chosen))
+        observations = tuple(self.observe(image, face, want_mesh) for face in chosen)
+        if track and self.mesh is not None:
+            observations = tuple(
+                replace(o, mesh=self.mesh.landmarks(image, o.face))
+                if isinstance(o, Scored) and o.mesh is None else o for o in observations)
+        return Analysis(len(found), observations)
 
     def observe(self, image: np.ndarray, face: Face, want_mesh: bool = False) -> Observation:
         """One face: the quality gate first, then (only if it passes) the model's path."""

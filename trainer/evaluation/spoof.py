@@ -10,7 +10,15 @@ picture, as someone at the door would show it:
   hand-held print), with camera noise, blur, JPEG re-encoding and lighting changes;
 - ``frozen``: one frame of a real video of the resident, shown again and again (a frozen feed);
 - ``blinked``: the still photo with the eyes painted over every ~1.5 s for a few frames (a crude
-  synthetic blink: it shows what blink mode stops and what it does not).
+  synthetic blink: it shows what blink mode stops and what it does not);
+- slideshows, two pictures of the resident shown in turn and moved by hand like ``moved`` (the
+  second one placed so that its face lands where the first one's was, as a careful attacker
+  would print them): ``slideshow``, two real photos of the resident (different head turns),
+  switched every 0.4-1.0 s; ``mirror``, the photo and its mirror image; ``nosewarp``, the photo
+  and a copy with the nose pushed sideways (0.25-0.4 inter-ocular distances); and two variants
+  of ``slideshow``: ``flicker``, switched every 0.1-0.25 s, and ``crossfade``, each switch a
+  0.2-0.4 s cross-dissolve (a phone's slideshow), whose in-between frames make the pose change
+  look gradual.
 
 Sequences are written into one video, separated by frames without a face that end each attempt,
 and played through the real daemon (``twinlockd run``'s ``Daemon``) with a replay camera on a
@@ -38,7 +46,11 @@ from twinlock.daemon.storage.audit import AuditLog, AuditRecord
 
 logger = logging.getLogger(__name__)
 
-KINDS: tuple[str, ...] = ("still", "moved", "frozen", "blinked")
+KINDS: tuple[str, ...] = ("still", "moved", "frozen", "blinked", "slideshow", "mirror",
+                          "nosewarp", "flicker", "crossfade")
+#: kinds that show two pictures in turn; ``PAIRED`` ones need a second real photo per photo
+SLIDESHOWS: tuple[str, ...] = ("slideshow", "mirror", "nosewarp", "flicker", "crossfade")
+PAIRED: tuple[str, ...] = ("slideshow", "flicker", "crossfade")
 FRAME_SIZE = (640, 360)  # width, height: the example clip's
 
 
@@ -199,13 +211,48 @@ def closed_eyes(photo: np.ndarray, points: np.ndarray) -> np.ndarray:
     return out
 
 
+def nose_warped(photo: np.ndarray, points: np.ndarray, amount: float) -> np.ndarray:
+    """The photo with its nose pushed sideways by ``amount`` inter-ocular distances (negative:
+    to the image's left): a smooth displacement, largest at the nose tip and fading over about
+    a third of the eye distance, so the rest of the face stays where it was."""
+    h, w = photo.shape[:2]
+    iod = float(np.linalg.norm(points[EYE_RIGHT[0], :2] - points[EYE_LEFT[0], :2]))
+    cx, cy = (points[1, :2] + points[195, :2]) / 2  # the middle of the lower nose ridge
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    sigma = 0.3 * iod
+    g = np.exp(-((xx - cx) ** 2 + ((yy - cy) / 1.4) ** 2) / (2 * sigma ** 2))
+    return cv2.remap(photo, xx - np.float32(amount * iod) * g, yy, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REFLECT)
+
+
+def _switch_times(kind: str, seconds: float, rng: np.random.Generator) -> list[float]:
+    """When a slideshow changes picture: every 0.4-1.0 s (``flicker``: 0.1-0.25 s)."""
+    low, high = (0.1, 0.25) if kind == "flicker" else (0.4, 1.0)
+    times, t = [], 0.0
+    while t < seconds:
+        t += float(rng.uniform(low, high))
+        times.append(t)
+    return times
+
+
+def _face_to_face(box: tuple[float, ...], onto: tuple[float, ...]) -> np.ndarray:
+    """Similarity (3x3) putting the face ``box`` of one photo onto the face ``onto`` of another."""
+    x, y, fw, fh = box
+    u, v, uw, uh = onto
+    s = max(uw, uh) / max(fw, fh, 1e-6)
+    return np.array([[s, 0, u + uw / 2 - s * (x + fw / 2)], [0, s, v + uh / 2 - s * (y + fh / 2)],
+                     [0, 0, 1.0]])
+
+
 def attack_frames(kind: str, photo: np.ndarray, face_box: tuple[float, ...], frames: int,
                   fps: float, rng: np.random.Generator,
-                  closed: np.ndarray | None = None) -> Iterator[np.ndarray]:
+                  closed: np.ndarray | None = None, second: np.ndarray | None = None,
+                  second_box: tuple[float, ...] | None = None) -> Iterator[np.ndarray]:
     """``frames`` RGB camera frames of one attack of ``kind`` made from ``photo`` (RGB).
 
     ``frozen`` expects ``photo`` to be a whole video frame (shown as it is, at its own size);
-    ``blinked`` needs ``closed``, the photo with its eyes painted over."""
+    ``blinked`` needs ``closed``, the photo with its eyes painted over; the slideshows need
+    ``second``, the other picture, and ``second_box``, its face."""
     if kind not in KINDS:
         raise DataError(f"unknown attack kind {kind!r}; use one of {', '.join(KINDS)}")
     w, h = FRAME_SIZE
@@ -214,39 +261,86 @@ def attack_frames(kind: str, photo: np.ndarray, face_box: tuple[float, ...], fra
         for _ in range(frames):
             yield camera_effects(base, rng, strong=False)
         return
+    if kind in SLIDESHOWS and (second is None or second_box is None):
+        raise DataError(f"a {kind} attack needs a second picture")
     background = _background(rng)
     place = _placement(photo.shape, rng.uniform(90, 220), face_box, rng)
     motion = random_motion(rng)
     blink_every, blink_len = rng.uniform(1.2, 2.0), int(rng.integers(2, 4))
+    switches, fade = [], 0.0  # (the older kinds draw nothing more: their videos stay the same)
+    if kind in SLIDESHOWS:
+        switches, fade = _switch_times(kind, frames / fps, rng), float(rng.uniform(0.2, 0.4))
+    onto_first = _face_to_face(second_box, face_box) if second_box is not None else np.eye(3)
     for i in range(frames):
         t = i / fps
-        matrix = hand_held(t, motion) @ place if kind == "moved" else place
+        hand = hand_held(t, motion) if kind == "moved" or kind in SLIDESHOWS else np.eye(3)
+        matrix = hand @ place
         shown = photo
         if kind == "blinked" and closed is not None and int(t * fps) % int(blink_every * fps) \
                 in range(int(0.5 * fps), int(0.5 * fps) + blink_len):
             shown = closed
         canvas = background.copy()
-        warped = cv2.warpPerspective(shown, matrix, (w, h), flags=cv2.INTER_LINEAR)
-        inside = cv2.warpPerspective(np.full(photo.shape[:2], 255, np.uint8), matrix, (w, h))
-        cv2.copyTo(warped, inside, canvas)
-        yield camera_effects(canvas, rng, strong=kind == "moved")
+        layers = [(shown, matrix, 1.0)]
+        if second is not None and kind in SLIDESHOWS:
+            done = [s for s in switches if s <= t]
+            showing_second = len(done) % 2 == 1
+            mix = 1.0
+            if kind == "crossfade" and done and t - done[-1] < fade:
+                mix = (t - done[-1]) / fade  # the picture coming in, fading over the other
+            b = (second, matrix @ onto_first)
+            a = (photo, matrix)
+            new, old = (b, a) if showing_second else (a, b)
+            layers = [(old[0], old[1], 1.0), (new[0], new[1], mix)] if mix < 1.0 else \
+                [(new[0], new[1], 1.0)]
+        for image, m, alpha in layers:
+            warped = cv2.warpPerspective(image, m, (w, h), flags=cv2.INTER_LINEAR)
+            inside = cv2.warpPerspective(np.full(image.shape[:2], 255, np.uint8), m, (w, h))
+            if alpha < 1.0:
+                warped = cv2.addWeighted(warped, alpha, canvas, 1.0 - alpha, 0.0)
+            cv2.copyTo(warped, inside, canvas)
+        yield camera_effects(canvas, rng, strong=kind == "moved" or kind in SLIDESHOWS)
 
 
 def write_attack_video(path: Path, kind: str, photos: list[np.ndarray], sequences: int,
                        frames: int, fps: float, gap_frames: int, seed: int,
                        detector: BlazeFaceDetector, mesh: FaceMesh,
-                       progress: Callable[[int], None] | None = None) -> list[tuple[int, int]]:
+                       progress: Callable[[int], None] | None = None,
+                       partners: list[np.ndarray] | None = None) -> list[tuple[int, int]]:
     """``sequences`` attacks of ``kind`` (photos taken in turn) in one video at ``fps``, each
-    followed by ``gap_frames`` frames of an empty wall; the (first, last) frame of each."""
+    followed by ``gap_frames`` frames of an empty wall; the (first, last) frame of each.
+
+    ``partners``: for ``slideshow``, ``flicker`` and ``crossfade``, another real photo of the
+    same person for each of ``photos`` (the picture shown in turn with it); ``mirror`` and
+    ``nosewarp`` make theirs from the photo."""
+    if kind in PAIRED and (partners is None or len(partners) != len(photos)):
+        raise DataError(f"a {kind} attack needs a second photo of each person")
     rng = np.random.default_rng(seed)
     boxes, closed = [], []
-    for photo in photos:
+    seconds: list[np.ndarray | None] = []
+    second_boxes: list[tuple[float, ...] | None] = []
+    for n, photo in enumerate(photos):
         faces = detector.detect(photo)
         if not faces:
             raise DataError("an attack photo shows no face")
         boxes.append(max(faces, key=lambda f: f.size).box)
         closed.append(closed_eyes(photo, eye_points(photo, detector, mesh))
                       if kind == "blinked" else None)
+        other: np.ndarray | None = None
+        if kind in PAIRED and partners is not None:
+            other = partners[n]
+        elif kind == "mirror":
+            other = np.ascontiguousarray(photo[:, ::-1])
+        elif kind == "nosewarp":
+            amount = float(rng.uniform(0.25, 0.4)) * float(rng.choice([-1.0, 1.0]))
+            other = nose_warped(photo, eye_points(photo, detector, mesh), amount)
+        seconds.append(other)
+        if other is not None:
+            found = detector.detect(other)
+            if not found:
+                raise DataError("the second picture of a slideshow shows no face")
+            second_boxes.append(max(found, key=lambda f: f.size).box)
+        else:
+            second_boxes.append(None)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, FRAME_SIZE)
     if not writer.isOpened():
         raise DataError(f"cannot write {path}")
@@ -255,7 +349,8 @@ def write_attack_video(path: Path, kind: str, photos: list[np.ndarray], sequence
         for n in range(sequences):
             k = n % len(photos)
             first = index
-            for image in attack_frames(kind, photos[k], boxes[k], frames, fps, rng, closed[k]):
+            for image in attack_frames(kind, photos[k], boxes[k], frames, fps, rng, closed[k],
+                                       seconds[k], second_boxes[k]):
                 writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
                 index += 1
             spans.append((first, index - 1))
