@@ -14,11 +14,19 @@ Measures:
   own time) for each liveness mode: unlock frames, which check passed in which frames, and the
   first unlock's delay against mode ``off``;
 - ``attacks`` (``--sequences N``, 0 to skip): N attack sequences of each kind (trainer/evaluation/spoof.py:
-  still photo, hand-held photo moved by homographies, frozen clip frame, synthetic blink) through
-  the daemon per mode; unlocks per kind with a 95 % upper bound. The residents are the clip's
-  performer (enrolled from ``lin-manuel-miranda.png``) and, when ``--holdout-pairs`` names the
-  model's held-out LFW pairs, held-out LFW people enrolled from one photo and attacked with
-  another.
+  still photo, hand-held photo moved by homographies, frozen clip frame, synthetic blink, and the
+  slideshows: two photos of the resident in turn, a photo and its mirror image, a photo and a
+  nose-warped copy, fast flicker, cross-dissolve) through the daemon per mode; unlocks per kind
+  with a 95 % upper bound. The residents are the clip's performer (enrolled from
+  ``lin-manuel-miranda.png``) and, when ``--holdout-pairs`` names the model's held-out LFW pairs,
+  held-out LFW people enrolled from one photo and attacked with another (the two-photo
+  slideshows: with two others, the second the one whose pose differs most from the first; the
+  performer has one portrait, so those show LFW residents only).
+
+``--baseline-liveness FILE`` (a ``liveness.py`` of another commit, e.g. ``git show
+HEAD~3:daemon/door/liveness.py > /tmp/old.py``) adds the mode ``motion-baseline``: ``motion``
+with that file's tracker, fed as before the continuous sweep (only frames that verified), on the
+same videos: the before/after of a liveness change in one run.
 
 Usage::
 
@@ -30,6 +38,8 @@ Prints one JSON document.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import logging
 import math
@@ -38,7 +48,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +71,20 @@ from _common import (
 )
 from _common import main as run_main
 
-from twinlock.daemon.door.liveness import LivenessSettings, LivenessTracker
+from twinlock.daemon.door import machine
+from twinlock.daemon.door.liveness import LivenessSettings, LivenessTracker, nose_parallax
+from twinlock.daemon.errors import DataError
 from twinlock.daemon.faces import quality as q
 from twinlock.daemon.faces.mesh import FaceMesh
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import FaceEmbedder
-from twinlock.trainer.evaluation.spoof import KINDS, run_replay, write_attack_video
+from twinlock.trainer.evaluation.spoof import (
+    KINDS,
+    PAIRED,
+    SLIDESHOWS,
+    run_replay,
+    write_attack_video,
+)
 from twinlock.trainer.household.anchors import anchors_from_files
 
 logger = logging.getLogger(__name__)
@@ -76,7 +94,9 @@ MODES = ("off", "motion", "blink", "both")
 ATTACK_MODES: dict[str, tuple[str, ...]] = {
     "still": ("off", "motion", "blink"), "moved": ("off", "motion", "blink"),
     "frozen": ("off", "motion"), "blinked": ("off", "motion", "blink", "both"),
+    **{kind: ("off", "motion") for kind in SLIDESHOWS},
 }
+BASELINE = "motion-baseline"  # motion with --baseline-liveness's tracker
 CLIP_FRAMES = range(82, 211)  # the performer in lin-manuel-miranda.png
 #: config.yaml as it was when the script started (a long run must not see a half-edited file)
 SHIPPED_CONFIG = (REPO / "config.yaml").read_text()
@@ -101,8 +121,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="play attack videos already in --work instead of writing them again "
                         "(same seeds and settings make the same videos)")
     parser.add_argument("--skip", default="", help="parts to skip: cost, clip (comma-separated)")
+    parser.add_argument("--baseline-liveness", type=Path,
+                        help="another commit's daemon/door/liveness.py: adds the mode "
+                        f"{BASELINE} (the clip and every attack kind) with its tracker")
     add_json_option(parser)
     return parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def _tracker(mode: str, baseline: Path | None) -> Iterator[str]:
+    """The daemon's mode for ``mode``; for BASELINE, the door machine uses the tracker of the
+    ``baseline`` file and meshes only faces that verified, as before the continuous sweep."""
+    if mode != BASELINE:
+        yield mode
+        return
+    if baseline is None:
+        raise DataError(f"mode {BASELINE} needs --baseline-liveness")
+    spec = importlib.util.spec_from_file_location("twinlock.daemon.door.liveness_baseline",
+                                                  baseline)
+    if spec is None or spec.loader is None:
+        raise DataError(f"cannot load {baseline}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    saved = machine.LivenessTracker, machine.DoorMachine.tracking_face
+    machine.LivenessTracker = module.LivenessTracker  # type: ignore[misc]
+    machine.DoorMachine.tracking_face = property(lambda self: False)  # type: ignore[method-assign,assignment]
+    try:
+        yield "motion"
+    finally:
+        machine.LivenessTracker, machine.DoorMachine.tracking_face = saved  # type: ignore[misc,method-assign]
+        sys.modules.pop(spec.name, None)
 
 
 def _rss_kb() -> int:
@@ -197,14 +246,17 @@ def _config(path: Path, state: Path, model: Path, gallery: Path, source: str, mo
     return path
 
 
-def measure_clip(model: Path, video: Path, gallery: Path, work: Path) -> dict[str, Any]:
+def measure_clip(model: Path, video: Path, gallery: Path, work: Path,
+                 baseline: Path | None = None) -> dict[str, Any]:
     fps = cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FPS)
     out: dict[str, Any] = {"fps": round(fps, 3), "performer_frames": [CLIP_FRAMES.start,
                                                                        CLIP_FRAMES.stop - 1]}
-    for mode in MODES:
+    modes = MODES + ((BASELINE,) if baseline is not None else ())
+    for mode in modes:
         state = work / f"clip-{mode}"
-        records = run_replay(_config(work / f"clip-{mode}.yaml", state, model, gallery,
-                                     str(video), mode, fps, attacks=False))
+        with _tracker(mode, baseline) as daemon_mode:
+            records = run_replay(_config(work / f"clip-{mode}.yaml", state, model, gallery,
+                                         str(video), daemon_mode, fps, attacks=False))
         unlocks = [r for r in records if r.event == "unlock"]
         denials = [r for r in records if r.event == "deny"]
         out[mode] = {
@@ -214,7 +266,7 @@ def measure_clip(model: Path, video: Path, gallery: Path, work: Path) -> dict[st
                         for r in denials],
         }
     first_off = (out["off"]["unlock_frames"] or [None])[0]
-    for mode in MODES[1:]:
+    for mode in modes[1:]:
         first = (out[mode]["unlock_frames"] or [None])[0]
         out[mode]["first_unlock_delay_ms"] = (
             round((first - first_off) / fps * 1000, 1) if first is not None and first_off
@@ -222,10 +274,26 @@ def measure_clip(model: Path, video: Path, gallery: Path, work: Path) -> dict[st
     return out
 
 
+def _other_pose(photo: Path, others: list[Path], detector: Any, mesh: FaceMesh) -> Path | None:
+    """Of ``others``, the photo whose head pose differs most from ``photo``'s (the largest nose
+    parallax between their meshes): what an attacker would pick for a slideshow."""
+    def points(path: Path) -> np.ndarray | None:
+        image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        faces = detector.detect(image)
+        return mesh.landmarks(image, max(faces, key=lambda f: f.size)).points if faces else None
+
+    first = points(photo)
+    scored = [(nose_parallax(first, q), other) for other in others
+              if first is not None and (q := points(other)) is not None]
+    return max(scored, key=lambda x: x[0])[1] if scored else None
+
+
 def _residents(model: Path, examples: Path, lfw: Path, pairs: Path | None, count: int,
-               seed: int = 0) -> tuple[Gallery, list[Path]]:
-    """The gallery (Miranda, plus held-out LFW people from one photo each) and the attack
-    photos (Miranda's portrait, another photo of each LFW resident)."""
+               seed: int = 0) -> tuple[Gallery, list[Path], list[Path | None]]:
+    """The gallery (Miranda, plus held-out LFW people from one photo each), the attack photos
+    (Miranda's portrait, another photo of each LFW resident) and each one's slideshow partner
+    (a third photo of the LFW resident, the most different pose of up to five; None for
+    Miranda, who has one portrait, and for people with two photos)."""
     embedder = FaceEmbedder(model)
     meta = embedder.meta
     pipeline = meta.face_pipeline(meta.detector.build())
@@ -234,7 +302,9 @@ def _residents(model: Path, examples: Path, lfw: Path, pairs: Path | None, count
     enrolled = anchors_from_files([portrait], pipeline, embedder, q.QualityThresholds())
     gallery.add("lin", enrolled.anchors, enrolled.sources)
     photos = [portrait]
+    partners: list[Path | None] = [None]
     if pairs is not None and pairs.is_file() and count > 0:
+        mesh = FaceMesh()
         from twinlock.trainer.evaluation.door_eval import held_out_people
 
         people = [p for p in held_out_people(pairs, lfw) if len(list((lfw / p).glob("*.jpg"))) >= 2]
@@ -248,7 +318,8 @@ def _residents(model: Path, examples: Path, lfw: Path, pairs: Path | None, count
                 continue
             gallery.add(person, result.anchors, result.sources)
             photos.append(files[1])
-    return gallery, photos
+            partners.append(_other_pose(files[1], files[2:7], pipeline.detector, mesh))
+    return gallery, photos, partners
 
 
 def _upper95(hits: int, n: int) -> float:
@@ -286,11 +357,15 @@ def _best_clip_frames(embedder: FaceEmbedder, detector: Any, gallery: Gallery,
 def measure_attacks(args: argparse.Namespace, model: Path, work: Path, examples: Path,
                     frames: list[np.ndarray]) -> dict[str, Any]:
     lfw = data_root(args.data) / "lfw" / "lfw-deepfunneled"
-    gallery, photo_paths = _residents(model, examples, lfw, args.holdout_pairs,
-                                      args.lfw_residents)
+    gallery, photo_paths, partner_paths = _residents(model, examples, lfw, args.holdout_pairs,
+                                                     args.lfw_residents)
     gallery_path = work / "attack-gallery.json"
     gallery.save(gallery_path)
-    photos = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in photo_paths]
+    def read(path: Path) -> np.ndarray:
+        return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+    photos = [read(p) for p in photo_paths]
+    paired = [(read(p), read(q)) for p, q in zip(photo_paths, partner_paths) if q is not None]
     embedder = FaceEmbedder(model)
     detector = embedder.meta.detector.build()
     clip_stills = _best_clip_frames(embedder, detector, gallery, frames, 10)
@@ -298,9 +373,12 @@ def measure_attacks(args: argparse.Namespace, model: Path, work: Path, examples:
     per_seq = round(args.seconds * args.fps)
     gap = round(3.5 * args.fps)  # longer than verification.window_seconds: attempt ends
     out: dict[str, Any] = {"residents": len(gallery.users), "attack_photos":
-                           [str(p.name) for p in photo_paths], "frames_per_sequence": per_seq,
+                           [str(p.name) for p in photo_paths], "slideshow_partners":
+                           [q.name if q else None for q in partner_paths],
+                           "frames_per_sequence": per_seq,
                            "fps": args.fps}
-    plan = {kind: ATTACK_MODES[kind] for kind in args.kinds.split(",")}
+    extra = (BASELINE,) if args.baseline_liveness is not None else ()
+    plan = {kind: ATTACK_MODES[kind] + extra for kind in args.kinds.split(",")}
     if args.plan:
         plan = {k: tuple(m.split("+")) for k, m in (p.split("=") for p in args.plan.split(";"))}
     for kind, modes in plan.items():
@@ -309,6 +387,13 @@ def measure_attacks(args: argparse.Namespace, model: Path, work: Path, examples:
         if args.reuse_videos and video.is_file():
             step = per_seq + gap
             spans = [(i * step, i * step + per_seq - 1) for i in range(args.sequences)]
+        elif kind in PAIRED:
+            if not paired:
+                raise DataError(f"{kind} needs residents with three photos (--holdout-pairs)")
+            spans = write_attack_video(video, kind, [a for a, _ in paired], args.sequences,
+                                       per_seq, args.fps, gap, seed=KINDS.index(kind),
+                                       detector=detector, mesh=mesh,
+                                       partners=[b for _, b in paired])
         else:
             spans = write_attack_video(video, kind, clip_stills if kind == "frozen" else photos,
                                        args.sequences, per_seq, args.fps, gap,
@@ -318,15 +403,20 @@ def measure_attacks(args: argparse.Namespace, model: Path, work: Path, examples:
         out[kind] = result
         for mode in modes:
             started = time.perf_counter()
-            records = run_replay(_config(work / f"{kind}-{mode}.yaml", work / f"{kind}-{mode}",
-                                         model, gallery_path, str(video), mode, args.fps, True))
+            with _tracker(mode, args.baseline_liveness) as daemon_mode:
+                records = run_replay(_config(work / f"{kind}-{mode}.yaml",
+                                             work / f"{kind}-{mode}", model, gallery_path,
+                                             str(video), daemon_mode, args.fps, True))
             opened = {i for i, (a, b) in enumerate(spans) for r in records
                       if r.event == "unlock" and r.frame is not None and a <= r.frame <= b}
             liveness_denied = sum(1 for r in records if r.event == "deny"
                                   and r.reason.startswith("liveness"))
             result[mode] = {"unlocked": len(opened), "upper95": round(_upper95(
                 len(opened), len(spans)), 4), "liveness_denials": liveness_denied,
-                "run_s": round(time.perf_counter() - started, 1)}
+                "run_s": round(time.perf_counter() - started, 1),
+                "best_parallax_refused": max(
+                    (((r.details or {}).get("liveness") or {}).get("best_parallax", 0.0)
+                     for r in records if r.event == "deny"), default=None)}
             logger.warning("%s / %s: %d of %d opened", kind, mode, len(opened), len(spans))
             if args.json:  # a long run keeps what it has measured so far
                 args.json.with_suffix(".partial.json").write_text(json.dumps(out, indent=2))
@@ -346,10 +436,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        lin, _ = _residents(args.model, examples, data, None, 0)
+        lin, _, _ = _residents(args.model, examples, data, None, 0)
         lin.save(work / "clip-gallery.json")
         if "clip" not in skip:
-            report["clip"] = measure_clip(args.model, video, work / "clip-gallery.json", work)
+            report["clip"] = measure_clip(args.model, video, work / "clip-gallery.json", work,
+                                          args.baseline_liveness)
         if args.sequences > 0:
             report["attacks"] = measure_attacks(args, args.model, work, examples, frames)
     return report
