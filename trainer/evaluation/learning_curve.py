@@ -36,13 +36,12 @@ FROM_SCRATCH = "from scratch"
 
 def snapshot(run_dir: Path, dest: Path) -> dict[str, Any]:
     """Copy run.json, state.json and the last checkpoint (as the kept one) into ``dest``."""
-    from ..training.runs import CHECKPOINT_DIR, LAST_WEIGHTS, RUN_FILE, STATE_FILE
+    from ..training.runs import CHECKPOINT_DIR, RUN_FILE, STATE_FILE, checkpoint_path
 
     (dest / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     state = json.loads((run_dir / STATE_FILE).read_text())
     shutil.copyfile(run_dir / RUN_FILE, dest / RUN_FILE)
-    shutil.copyfile(run_dir / CHECKPOINT_DIR / LAST_WEIGHTS,
-                    dest / CHECKPOINT_DIR / "best.weights.h5")
+    shutil.copyfile(checkpoint_path(run_dir, "last"), checkpoint_path(dest, "best"))
     # the checkpoint is renamed into place after state.json is written: read state again
     after = json.loads((run_dir / STATE_FILE).read_text())
     if after["epoch"] != state["epoch"]:

@@ -35,14 +35,13 @@ HEAD_FILE = "head.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "training_curves.png"
-#: inside CHECKPOINT_DIR
-LAST_WEIGHTS = "last.weights.h5"
-BEST_WEIGHTS = "best.weights.h5"
+#: inside CHECKPOINT_DIR, beside the weights that checkpoint_path names
 OPTIMIZER_FILE = "optimizer.npz"
 
 
 def checkpoint_path(run_dir: Path, name: str) -> Path:
-    """``checkpoints/<name>.weights.h5`` (name: "last" or "best")."""
+    """``checkpoints/<name>.weights.h5`` (name: "last" or "best"; "<name>.tmp" while one is
+    written): the one spelling of a checkpoint's file name."""
     return run_dir / CHECKPOINT_DIR / f"{name}.weights.h5"
 
 

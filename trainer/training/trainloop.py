@@ -35,6 +35,7 @@ from .runs import (
     STATE_FILE,
     TOWER_FILE,
     atomic_write_json,
+    checkpoint_path,
     write_history,
 )
 
@@ -156,9 +157,9 @@ class TrainLoop:
     def _save_checkpoint(self, name: str) -> None:
         # written beside, fsynced and renamed, so a reader, a kill or a power cut never meets
         # half a file (state.json, which names the epoch, is written after both)
-        tmp = self.ckpt_dir / f"{name}.tmp.weights.h5"
+        tmp = checkpoint_path(self.run_dir, f"{name}.tmp")
         self.model.save_weights(tmp)
-        durable_replace(tmp, self.ckpt_dir / f"{name}.weights.h5")
+        durable_replace(tmp, checkpoint_path(self.run_dir, name))
         if name == "last":
             values = {f"v{i}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)}
             with atomic_writer(self.ckpt_dir / OPTIMIZER_FILE, None) as handle:
@@ -170,7 +171,7 @@ class TrainLoop:
             from twinlock.daemon.errors import UsageError
             raise UsageError(f"{self.run_dir}: nothing to resume (no {STATE_FILE})")
         state = json.loads(state_path.read_text())
-        self.model.load_weights(self.ckpt_dir / "last.weights.h5")
+        self.model.load_weights(checkpoint_path(self.run_dir, "last"))
         with self.strategy.scope():
             self.optimizer.build(self.model.trainable_variables)
         with np.load(self.ckpt_dir / OPTIMIZER_FILE) as saved:
@@ -269,7 +270,7 @@ class TrainLoop:
         from ..stats.plots import plot_training_curves
 
         cfg = self.cfg
-        self.model.load_weights(self.ckpt_dir / f"{self.kept_checkpoint}.weights.h5")
+        self.model.load_weights(checkpoint_path(self.run_dir, self.kept_checkpoint))
         self.tower.save(self.run_dir / TOWER_FILE)
         train_emb = self.embed(self.data.train_idx)
         weights, bias = fit_l1_head(train_emb, self.train_labels,
