@@ -59,16 +59,6 @@ class DetectorError(TwinLockError, RuntimeError):
     """The face detector could not be created or failed on a frame."""
 
 
-class QualityError(TwinLockError, ValueError):
-    """An image is unusable for enrolment or matching; ``reason`` says why (machine-readable)."""
-
-    exit_code = 2
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 class AuditError(TwinLockError, RuntimeError):
     """The audit log could not be opened, written or read, or was handed a record it cannot keep."""
 

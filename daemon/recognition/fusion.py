@@ -27,7 +27,7 @@ import itertools
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +37,6 @@ from .thresholds import door_rate
 
 logger = logging.getLogger(__name__)
 
-FusionRule = Literal["max", "share", "centroid"]
 FUSION_RULES: tuple[str, ...] = ("max", "share", "centroid")
 
 
@@ -92,11 +91,6 @@ class Fusion:
         return np.take_along_axis(
             ordered, np.broadcast_to(self._rank[:, None], ordered.shape[:-1] + (1,)),
             axis=-1)[..., 0]
-
-
-def share_rank(share: float, anchors: int) -> int:
-    """How many of ``anchors`` must pass under the share rule (for messages and docs)."""
-    return max(1, math.ceil(share * anchors - 1e-9))
 
 
 def door_calibration(metrics: dict[str, Any]) -> dict[str, Any]:
