@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config.loader import DEFAULT_CONFIG_PATH, load_config
+from .console import run_command, setup_logging
 from .errors import TwinLockError, UsageError
 
 logger = logging.getLogger("twinlockd")
@@ -286,16 +287,8 @@ COMMANDS = {"run": _cmd_run, "relay-off": _cmd_relay_off, "check-config": _cmd_c
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        return COMMANDS[args.command](args)
-    except TwinLockError as exc:
-        print(f"twinlockd {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    setup_logging(args.verbose)
+    return run_command("twinlockd", args.command, lambda: COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":

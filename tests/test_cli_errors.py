@@ -111,3 +111,25 @@ def test_export_of_a_folder_that_is_not_a_run(capsys: pytest.CaptureFixture[str]
                                               tmp_path: Path) -> None:
     code, _, err = _run(["export", str(tmp_path), "--out", str(tmp_path / "m")], capsys)
     _assert_clean_error(code, err, "not a training run folder")
+
+
+
+@pytest.mark.parametrize(("prog", "argv", "says"), [
+    ("twinlock", ["export", "run-dir", "--out", "out"], True), ("twinlockd", ["rollback"], False)])
+def test_ctrl_c_exits_130_in_both_programs(capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch, prog: str,
+                                           argv: list[str], says: bool) -> None:
+    """Both command lines go through daemon/console.py: Ctrl-C in a command is exit status 130,
+    with a line on stderr from the trainer's (a long run) and none from the daemon's."""
+    from twinlock.daemon import cli as daemon_cli
+    from twinlock.trainer import cli as trainer_cli
+
+    def interrupted(*_: object) -> int:
+        raise KeyboardInterrupt
+
+    module = trainer_cli if prog == "twinlock" else daemon_cli
+    monkeypatch.setitem(module.COMMANDS, argv[0], interrupted)
+    assert module.main(argv) == 130
+    err = capsys.readouterr().err
+    assert (f"{prog} {argv[0]}: interrupted" in err) is says
+    assert "Traceback" not in err

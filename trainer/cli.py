@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from twinlock.daemon.console import run_command, setup_logging
 from twinlock.daemon.errors import TwinLockError
 
 from .training.losses import LOSSES, RECIPES
@@ -726,16 +727,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        return COMMANDS[args.command](args, argv)
-    except TwinLockError as exc:
-        print(f"twinlock {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"twinlock {args.command}: interrupted", file=sys.stderr)
-        return 130
+    setup_logging(args.verbose)
+    return run_command("twinlock", args.command, lambda: COMMANDS[args.command](args, argv),
+                       say_interrupted=True)
 
 
 if __name__ == "__main__":
