@@ -197,3 +197,25 @@ def test_output_tail_keeps_the_last_lines_and_characters() -> None:
     assert output_tail(text, 2000, max_lines=2) == "line 28\nline 29"
     assert output_tail(text.encode(), 7) == "line 29"
     assert output_tail(None, 100) == ""
+
+
+
+def test_closing_closes_on_the_way_out_and_lets_the_error_through(tmp_path: Path) -> None:
+    """``with`` from daemon/storage/closing.py: the thing itself is handed in, ``close()`` runs
+    once after the block even when the block raises, and the error is not swallowed."""
+    from twinlock.daemon.storage.audit import AuditLog
+    from twinlock.daemon.storage.closing import Closing
+
+    class Counted(Closing):
+        closes = 0
+
+        def close(self) -> None:
+            self.closes += 1
+
+    thing = Counted()
+    with pytest.raises(KeyError), thing as entered:
+        assert entered is thing
+        raise KeyError("inside")
+    assert thing.closes == 1
+    with AuditLog(tmp_path / "audit.db") as log:  # the audit log takes its with from there
+        assert isinstance(log, Closing)

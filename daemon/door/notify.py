@@ -18,8 +18,8 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Self
+
+from ..storage.closing import Closing
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _address(value: str) -> str | None:
     return None
 
 
-class Notifier:
+class Notifier(Closing):
     """Sends sd_notify messages to systemd; with no socket every method is a no-op (False)."""
 
     def __init__(self, address: str | None, send_timeout_s: float = SEND_TIMEOUT_S) -> None:
@@ -133,17 +133,6 @@ class Notifier:
             sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Notifier({self._shown() or None!r})"

@@ -32,12 +32,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
 from ..errors import AuditError, UsageError
+from .closing import Closing
 from .files import atomic_write
 from .json_encoding import json_default
 from .private_db import PRIVATE_FILE_MODE, make_private_dirs, migrate_schema, open_private_db
@@ -189,7 +189,7 @@ def _encode_details(details: Mapping[str, Any] | None) -> str | None:
     return text
 
 
-class AuditLog:
+class AuditLog(Closing):
     """The decisions table in a private SQLite file; one connection shared under a lock.
 
     The frame loop and the action's timer thread both write, so the one connection is opened
@@ -483,17 +483,6 @@ class AuditLog:
             conn.close()
         except sqlite3.Error as exc:
             logger.warning("audit log %s: error while closing: %s", self.path, exc)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # -- time that survives a restart and a clock change ---------------------------------------------

@@ -22,13 +22,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
 from twinlock.daemon.errors import TwinLockError, UsageError
 from twinlock.daemon.review.format import ReviewRecord, check_door_name
+from twinlock.daemon.storage.closing import Closing
 from twinlock.daemon.storage.private_db import make_private_dirs, migrate_schema, open_private_db
 
 from .enroll_store import default_path as enrolment_default_path
@@ -160,7 +160,7 @@ _ATTEMPT_COLUMNS = ("id, door, time, decision, audit_id, bundle_id, model_id, re
                     "reason, dim, embedding, crop IS NOT NULL")
 
 
-class ActivityStore:
+class ActivityStore(Closing):
     """The activity store; every public write is one transaction."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
@@ -198,13 +198,6 @@ class ActivityStore:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     # -- doors -----------------------------------------------------------------------------------
 

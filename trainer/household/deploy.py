@@ -50,11 +50,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
 from urllib.parse import unquote, urlsplit
 
 from twinlock.daemon.errors import DataNotFoundError, UsageError
 from twinlock.daemon.processes import kill_group, output_tail
+from twinlock.daemon.storage.closing import Closing
 from twinlock.daemon.storage.files import atomic_writer
 
 from ..errors import DeployError
@@ -372,7 +372,7 @@ def _debug_requested(options: list[str]) -> bool:
     return False
 
 
-class _SshSession:
+class _SshSession(Closing):  # with: always closes the shared connection and its folder
     """The ssh/sftp commands of one deployment, sharing one multiplexed connection."""
 
     def __init__(self, parsed: SshTarget, target: str, ssh_options: list[str],
@@ -392,14 +392,6 @@ class _SshSession:
             opts += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_path}",
                      "-o", "ControlPersist=60"]
         self.options = opts
-
-    # context management: always close the shared connection and its folder
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     @staticmethod
     def _make_control_dir() -> Path | None:

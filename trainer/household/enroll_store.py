@@ -25,8 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import cv2
 import numpy as np
@@ -36,6 +35,7 @@ from twinlock.daemon.faces.align import DEFAULT_TEMPLATE
 from twinlock.daemon.faces.images import decode_image
 from twinlock.daemon.recognition.fusion import STRICT_FAR_MAX, STRICT_FAR_MIN
 from twinlock.daemon.recognition.gallery import Gallery
+from twinlock.daemon.storage.closing import Closing
 from twinlock.daemon.storage.json_encoding import json_default
 from twinlock.daemon.storage.private_db import (
     PRIVATE_DIR_MODE,
@@ -214,7 +214,7 @@ class StoredSample:
         return decode_image(self.crop_png, f"sample {self.id}")
 
 
-class EnrolmentStore:
+class EnrolmentStore(Closing):
     """One SQLite file of residents, samples and per-model anchors. Use as a context manager.
 
     The connection runs in autocommit mode; every public write is one transaction.
@@ -266,13 +266,6 @@ class EnrolmentStore:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     # -- users -------------------------------------------------------------------------------
 
