@@ -219,3 +219,23 @@ def test_closing_closes_on_the_way_out_and_lets_the_error_through(tmp_path: Path
     assert thing.closes == 1
     with AuditLog(tmp_path / "audit.db") as log:  # the audit log takes its with from there
         assert isinstance(log, Closing)
+
+
+def test_private_store_rolls_back_a_failed_write_and_refuses_once_closed(tmp_path: Path) -> None:
+    """daemon/storage/private_db.PrivateStore, through the real enrolment store: a write that
+    fails inside its transaction leaves nothing behind, sqlite's own errors and use after
+    close() come out as the store's error class, naming the store."""
+    from twinlock.trainer.errors import EnrolmentError
+    from twinlock.trainer.household.enroll_store import EnrolmentStore
+
+    store = EnrolmentStore(tmp_path / "enrolment.db")
+    with pytest.raises(KeyError), store._tx(write=True) as conn:
+        conn.execute("CREATE TABLE scratch (x INTEGER)")
+        raise KeyError("half way")
+    with store._tx() as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'scratch'").fetchall() == []
+    with pytest.raises(EnrolmentError, match="enrolment store .*no such table"), store._tx() as conn:
+        conn.execute("SELECT * FROM no_such_table")
+    store.close()
+    with pytest.raises(EnrolmentError, match="enrolment store .* is closed"):
+        store.has_user("alice")

@@ -4,6 +4,7 @@ Both hold personal data (who came to the door; residents' faces), so both are cr
 by their owner alone from the first byte, and both must survive a power cut: SQLite in WAL mode
 with a sync at every commit. Each caller passes its own :class:`TwinLockError` subclass so a
 failure reads as "cannot open audit log …" or "… enrolment store …", not as a bare sqlite error.
+:class:`PrivateStore` is the trainer's stores' one connection, transaction and ``close()``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import TwinLockError
+from .closing import Closing
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +134,41 @@ def migrate_schema(conn: sqlite3.Connection, target: int,
         logger.info("%s: schema %s -> %s", what, before, version)
         before = version
     return current
+
+
+class PrivateStore(Closing):
+    """A private database held open by one connection in autocommit mode (the trainer's
+    enrolment and activity stores): ``_tx`` hands the connection out, inside one transaction
+    when writing, with sqlite's errors raised as the subclass's ``error``; ``close()`` lets it go.
+    """
+
+    #: the store's own TwinLockError subclass and its name in messages
+    error: type[TwinLockError] = TwinLockError
+    what = "store"
+    path: Path
+    _conn: sqlite3.Connection | None = None
+
+    @contextmanager
+    def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection, inside one transaction when writing; sqlite errors -> ``error``."""
+        if self._conn is None:
+            raise self.error(f"{self.what} {self.path} is closed")
+        conn = self._conn
+        try:
+            if not write:
+                yield conn
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self.error(f"{self.what} {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

@@ -17,8 +17,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +27,12 @@ import numpy as np
 
 from twinlock.daemon.errors import TwinLockError, UsageError
 from twinlock.daemon.review.format import ReviewRecord, check_door_name
-from twinlock.daemon.storage.closing import Closing
-from twinlock.daemon.storage.private_db import make_private_dirs, migrate_schema, open_private_db
+from twinlock.daemon.storage.private_db import (
+    PrivateStore,
+    make_private_dirs,
+    migrate_schema,
+    open_private_db,
+)
 
 from .enroll_store import default_path as enrolment_default_path
 
@@ -160,8 +163,11 @@ _ATTEMPT_COLUMNS = ("id, door, time, decision, audit_id, bundle_id, model_id, re
                     "reason, dim, embedding, crop IS NOT NULL")
 
 
-class ActivityStore(Closing):
+class ActivityStore(PrivateStore):
     """The activity store; every public write is one transaction."""
+
+    error = ActivityError
+    what = "activity store"
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_path()
@@ -174,30 +180,6 @@ class ActivityStore(Closing):
         if migrate_schema(conn, SCHEMA_VERSION, _UPGRADES, ActivityError,
                           f"activity store {self.path}", create=_create) == 0:
             logger.info("activity store created: %s", self.path)
-
-    @contextmanager
-    def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        if self._conn is None:
-            raise ActivityError(f"activity store {self.path} is closed")
-        conn = self._conn
-        try:
-            if not write:
-                yield conn
-                return
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise ActivityError(f"activity store {self.path}: {exc}") from exc
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
 
     # -- doors -----------------------------------------------------------------------------------
 

@@ -20,8 +20,7 @@ import os
 import re
 import sqlite3
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,10 +34,10 @@ from twinlock.daemon.faces.align import DEFAULT_TEMPLATE
 from twinlock.daemon.faces.images import decode_image
 from twinlock.daemon.recognition.fusion import STRICT_FAR_MAX, STRICT_FAR_MIN
 from twinlock.daemon.recognition.gallery import Gallery
-from twinlock.daemon.storage.closing import Closing
 from twinlock.daemon.storage.json_encoding import json_default
 from twinlock.daemon.storage.private_db import (
     PRIVATE_DIR_MODE,
+    PrivateStore,
     chmod_private,
     make_private_dirs,
     migrate_schema,
@@ -214,11 +213,14 @@ class StoredSample:
         return decode_image(self.crop_png, f"sample {self.id}")
 
 
-class EnrolmentStore(Closing):
+class EnrolmentStore(PrivateStore):
     """One SQLite file of residents, samples and per-model anchors. Use as a context manager.
 
     The connection runs in autocommit mode; every public write is one transaction.
     """
+
+    error = EnrolmentError
+    what = "enrolment store"
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_path()
@@ -241,31 +243,6 @@ class EnrolmentStore(Closing):
         if migrate_schema(conn, SCHEMA_VERSION, _UPGRADES, EnrolmentError, f"enrolment store {self.path}",
                           create=_create) == 0:
             logger.info("enrolment store created: %s", self.path)
-
-    @contextmanager
-    def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """The connection, inside one transaction when writing; sqlite errors -> EnrolmentError."""
-        if self._conn is None:
-            raise EnrolmentError(f"enrolment store {self.path} is closed")
-        conn = self._conn
-        try:
-            if not write:
-                yield conn
-                return
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise EnrolmentError(f"enrolment store {self.path}: {exc}") from exc
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
 
     # -- users -------------------------------------------------------------------------------
 
