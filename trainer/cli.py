@@ -603,6 +603,35 @@ def _review_parsers(sub: argparse._SubParsersAction) -> None:
     q.add_argument("id", metavar="ID")
     q.add_argument("--crop-out", type=Path, metavar="FILE", help="write the face crop (JPEG)")
     q.add_argument("--json", action="store_true")
+    q = asub.add_parser("visitors", parents=[common], help="refused attempts grouped into "
+                        "visitors (who came how often, first and last seen, doors)",
+                        description="Group the refused attempts nobody has labelled by the "
+                        "tower's own notion of the same person: single linkage at the model's "
+                        "door_far_1e-04 threshold, chosen by measurement "
+                        "(benchmarks/visitor_grouping.py).")
+    q.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR",
+                   help="the model the doors decide with (its head and thresholds)")
+    q.add_argument("--threshold", metavar="NAME", help="one of the model's calibrated "
+                   "thresholds (default door_far_1e-04, chosen by measurement)")
+    q.add_argument("--door", metavar="NAME")
+    q.add_argument("--json", action="store_true")
+    q = asub.add_parser("label", parents=[common], help="say who an attempt (or a visitor "
+                        "group) was: --as NAME enrols it, --not NAME records a wrong unlock",
+                        description="--as NAME: the attempt's face goes through the enrolment "
+                        "gate (one face, quality, near-duplicate) into NAME's photos; the next "
+                        "bundle carries it. --not NAME on an unlock as NAME: keep the pair as "
+                        "a known impostor, list the anchors that matched and measure each "
+                        "remedy's cost; --apply remove-anchors carries one out (the door only "
+                        "gets stricter).")
+    q.add_argument("id", nargs="?", metavar="ID")
+    q.add_argument("--group", metavar="G", help="a visitor group (activity visitors)")
+    who = q.add_mutually_exclusive_group(required=True)
+    who.add_argument("--as", dest="as_name", metavar="NAME")
+    who.add_argument("--not", dest="not_name", metavar="NAME")
+    q.add_argument("--apply", choices=("remove-anchors",), help="with --not: carry out a remedy")
+    q.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR")
+    q.add_argument("--threshold", metavar="NAME", help="with --group: as for visitors")
+    q.add_argument("--json", action="store_true")
 
 
 def _activity_store(args: argparse.Namespace):
@@ -713,6 +742,89 @@ def _cmd_activity(args: argparse.Namespace, argv: Sequence[str]) -> int:
             else:
                 for key, value in info.items():
                     print(f"{key}: {value}")
+        elif action == "visitors":
+            from twinlock.daemon.recognition.model import read_metadata
+
+            from .household.visitors import unknown_visitors
+
+            visitors = unknown_visitors(store, read_metadata(args.model), args.threshold,
+                                        door=args.door)
+            if args.json:
+                print(json.dumps([v.as_json() for v in visitors], indent=2))
+            elif not visitors:
+                print("no unlabelled refused attempts with a face for this model")
+            for v in visitors if not args.json else []:
+                refused = ""
+                residents = v.as_json()["residents_refused"]
+                if residents:
+                    refused = f"; refused as {', '.join(residents)}"  # type: ignore[arg-type]
+                print(f"{v.key}: {v.count} attempts, first {v.first_seen:%Y-%m-%d %H:%M}, "
+                      f"last {v.last_seen:%Y-%m-%d %H:%M}, doors {', '.join(v.doors)}{refused}")
+        else:
+            return _label(args, store)
+    return 0
+
+
+def _label(args: argparse.Namespace, store: Any) -> int:
+    from .household.labels import apply_remove_anchors, label_as, label_not
+
+    if (args.id is None) == (args.group is None):
+        raise _usage("activity label: give one attempt ID or --group G")
+    if args.group is not None:
+        if args.not_name:
+            raise _usage("--not works on one unlock (an ID), not on a group")
+        from twinlock.daemon.recognition.model import read_metadata
+
+        from .household.visitors import find_group, unknown_visitors
+
+        group = find_group(unknown_visitors(store, read_metadata(args.model), args.threshold),
+                           args.group)
+        attempts = group.attempts
+    else:
+        attempts = [store.attempt(args.id)]
+    with _store(args) as enrolment:
+        if args.as_name:
+            if args.apply:
+                raise _usage("--apply goes with --not")
+            report = label_as(store, enrolment, attempts, args.as_name, args.model)
+            from .household.enroll import describe
+
+            if args.json:
+                print(json.dumps({"user": report.user, "enrolled": report.accepted,
+                                  "refused": [{"crop": s, "reason": r, "why": describe(r)}
+                                              for s, r in report.rejected],
+                                  "anchors": report.anchors}, indent=2))
+            else:
+                for source in report.accepted:
+                    print(f"enrolled {source} as {report.user}")
+                for source, reason in report.rejected:
+                    print(f"refused {source}: {describe(reason)} ({reason})")
+                print(f"{report.user} now has {report.anchors} anchors for this model; the next "
+                      "bundle (twinlock bundle) carries them")
+            return 0 if report.accepted else 1
+        impostor = label_not(store, enrolment, attempts[0], args.not_name, args.model)
+        removed = apply_remove_anchors(enrolment, impostor) if args.apply else []
+        if args.json:
+            print(json.dumps(impostor.as_json() | {"applied_removed_samples": removed},
+                             indent=2))
+            return 0
+        print(f"kept {impostor.attempt} as a known impostor pair for {impostor.resident} "
+              f"(fused score {impostor.fused_score:.6f} >= door threshold "
+              f"{impostor.threshold:.6f}, fusion {impostor.fusion})")
+        print("anchors, best match first:")
+        for a in impostor.anchors:
+            mark = "MATCHED" if a["matched"] else "       "
+            print(f"  {mark} sample {a['sample']} ({a['source']}): {a['score']:.6f}")
+        print("remedies (each only makes the door stricter; cost = the resident's own faces "
+              "let in, before -> after):")
+        for r in impostor.remedies:
+            cost = (f"{r.genuine_before} -> {r.genuine_after} of {r.genuine_knocks} knocks"
+                    if r.genuine_knocks else "no faces of theirs to measure on")
+            print(f"  - {r.what}: {'refuses' if r.refuses_this_face else 'does NOT refuse'} "
+                  f"this face; {cost}" + (f"\n    {r.command}" if r.command else ""))
+        if removed:
+            print(f"removed samples {', '.join(map(str, removed))}; run twinlock bundle and "
+                  "deploy to carry it to the door")
     return 0
 
 

@@ -1,0 +1,194 @@
+"""Unknown visitors, grouped: attempts the door refused, clustered by the tower's own notion of
+"the same person".
+
+"Same person" is the model's own head, ``sigmoid(w . |a - b| + b)``, at one of the model's
+calibrated thresholds (model.json's ``thresholds``, or a point of the calibration curve between
+two of them), never a number chosen here. Attempts are grouped by agglomerative clustering on
+the head's logit. Which linkage, and which threshold, was chosen by measurement on held-out
+people (benchmarks/visitor_grouping.py, docs/benchmarks/visitor_grouping.json): single linkage
+at the door's strictest calibrated threshold (``door_far_1e-04``): two attempts are one visitor
+when a chain of attempts links them, each pair of which the door would take for one person at
+that level. Average, weighted and complete linkage, and averaging probabilities instead of
+logits, were measured beside it; the choice is made on one half of the people (precision at
+least 0.99 at 881 and at 10,000 attempts, then the best recall) and reported on the other.
+
+The head's weights have both signs, so ``w . |a - b|`` is split into two weighted L1 distances
+(non-negative weights each) that scipy computes in C: ``-(-w)+ . |a - b| + w+ . |a - b|``; a
+weighted L1 distance is the plain L1 distance of the rows scaled by the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from twinlock.daemon.errors import UsageError
+from twinlock.daemon.recognition.model import ModelMetadata
+
+from .activity import ActivityStore, Attempt
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("average", "weighted", "complete", "single")
+#: chosen by measurement (benchmarks/visitor_grouping.py): two attempts are one visitor when a
+#: chain of pairs links them, each pair a match at the door's strictest calibrated threshold
+DEFAULT_METHOD = "single"
+DEFAULT_THRESHOLD = "door_far_1e-04"
+#: decisions whose attempts may be unknown visitors (an unlock matched a resident)
+UNKNOWN_DECISIONS = ("deny", "liveness", "lockout")
+
+
+def head_logits(embeddings: np.ndarray, weights: np.ndarray, bias: float) -> np.ndarray:
+    """The head's logit for every pair of rows, condensed (scipy's pdist order), float64."""
+    from scipy.spatial.distance import pdist
+
+    x = np.asarray(embeddings, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    logits = np.full(len(x) * (len(x) - 1) // 2, float(bias))
+    negative, positive = np.clip(-w, 0, None), np.clip(w, 0, None)
+    if negative.any():
+        logits -= pdist(x * negative, "cityblock")
+    if positive.any():
+        logits += pdist(x * positive, "cityblock")
+    return logits
+
+
+def logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
+def group_embeddings(embeddings: np.ndarray, weights: np.ndarray, bias: float, threshold: float,
+                     method: str = DEFAULT_METHOD, space: str = "logit") -> np.ndarray:
+    """A group number (0..) per row: agglomerative clustering cut where the linkage of two
+    groups falls below ``threshold`` (a same-person probability of the head)."""
+    n = len(embeddings)
+    if n < 2:
+        return np.zeros(n, dtype=np.int64)
+    return group_logits(head_logits(embeddings, weights, bias), threshold, method, space)
+
+
+def group_logits(logits: np.ndarray, threshold: float, method: str = DEFAULT_METHOD,
+                 space: str = "logit") -> np.ndarray:
+    """:func:`group_embeddings` on pair logits already computed (condensed, pdist order)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    if method not in METHODS:
+        raise UsageError(f"grouping method {method!r}: use one of {', '.join(METHODS)}")
+    if space == "logit":
+        top = float(logits.max())
+        distance = top - logits  # >= 0; average linkage averages logits
+        cut = top - logit(threshold)
+    elif space == "probability":
+        distance = 1.0 - 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
+        cut = 1.0 - threshold
+    else:
+        raise UsageError(f"grouping space {space!r}: logit or probability")
+    tree = linkage(distance, method=method)
+    labels = fcluster(tree, t=cut, criterion="distance")
+    # number groups by their first row, so the order does not depend on scipy's numbering
+    _, first = np.unique(labels, return_index=True)
+    order = {labels[i]: k for k, i in enumerate(sorted(first))}
+    return np.array([order[label] for label in labels], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Visitor:
+    """One group of attempts that the tower takes for one person."""
+
+    key: str  # the group's first attempt's id: stable while that attempt is kept
+    attempts: list[Attempt]
+
+    @property
+    def count(self) -> int:
+        return len(self.attempts)
+
+    @property
+    def first_seen(self) -> datetime:
+        return min(a.time for a in self.attempts)
+
+    @property
+    def last_seen(self) -> datetime:
+        return max(a.time for a in self.attempts)
+
+    @property
+    def doors(self) -> list[str]:
+        return sorted({a.door for a in self.attempts})
+
+    def as_json(self) -> dict[str, object]:
+        return {"group": self.key, "count": self.count,
+                "first_seen": self.first_seen.isoformat(), "last_seen": self.last_seen.isoformat(),
+                "doors": self.doors, "attempts": [a.id for a in self.attempts],
+                "residents_refused": sorted({a.resident for a in self.attempts if a.resident})}
+
+
+_THRESHOLD_NAME = re.compile(r"(door_far|far)_(\d(?:\.\d+)?e-\d+)")
+
+
+def calibrated_threshold(thresholds: dict[str, float], name: str) -> float:
+    """A threshold of the model's calibration: one it names (``far_1e-03``,
+    ``door_far_1e-02``), or one between two it names at the same level (``door_far_3e-03``),
+    interpolated along the calibration curve (the logit, linear in log10 of the rate)."""
+    if name in thresholds:
+        return float(thresholds[name])
+    match = _THRESHOLD_NAME.fullmatch(name)
+    if match is None:
+        raise UsageError(f"threshold {name!r}: give one the model names "
+                         f"({', '.join(sorted(thresholds))}) or LEVEL_RATE such as far_3e-03")
+    level, rate = match.group(1), float(match.group(2))
+    known = sorted((float(m.group(2)), float(v)) for k, v in thresholds.items()
+                   if (m := _THRESHOLD_NAME.fullmatch(k)) and m.group(1) == level)
+    below = [(r, v) for r, v in known if r <= rate]
+    above = [(r, v) for r, v in known if r >= rate]
+    if not below or not above:
+        raise UsageError(f"threshold {name!r} lies outside the model's calibration ("
+                         f"{', '.join(k for k in sorted(thresholds) if k.startswith(level))})")
+    (r0, v0), (r1, v1) = below[-1], above[0]
+    if r0 == r1:
+        return v0
+    share = (math.log10(rate) - math.log10(r0)) / (math.log10(r1) - math.log10(r0))
+    value = logit(v0) + share * (logit(v1) - logit(v0))
+    return 1.0 / (1.0 + math.exp(-value))
+
+
+def threshold_of(meta: ModelMetadata, name: str | None = None) -> tuple[str, float]:
+    """(name, value) of one of the model's calibrated thresholds (default: the one measured
+    best for grouping, :data:`DEFAULT_THRESHOLD`)."""
+    chosen = name or DEFAULT_THRESHOLD
+    return chosen, calibrated_threshold(meta.thresholds, chosen)
+
+
+def unknown_visitors(store: ActivityStore, meta: ModelMetadata, threshold: str | None = None,
+                     method: str = DEFAULT_METHOD, door: str | None = None) -> list[Visitor]:
+    """Group the refused attempts decided under ``meta``'s model that nobody has labelled yet,
+    largest group first."""
+    _, value = threshold_of(meta, threshold)
+    labelled = {attempt for attempt, kind, _, _ in store.labels() if kind == "as"}
+    rows = [a for a in store.attempts(door=door)
+            if a.decision in UNKNOWN_DECISIONS and a.embedding is not None
+            and a.model_id == meta.model_id and a.id not in labelled
+            and a.embedding.size == meta.embedding_dim]
+    if not rows:
+        return []
+    rows.sort(key=lambda a: (a.time, a.id))
+    labels = group_embeddings(np.stack([a.embedding for a in rows]),  # type: ignore[misc]
+                              meta.head_weights, meta.head_bias, value, method)
+    groups: dict[int, list[Attempt]] = {}
+    for attempt, label in zip(rows, labels, strict=True):
+        groups.setdefault(int(label), []).append(attempt)
+    visitors = [Visitor(members[0].id, members) for members in groups.values()]
+    visitors.sort(key=lambda v: (-v.count, v.first_seen))
+    return visitors
+
+
+def find_group(visitors: Sequence[Visitor], key: str) -> Visitor:
+    for visitor in visitors:
+        if visitor.key == key or key in {a.id for a in visitor.attempts}:
+            return visitor
+    raise UsageError(f"no visitor group {key!r} now (twinlock activity visitors lists them)")
