@@ -74,8 +74,7 @@ def dump(db: Path) -> list[tuple[object, ...]]:
 
 
 def cli(db: Path, *args: str) -> int:
-    command, action, *rest = args
-    return main([command, action, "--activity-db", str(db), *rest])
+    return main([*args, "--activity-db", str(db)])
 
 
 def test_sync_from_a_folder_is_idempotent_and_changes_nothing_on_the_door(

@@ -563,75 +563,64 @@ ACTIVITY_HELP = ("activity store (default $TWINLOCK_ACTIVITY_DB, else activity.d
 
 
 def _review_parsers(sub: argparse._SubParsersAction) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", type=Path, help=DB_HELP)
-    common.add_argument("--activity-db", type=Path, metavar="PATH", help=ACTIVITY_HELP)
     p = sub.add_parser("doors", help="the household's doors: add, list, remove, sync",
-                       description="Doors as a list. sync fetches each door's new review records "
-                       "(its attempts with their faces) into the activity store, over the SSH "
-                       "deploy account or from a folder; it only reads on the door.")
-    dsub = p.add_subparsers(dest="doors_action", required=True, metavar="ACTION")
-    q = dsub.add_parser("add", parents=[common], help="add a door: where its review records are read from")
-    q.add_argument("name", metavar="NAME", help="1-32 lower-case letters, digits and '-' "
-                   "(the door's name in its config's review: section)")
-    q.add_argument("--to", required=True, metavar="TARGET",
-                   help="ssh://USER@HOST[:PORT][/REVIEW_DIR] (default folder "
-                   "/var/lib/twinlock/review/) or a local folder")
-    q.add_argument("-i", "--identity", type=Path, help="ssh private key")
-    q.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
-                   help="extra ssh option, kept for every sync (repeatable)")
-    q = dsub.add_parser("list", parents=[common], help="the doors, with attempts stored and last sync")
-    q.add_argument("--json", action="store_true")
-    q = dsub.add_parser("remove", parents=[common], help="take a door off the list (its fetched attempts stay)")
-    q.add_argument("name", metavar="NAME")
-    q = dsub.add_parser("sync", parents=[common], help="fetch new review records from one door or all")
-    q.add_argument("name", nargs="?", metavar="NAME")
-    q.add_argument("--timeout", type=float, default=300.0, help="seconds per door (default 300)")
+                       description="Doors as a list. doors add NAME --to TARGET; doors list; "
+                       "doors remove NAME; doors sync [NAME...] fetches each door's new review "
+                       "records (its attempts with their faces) into the activity store, over "
+                       "the SSH deploy account or from a folder; it only reads on the door.")
+    p.add_argument("action", choices=("add", "list", "remove", "sync"))
+    p.add_argument("names", nargs="*", metavar="NAME", help="door name: 1-32 lower-case "
+                   "letters, digits and '-' (the name in the door's review: section)")
+    p.add_argument("--to", metavar="TARGET", help="add: ssh://USER@HOST[:PORT][/REVIEW_DIR] "
+                   "(default folder /var/lib/twinlock/review/) or a local folder")
+    p.add_argument("-i", "--identity", type=Path, help="add: ssh private key")
+    p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
+                   help="add: extra ssh option, kept for every sync (repeatable)")
+    p.add_argument("--timeout", type=float, default=300.0, help="sync: seconds per door "
+                   "(default 300)")
+    p.add_argument("--json", action="store_true", help="list: as JSON")
+    p.add_argument("--db", type=Path, help=DB_HELP)
+    p.add_argument("--activity-db", type=Path, metavar="PATH", help=ACTIVITY_HELP)
 
     p = sub.add_parser("activity", help="what the doors did: list, show, visitors, label",
                        description="Attempts fetched from the doors (twinlock doors sync), with "
-                       "their faces; unknown visitors grouped; labels that become enrolment.")
-    asub = p.add_subparsers(dest="activity_action", required=True, metavar="ACTION")
-    q = asub.add_parser("list", parents=[common], help="attempts, newest first")
-    q.add_argument("--door", metavar="NAME")
-    q.add_argument("--since", metavar="WHEN", help="ISO date/time (UTC unless it says) or an "
-                   "age: 30m, 12h, 7d")
-    q.add_argument("--decision", choices=("unlock", "deny", "liveness", "lockout"))
-    q.add_argument("--limit", type=int, default=50, help="at most this many (default 50; 0: all)")
-    q.add_argument("--json", action="store_true")
-    q = asub.add_parser("show", parents=[common], help="one attempt; --crop-out writes its face")
-    q.add_argument("id", metavar="ID")
-    q.add_argument("--crop-out", type=Path, metavar="FILE", help="write the face crop (JPEG)")
-    q.add_argument("--json", action="store_true")
-    q = asub.add_parser("visitors", parents=[common], help="refused attempts grouped into "
-                        "visitors (who came how often, first and last seen, doors)",
-                        description="Group the refused attempts nobody has labelled by the "
-                        "tower's own notion of the same person: single linkage at the model's "
-                        "door_far_1e-04 threshold, chosen by measurement "
-                        "(benchmarks/visitor_grouping.py).")
-    q.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR",
-                   help="the model the doors decide with (its head and thresholds)")
-    q.add_argument("--threshold", metavar="NAME", help="one of the model's calibrated "
-                   "thresholds (default door_far_1e-04, chosen by measurement)")
-    q.add_argument("--door", metavar="NAME")
-    q.add_argument("--json", action="store_true")
-    q = asub.add_parser("label", parents=[common], help="say who an attempt (or a visitor "
-                        "group) was: --as NAME enrols it, --not NAME records a wrong unlock",
-                        description="--as NAME: the attempt's face goes through the enrolment "
-                        "gate (one face, quality, near-duplicate) into NAME's photos; the next "
-                        "bundle carries it. --not NAME on an unlock as NAME: keep the pair as "
-                        "a known impostor, list the anchors that matched and measure each "
-                        "remedy's cost; --apply remove-anchors carries one out (the door only "
-                        "gets stricter).")
-    q.add_argument("id", nargs="?", metavar="ID")
-    q.add_argument("--group", metavar="G", help="a visitor group (activity visitors)")
-    who = q.add_mutually_exclusive_group(required=True)
-    who.add_argument("--as", dest="as_name", metavar="NAME")
-    who.add_argument("--not", dest="not_name", metavar="NAME")
-    q.add_argument("--apply", choices=("remove-anchors",), help="with --not: carry out a remedy")
-    q.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR")
-    q.add_argument("--threshold", metavar="NAME", help="with --group: as for visitors")
-    q.add_argument("--json", action="store_true")
+                       "their faces. activity list; activity show ID [--crop-out FILE]; "
+                       "activity visitors --model DIR: refused attempts grouped by the tower's "
+                       "own notion of the same person (single linkage at the model's "
+                       "door_far_1e-04 threshold, chosen by measurement: "
+                       "benchmarks/visitor_grouping.py); activity label ID|--group G --as NAME "
+                       "--model DIR: the face goes through the enrolment gate (one face, "
+                       "quality, near-duplicate) into NAME's photos, for the next bundle; "
+                       "activity label ID --not NAME --model DIR on an unlock as NAME: keep the "
+                       "pair as a known impostor, list the anchors that matched and measure "
+                       "each remedy's cost; --apply remove-anchors carries one out (the door "
+                       "only gets stricter).")
+    p.add_argument("action", choices=("list", "show", "visitors", "label"))
+    p.add_argument("id", nargs="?", metavar="ID", help="show, label: an attempt's id")
+    p.add_argument("--door", metavar="NAME", help="list, visitors: one door only")
+    p.add_argument("--since", metavar="WHEN", help="list: ISO date/time (UTC unless it says) "
+                   "or an age: 30m, 12h, 7d")
+    p.add_argument("--decision", choices=("unlock", "deny", "liveness", "lockout"),
+                   help="list: one kind of decision")
+    p.add_argument("--limit", type=int, default=50, help="list: at most this many (default "
+                   "50; 0: all)")
+    p.add_argument("--crop-out", type=Path, metavar="FILE", help="show: write the face crop "
+                   "(JPEG)")
+    p.add_argument("--model", type=Path, metavar="MODEL_DIR", help="visitors, label: the model "
+                   "the doors decide with (its head and thresholds)")
+    p.add_argument("--threshold", metavar="NAME", help="visitors, label --group: one of the "
+                   "model's calibrated thresholds (default door_far_1e-04, chosen by "
+                   "measurement)")
+    p.add_argument("--group", metavar="G", help="label: a visitor group (activity visitors)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--as", dest="as_name", metavar="NAME", help="label: it was NAME (enrol)")
+    who.add_argument("--not", dest="not_name", metavar="NAME",
+                     help="label: an unlock as NAME was someone else")
+    p.add_argument("--apply", choices=("remove-anchors",), help="label --not: carry out a "
+                   "remedy")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--db", type=Path, help=DB_HELP)
+    p.add_argument("--activity-db", type=Path, metavar="PATH", help=ACTIVITY_HELP)
 
 
 def _activity_store(args: argparse.Namespace):
@@ -663,8 +652,15 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .household.doors import parse_door_target, sync_door
 
     with _activity_store(args) as store:
-        action = args.doors_action
+        action = args.action
+        if action in ("add", "remove") and len(args.names) != 1:
+            raise _usage(f"doors {action} takes one door NAME")
+        if action == "list" and args.names:
+            raise _usage("doors list takes no NAME")
         if action == "add":
+            args.name = args.names[0]
+            if not args.to:
+                raise _usage("doors add NAME --to ssh://USER@HOST[:PORT]/REVIEW_DIR or a folder")
             parse_door_target(args.to)  # the syntax now, not at the first sync
             options = [t for o in args.ssh_option for t in shlex.split(o)]
             identity = str(args.identity.expanduser().resolve()) if args.identity else None
@@ -672,8 +668,9 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
             print(f"added door {entry.name}: {entry.target} (fetch with: twinlock doors sync "
                   f"{entry.name})")
         elif action == "remove":
-            kept = store.remove_door(args.name)
-            print(f"removed door {args.name}; its {kept} fetched attempts stay in {store.path}")
+            kept = store.remove_door(args.names[0])
+            print(f"removed door {args.names[0]}; its {kept} fetched attempts stay in "
+                  f"{store.path}")
         elif action == "list":
             counts = store.door_counts()
             rows = [{"name": d.name, "target": d.target, "added": d.added,
@@ -690,7 +687,7 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     state += f" (FAILED: {r['last_error']})"
                 print(f"{r['name']}: {r['target']}; {r['attempts']} attempts; {state}")
         else:
-            names = [args.name] if args.name else [d.name for d in store.doors()]
+            names = args.names or [d.name for d in store.doors()]
             if not names:
                 raise _usage("no doors to sync (twinlock doors add NAME --to ...)")
             failed = 0
@@ -710,7 +707,14 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _cmd_activity(args: argparse.Namespace, argv: Sequence[str]) -> int:
     with _activity_store(args) as store:
-        action = args.activity_action
+        action = args.action
+        if action in ("show",) and args.id is None:
+            raise _usage("activity show ID (ids: twinlock activity list)")
+        if action in ("visitors", "label") and args.model is None:
+            raise _usage(f"activity {action} needs --model MODEL_DIR (the model the doors "
+                         "decide with)")
+        if action != "label" and (args.as_name or args.not_name or args.group or args.apply):
+            raise _usage("--as, --not, --group and --apply go with activity label")
         if action == "list":
             rows = store.attempts(door=args.door, since=_since(args.since),
                                   decision=args.decision, limit=args.limit or None)
@@ -770,6 +774,8 @@ def _label(args: argparse.Namespace, store: Any) -> int:
 
     if (args.id is None) == (args.group is None):
         raise _usage("activity label: give one attempt ID or --group G")
+    if not (args.as_name or args.not_name):
+        raise _usage("activity label: say who it was (--as NAME) or who it was not (--not NAME)")
     if args.group is not None:
         if args.not_name:
             raise _usage("--not works on one unlock (an ID), not on a group")
