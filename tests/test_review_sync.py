@@ -246,3 +246,39 @@ def test_sync_over_ssh_with_a_key_the_door_refuses_says_why(
     assert cli(db, "doors", "sync", "porch") != 0
     err = capsys.readouterr().err
     assert "step 'connect'" in err and "did not accept any of our keys" in err
+
+
+def test_deploy_takes_a_doors_name(door: Door, tmp_path: Path,  # noqa: F811
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``twinlock deploy BUNDLE --to NAME`` reaches the door with its own target, key and ssh
+    options from the list."""
+    db = tmp_path / "activity.db"
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    assert cli(db, "doors", "add", "porch", "--to", door.url(tmp_path / "review"), "-i",
+               str(door.key), f"--ssh-option={' '.join(door.options)}", "--deploy-to",
+               door.url(f"{spool}/")) == 0
+    bundle = tmp_path / "home-20261206.twinlock"
+    bundle.write_bytes(b"signed bundle bytes" * 1000)
+    marker = tmp_path / "reloaded"
+    assert main(["deploy", str(bundle), "--to", "porch", "--reload-command",
+                 f"touch {marker}", "--activity-db", str(db)]) == 0
+    assert "door porch: ssh://" in capsys.readouterr().out
+    assert (spool / bundle.name).read_bytes() == bundle.read_bytes()
+    assert marker.exists()
+    # a name that is no door stays what it was: a folder that does not exist
+    assert main(["deploy", str(bundle), "--to", "garage", "--activity-db", str(db)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_doors_deploy_target_defaults_to_its_hosts_drop_folder(tmp_path: Path) -> None:
+    from twinlock.daemon.errors import UsageError
+    from twinlock.trainer.household.doors import deploy_target_of
+
+    with ActivityStore(tmp_path / "activity.db") as store:
+        store.add_door("porch", "ssh://pi@door.local:2222/var/lib/twinlock/review/")
+        store.add_door("shed", str(tmp_path))
+        assert deploy_target_of(store.door("porch")) == \
+            "ssh://pi@door.local:2222/var/spool/twinlock/"
+        with pytest.raises(UsageError, match="read from a folder"):
+            deploy_target_of(store.door("shed"))

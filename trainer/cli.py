@@ -365,7 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "and ask the daemon to reload, or write it to a folder (an SD card).")
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
     p.add_argument("--to", required=True, metavar="TARGET",
-                   help="ssh://USER@HOST[:PORT][/PATH] or a folder")
+                   help="ssh://USER@HOST[:PORT][/PATH], a folder, or a door's name (twinlock "
+                   "doors list: its deploy target, key and ssh options)")
+    p.add_argument("--activity-db", type=Path, metavar="PATH",
+                   help="with a door's name: the activity store that lists the doors")
     p.add_argument("--reload-command", default="sudo systemctl reload twinlockd")
     p.add_argument("--no-reload", action="store_true")
     p.add_argument("-i", "--identity", type=Path, help="ssh private key")
@@ -545,10 +548,19 @@ def _cmd_bundle(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _cmd_deploy(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .household.deploy import deploy
 
-    report = deploy(args.bundle, args.to,
+    target, identity = args.to, args.identity
+    options = [t for o in args.ssh_option for t in shlex.split(o)]
+    door = _named_door(args)
+    if door is not None:
+        from .household.doors import deploy_target_of
+
+        target = deploy_target_of(door)
+        identity = identity or (Path(door.identity) if door.identity else None)
+        options = [*door.ssh_options, *options]
+        print(f"door {door.name}: {target}")
+    report = deploy(args.bundle, target,
                     reload_command=None if args.no_reload else args.reload_command,
-                    ssh_options=[t for o in args.ssh_option for t in shlex.split(o)],
-                    identity=args.identity)
+                    ssh_options=options, identity=identity)
     if args.verbose:
         for step in report.steps:
             print(f"  $ {step}", file=sys.stderr)
@@ -576,6 +588,8 @@ def _review_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--identity", type=Path, help="add: ssh private key")
     p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
                    help="add: extra ssh option, kept for every sync (repeatable)")
+    p.add_argument("--deploy-to", metavar="TARGET", help="add: where twinlock deploy --to NAME "
+                   "sends bundles (default: the same host's /var/spool/twinlock/)")
     p.add_argument("--timeout", type=float, default=300.0, help="sync: seconds per door "
                    "(default 300)")
     p.add_argument("--json", action="store_true", help="list: as JSON")
@@ -623,6 +637,24 @@ def _review_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--activity-db", type=Path, metavar="PATH", help=ACTIVITY_HELP)
 
 
+def _named_door(args: argparse.Namespace):
+    """The door ``--to`` names, if it is a door's name (not a URL or an existing folder)."""
+    import re
+
+    text = args.to.strip()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", text) or Path(text).exists():
+        return None
+    from .household.activity import ActivityStore, default_path
+
+    path = args.activity_db or default_path(getattr(args, "db", None))
+    if not Path(path).exists():
+        return None
+    with ActivityStore(path) as store:
+        if text not in {d.name for d in store.doors()}:
+            return None
+        return store.door(text)
+
+
 def _activity_store(args: argparse.Namespace):
     from .household.activity import ActivityStore, default_path
 
@@ -664,7 +696,11 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
             parse_door_target(args.to)  # the syntax now, not at the first sync
             options = [t for o in args.ssh_option for t in shlex.split(o)]
             identity = str(args.identity.expanduser().resolve()) if args.identity else None
-            entry = store.add_door(args.name, args.to, identity, options)
+            if args.deploy_to:
+                from .household.deploy import parse_target
+
+                parse_target(args.deploy_to)
+            entry = store.add_door(args.name, args.to, identity, options, args.deploy_to)
             print(f"added door {entry.name}: {entry.target} (fetch with: twinlock doors sync "
                   f"{entry.name})")
         elif action == "remove":
@@ -673,7 +709,8 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
                   f"{store.path}")
         elif action == "list":
             counts = store.door_counts()
-            rows = [{"name": d.name, "target": d.target, "added": d.added,
+            rows = [{"name": d.name, "target": d.target, "deploy_target": d.deploy_target,
+                     "added": d.added,
                      "last_sync": d.last_sync, "last_error": d.last_error,
                      "attempts": counts.get(d.name, (0, None))[0],
                      "newest": counts.get(d.name, (0, None))[1]} for d in store.doors()]

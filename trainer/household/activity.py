@@ -51,6 +51,7 @@ _SCHEMA = (
     """CREATE TABLE doors (
            name TEXT PRIMARY KEY,
            target TEXT NOT NULL,
+           deploy_target TEXT,
            identity TEXT,
            ssh_options TEXT NOT NULL DEFAULT '[]',
            added TEXT NOT NULL,
@@ -124,6 +125,7 @@ class DoorEntry:
 
     name: str
     target: str
+    deploy_target: str | None
     identity: str | None
     ssh_options: list[str]
     added: str
@@ -184,7 +186,8 @@ class ActivityStore(PrivateStore):
     # -- doors -----------------------------------------------------------------------------------
 
     def add_door(self, name: str, target: str, identity: str | None = None,
-                 ssh_options: Sequence[str] = ()) -> DoorEntry:
+                 ssh_options: Sequence[str] = (), deploy_target: str | None = None
+                 ) -> DoorEntry:
         try:
             check_door_name(name)
         except ValueError as exc:
@@ -193,9 +196,10 @@ class ActivityStore(PrivateStore):
             if conn.execute("SELECT 1 FROM doors WHERE name = ?", (name,)).fetchone():
                 raise UsageError(f"door {name!r} is already in the list (doors remove {name} "
                                  "first to change its target)")
-            conn.execute("INSERT INTO doors (name, target, identity, ssh_options, added) "
-                         "VALUES (?, ?, ?, ?, ?)",
-                         (name, target, identity, json.dumps(list(ssh_options)), _now()))
+            conn.execute("INSERT INTO doors (name, target, deploy_target, identity, ssh_options, "
+                         "added) VALUES (?, ?, ?, ?, ?, ?)",
+                         (name, target, deploy_target, identity,
+                          json.dumps(list(ssh_options)), _now()))
         return self.door(name)
 
     def remove_door(self, name: str) -> int:
@@ -215,9 +219,10 @@ class ActivityStore(PrivateStore):
 
     def doors(self) -> list[DoorEntry]:
         with self._tx() as conn:
-            rows = conn.execute("SELECT name, target, identity, ssh_options, added, last_sync, "
-                                "last_error FROM doors ORDER BY name").fetchall()
-        return [DoorEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]) for r in rows]
+            rows = conn.execute("SELECT name, target, deploy_target, identity, ssh_options, added, "
+                                "last_sync, last_error FROM doors ORDER BY name").fetchall()
+        return [DoorEntry(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7])
+                for r in rows]
 
     def door_counts(self) -> dict[str, tuple[int, str | None]]:
         """Door -> (attempts stored, time of the newest)."""

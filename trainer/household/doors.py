@@ -44,7 +44,7 @@ from twinlock.daemon.review.format import (
 
 from ..errors import DeployError
 from .activity import ActivityStore, DoorEntry
-from .deploy import LocalTarget, SshTarget, _SshSession, parse_target
+from .deploy import DEFAULT_REMOTE_DIR, LocalTarget, SshTarget, _SshSession, parse_target
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,21 @@ def parse_door_target(target: str) -> SshTarget | LocalTarget:
         if not parsed.path.startswith("/"):
             raise UsageError(f"door target {target!r}: the review folder must be an absolute path")
     return parsed
+
+
+def deploy_target_of(entry: DoorEntry) -> str:
+    """Where ``twinlock deploy --to NAME`` sends a bundle: the door's own deploy target, else
+    the drop folder (/var/spool/twinlock/) of the host its review records come from."""
+    if entry.deploy_target:
+        return entry.deploy_target
+    parsed = parse_door_target(entry.target)
+    if isinstance(parsed, LocalTarget):
+        raise UsageError(f"door {entry.name} is read from a folder ({entry.target}): deploy "
+                         "to it with --to FOLDER, or add it with --deploy-to")
+    user = f"{parsed.user}@" if parsed.user else ""
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"ssh://{user}{host}{port}{DEFAULT_REMOTE_DIR}"
 
 
 # -- a folder -----------------------------------------------------------------------------------
