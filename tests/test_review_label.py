@@ -16,10 +16,12 @@ from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.recognition.fusion import decision_settings
 from twinlock.daemon.recognition.model import FaceEmbedder
 from twinlock.daemon.recognition.scoring import l1_head_scores
+from twinlock.daemon.recognition.verify import Verifier
 from twinlock.daemon.review.format import ReviewRecord, new_record_id
 from twinlock.daemon.review.store import ReviewWriter, encode_crop
 from twinlock.trainer.cli import main
 from twinlock.trainer.household.anchors import enrolment_analyser, enrolment_face
+from twinlock.trainer.household.enroll import export_gallery
 from twinlock.trainer.household.enroll_store import EnrolmentStore
 
 T0 = datetime(2026, 12, 6, 7, 0, tzinfo=UTC)
@@ -123,7 +125,7 @@ def test_refused_visitors_are_grouped_one_person_each(
 
 
 def test_labelling_a_group_enrols_its_faces_through_the_gate(
-        household: dict[str, object], door_model: Path,
+        household: dict[str, object], door_model: Path, lfw_dir: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     ids: dict[str, list[str]] = household["ids"]  # type: ignore[assignment]
     groups = visitors(household, door_model, capsys)
@@ -144,6 +146,24 @@ def test_labelling_a_group_enrols_its_faces_through_the_gate(
     remaining = {a for g in left for a in g["attempts"]}  # type: ignore[union-attr]
     assert not remaining & set(members)
     assert len(remaining) == sum(len(v) for v in ids.values()) - len(members)
+    # the next bundle carries them: the door now knows the visitor by name on a photo of him
+    # it never saw (the fifth usable one; the four knocks were the first four)
+    meta = FaceEmbedder(door_model).meta
+    analyser = enrolment_analyser(meta.face_pipeline(meta.detector.build()),
+                                  FaceEmbedder(door_model), q.DEFAULT_THRESHOLDS)
+    fresh = [f for f in (enrolment_face(load_image(p), analyser) for p in sorted(
+        (lfw_dir / "Andre_Agassi").glob("*.jpg"))[:12]) if not isinstance(f, str)][4]
+    threshold, _, rule = decision_settings(meta.thresholds, meta.default_threshold, meta.metrics)
+    with EnrolmentStore(household["enrol_db"]) as store:  # type: ignore[arg-type]
+        gallery = export_gallery(store, door_model, tmp_path / "gallery.json")
+    verdict = Verifier(gallery, meta.head_weights, meta.head_bias, threshold,
+                       fusion=rule).verify(fresh.embedding)
+    assert verdict.user == "Andre"
+    key = tmp_path / "signing"
+    assert run("keygen", "--out", str(key)) == 0
+    assert run("bundle", "--model", str(door_model), "--key", f"{key}.key", "--out",
+               str(tmp_path / "home.twinlock"), "--db", str(household["enrol_db"])) == 0
+    capsys.readouterr()
     # the same face again: the gate refuses it as a near-duplicate, says so, adds nothing
     assert run("activity", "label", members[0], "--as", "Andre", *common) == 1
     out = capsys.readouterr().out
