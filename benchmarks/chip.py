@@ -54,7 +54,7 @@ def measure(args: Any) -> dict[str, Any]:
 
     from twinlock.daemon.faces.align import DLIB_TEMPLATE, similarity_transform
     from twinlock.daemon.faces.images import load_image
-    from twinlock.daemon.faces.pipeline import DetectorSpec, select_face
+    from twinlock.daemon.faces.pipeline import DetectorSpec, detect_one
     from twinlock.daemon.faces.types import Face
     from twinlock.trainer.training.dlib_resnet import CHIP_SIZE, dlib_resnet_tower, weights_file
     from twinlock.trainer.training.prepare import pairs_identities
@@ -76,11 +76,10 @@ def measure(args: Any) -> dict[str, Any]:
     images, refs_chips, mapped, faces = [], [], [], []
     for path in files:
         image = load_image(path)
-        found = detector.detect(image)
+        face, _ = detect_one(detector, image, "center")
         boxes = hog(image, 1)
-        if not found or not boxes:
+        if face is None or not boxes:
             continue
-        face = select_face(found, image.shape, "center")
         centre = np.array(image.shape[1::-1]) / 2
         box = min(boxes, key=lambda b: np.hypot((b.left() + b.right()) / 2 - centre[0],
                                                 (b.top() + b.bottom()) / 2 - centre[1]))

@@ -103,6 +103,17 @@ def select_face(faces: list[Face], image_shape: tuple[int, ...], policy: SelectP
     return min(faces, key=lambda f: (f.center[0] - cx) ** 2 + (f.center[1] - cy) ** 2)
 
 
+def detect_one(detector: Detector, image: np.ndarray,
+               policy: SelectPolicy = "largest") -> tuple[Face | None, int]:
+    """(the face ``policy`` chooses, or None; the number of faces found): detect, then select.
+    The door's pipeline, the trainer's canvases and its teacher all find their face here, so a
+    training crop comes from the face the door would have chosen."""
+    found = detector.detect(image)
+    if not found:
+        return None, 0
+    return select_face(found, image.shape, policy), len(found)
+
+
 class FacePipeline:
     """Find faces in an RGB image and return aligned crops at the model's input size."""
 
@@ -124,7 +135,5 @@ class FacePipeline:
         self, image: np.ndarray, policy: SelectPolicy = "largest"
     ) -> tuple[AlignedFace | None, int]:
         """(the chosen face aligned or None, number of faces found)."""
-        found = self.detector.detect(image)
-        if not found:
-            return None, 0
-        return self.align(image, select_face(found, image.shape, policy)), len(found)
+        face, found = detect_one(self.detector, image, policy)
+        return (None, 0) if face is None else (self.align(image, face), found)

@@ -4,7 +4,8 @@ chip, cut from the same augmented sample.
 Function matching (Beyer et al. 2022, ``../shared/notes/dlib-resnet.md`` section 5) needs the
 teacher and the student to look at *the same* augmented view, so the teacher's outputs are
 computed online, never cached. Both crops come from the door's own alignment
-(``daemon.faces.align``): each image is detected once and warped by ``align_face`` onto a
+(``daemon.faces.align``): each image is detected once (``faces.pipeline.detect_one``, the door's
+detect-then-select) and warped by ``align_face`` onto a
 *canvas*, the teacher's template with a margin around it. The door's similarity transforms from
 the landmarks to the student's and the teacher's templates are kept as canvas -> crop matrices.
 In the graph, one random transform ``T`` per sample (flip, rotation, scale, shift) is composed
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from twinlock.daemon.errors import DataError
 from twinlock.daemon.faces.align import align_face, similarity_transform, template_points
 from twinlock.daemon.faces.images import load_image
-from twinlock.daemon.faces.pipeline import DetectorSpec, SelectPolicy, select_face
+from twinlock.daemon.faces.pipeline import DetectorSpec, SelectPolicy, detect_one
 from twinlock.daemon.storage.files import atomic_writer
 
 from .crops import cache_dir, files_key
@@ -185,11 +186,10 @@ def make_canvases(paths: Sequence[Path], spec: ViewSpec, use_cache: bool = True,
 
     for source, image in tqdm(samples(), desc="canvases", unit="img", disable=not progress,
                               mininterval=2.0):
-        faces = detector.detect(image) if image is not None else []
-        if not faces:
+        face = None if image is None else detect_one(detector, image, spec.policy)[0]
+        if face is None:
             skipped += 1
             continue
-        face = select_face(faces, image.shape, spec.policy)
         canvas, student, teacher = face_views(image, face.landmarks, spec)
         pixels.append(canvas)
         to_s.append(student)

@@ -7,7 +7,8 @@ avoiding LFW identities. Only the 5-point landmark model is used: the 68-point m
 data forbids commercial use, so it is never loaded (nor is the ``face_recognition`` package).
 
 The teacher looks at the same face as the student: our own detector (the daemon's, via
-``DetectorSpec``) finds the faces, the same selection policy as the crops picks one, and its box
+``DetectorSpec``) finds the faces and the same selection policy as the crops picks one (the
+daemon's ``faces.pipeline.detect_one``, the door's detect-then-select), and its box
 becomes the dlib rectangle for the 5-point shape predictor and the aligned 150x150 chip. Images
 without a face get a NaN row.
 """
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from twinlock.daemon.errors import DataError, UsageError
 from twinlock.daemon.faces.images import load_image
-from twinlock.daemon.faces.pipeline import DetectorSpec, SelectPolicy, select_face
+from twinlock.daemon.faces.pipeline import DetectorSpec, SelectPolicy, detect_one
 from twinlock.daemon.recognition.scoring import unit
 from twinlock.daemon.storage.files import atomic_writer
 
@@ -100,11 +101,8 @@ def _embed_one(path: str) -> np.ndarray:
         image = load_image(path)
     except DataError:
         return out
-    faces = _WORKER["detector"].detect(image)
-    if not faces:
-        return out
-    face = select_face(faces, image.shape, _WORKER["policy"])
-    return _WORKER["teacher"].embed(image, face.box)
+    face, _ = detect_one(_WORKER["detector"], image, _WORKER["policy"])
+    return out if face is None else _WORKER["teacher"].embed(image, face.box)
 
 
 def teacher_embeddings(
