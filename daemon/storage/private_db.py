@@ -1,4 +1,4 @@
-"""Private files and durable SQLite databases, shared by the audit log and the enrolment store.
+"""Private files and durable SQLite databases, shared by the audit log and the trainer's stores.
 
 Both hold personal data (who came to the door; residents' faces), so both are created readable
 by their owner alone from the first byte, and both must survive a power cut: SQLite in WAL mode
