@@ -758,12 +758,14 @@ def _cmd_activity(args: argparse.Namespace, argv: Sequence[str]) -> int:
             if args.json:
                 print(json.dumps([a.as_json() for a in rows], indent=2))
             elif not rows:
-                print("no attempts (twinlock doors sync fetches them)")
+                filtered = args.door or args.since or args.decision
+                print("no attempts match" if filtered
+                      else "no attempts (twinlock doors sync fetches them)")
             for a in rows if not args.json else []:
                 who = f" {a.resident}" if a.resident else ""
                 score = f" {a.score:.3f}" if a.score is not None else ""
                 labels = "".join(f" [{k} {n}]" for k, n in a.labels)
-                print(f"{a.time:%Y-%m-%d %H:%M:%S} {a.door:<12} {a.decision:<8}{who}{score}"
+                print(f"{a.time:%Y-%m-%d %H:%M:%S}Z {a.door:<12} {a.decision:<8}{who}{score}"
                       f"{labels}  {a.id}")
         elif action == "show":
             a = store.attempt(args.id)
