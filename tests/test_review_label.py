@@ -249,3 +249,18 @@ def test_not_on_an_unlock_lists_the_anchors_and_remedies_and_changes_nothing(
         assert float(l1_head_scores(embedding, after, meta.head_weights,
                                     meta.head_bias).max()) < threshold
         assert all(any(np.array_equal(row, old) for old in anchors_before) for row in after)
+
+
+def test_grouping_thresholds_come_from_the_models_calibration(door_model: Path) -> None:
+    """A named threshold is the model's own; one between two named ones lies between them;
+    nothing outside the calibration or unnamed is accepted (no guessed number)."""
+    from twinlock.daemon.errors import UsageError
+    from twinlock.trainer.household.visitors import DEFAULT_THRESHOLD, calibrated_threshold
+
+    thresholds = FaceEmbedder(door_model).meta.thresholds
+    assert calibrated_threshold(thresholds, DEFAULT_THRESHOLD) == thresholds[DEFAULT_THRESHOLD]
+    middle = calibrated_threshold(thresholds, "door_far_3e-03")
+    assert thresholds["door_far_1e-02"] < middle < thresholds["door_far_1e-03"]
+    for bad in ("door_far_1e-07", "eer_2", "0.9"):
+        with pytest.raises(UsageError):
+            calibrated_threshold(thresholds, bad)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +29,7 @@ import numpy as np
 
 from twinlock.daemon.errors import UsageError
 from twinlock.daemon.recognition.model import ModelMetadata
+from twinlock.daemon.recognition.thresholds import door_rate, pair_rate
 
 from .activity import ActivityStore, Attempt
 
@@ -128,7 +128,13 @@ class Visitor:
                 "residents_refused": sorted({a.resident for a in self.attempts if a.resident})}
 
 
-_THRESHOLD_NAME = re.compile(r"(door_far|far)_(\d(?:\.\d+)?e-\d+)")
+def _level_rate(name: str) -> tuple[str, float] | None:
+    """("door", rate) or ("pair", rate) for a threshold name; None for any other (``eer``)."""
+    door = door_rate(name)
+    if door is not None:
+        return "door", door
+    pair = pair_rate(name)
+    return None if pair is None else ("pair", pair)
 
 
 def calibrated_threshold(thresholds: dict[str, float], name: str) -> float:
@@ -137,18 +143,18 @@ def calibrated_threshold(thresholds: dict[str, float], name: str) -> float:
     interpolated along the calibration curve (the logit, linear in log10 of the rate)."""
     if name in thresholds:
         return float(thresholds[name])
-    match = _THRESHOLD_NAME.fullmatch(name)
-    if match is None:
+    wanted = _level_rate(name)
+    if wanted is None:
         raise UsageError(f"threshold {name!r}: give one the model names "
                          f"({', '.join(sorted(thresholds))}) or LEVEL_RATE such as far_3e-03")
-    level, rate = match.group(1), float(match.group(2))
-    known = sorted((float(m.group(2)), float(v)) for k, v in thresholds.items()
-                   if (m := _THRESHOLD_NAME.fullmatch(k)) and m.group(1) == level)
+    level, rate = wanted
+    known = sorted((found[1], float(v)) for k, v in thresholds.items()
+                   if (found := _level_rate(k)) is not None and found[0] == level)
     below = [(r, v) for r, v in known if r <= rate]
     above = [(r, v) for r, v in known if r >= rate]
     if not below or not above:
-        raise UsageError(f"threshold {name!r} lies outside the model's calibration ("
-                         f"{', '.join(k for k in sorted(thresholds) if k.startswith(level))})")
+        raise UsageError(f"threshold {name!r} lies outside the model's calibration at its "
+                         f"level (rates {', '.join(f'{r:g}' for r, _ in known) or 'none'})")
     (r0, v0), (r1, v1) = below[-1], above[0]
     if r0 == r1:
         return v0
