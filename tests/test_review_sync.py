@@ -282,3 +282,20 @@ def test_a_doors_deploy_target_defaults_to_its_hosts_drop_folder(tmp_path: Path)
             "ssh://pi@door.local:2222/var/spool/twinlock/"
         with pytest.raises(UsageError, match="read from a folder"):
             deploy_target_of(store.door("shed"))
+
+
+def test_an_oversize_line_is_refused_and_the_records_after_it_are_still_taken(
+        tmp_path: Path, faces: list[bytes], capsys: pytest.CaptureFixture[str]) -> None:
+    review = tmp_path / "review"
+    first = fill(review, "front", faces, 1)
+    day = review / first[0].day_file
+    with day.open("ab") as handle:
+        handle.write(b'{"v":1,"pad":"' + b"x" * 200_000 + b'"}\n')
+    later = fill(review, "front", faces, 1, start=T0 + timedelta(minutes=5))
+    db = tmp_path / "activity.db"
+    cli(db, "doors", "add", "front", "--to", str(review))
+    capsys.readouterr()
+    assert cli(db, "doors", "sync") == 0
+    out = capsys.readouterr().out
+    assert "front: 2 new attempts" in out and "over the 65536 byte limit" in out
+    assert {row[0] for row in dump(db)} == {first[0].id, later[0].id}
