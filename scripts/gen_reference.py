@@ -503,11 +503,16 @@ def _event_examples(link: Any) -> list[tuple[str, dict[str, Any]]]:
               "details": {"closest_user": "alice"}}
     deny = {"best_score": 0.61203, "frame": 131, "details": {"closest_user": "bob"}}
     if hasattr(link, "record"):  # the link turns an audit record into its event itself
-        link.record("unlock", "unlock", "verified in 2 of 2 frames", unlock)
-        link.record("deny", "deny", "not verified", deny)
-        link.record("remote", "deny", "remote unlock refused: mqtt.remote_unlock is false",
-                    {"details": {"source": "mqtt twinlock/door/lock/set via "
-                                 "frontdoor@192.168.1.10:8883 (TLS)"}})
+        from twinlock.daemon.door.events import Record
+
+        def record(event: str, decision: str, reason: str, fields: dict[str, Any]) -> Any:
+            return Record(event, decision, reason, **fields)
+
+        link.record(record("unlock", "unlock", "verified in 2 of 2 frames", unlock))
+        link.record(record("deny", "deny", "not verified", deny))
+        link.record(record("remote", "deny", "remote unlock refused: mqtt.remote_unlock is false",
+                           {"details": {"source": "mqtt twinlock/door/lock/set via "
+                                        "frontdoor@192.168.1.10:8883 (TLS)"}}))
         shown = ["an unlock", "a refused attempt", "a refused remote unlock"]
     else:  # older code: the daemon's _publish_record passes the fields
         fields = publish_record_fields()
@@ -525,6 +530,7 @@ def _event_examples(link: Any) -> list[tuple[str, dict[str, Any]]]:
 def gen_mqtt() -> str:
     from twinlock.daemon.config.schema import MqttConfig
     from twinlock.daemon.door import mqtt
+    from twinlock.daemon.door.events import EventKind
     from twinlock.daemon.storage.audit import EVENTS
 
     link = _link()
@@ -604,9 +610,9 @@ def gen_mqtt() -> str:
                 "log keeps them all."]
     kinds = []
     for audit_event in sorted(EVENTS):
-        published = {mqtt.event_type(audit_event, "")}
-        if audit_event == "deny":
-            published.add(mqtt.event_type(audit_event, "liveness: no head motion"))
+        published = {str(EventKind.of(audit_event))}
+        if audit_event == "deny":  # the door machine says which refusals were liveness's
+            published.add(str(EventKind.LIVENESS_FAILURE))
         kinds.append([_code(audit_event), ", ".join(_code(p) for p in sorted(published))])
     named = {p.strip("`") for _, ps in kinds for p in ps.split(", ")}
     extra = [e for e in mqtt.EVENT_TYPES if e not in named]

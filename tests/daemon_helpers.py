@@ -23,8 +23,9 @@ import yaml
 
 from twinlock.daemon.config.schema import Config
 from twinlock.daemon.door.actions import Action, LogAction
+from twinlock.daemon.door.events import AuditSink, Outbox
 from twinlock.daemon.door.machine import Command, DoorMachine, DoorSettings
-from twinlock.daemon.door.service import GuardedAudit, carry_out
+from twinlock.daemon.door.service import carry_out
 from twinlock.daemon.faces import quality as q
 from twinlock.daemon.faces.mesh import Mesh
 from twinlock.daemon.faces.types import Face
@@ -33,6 +34,7 @@ from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import FaceEmbedder
 from twinlock.daemon.recognition.verify import FrameVerdict
 from twinlock.daemon.storage.audit import AuditLog
+from twinlock.daemon.storage.guard import GuardedAudit
 from twinlock.trainer.household.anchors import anchors_from_files
 
 MIRANDA_FRAMES = range(82, 211)
@@ -200,18 +202,19 @@ class Doorway:
     def __init__(self, cfg: Config, db: Path, action: Action | None = None) -> None:
         self.audit = AuditLog(db)
         self.records = GuardedAudit(self.audit)
+        self.outbox = Outbox([AuditSink(self.records)])
         self.action = action or LogAction()
         self.door = DoorMachine(DoorSettings.from_config(cfg))
 
     def step(self, now: float, frame: int | None = None,
              *observations: Observation) -> list[Command]:
         commands = self.door.step(now, frame, observations)
-        carry_out(commands, self.door, self.records, self.action)
+        carry_out(commands, self.door, self.outbox, self.action)
         return commands
 
     def finish(self, why: str = "daemon stopped during the attempt") -> list[Command]:
         commands = self.door.finish(why)
-        carry_out(commands, self.door, self.records, self.action)
+        carry_out(commands, self.door, self.outbox, self.action)
         return commands
 
     def unlocks(self) -> list[str]:

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from twinlock.daemon.config.loader import parse_config
-from twinlock.daemon.door import service
 from twinlock.daemon.storage import audit as audit_module
 from twinlock.daemon.storage.audit import AuditLog, SnapshotStore
+from twinlock.daemon.storage.guard import open_audit
 
 DAY = 86400.0
 
@@ -44,7 +44,7 @@ def test_a_clock_400_days_ahead_at_start_keeps_the_log(
     monkeypatch.setattr(audit_module, "time", ahead)
     cfg = parse_config(yaml.safe_dump({"audit": {"db": str(db), "retention_days": 30}}))
     with caplog.at_level(logging.WARNING):
-        log = service._open_audit(cfg)
+        log = open_audit(cfg.audit.db, cfg.audit.retention_days)
     assert isinstance(log, AuditLog)
     with log:
         assert len(log.query()) == 21

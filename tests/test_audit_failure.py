@@ -272,7 +272,7 @@ def test_a_door_whose_audit_log_cannot_be_opened_runs_locked(
     finally:
         _chattr("-i", *files)
     assert daemon.camera.stats["frames"] == 275
-    assert daemon.records.failures > 0 and "not open" in str(daemon._audit_error)
+    assert daemon.records.failures > 0 and "not open" in str(daemon.status_sink.audit_error)
     pin = mock_pins.pin(17)
     assert pin.state is False and len(pin.states) == 1
 

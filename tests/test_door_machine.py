@@ -14,6 +14,7 @@ from gpiozero.pins.mock import MockFactory
 
 from twinlock.daemon.config.schema import Config
 from twinlock.daemon.door.actions import GpioAction
+from twinlock.daemon.door.events import AuditSink, Event, EventKind, Outbox
 from twinlock.daemon.door.liveness import LivenessSettings
 from twinlock.daemon.door.machine import (
     Command,
@@ -23,10 +24,11 @@ from twinlock.daemon.door.machine import (
     SaveSnapshot,
     Unlock,
 )
-from twinlock.daemon.door.service import GuardedAudit, UnavailableAudit, carry_out
+from twinlock.daemon.door.service import carry_out
 from twinlock.daemon.faces import quality as q
 from twinlock.daemon.recognition.analyser import Rejected
 from twinlock.daemon.storage.audit import AuditLog
+from twinlock.daemon.storage.guard import GuardedAudit, UnavailableAudit
 
 PIN = 17
 
@@ -210,12 +212,13 @@ def test_the_relay_is_off_at_start_pulses_after_the_record_and_is_off_at_stop(
     audit = AuditLog(tmp_path / "audit.db")
     seen: list[tuple[int, int]] = []  # (records committed, pin level) when the pin rose
 
-    def watch(event: str, decision: str, reason: str, fields: dict[str, object]) -> None:
-        seen.append((len(audit.query()), pin.state))
+    class Watch:  # the next sink after the audit log hears the unlock before the relay moves
+        def handle(self, event: Event) -> bool:
+            seen.append((len(audit.query()), pin.state))
+            return True
 
-    guarded = GuardedAudit(audit)
-    guarded.listener = watch
-    carry_out(Clock(door).show("ana", "ana"), door, guarded, action)
+    outbox = Outbox([AuditSink(GuardedAudit(audit)), Watch()])
+    carry_out(Clock(door).show("ana", "ana"), door, outbox, action)
     _wait_off(action)
     (unlock,) = audit.query(event="unlock")
     assert unlock.user == "ana"
@@ -232,7 +235,7 @@ def test_no_record_means_no_pulse(tmp_path: Path, mock_pins: MockFactory) -> Non
     action = _relay(mock_pins)
     door = DoorMachine(settings(frames_required=2, frame_window=2))
     broken = GuardedAudit(UnavailableAudit(tmp_path / "audit.db", "disk full"))
-    carry_out(Clock(door).show("ana", "ana"), door, broken, action)
+    carry_out(Clock(door).show("ana", "ana"), door, Outbox([AuditSink(broken)]), action)
     _wait_off(action)
     assert all(not state for _, state in pin.states)
     assert broken.failures == 1 and door.last_decision.startswith("refused ana")
@@ -244,3 +247,19 @@ def test_with_liveness_on_recognition_alone_does_not_open(mode: str) -> None:
     door = DoorMachine(settings(liveness=LivenessSettings(mode=mode)))  # type: ignore[arg-type]
     assert door.needs_liveness
     assert unlocks(Clock(door).show(*["ana"] * 20)) == []  # no mesh: no liveness evidence
+
+
+def test_each_record_says_its_kind_without_reading_the_reason() -> None:
+    """MQTT, the status line and the review store take the kind from the record: a liveness
+    failure is said by the machine (it used to be guessed from the reason's first word)."""
+    live = DoorMachine(settings(liveness=LivenessSettings(mode="motion", timeout_seconds=1.0)))
+    clock = Clock(live)
+    out = clock.show(*["ana"] * 30)  # recognised, no mesh: liveness never passes
+    failed = records(out, "deny")
+    assert failed and all(r.kind is EventKind.LIVENESS_FAILURE and r.reason.startswith("liveness")
+                          for r in failed)
+    plain = DoorMachine(settings())
+    out = Clock(plain).show(*[None] * 5) + plain.finish()
+    assert {r.kind for r in records(out, "deny")} == {EventKind.DENIED}
+    out = Clock(plain, start=5000.0).show("ana", "ana")
+    assert unlocks(out)[0].record.kind is EventKind.UNLOCK

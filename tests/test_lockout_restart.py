@@ -96,7 +96,7 @@ def test_a_wall_clock_jump_after_the_lockout_does_not_lift_it(tmp_path: Path) ->
     clock = boot_clock()
     clock["boottime_s"] -= 10.0
     _write_lockout(door.audit, time.time() - 365 * 86400, **clock)
-    left = resume_lockout(door.audit, door.door, door.records, now=1000.0)
+    left = resume_lockout(door.audit, door.door, door.outbox, now=1000.0)
     assert 289 < left <= 290.5
     assert door.door.lockout.locked(1000.0 + 285) and not door.door.lockout.locked(1000.0 + 291)
     record = door.audit.last("lockout")
@@ -113,7 +113,7 @@ def test_a_lockout_from_before_a_reboot_counts_by_the_wall_clock(tmp_path: Path)
     for i, (ts, expected) in enumerate(cases):
         door = _door(tmp_path, f"reboot{i}")
         _write_lockout(door.audit, ts, boot_id="another boot", boottime_s=5.0)
-        left = resume_lockout(door.audit, door.door, door.records, now=50.0)
+        left = resume_lockout(door.audit, door.door, door.outbox, now=50.0)
         if expected is None:
             assert left == 0.0 and not door.door.lockout.locked(50.0)
             assert len(door.audit.query(event="lockout")) == 1
@@ -127,4 +127,4 @@ def test_a_lockout_turned_off_in_the_config_is_not_resumed(tmp_path: Path) -> No
                                        "lockout": {"enabled": False}}))
     door = Doorway(cfg, tmp_path / "off.db")
     _write_lockout(door.audit, time.time())
-    assert resume_lockout(door.audit, door.door, door.records, now=1.0) == 0.0
+    assert resume_lockout(door.audit, door.door, door.outbox, now=1.0) == 0.0

@@ -35,7 +35,7 @@ from daemon_helpers import CLIP, enrol_miranda, write_config
 
 from twinlock.daemon.config.loader import load_config
 from twinlock.daemon.config.schema import Config, MqttConfig
-from twinlock.daemon.door.machine import Record
+from twinlock.daemon.door.events import EventKind, Record
 from twinlock.daemon.door.mqtt import (
     EVENT_TYPES,
     FLOOD_QUIET_S,
@@ -829,10 +829,11 @@ def test_the_inbox_admits_a_few_commands_a_minute_and_sums_up_a_flood() -> None:
 
 def test_denials_are_published_without_score_or_closest_user_unless_asked() -> None:
     reason = "liveness: no head motion (parallax 0.012 < 0.03 in 0/2 frames) in 5 s"
-    fields = {"best_score": 0.93, "details": {"closest_user": "lin"}}
+    record = Record("deny", "deny", reason, best_score=0.93, details={"closest_user": "lin"},
+                    kind=EventKind.LIVENESS_FAILURE)  # the door machine says it: no parsing
     for details, expected in ((False, None), (True, "lin")):
         link = MqttLink(MqttConfig(enabled=True, denial_details=details))
-        link.record("deny", "deny", reason, fields)
+        link.record(record)
         event = json.loads(link.queue.get(0).payload)  # type: ignore[union-attr, arg-type]
         assert event["event_type"] == "liveness_failure"
         assert event.get("closest_user") == expected and ("score" in event) == details

@@ -73,7 +73,8 @@ def test_a_broken_action_section_is_one_clear_line(tmp_path: Path,
 
 def test_the_relay_goes_off_before_the_audit_db_is_opened(tmp_path: Path, pin_dir: Path) -> None:
     """A relay left on by a crashed run, then a start whose audit DB cannot be opened."""
-    from twinlock.daemon.door.service import Daemon, UnavailableAudit
+    from twinlock.daemon.door.service import Daemon
+    from twinlock.daemon.storage.guard import UnavailableAudit
 
     config = tmp_path / "config.yaml"
     (tmp_path / "audit-is-a-folder.db").mkdir()

@@ -19,28 +19,11 @@ from ..config.schema import Config
 from ..faces import quality as q
 from ..recognition.analyser import Observation, Rejected, Scored
 from ..recognition.verify import FrameVerdict
+from .events import EventKind, Record
 from .liveness import LivenessSettings, LivenessTracker
 from .rules import AgreementWindow, Attempt, Lockout
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Record:
-    """One audit record to write (``AuditLog.record``'s arguments)."""
-
-    event: str
-    decision: str
-    reason: str
-    user: str | None = None
-    best_score: float | None = None
-    frame: int | None = None
-    details: dict[str, Any] | None = None
-
-    def fields(self) -> dict[str, Any]:
-        """The keyword arguments of ``AuditLog.record`` beyond event, decision and reason."""
-        return {"user": self.user, "best_score": self.best_score, "frame": self.frame,
-                "details": self.details}
 
 
 @dataclass(frozen=True)
@@ -184,7 +167,7 @@ class DoorMachine:
         bring a lockout nearer)."""
         out: list[Command] = []
         if self.attempt is not None:
-            self._end_attempt(why, out, failure=False)
+            self._end_attempt(why, EventKind.DENIED, out, failure=False)
         self._refusals_summary(out)
         return out
 
@@ -201,13 +184,10 @@ class DoorMachine:
         self.window.expire(now)
         if self._refusals and not self.lockout.locked(now):
             self._refusals_summary(out)
-        if self.attempt is not None and self.liveness is not None \
-                and self._liveness_timed_out(now):
-            self._end_attempt(self.liveness.failure_reason(), out)
-        elif self.attempt is not None and \
-                now - self.attempt.last_seen > self.settings.window_seconds:
-            self._end_attempt("face left without a match" if self.awaiting_liveness_since is None
-                              or self.liveness is None else self.liveness.failure_reason(), out)
+        if self.attempt is not None and (
+                self._liveness_timed_out(now)
+                or now - self.attempt.last_seen > self.settings.window_seconds):
+            self._end_attempt(*self._failure("face left without a match"), out)
 
     def _observe(self, now: float, frame: int | None, observation: Observation,
                  out: list[Command], veto: bool = False) -> None:
@@ -223,9 +203,7 @@ class DoorMachine:
         else:
             self._scored(now, frame, observation, out, veto)
         if self.attempt is not None and now - self.attempt.started > self.settings.attempt_seconds:
-            self._end_attempt("not recognised within the attempt time"
-                              if self.awaiting_liveness_since is None or self.liveness is None
-                              else self.liveness.failure_reason(), out)
+            self._end_attempt(*self._failure("not recognised within the attempt time"), out)
 
     def _scored(self, now: float, frame: int | None, scored: Scored, out: list[Command],
                 veto: bool = False) -> None:
@@ -250,10 +228,17 @@ class DoorMachine:
             logger.info("%s recognised; waiting for liveness (%s)", agreed,
                         self.settings.liveness.mode)
         if self._liveness_timed_out(now):
-            self._end_attempt(self.liveness.failure_reason(), out)
+            self._end_attempt(*self._failure("liveness timed out"), out)
             return
         if verdict.user is None and self.lockout.failed_frame(now):
             self._locked_out(out)
+
+    def _failure(self, otherwise: str) -> tuple[str, EventKind]:
+        """Why an attempt failed, and its kind: liveness's reason when recognition had agreed
+        and only liveness was missing, else ``otherwise`` (a plain refusal)."""
+        if self.awaiting_liveness_since is None or self.liveness is None:
+            return otherwise, EventKind.DENIED
+        return self.liveness.failure_reason(), EventKind.LIVENESS_FAILURE
 
     def _liveness_timed_out(self, now: float) -> bool:
         """Recognised, but no liveness within ``liveness.timeout_seconds`` of that."""
@@ -289,8 +274,10 @@ class DoorMachine:
         self.cooldown_until = now + self.settings.cooldown_seconds
         self.last_decision = f"unlock {who}"
 
-    def _end_attempt(self, reason: str, out: list[Command], failure: bool = True) -> None:
-        """Record the attempt's end; ``failure``: it counts towards the lockout."""
+    def _end_attempt(self, reason: str, kind: EventKind, out: list[Command],
+                     failure: bool = True) -> None:
+        """Record the attempt's end (``kind``: a plain refusal or a liveness failure);
+        ``failure``: it counts towards the lockout."""
         attempt, self.attempt = self.attempt, None
         self.window.clear()
         liveness = self._liveness_details()
@@ -307,9 +294,9 @@ class DoorMachine:
             self.last_decision = f"deny ({worst})"
             return
         out.append(Record("deny", "deny", reason, None, attempt.best_score,
-                          details=details | {"closest_user": attempt.best_user}))
+                          details=details | {"closest_user": attempt.best_user}, kind=kind))
         out.append(SaveSnapshot())
-        self.last_decision = ("deny (liveness)" if reason.startswith("liveness")
+        self.last_decision = ("deny (liveness)" if kind is EventKind.LIVENESS_FAILURE
                               else "deny (not recognised)")
         if failure and self.lockout.failure(attempt.last_seen):
             self._locked_out(out)

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError
-from .machine import Record
+from .events import Event, EventKind, Record
 
 if TYPE_CHECKING:
     from ..config.schema import MqttConfig
@@ -88,17 +88,6 @@ PLAIN_REASONS = {"denied": "not verified", "liveness_failure": "liveness check f
 VERSION = "0.1.0"
 
 Payload = bytes | Callable[[], bytes]
-
-
-def event_type(event: str, reason: str) -> str:
-    """The published type of an audit record (``event`` as the audit log names it)."""
-    if event == "deny" and reason.startswith("liveness"):
-        return "liveness_failure"
-    if event in ("deny", "quality"):
-        return "denied"
-    if event == "remote":
-        return "remote_unlock_refused"
-    return event
 
 
 def read_password(path: Path) -> str:
@@ -384,16 +373,33 @@ class MqttLink:
     def topic(self, name: str) -> str:
         return f"{self.prefix}/{name}"
 
-    def record(self, event: str, decision: str, reason: str, fields: dict[str, Any]) -> None:
+    def handle(self, event: Event) -> bool:
+        """The outbox's MQTT sink: a committed record as an event (a refused attempt's picture
+        too, with ``mqtt.snapshots``), the camera's and the audit log's state, the relay."""
+        kind, record = event.kind, event.record
+        if record is not None:
+            self.record(record)
+            if record.event == "deny" and event.image is not None:
+                self.snapshot(event.image)
+        elif kind in (EventKind.CAMERA_LOST, EventKind.CAMERA_BACK):
+            self.event(kind, reason=event.reason)
+        elif kind is EventKind.AUDIT_FAILING:  # Home Assistant hears it too
+            self.event(EventKind.FAULT, reason="audit log not writable, no unlock until it is: "
+                       f"{event.reason}")
+        elif kind in (EventKind.RELAY_OPEN, EventKind.RELAY_CLOSED):
+            self.lock_state(unlocked=kind is EventKind.RELAY_OPEN)
+        return True
+
+    def record(self, record: Record) -> None:
         """One committed audit record as an event. A refused attempt goes without its score,
         closest resident and reason's measurements unless ``mqtt.denial_details``: they tell
         whoever may subscribe how near an attack came. The audit log keeps them all."""
-        kind = event_type(event, reason)
-        details = fields.get("details") or {}
+        kind = record.kind
+        details = record.details or {}
         published: dict[str, Any] = {
-            "decision": decision, "reason": reason, "user": fields.get("user"),
-            "score": fields.get("best_score"), "closest_user": details.get("closest_user"),
-            "source": details.get("source"), "frame": fields.get("frame")}
+            "decision": record.decision, "reason": record.reason, "user": record.user,
+            "score": record.best_score, "closest_user": details.get("closest_user"),
+            "source": details.get("source"), "frame": record.frame}
         if kind in PLAIN_REASONS and not self.cfg.denial_details:
             published |= {"reason": PLAIN_REASONS[kind], "user": None, "score": None,
                           "closest_user": None}

@@ -20,8 +20,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,10 +42,12 @@ from ..recognition.fusion import decision_settings
 from ..recognition.gallery import load_gallery
 from ..recognition.model import FaceEmbedder
 from ..recognition.verify import Verifier
-from ..storage.audit import AuditLog, SnapshotStore, boot_clock, seconds_since
+from ..storage.audit import SnapshotStore, boot_clock, seconds_since
+from ..storage.guard import AuditWriter, GuardedAudit, open_audit
 from ..storage.private_db import make_private_dirs
 from .actions import Action, build_action
-from .machine import Command, DoorMachine, DoorSettings, Record, Unlock
+from .events import AuditSink, Event, EventKind, EventSink, Outbox, Record, StatusSink
+from .machine import Command, DoorMachine, DoorSettings, Unlock
 from .mqtt import MqttLink
 from .notify import Notifier, watchdog_interval
 
@@ -89,22 +90,6 @@ class Matcher:
                 f"{self.origin}")
 
 
-class UnavailableAudit:
-    """Stands in for an audit log that could not be opened (made immutable, damaged, on a full
-    or read-only card): every write fails with the reason, so the door never unlocks, while the
-    daemon keeps running, locked and saying so, instead of a restart loop."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        self.path, self.reason = path, reason
-
-    def record(self, *args: Any, **kwargs: Any) -> int:
-        raise AuditError(f"audit log {self.path} is not open ({self.reason}); fix it and "
-                         "restart the daemon")
-
-    def close(self) -> None:
-        """Nothing is open."""
-
-
 #: the lock file in ``state_dir`` a running daemon holds for its whole life
 STATE_LOCK_NAME = "twinlockd.lock"
 
@@ -143,69 +128,7 @@ def lock_state_dir(state_dir: Path) -> IO[bytes] | None:
     return handle
 
 
-def _open_audit(cfg: Config) -> AuditLog | UnavailableAudit:
-    try:
-        audit = AuditLog(cfg.audit.db)
-    except AuditError as exc:
-        logger.critical("audit log %s cannot be opened: %s. Running LOCKED: no unlock until it "
-                        "is fixed and the daemon restarted", cfg.audit.db, exc)
-        return UnavailableAudit(cfg.audit.db, str(exc))
-    try:
-        audit.prune(cfg.audit.retention_days)
-    except AuditError as exc:
-        logger.error("old audit records not pruned: %s", exc)
-    return audit
-
-
-class GuardedAudit:
-    """The audit log as the running door writes it.
-
-    A failed write (disk full, read-only or damaged file) is logged at CRITICAL, handed to
-    ``on_change`` (the daemon shows it in systemd's STATUS=) and returned as False instead of
-    raised: the door keeps running, locked. Whatever must not happen unrecorded (an unlock)
-    checks the result first. ``on_change(None)`` says that writes work again.
-    """
-
-    def __init__(self, log: AuditLog | UnavailableAudit,
-                 on_change: Callable[[str | None], None] | None = None) -> None:
-        self.log = log
-        self.on_change = on_change
-        self.failures = 0
-        self.failing = False
-        #: told of every record written (MQTT publishes them); never trusted with the record
-        self.listener: Callable[[str, str, str, dict[str, Any]], None] | None = None
-
-    def record(self, event: str, decision: str, reason: str, **fields: Any) -> bool:
-        """Write and commit one record; False (reported, never raised) when it cannot be."""
-        try:
-            self.log.record(event, decision, reason, **fields)
-        except AuditError as exc:
-            self.failures += 1
-            logger.critical("AUDIT LOG WRITE FAILED (%s: %s): %s", event, reason, exc)
-            if not self.failing:  # once per outage: the status line keeps saying it
-                self.failing = True
-                self._tell(str(exc))
-            return False
-        if self.failing:
-            self.failing = False
-            logger.warning("audit log writable again after %d failed write(s)", self.failures)
-            self._tell(None)
-        if self.listener is not None:
-            try:
-                self.listener(event, decision, reason, fields)
-            except Exception:
-                logger.exception("audit listener failed")
-        return True
-
-    def _tell(self, error: str | None) -> None:
-        if self.on_change is not None:
-            try:
-                self.on_change(error)
-            except Exception:
-                logger.exception("audit state callback failed")
-
-
-def pick_up_incoming(cfg: Config, audit: AuditLog | GuardedAudit | None) -> None:
+def pick_up_incoming(cfg: Config, audit: AuditWriter | Outbox | None) -> None:
     """Install the newest bundle that ``twinlock deploy`` dropped into ``model.incoming``.
 
     Installing verifies it first and keeps the running bundle as ``previous`` (for rollback). A
@@ -237,7 +160,7 @@ def pick_up_incoming(cfg: Config, audit: AuditLog | GuardedAudit | None) -> None
         os.close(folder)
 
 
-def _drop_problem(audit: AuditLog | GuardedAudit | None, message: str) -> None:
+def _drop_problem(audit: AuditWriter | Outbox | None, message: str) -> None:
     logger.error("%s", message)
     if audit is not None:
         audit.record("bundle", "deny", message)
@@ -249,7 +172,7 @@ def _drop_problem(audit: AuditLog | GuardedAudit | None, message: str) -> None:
 CHECKING_PREFIX = ".checking-"
 
 
-def _pick_up(cfg: Config, audit: AuditLog | GuardedAudit | None, folder: int) -> None:
+def _pick_up(cfg: Config, audit: AuditWriter | Outbox | None, folder: int) -> None:
     incoming = cfg.model.incoming
     regular: list[tuple[float, str]] = []
     with os.scandir(folder) as entries:
@@ -341,7 +264,7 @@ def _take(folder: int, name: str, private: str) -> None:
     os.unlink(name, dir_fd=folder)
 
 
-def _quarantine(audit: AuditLog | GuardedAudit | None, folder: int, incoming: Path, name: str,
+def _quarantine(audit: AuditWriter | Outbox | None, folder: int, incoming: Path, name: str,
                 reason: str, shown: str | None = None) -> None:
     """Move ``name`` into ``rejected/`` as ``shown`` (made afresh if it is not a real folder), by
     descriptor: no path in the drop folder is ever followed. Failing that, delete it."""
@@ -457,20 +380,18 @@ def frame_number(frame: Frame) -> int:
     return frame.source_index if frame.source_index is not None else frame.index
 
 
-def carry_out(commands: list[Command], door: DoorMachine, records: GuardedAudit, action: Action,
+def carry_out(commands: list[Command], door: DoorMachine, outbox: Outbox, action: Action,
               snapshots: SnapshotStore | None = None, image: np.ndarray | None = None) -> None:
     """Do what the door decided, in order. An unlock happens only once its record is committed;
     if it cannot be, the door stays shut and the machine is told. ``image``: the last picture
     with a face (for a snapshot of a refused attempt)."""
     for command in commands:
         if isinstance(command, Record):
-            fields = command.fields()
             if command.event == "lockout":  # timed by the boot clock too (resume_lockout)
-                fields["details"] = (fields["details"] or {}) | boot_clock()
-            records.record(command.event, command.decision, command.reason, **fields)
+                command = replace(command, details=(command.details or {}) | boot_clock())
+            outbox.write(command, image)
         elif isinstance(command, Unlock):
-            record = command.record
-            if records.record(record.event, record.decision, record.reason, **record.fields()):
+            if outbox.write(command.record, image):
                 action.unlock(command.user)
                 door.last_decision += f" at {time.strftime('%H:%M:%S')}"
                 logger.info("door opened for %s", command.user)
@@ -483,15 +404,14 @@ def carry_out(commands: list[Command], door: DoorMachine, records: GuardedAudit,
                 logger.warning("snapshot not saved: %s", exc)
 
 
-def resume_lockout(log: AuditLog | UnavailableAudit, door: DoorMachine, records: GuardedAudit,
-                   now: float) -> float:
+def resume_lockout(log: AuditWriter, door: DoorMachine, outbox: Outbox, now: float) -> float:
     """Carry a lockout over a restart: a crash, an OOM kill or a flood that forces restarts must
     not lift it. The last ``lockout`` record says how long it was to last; how long ago it began
     is measured by the boot clock when it is from this boot (a wall clock set since changes
     nothing), else by the wall clock, with no time passed if that went back. The rest is resumed
     on the door's clock (``now``, the frames' monotonic time) and recorded, so the next restart
     measures from there. Returns the seconds resumed (0: none)."""
-    if not isinstance(log, AuditLog) or not door.lockout.enabled:
+    if not door.lockout.enabled:
         return 0.0
     try:
         last = log.last("lockout")
@@ -507,8 +427,9 @@ def resume_lockout(log: AuditLog | UnavailableAudit, door: DoorMachine, records:
         return 0.0
     door.lockout.resume(now + left, last.reason)
     logger.warning("lockout resumed after a restart: %.0f s left (%s)", left, last.reason)
-    records.record("lockout", "deny", last.reason,
-                   details={"lockout_seconds": round(left, 3), "resumed": True} | boot_clock())
+    outbox.write(Record("lockout", "deny", last.reason,
+                        details={"lockout_seconds": round(left, 3), "resumed": True}
+                        | boot_clock()))
     return left
 
 
@@ -534,13 +455,17 @@ class Daemon:
             self._release_state()
             raise
         try:
-            self.audit: AuditLog | UnavailableAudit = _open_audit(self.cfg)
-            self.records = GuardedAudit(self.audit, self._audit_failed)
-            self._audit_error: str | None = None
+            self.audit = open_audit(self.cfg.audit.db, self.cfg.audit.retention_days)
+            #: every event, to the audit log first, then MQTT and systemd's status line
+            self.outbox = Outbox()
+            self.records = GuardedAudit(self.audit, self._audit_changed)
+            self.status_sink = StatusSink(self.notifier, self._status_line)
             # MQTT: events out (never waited on), remote unlock requests in (_handle_remote)
             self._camera_down = False
+            self.mqtt: MqttLink | None = None
+            self._connect_sinks()  # the audit log and status line hear MQTT's own failure
             self.mqtt = self._start_mqtt(self.cfg)
-            self.records.listener = self._publish_record
+            self._connect_sinks()
             self.camera = self._camera()
             self.snapshots = self._snapshots()
             self.door = DoorMachine(DoorSettings.from_config(self.cfg))
@@ -572,8 +497,16 @@ class Daemon:
             return MqttLink.from_config(cfg.mqtt)
         except TwinLockError as exc:
             logger.error("mqtt not started, the door runs without it: %s", exc)
-            self.records.record("fault", "deny", f"mqtt not started: {exc}")
+            self.outbox.record("fault", "deny", f"mqtt not started: {exc}")
             return None
+
+    def _connect_sinks(self) -> None:
+        """The outbox's sinks, in order (again after a reload replaces the MQTT link)."""
+        sinks: list[EventSink] = [AuditSink(self.records)]
+        if self.mqtt is not None:
+            sinks.append(self.mqtt)
+        sinks.append(self.status_sink)
+        self.outbox.sinks = sinks
 
     def _snapshots(self) -> SnapshotStore | None:
         snaps = self.cfg.audit.snapshots
@@ -582,7 +515,7 @@ class Daemon:
 
     def load_matcher(self) -> None:
         """(Re)build the matcher; on failure the old one stays (or the door stays locked)."""
-        pick_up_incoming(self.cfg, self.records)
+        pick_up_incoming(self.cfg, self.outbox)
         stamp = source_stamp(self.cfg)  # before loading: a change meanwhile reloads next time
         try:
             matcher = build_matcher(self.cfg)
@@ -602,7 +535,7 @@ class Daemon:
             return
         old = self.cfg
         self.cfg = new_cfg
-        pick_up_incoming(new_cfg, self.records)
+        pick_up_incoming(new_cfg, self.outbox)
         stamp = source_stamp(new_cfg)
         if self.matcher is not None and new_cfg == old and stamp == self._loaded_stamp:
             # nothing changed (a repeated SIGHUP): keep everything, cut no visitor's attempt
@@ -627,13 +560,14 @@ class Daemon:
             if self.mqtt is not None:
                 self.mqtt.close()
             self.mqtt = self._start_mqtt(new_cfg)
+            self._connect_sinks()
         self.matcher, self._loaded_stamp = matcher, stamp
         self.carry_out(self.door.finish("reloaded during the attempt"))  # the old settings
         # a reload must not lift a running lockout
         lockout = self.door.lockout if new_cfg.lockout == old.lockout else None
         self.snapshots = self._snapshots()
         self.door = DoorMachine(DoorSettings.from_config(new_cfg), lockout)
-        self.records.record("reload", "ignore", f"reloaded: {matcher.describe()}")
+        self.outbox.write(Record("reload", "ignore", f"reloaded: {matcher.describe()}"))
         logger.info("reloaded: %s", matcher.describe())
         self.notifier.ready()
 
@@ -652,28 +586,25 @@ class Daemon:
         logger.error("%s", message)
         if suppressed:
             details["repeated_since_last_record"] = suppressed
-        self.records.record(event, "deny" if event == "fault" else "ignore", message,
-                          details=details or None)
+        self.outbox.write(Record(event, "deny" if event == "fault" else "ignore", message,
+                                 details=details or None))
 
-    def _audit_failed(self, error: str | None) -> None:
-        """A record could not be written (or, with None, can be again): tell systemd now
-        (STATUS=), not at the next status line. No unlock happens without a record."""
-        self._audit_error = error
-        self._status()
-        mqtt = getattr(self, "mqtt", None)
-        if error is not None and mqtt is not None:  # Home Assistant hears it too
-            mqtt.event("fault", reason=f"audit log not writable, no unlock until it is: {error}")
+    def _audit_changed(self, error: str | None) -> None:
+        """A record could not be written (or, with None, can be again): the outbox tells
+        systemd (STATUS=) and MQTT now, not at the next status line."""
+        self.outbox.send(Event(EventKind.AUDIT_FAILING, reason=error) if error is not None
+                         else Event(EventKind.AUDIT_BACK))
 
     def _camera_state(self, state: str, reason: str) -> None:
         if state == "failed":
             self.fault(f"camera: {reason}")
-            if not self._camera_down and self.mqtt is not None:
-                self.mqtt.event("camera_lost", reason=reason)
+            if not self._camera_down:
+                self.outbox.send(Event(EventKind.CAMERA_LOST, reason=reason))
             self._camera_down = True
         elif state in ("reopened", "opened"):
             logger.info("camera: %s", reason)
-            if self._camera_down and self.mqtt is not None:
-                self.mqtt.event("camera_back", reason=reason)
+            if self._camera_down:
+                self.outbox.send(Event(EventKind.CAMERA_BACK, reason=reason))
             self._camera_down = False
 
     def _action_event(self, kind: str, detail: str) -> None:
@@ -681,19 +612,10 @@ class Daemon:
             self.fault(f"unlock hook failed: {detail}")
         else:
             logger.info("action: %s %s", kind, detail)
-        mqtt = getattr(self, "mqtt", None)  # None, or not yet made: pulses start early
-        if kind in ("pulse_start", "pulse_end") and mqtt is not None:
-            mqtt.lock_state(unlocked=kind == "pulse_start")
-
-    def _publish_record(self, event: str, decision: str, reason: str,
-                        fields: dict[str, Any]) -> None:
-        """Every audit record, as an MQTT event (after it is committed: the log comes first)."""
-        if self.mqtt is None:
-            return
-        self.mqtt.record(event, decision, reason, fields)
-        image = getattr(self, "last_image", None)
-        if event == "deny" and image is not None:
-            self.mqtt.snapshot(image)
+        outbox = getattr(self, "outbox", None)  # not yet made: pulses start early
+        if kind in ("pulse_start", "pulse_end") and outbox is not None:
+            outbox.send(Event(EventKind.RELAY_OPEN if kind == "pulse_start"
+                              else EventKind.RELAY_CLOSED))
 
     def _handle_remote(self, final: bool = False) -> None:
         """What came in over MQTT since the last frame: a bounded, rate-limited few refusals to
@@ -733,8 +655,8 @@ class Daemon:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.records.record("start", "ignore", f"twinlockd starting with {self.config_path}")
-        resume_lockout(self.audit, self.door, self.records, time.monotonic())
+        self.outbox.write(Record("start", "ignore", f"twinlockd starting with {self.config_path}"))
+        resume_lockout(self.audit, self.door, self.outbox, time.monotonic())
         self.action.safe()
         self.load_matcher()
         self.camera.open()
@@ -795,7 +717,8 @@ class Daemon:
         return analysis.observations
 
     def carry_out(self, commands: list[Command]) -> None:
-        carry_out(commands, self.door, self.records, self.action, self.snapshots, self.last_image)
+        carry_out(commands, self.door, self.outbox, self.action, self.snapshots,
+                  self.last_image)
 
     def _ping_watchdog(self) -> None:
         if self._watchdog_period is None:
@@ -805,18 +728,21 @@ class Daemon:
             self._last_ping = now
             self.notifier.watchdog()
 
-    def _status(self) -> None:
+    def _fps(self) -> float:
         times = self._frame_times
-        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and \
+        return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and \
             times[-1] > times[0] else 0.0
+
+    def _status_line(self) -> str:
+        """systemd's status line (the status sink puts an audit log failure before it)."""
         state = "matching" if self.matcher else "NO MODEL: door stays locked"
-        if self._audit_error is not None:
-            state = (f"AUDIT LOG FAILING ({self._audit_error}): no unlock until it is fixed; "
-                     f"{state}")
         camera = "camera ok" if self.camera.healthy else f"camera down ({self.camera.last_error})"
+        return f"{state}; {self._fps():.1f} fps; {camera}; last: {self.door.last_decision}"
+
+    def _status(self) -> None:
         if self.mqtt is not None:
-            self.mqtt.status(fps, "ok" if self.camera.healthy else "down")
-        self.notifier.status(f"{state}; {fps:.1f} fps; {camera}; last: {self.door.last_decision}")
+            self.mqtt.status(self._fps(), "ok" if self.camera.healthy else "down")
+        self.status_sink.show()
 
     def shutdown(self) -> None:
         """Relay off first, then everything else."""
@@ -827,7 +753,7 @@ class Daemon:
             self.carry_out(self.door.finish())
             self._handle_remote(final=True)  # refusals and a flood's count, never an unlock
             self.camera.close()
-            self.records.record("stop", "ignore", "twinlockd stopped")
+            self.outbox.write(Record("stop", "ignore", "twinlockd stopped"))
             self.audit.close()
             if self.mqtt is not None:
                 self.mqtt.close()  # "offline", after the last record was published
