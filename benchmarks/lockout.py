@@ -48,8 +48,8 @@ from daemon_helpers import CLIP, MIRANDA_FRAMES, enrol_miranda
 
 from twinlock.daemon.config.loader import parse_config
 from twinlock.daemon.config.schema import Config
-from twinlock.daemon.door.machine import DoorMachine, DoorSettings, Record, Unlock
-from twinlock.daemon.door.service import build_matcher
+from twinlock.daemon.door.assemble import build_matcher, door_settings
+from twinlock.daemon.door.machine import DoorMachine, Record, Unlock
 from twinlock.daemon.recognition.analyser import Observation
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import FaceEmbedder
@@ -98,7 +98,7 @@ def analyse(cfg: Config, images: list[np.ndarray], mesh: bool) -> list[tuple[Obs
 def run(cfg: Config, seen: list[tuple[Observation, ...]], fps: float, seconds: float | None = None,
         start: float = 1000.0) -> dict[str, Any]:
     """Feed ``seen`` (cycled for ``seconds`` when given) to a fresh door machine."""
-    door = DoorMachine(DoorSettings.from_config(cfg))
+    door = DoorMachine(door_settings(cfg))
     count = len(seen) if seconds is None else int(seconds * fps)
     unlocks, lockouts, failed_at_unlock = [], [], []
     evaluated_unlocked = verified = faces = failed = 0

@@ -23,9 +23,10 @@ import yaml
 
 from twinlock.daemon.config.schema import Config
 from twinlock.daemon.door.actions import Action, LogAction
+from twinlock.daemon.door.assemble import door_settings
+from twinlock.daemon.door.carry import carry_out
 from twinlock.daemon.door.events import AuditSink, Outbox
-from twinlock.daemon.door.machine import Command, DoorMachine, DoorSettings
-from twinlock.daemon.door.service import carry_out
+from twinlock.daemon.door.machine import Command, DoorMachine
 from twinlock.daemon.faces import quality as q
 from twinlock.daemon.faces.mesh import Mesh
 from twinlock.daemon.faces.types import Face
@@ -204,7 +205,7 @@ class Doorway:
         self.records = GuardedAudit(self.audit)
         self.outbox = Outbox([AuditSink(self.records)])
         self.action = action or LogAction()
-        self.door = DoorMachine(DoorSettings.from_config(cfg))
+        self.door = DoorMachine(door_settings(cfg))
 
     def step(self, now: float, frame: int | None = None,
              *observations: Observation) -> list[Command]:

@@ -673,8 +673,8 @@ def test_a_replayed_older_bundle_is_refused_and_only_rollback_goes_back(
         door: Door, tmp_path: Path) -> None:
     """Yesterday's bundle still holds bob, removed since: dropped into the door's drop folder
     again, it is refused with the reason, and bob stays out until an administrator rolls back."""
+    from twinlock.daemon.bundle.intake import pick_up_incoming
     from twinlock.daemon.config.loader import parse_config
-    from twinlock.daemon.door.service import pick_up_incoming
     from twinlock.daemon.storage.audit import AuditLog
 
     make_gallery(door.meta.model_id, door.meta.embedding_dim, ["alice"], seed=5).save(
@@ -737,8 +737,9 @@ def test_a_signed_bundle_that_cannot_run_never_becomes_current(door: Door, tmp_p
     """64-d anchors for the model's wider embeddings, or a tower the runtime cannot load: signed
     and consistent on paper, refused before it replaces the good bundle, so the door (also after
     a restart) still has a model."""
+    from twinlock.daemon.bundle.intake import pick_up_incoming
     from twinlock.daemon.config.loader import parse_config
-    from twinlock.daemon.door.service import build_matcher, pick_up_incoming
+    from twinlock.daemon.door.assemble import build_matcher
     from twinlock.daemon.storage.audit import AuditLog
 
     assert door.meta.embedding_dim != 64

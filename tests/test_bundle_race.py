@@ -22,8 +22,8 @@ from test_bundle import Door
 
 from twinlock.daemon.bundle import store
 from twinlock.daemon.cli import main as twinlockd
-from twinlock.daemon.door.service import STATE_LOCK_NAME
 from twinlock.daemon.errors import AlreadyRunningError
+from twinlock.daemon.storage.state_lock import STATE_LOCK_NAME
 from twinlock.trainer.household import signing
 
 ROUNDS = 20

@@ -33,6 +33,7 @@ from twinlock.daemon.config.schema import (
     Picamera2CameraConfig,
     ReplayCameraConfig,
 )
+from twinlock.daemon.door.assemble import detector_spec
 from twinlock.daemon.errors import ConfigError, TwinLockError
 from twinlock.daemon.faces.pipeline import DetectorSpec
 
@@ -395,13 +396,13 @@ def test_each_union_branch_parses(
 
 def test_detector_to_spec() -> None:
     trained = DetectorSpec(type="blazeface", variant="short", score_threshold=0.6)
-    assert DetectorConfig().to_spec(trained) == trained
+    assert detector_spec(DetectorConfig(), trained) == trained
     override = DetectorConfig(score_threshold=0.4, model_path=Path("/m/bf.tflite"))
-    assert override.to_spec(trained) == DetectorSpec("blazeface", "short", "/m/bf.tflite", 0.4)
+    assert detector_spec(override, trained) == DetectorSpec("blazeface", "short", "/m/bf.tflite", 0.4)
     yunet = DetectorConfig(type="yunet", model_path=Path("/m/yunet.onnx"))
-    assert yunet.to_spec(trained) == DetectorSpec("yunet", "short", "/m/yunet.onnx", None)
+    assert detector_spec(yunet, trained) == DetectorSpec("yunet", "short", "/m/yunet.onnx", None)
     full = DetectorConfig(type="blazeface", variant="full")
-    assert full.to_spec(trained).variant == "full"
+    assert detector_spec(full, trained).variant == "full"
 
 
 # --------------------------------------------------------------------------------------------

@@ -249,13 +249,7 @@ MACHINE_MUST_NOT_IMPORT = ("daemon.config", "daemon.camera", "daemon.storage", "
 #: known violations, each an exact (importer, imported) module pair, excused until the named work
 #: lands; any other import that breaks a contract fails, and an entry that no longer occurs fails
 #: too (delete it then)
-PENDING: dict[tuple[str, str], str] = {
-    # issue 21 item 1, pending: config/schema.py imports nothing above errors
-    ("twinlock.daemon.config.schema", "twinlock.daemon.door.liveness"): "issue 21 item 1, pending",
-    ("twinlock.daemon.config.schema", "twinlock.daemon.faces.pipeline"): "issue 21 item 1, pending",
-    # issue 21 item 1, pending: DoorMachine no longer imports the config schema
-    ("twinlock.daemon.door.machine", "twinlock.daemon.config.schema"): "issue 21 item 1, pending",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 Sources = dict[str, tuple[Path, str]]  # module name -> (path under the repository, source text)
 Edges = dict[str, dict[str, int]]  # module -> {module it imports: line of the first import}

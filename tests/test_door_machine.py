@@ -14,6 +14,8 @@ from gpiozero.pins.mock import MockFactory
 
 from twinlock.daemon.config.schema import Config
 from twinlock.daemon.door.actions import GpioAction
+from twinlock.daemon.door.assemble import door_settings
+from twinlock.daemon.door.carry import carry_out
 from twinlock.daemon.door.events import AuditSink, Event, EventKind, Outbox
 from twinlock.daemon.door.liveness import LivenessSettings
 from twinlock.daemon.door.machine import (
@@ -24,7 +26,6 @@ from twinlock.daemon.door.machine import (
     SaveSnapshot,
     Unlock,
 )
-from twinlock.daemon.door.service import carry_out
 from twinlock.daemon.faces import quality as q
 from twinlock.daemon.recognition.analyser import Rejected
 from twinlock.daemon.storage.audit import AuditLog
@@ -35,7 +36,7 @@ PIN = 17
 
 def settings(**changes: object) -> DoorSettings:
     """The shipped defaults (from the config schema), recognition alone, with ``changes``."""
-    base = DoorSettings.from_config(Config())
+    base = door_settings(Config())
     base = dataclasses.replace(base, liveness=LivenessSettings(mode="off"))
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 

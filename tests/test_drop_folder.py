@@ -16,10 +16,11 @@ import pytest
 
 from twinlock.daemon.bundle import format as fmt
 from twinlock.daemon.bundle import store
+from twinlock.daemon.bundle.intake import pick_up_incoming
 from twinlock.daemon.cli import main as twinlockd
 from twinlock.daemon.config.loader import parse_config
 from twinlock.daemon.config.schema import Config
-from twinlock.daemon.door.service import build_matcher, pick_up_incoming
+from twinlock.daemon.door.assemble import build_matcher
 from twinlock.daemon.errors import BundleError
 from twinlock.daemon.recognition.gallery import Gallery
 from twinlock.daemon.recognition.model import read_metadata
@@ -196,9 +197,9 @@ def test_picked_up_uploads_keep_no_group_readable_copy(home: Home,
         seen.append(_group_readable(home.spool) + [f"mode {oct(path.stat().st_mode & 0o777)}"])
         return install(path, *args)  # type: ignore[arg-type]
 
-    from twinlock.daemon.door import service
+    from twinlock.daemon.bundle import intake
 
-    monkeypatch.setattr(service, "install_bundle", checking)
+    monkeypatch.setattr(intake, "install_bundle", checking)
     reasons = home.pick_up()
     assert any("foreign.twinlock refused" in r for r in reasons), reasons
     assert seen == [["mode 0o600"]], seen

@@ -26,8 +26,8 @@ import pytest
 
 from twinlock.daemon.bundle import format as fmt
 from twinlock.daemon.bundle import store
+from twinlock.daemon.bundle.intake import pick_up_incoming
 from twinlock.daemon.config.loader import load_action_config, parse_config
-from twinlock.daemon.door.service import pick_up_incoming
 from twinlock.daemon.errors import BundleError, ConfigError, DataError
 from twinlock.daemon.faces.images import MAX_IMAGE_PIXELS, decode_image
 from twinlock.daemon.recognition.gallery import Gallery

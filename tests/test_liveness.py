@@ -16,6 +16,7 @@ from daemon_helpers import CLIP, MIRANDA_FRAMES, Doorway, enrol_miranda, scored,
 from twinlock.daemon.config.loader import parse_config
 from twinlock.daemon.config.schema import Config
 from twinlock.daemon.door.actions import LogAction
+from twinlock.daemon.door.assemble import liveness_settings
 from twinlock.daemon.door.liveness import (
     LivenessSettings,
     LivenessTracker,
@@ -320,7 +321,7 @@ def test_the_first_tracker_passes_the_swap_the_sweep_rule_refuses(portrait_mesh:
 def test_liveness_config_defaults_and_bounds() -> None:
     cfg = Config()
     assert cfg.liveness.mode == "motion"
-    assert cfg.liveness.settings() == LivenessSettings()
+    assert liveness_settings(cfg.liveness) == LivenessSettings()
     shipped = parse_config((REPO / "config.yaml").read_text(), "config.yaml", REPO)
     assert shipped.liveness == cfg.liveness  # config.yaml says what the defaults are
     assert parse_config("liveness:\n  mode: off\n").liveness.mode == "off"  # YAML's false

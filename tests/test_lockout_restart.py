@@ -16,7 +16,8 @@ import yaml
 from daemon_helpers import CLIP, MIRANDA_FRAMES, Doorway, enrol_miranda, liveness_off, write_config
 
 from twinlock.daemon.config.loader import parse_config
-from twinlock.daemon.door.service import Daemon, resume_lockout
+from twinlock.daemon.door.carry import resume_lockout
+from twinlock.daemon.door.service import Daemon
 from twinlock.daemon.storage.audit import AuditLog, boot_clock, seconds_since
 
 STRANGER_FRAMES = range(20, 82)  # Alex Lacamoire, who is not enrolled

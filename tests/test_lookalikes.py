@@ -21,7 +21,7 @@ import pytest
 
 from twinlock.daemon.bundle import store as bundles
 from twinlock.daemon.config.loader import parse_config
-from twinlock.daemon.door.service import build_matcher
+from twinlock.daemon.door.assemble import build_matcher
 from twinlock.daemon.errors import BundleError, ModelError, UsageError
 from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.recognition.fusion import (

@@ -12,8 +12,9 @@ import pytest
 from daemon_helpers import CLIP, enrol_miranda, liveness_off, write_config
 
 from twinlock.daemon.config.loader import load_config
+from twinlock.daemon.door.assemble import build_matcher
 from twinlock.daemon.door.rules import AgreementWindow
-from twinlock.daemon.door.service import Daemon, build_matcher
+from twinlock.daemon.door.service import Daemon
 from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.storage.audit import AuditLog
 

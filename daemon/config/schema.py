@@ -18,9 +18,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -31,10 +30,6 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-
-if TYPE_CHECKING:
-    from ..door.liveness import LivenessSettings
-    from ..faces.pipeline import DetectorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -351,36 +346,6 @@ class DetectorConfig(_Section):
             raise ValueError("the yunet detector needs model_path (a face_detection_yunet .onnx)")
         return value
 
-    def to_spec(self, model_default: DetectorSpec) -> DetectorSpec:
-        """The detector to build: the model's own (``model_default``) with this config's
-        overrides, or the one configured here. Warns when it differs from the model's, since
-        crops then no longer match what the model was trained on."""
-        from ..faces.pipeline import DetectorSpec
-
-        path = str(self.model_path) if self.model_path is not None else None
-        if self.type == "model":
-            spec = replace(
-                model_default,
-                model_path=path if path is not None else model_default.model_path,
-                score_threshold=(
-                    self.score_threshold
-                    if self.score_threshold is not None
-                    else model_default.score_threshold
-                ),
-            )
-        else:
-            variant = self.variant if self.type == "blazeface" else DetectorSpec.variant
-            spec = DetectorSpec(
-                type=self.type, variant=variant, model_path=path,
-                score_threshold=self.score_threshold,
-            )
-        if (spec.type, spec.variant) != (model_default.type, model_default.variant):
-            logger.warning(
-                "detector %s differs from the model's %s: crops may not match training",
-                spec.describe(), model_default.describe(),
-            )
-        return spec
-
 
 class QualityConfig(_Section):
     """Frames too poor to judge are skipped (and logged with the reason), never scored."""
@@ -536,16 +501,6 @@ class LivenessConfig(_Section):
         if closed is not None and value <= closed:
             raise ValueError(f"must be greater than blink_closed_ratio ({closed:g})")
         return value
-
-    def settings(self) -> LivenessSettings:
-        """The check's own settings object (daemon/door/liveness.py takes no pydantic model)."""
-        from ..door.liveness import LivenessSettings
-
-        return LivenessSettings(self.mode, self.timeout_seconds, self.blink_closed_ratio,
-                                self.blink_open_ratio, self.blink_max_seconds,
-                                self.motion_threshold, self.motion_frames, self.min_presence,
-                                self.motion_max_step, self.motion_max_share,
-                                self.motion_max_gap_seconds)
 
 
 class _ActionBase(_Section):

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..config.schema import Config
 from ..faces import quality as q
 from ..recognition.analyser import Observation, Rejected, Scored
 from ..recognition.verify import FrameVerdict
@@ -47,7 +46,8 @@ Command = Record | Unlock | SaveSnapshot
 
 @dataclass(frozen=True)
 class DoorSettings:
-    """The config keys the decisions read (bounds and meaning: daemon/config/schema.py)."""
+    """The config keys the decisions read (bounds and meaning: daemon/config/schema.py; built
+    from a config by daemon/door/assemble.door_settings)."""
 
     frames_required: int
     frame_window: int
@@ -60,14 +60,6 @@ class DoorSettings:
     lockout_seconds: float
     max_failed_frames: int | None
     liveness: LivenessSettings
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> DoorSettings:
-        v, lk = cfg.verification, cfg.lockout
-        return cls(v.frames_required, v.frame_window, v.window_seconds,
-                   cfg.action.cooldown_seconds, lk.attempt_seconds, lk.enabled, lk.max_failures,
-                   lk.window_seconds, lk.lockout_seconds, lk.max_failed_frames,
-                   cfg.liveness.settings())
 
     def new_lockout(self) -> Lockout:
         return Lockout(self.lockout_enabled, self.max_failures, self.lockout_window_seconds,

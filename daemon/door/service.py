@@ -5,49 +5,40 @@ background thread. Everything that can break at run time (camera, model, a frame
 is caught where it happens, written to the audit log, and leaves the door locked while the loop
 goes on. SIGTERM stops cleanly with the relay off; SIGHUP reloads config, model and gallery,
 keeping the old ones if the new ones do not load.
+
+This module runs the loop and nothing else: what it builds from the config comes from
+``assemble.py``, the machine's commands are done by ``carry.py``, every event leaves through the
+outbox (``events.py``: audit log, MQTT, systemd), the drop folder is ``bundle/intake.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import logging
-import os
-import shutil
 import signal
-import stat
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from ..bundle.format import BUNDLE_SUFFIX, MAX_BUNDLE_SIZE
-from ..bundle.store import CURRENT_NAME, bundles_dir, current_bundle, install_bundle, unpack_bundle
+from ..bundle.intake import pick_up_incoming
 from ..camera.frame import Frame
 from ..camera.registry import camera_factory
 from ..camera.resilient import ResilientCamera
 from ..config.loader import load_config
 from ..config.schema import Config, ReplayCameraConfig
-from ..errors import AlreadyRunningError, AuditError, BundleError, ModelError, TwinLockError
-from ..faces import quality as q
-from ..faces.assets import MESH_ROLE
-from ..faces.mesh import IRIS_ROLE, FaceMesh
-from ..recognition.analyser import FrameAnalyser, Observation
-from ..recognition.fusion import decision_settings
-from ..recognition.gallery import load_gallery
-from ..recognition.model import FaceEmbedder
-from ..recognition.verify import Verifier
-from ..storage.audit import SnapshotStore, boot_clock, seconds_since
-from ..storage.guard import AuditWriter, GuardedAudit, open_audit
-from ..storage.private_db import make_private_dirs
-from .actions import Action, build_action
+from ..errors import TwinLockError
+from ..recognition.analyser import Observation
+from ..storage.audit import SnapshotStore
+from ..storage.guard import GuardedAudit, open_audit
+from ..storage.state_lock import lock_state_dir
+from .actions import build_action
+from .assemble import Matcher, build_matcher, door_settings, source_stamp
+from .carry import carry_out, resume_lockout
 from .events import AuditSink, Event, EventKind, EventSink, Outbox, Record, StatusSink
-from .machine import Command, DoorMachine, DoorSettings, Unlock
+from .machine import Command, DoorMachine
 from .mqtt import MqttLink
 from .notify import Notifier, watchdog_interval
 
@@ -61,376 +52,9 @@ FAULT_REPEAT_SECONDS = 60.0
 RELOAD_MIN_INTERVAL_S = 2.0
 
 
-@dataclass
-class Matcher:
-    """Everything built from the model and gallery; replaced as a whole on reload."""
-
-    analyser: FrameAnalyser
-    users: int
-    origin: str
-
-    @property
-    def embedder(self) -> FaceEmbedder:
-        return self.analyser.embedder
-
-    @property
-    def verifier(self) -> Verifier:
-        assert self.analyser.verifier is not None  # the door's analyser always has a gallery
-        return self.analyser.verifier
-
-    @property
-    def mesh(self) -> FaceMesh | None:
-        """The face mesh for liveness; None when liveness is off."""
-        return self.analyser.mesh
-
-    def describe(self) -> str:
-        meta = self.embedder.meta
-        return (f"model {meta.model_id} ({meta.architecture}, {meta.quantization}), "
-                f"{self.users} user(s), threshold {self.verifier.threshold:.4f}, from "
-                f"{self.origin}")
-
-
-#: the lock file in ``state_dir`` a running daemon holds for its whole life
-STATE_LOCK_NAME = "twinlockd.lock"
-
-
-def lock_state_dir(state_dir: Path) -> IO[bytes] | None:
-    """Hold ``state_dir``'s lock for as long as the returned file stays open (the kernel drops
-    it when the process ends, however). AlreadyRunningError when another daemon holds it: two
-    on one state folder would fight over the relay, the camera, the audit log and the bundles.
-    None (with an error logged) when the lock file cannot be made at all: a read-only or full
-    card must not become a restart loop; what else fails there keeps the door locked."""
-    try:
-        make_private_dirs(state_dir, AuditError)
-        fd = os.open(state_dir / STATE_LOCK_NAME,
-                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except (OSError, AuditError) as exc:
-        logger.error("state folder %s: cannot make its lock file (%s): not checking for another "
-                     "daemon", state_dir, getattr(exc, "strerror", None) or exc)
-        return None
-    handle = os.fdopen(fd, "r+b")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = handle.read(32).decode("ascii", "replace").strip() or "unknown"
-        handle.close()
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise AlreadyRunningError(
-                f"another twinlockd (pid {holder}) is running on state folder {state_dir}; "
-                "not starting a second one (stop the other first: systemctl stop twinlockd)"
-            ) from None
-        logger.error("state folder %s: cannot lock it (%s): not checking for another daemon",
-                     state_dir, exc.strerror or exc)
-        return None
-    handle.truncate(0)
-    handle.write(f"{os.getpid()}\n".encode())
-    handle.flush()
-    return handle
-
-
-def pick_up_incoming(cfg: Config, audit: AuditWriter | Outbox | None) -> None:
-    """Install the newest bundle that ``twinlock deploy`` dropped into ``model.incoming``.
-
-    Installing verifies it first and keeps the running bundle as ``previous`` (for rollback). A
-    bundle that fails verification is moved to incoming/rejected and changes nothing. The drop
-    folder is writable by the deploy group, so nothing in it is trusted: only regular files are
-    opened (without following a symlink and without blocking on a FIFO), anything else named
-    ``*.twinlock`` is quarantined unread, ``rejected`` itself is never followed, and no error
-    here stops the door. A bundle holds the residents' anchors, and an upload is the uploader's
-    file, readable by the whole deploy group: the door takes it into a file of its own, 0600,
-    and deletes the upload before checking it, so what it installs, or keeps in ``rejected/``,
-    the group can no longer read.
-    """
-    incoming = cfg.model.incoming
-    if cfg.model.source != "bundle":
-        return
-    try:
-        folder = os.open(incoming, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        _drop_problem(audit, f"drop folder {incoming} not used: {exc.strerror or exc} (it must "
-                      "be a real folder, not a symbolic link)")
-        return
-    try:
-        _pick_up(cfg, audit, folder)
-    except (OSError, TwinLockError) as exc:  # keep running, whatever the folder holds
-        _drop_problem(audit, f"drop folder {incoming}: {exc}")
-    finally:
-        os.close(folder)
-
-
-def _drop_problem(audit: AuditWriter | Outbox | None, message: str) -> None:
-    logger.error("%s", message)
-    if audit is not None:
-        audit.record("bundle", "deny", message)
-
-
-#: a bundle's name in the drop folder while the door checks it. One left behind means the door
-#: died checking it (a tower that crashes the runtime, the OOM killer): it is quarantined, never
-#: retried, so such a bundle cannot become a crash loop.
-CHECKING_PREFIX = ".checking-"
-
-
-def _pick_up(cfg: Config, audit: AuditWriter | Outbox | None, folder: int) -> None:
-    incoming = cfg.model.incoming
-    regular: list[tuple[float, str]] = []
-    with os.scandir(folder) as entries:
-        names = [(e.name, e.stat(follow_symlinks=False)) for e in entries
-                 if e.name.endswith(BUNDLE_SUFFIX)]
-    for name, _ in names:
-        if name.startswith(CHECKING_PREFIX):
-            _quarantine(audit, folder, incoming, name, "the door stopped while checking it "
-                        "(it may crash the door); not tried again",
-                        shown=name.removeprefix(CHECKING_PREFIX))
-    listed = [(name, st) for name, st in names if not name.startswith(".")]
-    for name, st in listed:
-        if stat.S_ISREG(st.st_mode):
-            regular.append((st.st_mtime, name))
-        else:
-            _quarantine(audit, folder, incoming, name, "not a regular file (a symbolic link, "
-                        "FIFO, folder or device); not read")
-    regular.sort()
-    for _, name in regular[:-1]:
-        logger.info("ignoring older incoming bundle %s", name)
-    if not regular:
-        return
-    newest = regular[-1][1]
-    checking = CHECKING_PREFIX + newest
-    try:
-        _take(folder, newest, checking)
-    except BundleError as exc:  # oversized, or no longer a regular file: refused unread
-        _quarantine(audit, folder, incoming, newest, str(exc))
-        return
-    try:
-        install_bundle(incoming / checking, cfg.model.public_key, cfg.state_dir,
-                       cfg.model.runtimes)
-    except TwinLockError as exc:
-        _quarantine(audit, folder, incoming, checking, str(exc).replace(checking, newest),
-                    shown=newest)
-        return
-    for name in (checking, *(name for _, name in regular[:-1])):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=folder)
-    logger.info("installed bundle %s", newest)
-    if audit is not None:
-        audit.record("bundle", "ignore", f"bundle {newest} installed")
-
-
-def _take(folder: int, name: str, private: str) -> None:
-    """Copy the upload ``name`` into a new file ``private`` that only the daemon can read (its
-    own, 0600: the folder's setgid bit gives it the group, the mode gives the group nothing),
-    fsynced, then delete the upload. The daemon cannot chmod the upload (the uploader owns
-    it), so a copy is the way. BundleError, with nothing changed, for an upload larger than
-    any bundle or one that is no longer a regular file; OSError (a full card) leaves the upload
-    where it is for the next pick-up."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        source = os.open(name, flags, dir_fd=folder)
-    except OSError as exc:
-        raise BundleError(f"{name}: cannot open it ({exc.strerror or exc})") from None
-    try:
-        st = os.fstat(source)
-        if not stat.S_ISREG(st.st_mode):
-            raise BundleError(f"{name}: not a regular file (changed while being picked up)")
-        if st.st_size > MAX_BUNDLE_SIZE:
-            raise BundleError(f"{name}: {st.st_size} bytes, larger than any bundle can be "
-                              f"({MAX_BUNDLE_SIZE} bytes)")
-        os.set_blocking(source, True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(private, dir_fd=folder)  # ours from a pick-up cut short, or planted
-        target = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=folder)
-        try:
-            os.fchmod(target, 0o600)
-            copied = 0
-            while chunk := os.read(source, 1 << 20):
-                copied += len(chunk)
-                if copied > MAX_BUNDLE_SIZE:  # grew while being read
-                    raise BundleError(f"{name}: grew past {MAX_BUNDLE_SIZE} bytes while being "
-                                      "picked up")
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(target, view):]
-            os.fsync(target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(private, dir_fd=folder)
-            raise
-        finally:
-            os.close(target)
-    finally:
-        os.close(source)
-    os.unlink(name, dir_fd=folder)
-
-
-def _quarantine(audit: AuditWriter | Outbox | None, folder: int, incoming: Path, name: str,
-                reason: str, shown: str | None = None) -> None:
-    """Move ``name`` into ``rejected/`` as ``shown`` (made afresh if it is not a real folder), by
-    descriptor: no path in the drop folder is ever followed. Failing that, delete it."""
-    shown = shown or name
-    _drop_problem(audit, f"bundle {shown} refused: {reason}")
-    try:
-        rejected = _rejected_folder(folder, incoming)
-        try:
-            os.replace(name, shown, src_dir_fd=folder, dst_dir_fd=rejected)
-        finally:
-            os.close(rejected)
-    except OSError as exc:
-        logger.error("cannot move %s to %s/rejected (%s); deleting it", name, incoming, exc)
-        try:
-            os.unlink(name, dir_fd=folder)
-        except OSError as again:
-            logger.error("cannot delete %s from %s either: %s", name, incoming, again)
-
-
-def _rejected_folder(folder: int, incoming: Path) -> int:
-    """A descriptor of incoming/rejected: a real folder, never a link to somewhere else."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-    try:
-        os.mkdir("rejected", 0o700, dir_fd=folder)
-    except FileExistsError:
-        st = os.stat("rejected", dir_fd=folder, follow_symlinks=False)
-        if not stat.S_ISDIR(st.st_mode):
-            aside = f"rejected.not-a-folder-{int(time.time())}"
-            logger.error("%s/rejected is not a folder; moved it to %s", incoming, aside)
-            os.replace("rejected", aside, src_dir_fd=folder, dst_dir_fd=folder)
-            os.mkdir("rejected", 0o700, dir_fd=folder)
-    return os.open("rejected", flags, dir_fd=folder)
-
-
-def model_files(cfg: Config) -> tuple[Path, Path, str]:
-    """(model folder, gallery file, description) from a verified bundle or, in development,
-    from the configured folder. Raises TwinLockError (BundleError for a refused bundle)."""
-    if cfg.model.source == "folder":
-        logger.warning("model.source is 'folder': loading an UNSIGNED model and gallery")
-        return cfg.model.dir, cfg.model.gallery, f"unsigned folder {cfg.model.dir}"
-    active = cfg.state_dir / "active"
-    verified, root = unpack_bundle(current_bundle(cfg.state_dir), cfg.model.public_key, active)
-    for old in active.iterdir():  # one unpacked bundle at a time
-        if old.is_dir() and old != root and not old.name.startswith("."):
-            shutil.rmtree(old, ignore_errors=True)
-    return root / "model", root / "gallery.json", f"bundle {verified.bundle_id}"
-
-
-def source_stamp(cfg: Config) -> tuple[object, ...]:
-    """What a config loads the model and gallery from, without reading a byte: the installed
-    bundle's (or the model folder's files', the gallery's, the liveness models') inode, size
-    and times. A reload finding the same stamp and an equal config has nothing to change."""
-    if cfg.model.source == "bundle":
-        paths = [bundles_dir(cfg.state_dir) / CURRENT_NAME]
-    else:
-        folder = Path(cfg.model.dir)
-        paths = [Path(cfg.model.gallery), folder,
-                 *(sorted(folder.iterdir()) if folder.is_dir() else [])]
-    paths += [Path(p) for p in (cfg.liveness.mesh_model_path, cfg.liveness.iris_model_path)
-              if p is not None]
-    stamp: list[object] = []
-    for path in paths:
-        try:
-            st = path.stat()
-        except OSError:
-            stamp.append((str(path), None))
-            continue
-        stamp.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-    return tuple(stamp)
-
-
-def build_matcher(cfg: Config) -> Matcher:
-    """Load model + gallery and check they belong together. Raises TwinLockError."""
-    model_dir, gallery_path, origin = model_files(cfg)
-    embedder = FaceEmbedder(model_dir, cfg.model.num_threads, tuple(cfg.model.runtimes))
-    meta = embedder.meta
-    gallery = load_gallery(gallery_path)
-    if gallery.model_id != meta.model_id:
-        raise ModelError(f"gallery {gallery_path} was made with model {gallery.model_id}, "
-                         f"not {meta.model_id}: re-enrol (twinlock enroll) for this model")
-    if gallery.embedding_dim not in (None, meta.embedding_dim):
-        raise ModelError(f"gallery anchors are {gallery.embedding_dim}-d, the model makes "
-                         f"{meta.embedding_dim}-d embeddings")
-    v = cfg.verification
-    threshold, threshold_from, fusion = decision_settings(
-        meta.thresholds, meta.default_threshold, meta.metrics, v.threshold, v.threshold_name,
-        v.fusion, residents=len(gallery.users))
-    logger.info("decision: fusion %s, threshold %.4f (%s)", fusion, threshold, threshold_from)
-    detector = cfg.detector.to_spec(meta.detector).build(cfg.model.num_threads)
-    pipeline = meta.face_pipeline(detector)
-    verifier = Verifier(gallery, meta.head_weights, meta.head_bias, threshold,
-                        v.verification_threshold, fusion)
-    qc = cfg.quality
-    thresholds = q.QualityThresholds(qc.min_face_px, qc.min_brightness, qc.max_brightness,
-                                     qc.min_sharpness)
-    mesh = None
-    if cfg.liveness.mode != "off":
-        # the model folder's (signed, checked) copy unless the config names another file
-        mesh_file = cfg.liveness.mesh_model_path or meta.asset_path(MESH_ROLE)
-        mesh = FaceMesh(mesh_file, cfg.model.num_threads,
-                        eyes=cfg.liveness.settings().needs_blink,
-                        iris_model_path=cfg.liveness.iris_model_path or meta.asset_path(IRIS_ROLE))
-        logger.info("liveness: %s (face mesh %s)", cfg.liveness.mode, mesh.model_path)
-    else:
-        logger.warning("liveness is off: a photo of a resident can open the door")
-    analyser = FrameAnalyser(pipeline, embedder, thresholds, verifier, cfg.quality.multiple_faces,
-                             mesh)
-    return Matcher(analyser, len(gallery.users), origin)
-
-
 def frame_number(frame: Frame) -> int:
     """The number a record gives a frame: its place in the source file when replaying one."""
     return frame.source_index if frame.source_index is not None else frame.index
-
-
-def carry_out(commands: list[Command], door: DoorMachine, outbox: Outbox, action: Action,
-              snapshots: SnapshotStore | None = None, image: np.ndarray | None = None) -> None:
-    """Do what the door decided, in order. An unlock happens only once its record is committed;
-    if it cannot be, the door stays shut and the machine is told. ``image``: the last picture
-    with a face (for a snapshot of a refused attempt)."""
-    for command in commands:
-        if isinstance(command, Record):
-            if command.event == "lockout":  # timed by the boot clock too (resume_lockout)
-                command = replace(command, details=(command.details or {}) | boot_clock())
-            outbox.write(command, image)
-        elif isinstance(command, Unlock):
-            if outbox.write(command.record, image):
-                action.unlock(command.user)
-                door.last_decision += f" at {time.strftime('%H:%M:%S')}"
-                logger.info("door opened for %s", command.user)
-            else:
-                door.unlock_not_recorded(command.user)
-        elif snapshots is not None and image is not None:
-            try:
-                snapshots.save(image, time.time(), command.kind)
-            except (OSError, TwinLockError) as exc:
-                logger.warning("snapshot not saved: %s", exc)
-
-
-def resume_lockout(log: AuditWriter, door: DoorMachine, outbox: Outbox, now: float) -> float:
-    """Carry a lockout over a restart: a crash, an OOM kill or a flood that forces restarts must
-    not lift it. The last ``lockout`` record says how long it was to last; how long ago it began
-    is measured by the boot clock when it is from this boot (a wall clock set since changes
-    nothing), else by the wall clock, with no time passed if that went back. The rest is resumed
-    on the door's clock (``now``, the frames' monotonic time) and recorded, so the next restart
-    measures from there. Returns the seconds resumed (0: none)."""
-    if not door.lockout.enabled:
-        return 0.0
-    try:
-        last = log.last("lockout")
-    except AuditError as exc:
-        logger.error("cannot look for a lockout to resume: %s", exc)
-        return 0.0
-    seconds = (last.details or {}).get("lockout_seconds") if last is not None else None
-    if last is None or not isinstance(seconds, (int, float)):
-        return 0.0
-    length = min(float(seconds), door.settings.lockout_seconds)
-    left = length - seconds_since(last)
-    if left <= 0:
-        return 0.0
-    door.lockout.resume(now + left, last.reason)
-    logger.warning("lockout resumed after a restart: %.0f s left (%s)", left, last.reason)
-    outbox.write(Record("lockout", "deny", last.reason,
-                        details={"lockout_seconds": round(left, 3), "resumed": True}
-                        | boot_clock()))
-    return left
 
 
 class Daemon:
@@ -468,7 +92,7 @@ class Daemon:
             self._connect_sinks()
             self.camera = self._camera()
             self.snapshots = self._snapshots()
-            self.door = DoorMachine(DoorSettings.from_config(self.cfg))
+            self.door = DoorMachine(door_settings(self.cfg))
             #: the last picture that showed a face (snapshots of refused attempts, MQTT)
             self.last_image: np.ndarray | None = None
         except BaseException:
@@ -566,7 +190,7 @@ class Daemon:
         # a reload must not lift a running lockout
         lockout = self.door.lockout if new_cfg.lockout == old.lockout else None
         self.snapshots = self._snapshots()
-        self.door = DoorMachine(DoorSettings.from_config(new_cfg), lockout)
+        self.door = DoorMachine(door_settings(new_cfg), lockout)
         self.outbox.write(Record("reload", "ignore", f"reloaded: {matcher.describe()}"))
         logger.info("reloaded: %s", matcher.describe())
         self.notifier.ready()
