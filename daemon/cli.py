@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config.loader import DEFAULT_CONFIG_PATH, load_config
 from .console import run_command, setup_logging
 from .errors import TwinLockError, UsageError
+
+if TYPE_CHECKING:
+    from .storage.audit import AuditRecord
 
 logger = logging.getLogger("twinlockd")
 
@@ -88,7 +95,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     """Answer once for each image: who is it, with which score, and would the door open."""
-    from .door.service import build_matcher
+    from .door.assemble import build_matcher
     from .faces import quality as q
     from .faces.images import load_image
     from .recognition.analyser import Rejected, Scored
@@ -158,13 +165,77 @@ LOG_DEFAULT_LIMIT = 50
 LOG_PAGE = 1000
 
 
+# -- twinlockd log: --since and the records as text ---------------------------------------
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """A point in time from the command line, as unix seconds.
+
+    ISO dates and date-times ("2026-11-28", "2026-11-28T10:00", with or without an offset;
+    without one they mean the door's local time, as a person reading its clock would) or an age
+    before ``now`` ("30s", "15m", "2h", "7d").
+    """
+    raw = text if isinstance(text, str) else str(text)
+    match = _RELATIVE.match(raw)
+    if match:
+        amount = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+        return (time.time() if now is None else now) - amount
+    try:
+        moment = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise UsageError(
+            f"cannot read the time {raw!r}: use an ISO date or date-time such as 2026-11-28 or "
+            "2026-11-28T10:00, or an age such as 30s, 15m, 2h or 7d"
+        ) from None
+    return moment.timestamp()
+
+
+def _cell(value: str) -> str:
+    """Table cells stay on one line even if a reason or user name holds control characters."""
+    if value.isprintable():
+        return value
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in value)
+
+
+TABLE_HEADER = ("TIME", "EVENT", "USER", "SCORE", "DECISION", "REASON")
+
+
+def format_records(records: Iterable[AuditRecord], as_json: bool) -> str:
+    """JSON lines (one object per record) or an aligned table in local time; no final newline."""
+    records = list(records)
+    if as_json:
+        return "\n".join(json.dumps(r.to_dict(), ensure_ascii=False) for r in records)
+    if not records:
+        return "no matching records"
+    rows = [TABLE_HEADER]
+    for r in records:
+        local = datetime.fromtimestamp(r.ts).astimezone()
+        rows.append((
+            local.strftime("%Y-%m-%d %H:%M:%S"),
+            _cell(r.event),
+            _cell(r.user) if r.user else "-",
+            "-" if r.best_score is None else f"{r.best_score:.3f}",
+            _cell(r.decision),
+            _cell(r.reason),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
 def _cmd_log(args: argparse.Namespace) -> int:
     """Print the audit log as it streams from SQLite, a page at a time: a log of millions of
     rows must not be read into memory whole. Needs only the config's audit section: a door
     whose camera or model section is broken is exactly when its log must be readable."""
     from itertools import islice
 
-    from .storage.audit import AuditLog, format_records, parse_since
+    from .storage.audit import AuditLog
 
     db = args.db
     if db is None:

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import pytest
 
+from twinlock.daemon.cli import format_records, parse_since
 from twinlock.daemon.errors import AuditError, TwinLockError, UsageError
 from twinlock.daemon.storage.audit import (
     EVENTS,
@@ -31,8 +32,6 @@ from twinlock.daemon.storage.audit import (
     AuditLog,
     AuditRecord,
     SnapshotStore,
-    format_records,
-    parse_since,
 )
 
 

@@ -27,7 +27,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -513,70 +513,6 @@ def seconds_since(record: AuditRecord, now: float | None = None) -> float:
     if clock and details.get("boot_id") == clock["boot_id"] and isinstance(then, (int, float)):
         return max(0.0, clock["boottime_s"] - float(then))
     return max(0.0, (time.time() if now is None else now) - record.ts)
-
-
-# -- command-line helpers -------------------------------------------------------------------------
-
-_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """A point in time from the command line, as unix seconds.
-
-    ISO dates and date-times ("2026-11-28", "2026-11-28T10:00", with or without an offset;
-    without one they mean the door's local time, as a person reading its clock would) or an age
-    before ``now`` ("30s", "15m", "2h", "7d").
-    """
-    raw = text if isinstance(text, str) else str(text)
-    match = _RELATIVE.match(raw)
-    if match:
-        amount = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
-        return (time.time() if now is None else now) - amount
-    try:
-        moment = datetime.fromisoformat(raw.strip())
-    except ValueError:
-        raise UsageError(
-            f"cannot read the time {raw!r}: use an ISO date or date-time such as 2026-11-28 or "
-            "2026-11-28T10:00, or an age such as 30s, 15m, 2h or 7d"
-        ) from None
-    return moment.timestamp()
-
-
-def _cell(value: str) -> str:
-    """Table cells stay on one line even if a reason or user name holds control characters."""
-    if value.isprintable():
-        return value
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in value)
-
-
-TABLE_HEADER = ("TIME", "EVENT", "USER", "SCORE", "DECISION", "REASON")
-
-
-def format_records(records: Iterable[AuditRecord], as_json: bool) -> str:
-    """JSON lines (one object per record) or an aligned table in local time; no final newline."""
-    records = list(records)
-    if as_json:
-        return "\n".join(json.dumps(r.to_dict(), ensure_ascii=False) for r in records)
-    if not records:
-        return "no matching records"
-    rows = [TABLE_HEADER]
-    for r in records:
-        local = datetime.fromtimestamp(r.ts).astimezone()
-        rows.append((
-            local.strftime("%Y-%m-%d %H:%M:%S"),
-            _cell(r.event),
-            _cell(r.user) if r.user else "-",
-            "-" if r.best_score is None else f"{r.best_score:.3f}",
-            _cell(r.decision),
-            _cell(r.reason),
-        ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER) - 1)]
-    lines = []
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
-    return "\n".join(lines)
 
 
 # -- snapshots ------------------------------------------------------------------------------------
