@@ -424,7 +424,7 @@ def _only(parser: argparse.ArgumentParser, actions: list[argparse.Action]) -> An
 # MQTT
 
 #: what each field of an event payload means (the door's own fields come from
-#: daemon/door/service.py's _publish_record; a new one without a meaning here fails the build)
+#: daemon/door/mqtt.py's MqttLink.record; a new one without a meaning here fails the build)
 EVENT_FIELDS = {
     "event_type": "the kind of event (table below)",
     "seq": "1, 2, 3, ... per run of the daemon: a gap means messages were dropped",
