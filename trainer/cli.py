@@ -375,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
                    help="extra ssh option, e.g. -o StrictHostKeyChecking=yes (repeatable)")
     _review_parsers(sub)
+    from .web.command import add_parser as web_parser
+
+    web_parser(sub, DB_HELP, ACTIVITY_HELP)
     return parser
 
 
@@ -742,6 +745,12 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_web(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .web.command import run
+
+    return run(args)
+
+
 def _cmd_activity(args: argparse.Namespace, argv: Sequence[str]) -> int:
     with _activity_store(args) as store:
         action = args.action
@@ -877,7 +886,7 @@ COMMANDS = {"train": _cmd_train, "export": _cmd_export, "evaluate": _cmd_evaluat
             "pairs": _cmd_pairs, "add-detector": _cmd_add_detector,
             "enroll": _cmd_enroll, "users": _cmd_users,
             "keygen": _cmd_keygen, "bundle": _cmd_bundle, "deploy": _cmd_deploy,
-            "doors": _cmd_doors, "activity": _cmd_activity}
+            "doors": _cmd_doors, "activity": _cmd_activity, "web": _cmd_web}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,287 @@
+"""twinlock web against a real uvicorn server on 127.0.0.1 (started here on a free port, as the
+CLI starts it), with httpx as the browser: the locks first (login, session, CSRF, rate limit,
+TLS rule, upload bounds), then enrolment and labelling through the page on real LFW faces."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from twinlock.daemon.faces import quality as q
+from twinlock.daemon.faces.images import load_image
+from twinlock.daemon.recognition.model import FaceEmbedder
+from twinlock.daemon.review.format import ReviewRecord, new_record_id
+from twinlock.daemon.review.store import ReviewWriter, encode_crop
+from twinlock.trainer.cli import main
+from twinlock.trainer.household.anchors import enrolment_analyser, enrolment_face
+from twinlock.trainer.household.enroll import describe
+from twinlock.trainer.household.enroll_store import EnrolmentStore
+
+pytestmark = pytest.mark.data
+
+PASSWORD = "correct horse battery"
+T0 = datetime(2026, 12, 6, 7, 0, tzinfo=UTC)
+START_TIMEOUT_S = 60.0
+CLI = "import sys; from twinlock.trainer.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "no CSRF token on the page"
+    return found.group(1)
+
+
+def set_password(enrol_db: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", CLI, "web", "set-password", "--db",
+                           str(enrol_db)], input=PASSWORD + "\n", text=True,
+                          capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+class Server:
+    """``twinlock web`` in a subprocess, stopped on exit."""
+
+    def __init__(self, home: dict[str, Path], model: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CLI, "web", "--port", str(self.port), "--db",
+             str(home["enrol_db"]), "--activity-db", str(home["db"]), "--model", str(model)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(self.url + "/login", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"twinlock web did not start: {self.proc.stdout.read()}")  # type: ignore[union-attr]
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path, door_model: Path
+         ) -> dict[str, object]:
+    """A household folder with a password and one door's refused attempts (two LFW people)."""
+    tmp = tmp_path_factory.mktemp("web")
+    enrol_db, db = tmp / "home" / "enrolment.db", tmp / "home" / "activity.db"
+    embedder = FaceEmbedder(door_model)
+    meta = embedder.meta
+    analyser = enrolment_analyser(meta.face_pipeline(meta.detector.build()), embedder,
+                                  q.DEFAULT_THRESHOLDS)
+    clock = [T0]
+    writer = ReviewWriter(tmp / "front", "front", 30, 10**8, clock=lambda: clock[0].timestamp())
+    ids: dict[str, list[str]] = {}
+    for person in ("Andre_Agassi", "Al_Gore"):
+        for path in sorted((lfw_dir / person).glob("*.jpg"))[:2]:
+            found = enrolment_face(load_image(path), analyser)
+            assert not isinstance(found, str), path
+            clock[0] += timedelta(minutes=5)
+            record = ReviewRecord(id=new_record_id("front", clock[0]), door="front",
+                                  time=clock[0], decision="deny", bundle_id="b1",
+                                  model_id=meta.model_id, resident=None, score=0.1,
+                                  embedding=found.embedding)
+            assert writer.append(record, encode_crop(found.crop))
+            ids.setdefault(person, []).append(record.id)
+    assert main(["doors", "add", "front", "--to", str(tmp / "front"), "--activity-db",
+                 str(db)]) == 0
+    assert main(["doors", "sync", "--activity-db", str(db)]) == 0
+    set_password(enrol_db)
+    return {"enrol_db": enrol_db, "db": db, "ids": ids, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def server(home: dict[str, object], door_model: Path) -> Iterator[Server]:
+    srv = Server(home, door_model)  # type: ignore[arg-type]
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[httpx.Client]:
+    """Logged in once for the module (the login limit counts every try)."""
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        r = c.post("/login", data={"password": PASSWORD})
+        assert r.status_code == 303, r.text
+        cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie, cookie
+        yield c
+
+
+def token(client: httpx.Client, path: str = "/residents") -> str:
+    return csrf_of(client.get(path).text)
+
+
+def audit(home: dict[str, object]) -> list[dict[str, object]]:
+    path = Path(str(home["enrol_db"])).parent / "web-audit.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+PAGES = ["/", "/residents", "/visitors", "/doors", "/api/activity", "/crop/anything",
+         "/thumb/1", "/?door=front"]
+CHANGES = ["/label", "/residents/upload", "/residents/remove", "/visitors/name", "/logout"]
+
+
+def test_every_page_and_api_call_without_a_session_is_refused(server: Server,
+                                                                home: dict[str, object]) -> None:
+    crop_id = home["ids"]["Al_Gore"][0]  # type: ignore[index]
+    for cookies in ({}, {"twinlock_session": "forged-" + "x" * 40}):
+        with httpx.Client(base_url=server.url, cookies=cookies) as anon:
+            for path in [*PAGES, f"/crop/{crop_id}"]:
+                r = anon.get(path)
+                assert r.status_code in (303, 401), (path, r.status_code)
+                if r.status_code == 303:
+                    assert r.headers["location"] == "/login"
+                assert b"\xff\xd8" not in r.content and "front" not in r.text, path
+            for path in CHANGES:
+                r = anon.post(path, data={"csrf": "x", "name": "Mallory", "what": "resident"})
+                assert r.status_code == 401, (path, r.status_code)
+
+
+def test_a_change_without_or_with_a_wrong_csrf_token_is_refused(
+        client: httpx.Client, home: dict[str, object], lfw_dir: Path) -> None:
+    photo = min((lfw_dir / "Aaron_Peirsol").glob("*.jpg"))
+    for form in ({}, {"csrf": "wrong"}, {"csrf": ""}):
+        r = client.post("/residents/upload", data={"name": "Aaron", **form},
+                        files=[("photos", (photo.name, photo.read_bytes(), "image/jpeg"))])
+        assert r.status_code == 403, r.text
+        assert "CSRF" in r.text
+        attempt = home["ids"]["Al_Gore"][0]  # type: ignore[index]
+        r = client.post("/label", data={"attempt": attempt, "kind": "as", "name": "Al",
+                                        **form})
+        assert r.status_code == 403
+    with EnrolmentStore(home["enrol_db"]) as store:  # type: ignore[arg-type]
+        assert not store.has_user("Aaron") and not store.has_user("Al")
+    assert not [e for e in audit(home) if e["action"] in ("enrol_upload", "label_as")
+                and e.get("name") in ("Aaron", "Al")]
+
+
+def test_oversized_and_non_image_uploads_get_a_clear_message(
+        client: httpx.Client, home: dict[str, object]) -> None:
+    big = b"\xff\xd8\xff\xe0" + b"\0" * (20 * 1024 * 1024)
+    bomb = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    bomb = bomb[:16] + (30000).to_bytes(4, "big") + (30000).to_bytes(4, "big") + bomb[24:]
+    r = client.post("/residents/upload", data={"name": "Eve", "csrf": token(client)},
+                    files=[("photos", ("big.jpg", big, "image/jpeg")),
+                           ("photos", ("notes.txt", b"just some text", "text/plain")),
+                           ("photos", ("bomb.png", bomb, "image/png"))])
+    assert r.status_code == 400
+    assert "Refused big.jpg: too large: over 20 MB" in r.text
+    assert re.search(r"Refused notes.txt: not used: .*not a readable image", r.text)
+    assert re.search(r"Refused bomb.png: not used: .*30000x30000 pixels, over the", r.text)
+    with EnrolmentStore(home["enrol_db"]) as store:  # type: ignore[arg-type]
+        assert not store.has_user("Eve")
+
+
+def test_a_real_photo_enrols_and_a_no_face_photo_shows_its_reason(
+        client: httpx.Client, home: dict[str, object], lfw_dir: Path) -> None:
+    photo = min((lfw_dir / "Angelina_Jolie").glob("*.jpg"))
+    blank = cv2.imencode(".png", np.full((300, 300, 3), 128, np.uint8))[1].tobytes()
+    r = client.post("/residents/upload", data={"name": "Angelina", "csrf": token(client)},
+                    files=[("photos", (photo.name, photo.read_bytes(), "image/jpeg")),
+                           ("photos", ("wall.png", blank, "image/png"))])
+    assert r.status_code == 200, r.text
+    assert f"Angelina: kept {photo.name}" in r.text
+    assert f"Refused wall.png: {describe(q.NO_FACE)}" in r.text.replace("&#39;", "'")
+    with EnrolmentStore(home["enrol_db"]) as store:  # type: ignore[arg-type]
+        samples = store.samples("Angelina")
+    assert len(samples) == 1
+    thumb = client.get(f"/thumb/{samples[0].id}")
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+    staging = Path(str(home["enrol_db"])).parent / "web-uploads"
+    assert staging.stat().st_mode & 0o777 == 0o700 and not list(staging.iterdir())
+    assert [e for e in audit(home) if e["action"] == "enrol_upload"
+            and e["name"] == "Angelina" and e["kept"] == 1]
+
+
+def test_label_through_the_page_adds_to_the_enrolment(
+        client: httpx.Client, home: dict[str, object]) -> None:
+    attempt = home["ids"]["Andre_Agassi"][0]  # type: ignore[index]
+    page = client.get("/?decision=deny")
+    assert f'/crop/{attempt}' in page.text
+    crop = client.get(f"/crop/{attempt}")
+    assert crop.status_code == 200 and crop.content[:2] == b"\xff\xd8"
+    api = client.get("/api/activity", params={"door": "front"}).json()
+    assert attempt in {a["id"] for a in api}
+    r = client.post("/label", data={"attempt": attempt, "kind": "as", "name": "Andre",
+                                    "csrf": csrf_of(page.text)})
+    assert r.status_code == 200, r.text
+    assert "Added to Andre" in r.text.replace("&#39;", "'")
+    with EnrolmentStore(home["enrol_db"]) as store:  # type: ignore[arg-type]
+        assert len(store.samples("Andre")) == 1
+    entries = [e for e in audit(home) if e["action"] == "label_as"]
+    assert entries and entries[-1]["attempt"] == attempt and entries[-1]["who"] == "household"
+    assert "labelled as Andre" in client.get("/").text
+
+
+def test_the_login_rate_limit_holds(home: dict[str, object], door_model: Path) -> None:
+    srv = Server(home, door_model)  # type: ignore[arg-type]
+    try:
+        with httpx.Client(base_url=srv.url) as c:
+            codes = [c.post("/login", data={"password": "wrong guess"}).status_code
+                     for _ in range(5)]
+            assert codes == [401] * 5
+            r = c.post("/login", data={"password": PASSWORD})
+            assert r.status_code == 429 and "Too many tries" in r.text
+            assert "set-cookie" not in r.headers
+    finally:
+        srv.stop()
+
+
+def test_the_server_refuses_a_network_listen_without_tls(home: dict[str, object]) -> None:
+    try:  # a server that started anyway would still be serving at the timeout
+        done = subprocess.run([sys.executable, "-c", CLI, "web", "--listen", "0.0.0.0",
+                               "--port", str(free_port()), "--db", str(home["enrol_db"])],
+                              capture_output=True, text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("twinlock web listened on 0.0.0.0 without TLS")
+    assert done.returncode != 0
+    assert "refusing to listen on 0.0.0.0 without TLS" in done.stderr
+    assert "--self-signed" in done.stderr and "--cert FILE --key FILE" in done.stderr
+
+
+def test_set_password_stores_an_scrypt_hash_0600(home: dict[str, object]) -> None:
+    path = Path(str(home["enrol_db"])).parent / "web-password.json"
+    record = json.loads(path.read_text())
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert record["kdf"] == "scrypt" and PASSWORD not in path.read_text()
+    assert len(bytes.fromhex(record["salt"])) == 16
+
+
+def test_a_self_signed_certificate_is_made_once_with_a_private_key(tmp_path: Path) -> None:
+    from twinlock.trainer.web.server import choose_tls
+
+    first = choose_tls("0.0.0.0", tmp_path, None, None, make_self_signed=True)
+    assert first is not None
+    assert first.key.stat().st_mode & 0o777 == 0o600
+    assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", first.fingerprint)
+    again = choose_tls("0.0.0.0", tmp_path, None, None, make_self_signed=True)
+    assert again is not None and again.fingerprint == first.fingerprint

@@ -1,0 +1,465 @@
+"""The household page's routes: Activity, Residents, Visitors, Doors and ``/api/activity``.
+
+Thin on purpose: every change calls the same household function as the CLI (``label_as``,
+``label_not``, ``enroll_from_images``, ``EnrolmentStore.remove_*``, ``unknown_visitors``). No
+route takes a path: crops and thumbnails are read from the stores by id; the page's CSS is read
+once from the package; nothing else is served (the signing key never is).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from twinlock.daemon.errors import DataError, TwinLockError, UsageError
+from twinlock.daemon.faces.images import MAX_IMAGE_PIXELS, decode_image
+from twinlock.daemon.storage.private_db import PRIVATE_FILE_MODE, make_private_dirs
+
+from ..errors import EnrolmentError
+from ..household.activity import ActivityStore
+from ..household.enroll import describe, enroll_from_images
+from ..household.enroll_store import EnrolmentStore
+from .auth import AuditLog, LoginLimiter, Session, Sessions, check_password, csrf_ok
+
+logger = logging.getLogger(__name__)
+
+COOKIE = "twinlock_session"
+#: one photo's bytes (a phone's full-size JPEG is 3-12 MB) and the photos in one upload
+MAX_PHOTO_BYTES = 20 * 1024 * 1024
+MAX_PHOTOS = 10
+MAX_FORM_BYTES = 64 * 1024  # any form without files
+DECISIONS = ("unlock", "deny", "liveness", "lockout")
+WHO = "household"  # one household password: every change is the household's, from a client
+
+
+@dataclass
+class WebConfig:
+    enrolment_db: Path
+    activity_db: Path
+    model_dir: Path | None
+    folder: Path  # the household folder: password, audit log, upload staging, TLS
+    idle_timeout_s: float = 1800.0
+    secure_cookie: bool = False
+    login_per_client: int = 5
+    login_overall: int = 30
+    login_window_s: float = 60.0
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+class Page:
+    """The app's state: configuration, sessions, limiter, audit log, templates."""
+
+    def __init__(self, cfg: WebConfig) -> None:
+        self.cfg = cfg
+        self.sessions = Sessions(cfg.idle_timeout_s)
+        self.limiter = LoginLimiter(cfg.login_per_client, cfg.login_overall, cfg.login_window_s)
+        self.audit = AuditLog(cfg.folder)
+        self.env = Environment(loader=PackageLoader("twinlock.trainer.web", "templates"),
+                               autoescape=select_autoescape(default=True))
+        self.css = resources.files("twinlock.trainer.web").joinpath("style.css").read_bytes()
+        self.store_lock = threading.Lock()  # one household change at a time
+
+    def render(self, name: str, session: Session | None, status: int = 200, **ctx: Any
+               ) -> Response:
+        html = self.env.get_template(name).render(csrf=session.csrf if session else "", **ctx)
+        return Response(html, status_code=status, media_type="text/html; charset=utf-8")
+
+    def session_of(self, request: Request) -> Session | None:
+        return self.sessions.get(request.cookies.get(COOKIE))
+
+    def need_model(self) -> Path:
+        if self.cfg.model_dir is None:
+            raise UsageError("twinlock web was started without --model MODEL_DIR: enrolment, "
+                             "labels and visitor groups need the model the doors decide with")
+        return self.cfg.model_dir
+
+
+Handler = Callable[[Request, Page, Session], Awaitable[Response]]
+
+
+def _headers(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'")
+    return response
+
+
+async def _form(request: Request, max_bytes: int, max_files: int = 0) -> Any:
+    """The request's form, refused before parsing when its declared size is over the bound (a
+    body without a length is refused too, so the bound always holds)."""
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        raise UsageError("the form came without a length")
+    if int(length) > max_bytes:
+        raise UsageError(f"too large: {int(length) // 1024} KiB sent, at most "
+                         f"{max_bytes // 1024} KiB in one go")
+    return await request.form(max_files=max_files, max_fields=50, max_part_size=64 * 1024)
+
+
+def guarded(page: Page, handler: Handler, change: bool) -> Callable[[Request], Awaitable[Response]]:
+    """Login for every route; a CSRF token for every change (POST)."""
+
+    async def endpoint(request: Request) -> Response:
+        session = page.session_of(request)
+        api = request.url.path.startswith(("/api/", "/crop/", "/thumb/"))
+        if session is None:
+            if change or api:
+                return _headers(JSONResponse({"error": "log in first"}, status_code=401))
+            return _headers(RedirectResponse("/login", status_code=303))
+        try:
+            return _headers(await handler(request, page, session))
+        except CsrfError as exc:
+            return _headers(page.render("message.html", session, status=403, message=str(exc)))
+        except (UsageError, DataError) as exc:
+            return _headers(page.render("message.html", session, status=400, message=str(exc)))
+        except TwinLockError as exc:
+            logger.warning("web: %s", exc)
+            return _headers(page.render("message.html", session, status=500, message=str(exc)))
+
+    return endpoint
+
+
+async def checked_form(request: Request, session: Session, max_bytes: int = MAX_FORM_BYTES,
+                       max_files: int = 0) -> Any:
+    form = await _form(request, max_bytes, max_files)
+    if not csrf_ok(session, form.get("csrf")):
+        raise CsrfError()
+    return form
+
+
+class CsrfError(UsageError):
+    def __init__(self) -> None:
+        super().__init__("this form is stale or was not sent by the page (CSRF token missing or "
+                         "wrong): reload the page and try again")
+
+
+# --- login ---------------------------------------------------------------------------------
+
+async def login_page(request: Request) -> Response:
+    page: Page = request.app.state.page
+    return _headers(page.render("login.html", None, error=""))
+
+
+async def login(request: Request) -> Response:
+    page: Page = request.app.state.page
+    client = _client(request)
+    if not page.limiter.allow(client):
+        logger.warning("web: login rate limit hit by %s", client)
+        return _headers(page.render("login.html", None, status=429,
+                                    error="Too many tries: wait a minute."))
+    try:
+        form = await _form(request, MAX_FORM_BYTES)
+    except UsageError as exc:
+        return _headers(page.render("login.html", None, status=400, error=str(exc)))
+    password = form.get("password")
+    ok = isinstance(password, str) and await run_in_threadpool(
+        check_password, page.cfg.folder, password)
+    if not ok:
+        page.audit.record(WHO, client, "login_failed")
+        return _headers(page.render("login.html", None, status=401, error="Wrong password."))
+    page.sessions.drop(request.cookies.get(COOKIE))
+    sid = page.sessions.create()
+    page.audit.record(WHO, client, "login")
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(COOKIE, sid, httponly=True, samesite="strict",
+                        secure=page.cfg.secure_cookie, path="/")
+    return _headers(response)
+
+
+async def logout(request: Request, page: Page, session: Session) -> Response:
+    await checked_form(request, session)
+    page.sessions.drop(request.cookies.get(COOKIE))
+    page.audit.record(WHO, _client(request), "logout")
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+async def css(request: Request) -> Response:
+    page: Page = request.app.state.page
+    return _headers(Response(page.css, media_type="text/css"))
+
+
+# --- activity ------------------------------------------------------------------------------
+
+def _filters(request: Request) -> tuple[str | None, str | None, datetime | None, datetime | None]:
+    door = request.query_params.get("door") or None
+    decision = request.query_params.get("decision") or None
+    if decision is not None and decision not in DECISIONS:
+        raise UsageError(f"decision: one of {', '.join(DECISIONS)}")
+    day_text = request.query_params.get("day") or None
+    day = end = None
+    if day_text:
+        try:
+            day = datetime.strptime(day_text, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise UsageError("day: YYYY-MM-DD") from None
+        end = day + timedelta(days=1)
+    return door, decision, day, end
+
+
+def _attempts(page: Page, request: Request, limit: int) -> tuple[list[Any], list[str]]:
+    door, decision, day, end = _filters(request)
+    with ActivityStore(page.cfg.activity_db) as store:
+        rows = store.attempts(door=door, since=day, decision=decision,
+                              limit=None if end else limit)
+        doors = [d.name for d in store.doors()]
+    if end is not None:
+        rows = [a for a in rows if a.time < end][:limit]
+    return rows, doors
+
+
+async def activity(request: Request, page: Page, session: Session) -> Response:
+    rows, doors = await run_in_threadpool(_attempts, page, request, 200)
+    with EnrolmentStore(page.cfg.enrolment_db) as store:
+        residents = [u.name for u in store.users()]
+    return page.render("activity.html", session, rows=rows, doors=doors, residents=residents,
+                       decisions=DECISIONS, q=request.query_params, active="activity")
+
+
+async def api_activity(request: Request, page: Page, session: Session) -> Response:
+    try:
+        limit = max(1, min(int(request.query_params.get("limit", "100")), 10000))
+    except ValueError:
+        raise UsageError("limit: a number") from None
+    rows, _ = await run_in_threadpool(_attempts, page, request, limit)
+    return JSONResponse([a.as_json() for a in rows])
+
+
+async def crop(request: Request, page: Page, session: Session) -> Response:
+    with ActivityStore(page.cfg.activity_db) as store:
+        try:
+            data = store.crop(request.path_params["attempt"])
+        except TwinLockError:
+            data = None
+    if data is None:
+        return Response("no such face", status_code=404)
+    return Response(data, media_type="image/jpeg")
+
+
+async def thumb(request: Request, page: Page, session: Session) -> Response:
+    with EnrolmentStore(page.cfg.enrolment_db) as store:
+        try:
+            data = store.thumbnail(request.path_params["sample"])
+        except TwinLockError:
+            return Response("no such photo", status_code=404)
+    return Response(data, media_type="image/jpeg")
+
+
+def _label(page: Page, attempt_id: str, kind: str, name: str) -> dict[str, Any]:
+    from ..household.labels import label_as, label_not
+
+    model = page.need_model()
+    with page.store_lock, ActivityStore(page.cfg.activity_db) as act, \
+            EnrolmentStore(page.cfg.enrolment_db) as enrol:
+        attempt = act.attempt(attempt_id)
+        if kind == "as":
+            report = label_as(act, enrol, [attempt], name, model)
+            return {"kind": "as", "user": report.user, "accepted": report.accepted,
+                    "refused": [describe(r) for _, r in report.rejected],
+                    "anchors": report.anchors}
+        impostor = label_not(act, enrol, attempt, name, model)
+        return {"kind": "not", "report": impostor}
+
+
+async def label(request: Request, page: Page, session: Session) -> Response:
+    form = await checked_form(request, session)
+    attempt_id = str(form.get("attempt", ""))
+    kind = str(form.get("kind", ""))
+    name = str(form.get("name", "")).strip()
+    if kind not in ("as", "not") or not attempt_id or not name:
+        raise UsageError("say which attempt and who it was (or was not)")
+    result = await run_in_threadpool(_label, page, attempt_id, kind, name)
+    page.audit.record(WHO, _client(request), f"label_{kind}", attempt=attempt_id, name=name,
+                      outcome="enrolled" if result.get("accepted") else
+                      ("refused" if kind == "as" else "impostor_kept"))
+    return page.render("labelled.html", session, result=result, attempt=attempt_id,
+                       active="activity")
+
+
+# --- residents -----------------------------------------------------------------------------
+
+async def residents(request: Request, page: Page, session: Session) -> Response:
+    with EnrolmentStore(page.cfg.enrolment_db) as store:
+        users = store.users()
+        samples = {u.name: store.samples(u.name) for u in users}
+    return page.render("residents.html", session, users=users, samples=samples, report=None,
+                       active="residents", max_photos=MAX_PHOTOS,
+                       max_mb=MAX_PHOTO_BYTES // (1024 * 1024))
+
+
+def _enrol(page: Page, name: str, photos: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Stage the photos (already checked as images) 0600 in a 0700 folder beside the enrolment
+    store, named by position only, and enrol them through the gate."""
+    model = page.need_model()
+    staging = page.cfg.enrolment_db.parent / "web-uploads"
+    make_private_dirs(staging, EnrolmentError)
+    with tempfile.TemporaryDirectory(dir=staging) as tmp:
+        os.chmod(tmp, 0o700)
+        paths = []
+        for i, (_, data) in enumerate(photos):
+            path = Path(tmp) / f"photo-{i + 1}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         PRIVATE_FILE_MODE)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            paths.append(path)
+        with page.store_lock, EnrolmentStore(page.cfg.enrolment_db) as store:
+            report = enroll_from_images(store, name, paths, model)
+    shown = {f"photo-{i + 1}": label for i, (label, _) in enumerate(photos)}
+    return {"user": report.user, "anchors": report.anchors,
+            "accepted": [shown.get(s, s) for s in report.accepted],
+            "refused": [(shown.get(s, s), describe(r)) for s, r in report.rejected]}
+
+
+async def upload(request: Request, page: Page, session: Session) -> Response:
+    form = await checked_form(request, session, MAX_PHOTOS * MAX_PHOTO_BYTES + MAX_FORM_BYTES,
+                              MAX_PHOTOS)
+    name = str(form.get("name", "")).strip()
+    files = [f for f in form.getlist("photos") if isinstance(f, UploadFile)]
+    if not name:
+        raise UsageError("give the resident's name")
+    if not files:
+        raise UsageError("choose at least one photo")
+    good: list[tuple[str, bytes]] = []
+    bad: list[tuple[str, str]] = []
+    for i, f in enumerate(files):
+        shown = (f.filename or f"photo {i + 1}")[:80]
+        data = await f.read(MAX_PHOTO_BYTES + 1)
+        if len(data) > MAX_PHOTO_BYTES:
+            bad.append((shown, f"too large: over {MAX_PHOTO_BYTES // (1024 * 1024)} MB"))
+            continue
+        try:
+            decode_image(data, shown)  # the daemon's decoder: header size check, image only
+        except DataError as exc:
+            bad.append((shown, (f"not used: {exc} (a photo must be an image of at most "
+                               f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels)")))
+            continue
+        good.append((shown, data))
+    report: dict[str, Any] = {"user": name, "accepted": [], "refused": [], "anchors": None}
+    if good:
+        report = await run_in_threadpool(_enrol, page, name, good)
+    report["refused"] = bad + list(report["refused"])
+    page.audit.record(WHO, _client(request), "enrol_upload", name=report["user"],
+                      kept=len(report["accepted"]), refused=len(report["refused"]))
+    with EnrolmentStore(page.cfg.enrolment_db) as store:
+        users = store.users()
+        samples = {u.name: store.samples(u.name) for u in users}
+    status = 200 if report["accepted"] else 400
+    return page.render("residents.html", session, status=status, users=users, samples=samples,
+                       report=report, active="residents", max_photos=MAX_PHOTOS,
+                       max_mb=MAX_PHOTO_BYTES // (1024 * 1024))
+
+
+async def remove(request: Request, page: Page, session: Session) -> Response:
+    form = await checked_form(request, session)
+    what = str(form.get("what", ""))
+    with page.store_lock, EnrolmentStore(page.cfg.enrolment_db) as store:
+        if what == "sample":
+            try:
+                sample = int(str(form.get("sample", "")))
+            except ValueError:
+                raise UsageError("which photo?") from None
+            store.remove_sample(sample)
+            detail: dict[str, object] = {"sample": sample}
+        elif what == "resident":
+            name = str(form.get("name", ""))
+            store.remove_user(name)
+            detail = {"name": name}
+        else:
+            raise UsageError("remove a photo or a resident")
+    page.audit.record(WHO, _client(request), f"remove_{what}", **detail)
+    return RedirectResponse("/residents", status_code=303)
+
+
+# --- visitors and doors --------------------------------------------------------------------
+
+def _visitors(page: Page) -> list[Any]:
+    from twinlock.daemon.recognition.model import read_metadata
+
+    from ..household.visitors import unknown_visitors
+
+    with ActivityStore(page.cfg.activity_db) as store:
+        return unknown_visitors(store, read_metadata(page.need_model()))
+
+
+async def visitors(request: Request, page: Page, session: Session) -> Response:
+    groups = await run_in_threadpool(_visitors, page)
+    return page.render("visitors.html", session, groups=groups, active="visitors")
+
+
+def _label_group(page: Page, key: str, name: str) -> dict[str, Any]:
+    from ..household.labels import label_as
+    from ..household.visitors import find_group
+
+    group = find_group(_visitors(page), key)
+    with page.store_lock, ActivityStore(page.cfg.activity_db) as act, \
+            EnrolmentStore(page.cfg.enrolment_db) as enrol:
+        report = label_as(act, enrol, group.attempts, name, page.need_model())
+    return {"kind": "as", "user": report.user, "accepted": report.accepted,
+            "refused": [describe(r) for _, r in report.rejected], "anchors": report.anchors}
+
+
+async def name_group(request: Request, page: Page, session: Session) -> Response:
+    form = await checked_form(request, session)
+    key, name = str(form.get("group", "")), str(form.get("name", "")).strip()
+    if not key or not name:
+        raise UsageError("say which group and who it is")
+    result = await run_in_threadpool(_label_group, page, key, name)
+    page.audit.record(WHO, _client(request), "label_group", group=key, name=name,
+                      kept=len(result["accepted"]))
+    return page.render("labelled.html", session, result=result, attempt=key, active="visitors")
+
+
+async def doors(request: Request, page: Page, session: Session) -> Response:
+    with ActivityStore(page.cfg.activity_db) as store:
+        entries = store.doors()
+        counts = store.door_counts()
+    return page.render("doors.html", session, doors=entries, counts=counts, active="doors")
+
+
+def build_app(cfg: WebConfig) -> Starlette:
+    """The ASGI app for ``cfg`` (uvicorn serves it; tests start it on a free port)."""
+    page = Page(cfg)
+
+    def r(path: str, handler: Handler, method: str = "GET") -> Route:
+        return Route(path, guarded(page, handler, method == "POST"), methods=[method])
+
+    routes = [
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/style.css", css, methods=["GET"]),
+        r("/", activity), r("/api/activity", api_activity),
+        r("/crop/{attempt:str}", crop), r("/thumb/{sample:int}", thumb),
+        r("/label", label, "POST"), r("/logout", logout, "POST"),
+        r("/residents", residents), r("/residents/upload", upload, "POST"),
+        r("/residents/remove", remove, "POST"),
+        r("/visitors", visitors), r("/visitors/name", name_group, "POST"),
+        r("/doors", doors),
+    ]
+    app = Starlette(routes=routes)
+    app.state.page = page
+    return app

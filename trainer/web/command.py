@@ -1,0 +1,68 @@
+"""``twinlock web [serve]`` and ``twinlock web set-password``: argument handling kept out of
+the main CLI module."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+from twinlock.daemon.errors import UsageError
+
+from .server import DEFAULT_PORT
+
+
+def add_parser(sub: argparse._SubParsersAction, db_help: str, activity_help: str) -> None:
+    p = sub.add_parser("web", help="the household page in a browser (login, activity, "
+                       "residents, visitors, doors)",
+                       description="twinlock web [serve]: serve the household page, on "
+                       "127.0.0.1 unless --listen says otherwise (a network listen needs TLS: "
+                       "--self-signed or --cert/--key). twinlock web set-password: set the "
+                       "household password (read from standard input when it is not a "
+                       "terminal).")
+    p.add_argument("action", nargs="?", choices=("serve", "set-password"), default="serve")
+    p.add_argument("--listen", default="127.0.0.1", metavar="HOST")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N")
+    p.add_argument("--cert", type=Path, metavar="FILE", help="the household's TLS certificate")
+    p.add_argument("--key", type=Path, metavar="FILE", help="its private key")
+    p.add_argument("--self-signed", action="store_true", help="make (once) and use a "
+                   "self-signed certificate in the household folder; prints its fingerprint")
+    p.add_argument("--model", type=Path, metavar="MODEL_DIR", help="the model the doors decide "
+                   "with (needed to enrol, label and group visitors)")
+    p.add_argument("--idle-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="log a session out after this long without a request (default 1800)")
+    p.add_argument("--db", type=Path, help=db_help)
+    p.add_argument("--activity-db", type=Path, metavar="PATH", help=activity_help)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..household.activity import default_path as activity_default
+    from ..household.enroll_store import default_path as enrol_default
+    from .auth import has_password, set_password
+
+    enrol_db = Path(args.db or enrol_default()).expanduser()
+    folder = enrol_db.parent
+    if args.action == "set-password":
+        if sys.stdin.isatty():
+            password = getpass.getpass("household password: ")
+            if getpass.getpass("again: ") != password:
+                raise UsageError("the two passwords differ")
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        path = set_password(folder, password)
+        print(f"password set ({path}, scrypt)")
+        return 0
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: 1..65535")
+    if not has_password(folder):
+        raise UsageError("no household password yet: run twinlock web set-password first")
+    from .app import WebConfig, build_app
+    from .server import choose_tls, serve
+
+    tls = choose_tls(args.listen, folder, args.cert, args.key, args.self_signed)
+    cfg = WebConfig(enrol_db, Path(args.activity_db or activity_default(enrol_db)),
+                    args.model, folder, idle_timeout_s=args.idle_timeout,
+                    secure_cookie=tls is not None)
+    serve(build_app(cfg), args.listen, args.port, tls)
+    return 0
