@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import importlib.metadata
 import ipaddress
 import json
 import os
@@ -429,6 +430,8 @@ def check_discovery(observer: Observer, snapshots: bool) -> None:
         assert set(config) <= allowed, f"{topic}: keys HA does not know: {set(config) - allowed}"
         assert required <= set(config), f"{topic}: missing {required - set(config)}"
         assert set(config["device"]) <= DEVICE_KEYS and config["device"]["identifiers"]
+        # the version has one home, pyproject.toml, read from the installed distribution
+        assert config["device"]["sw_version"] == importlib.metadata.version("twinlock")
         assert config["availability_topic"] == f"{PREFIX}/availability"
         assert len({c["unique_id"] for c in configs.values()}) == len(configs)
     lock = next(c for t, c in configs.items() if t.startswith("homeassistant/lock/"))

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import version
 from ..errors import ConfigError
 from .events import Event, EventKind, Record
 
@@ -85,7 +86,6 @@ HA_COMMAND_TEMPLATE = ('{"command": "{{ value }}", "time": {{ as_timestamp(now()
                        '"nonce": "{{ as_timestamp(now()) }}-{{ range(100000) | random }}"}')
 #: the reason a refused attempt is published with (without mqtt.denial_details)
 PLAIN_REASONS = {"denied": "not verified", "liveness_failure": "liveness check failed"}
-VERSION = "0.1.0"
 
 Payload = bytes | Callable[[], bytes]
 
@@ -557,7 +557,7 @@ def discovery_messages(cfg: MqttConfig) -> dict[str, dict[str, Any]]:
     prefix = cfg.topic_prefix
     device = {"identifiers": [f"twinlock_{node}"], "name": cfg.device_name,
               "manufacturer": "TwinLock", "model": "TwinLock face-verification door lock",
-              "sw_version": VERSION}
+              "sw_version": version()}
     common = {"availability_topic": f"{prefix}/availability", "payload_available": "online",
               "payload_not_available": "offline", "device": device, "qos": 1}
 

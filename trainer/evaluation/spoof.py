@@ -37,7 +37,7 @@ import numpy as np
 
 from twinlock.daemon.camera.replay import ReplayCamera
 from twinlock.daemon.camera.resilient import ResilientCamera
-from twinlock.daemon.door.liveness import EYE_LEFT, EYE_RIGHT
+from twinlock.daemon.door.liveness import EYE_LEFT, EYE_RIGHT, inter_ocular
 from twinlock.daemon.door.service import Daemon
 from twinlock.daemon.errors import DataError
 from twinlock.daemon.faces.blazeface import BlazeFaceDetector
@@ -197,7 +197,7 @@ def closed_eyes(photo: np.ndarray, points: np.ndarray) -> np.ndarray:
     """The photo with its eyes painted shut: the openings (mesh eyelid points, dilated) filled
     with the skin around them (inpainting), and a dark lash line drawn where the lids meet."""
     mask = np.zeros(photo.shape[:2], np.uint8)
-    iod = float(np.linalg.norm(points[EYE_RIGHT[0], :2] - points[EYE_LEFT[0], :2]))
+    iod = inter_ocular(points)
     for eye in (EYE_RIGHT, EYE_LEFT):
         cv2.fillConvexPoly(mask, cv2.convexHull(points[list(eye), :2].astype(np.int32)), 255)
     size = max(3, int(iod * 0.06))
@@ -216,7 +216,7 @@ def nose_warped(photo: np.ndarray, points: np.ndarray, amount: float) -> np.ndar
     to the image's left): a smooth displacement, largest at the nose tip and fading over about
     a third of the eye distance, so the rest of the face stays where it was."""
     h, w = photo.shape[:2]
-    iod = float(np.linalg.norm(points[EYE_RIGHT[0], :2] - points[EYE_LEFT[0], :2]))
+    iod = inter_ocular(points)
     cx, cy = (points[1, :2] + points[195, :2]) / 2  # the middle of the lower nose ridge
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     sigma = 0.3 * iod
