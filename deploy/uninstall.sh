@@ -8,8 +8,9 @@
 # `twinlock` (and its own group; the shared video and gpio groups stay), the deploy rule
 # /etc/sudoers.d/twinlock-deploy and the group twinlock-deploy (its members stay as users).
 # Keeps /var/lib/twinlock (audit log, model, gallery, bundles), /etc/twinlock (your config, the
-# trusted key) and the drop folder /var/spool/twinlock (it may hold a bundle not yet installed)
-# unless --purge is given: a later install.sh picks them up again.
+# trusted key), the drop folder /var/spool/twinlock (it may hold a bundle not yet installed) and
+# your drop-ins in /etc/systemd/system/twinlockd.service.d (`systemctl edit twinlockd`, the MQTT
+# drop-in) unless --purge is given: a later install.sh picks them up again.
 # With --root DIR nothing outside DIR is touched and systemctl is never called.
 # Running it again when nothing is left reports "nothing to remove".
 set -euo pipefail
@@ -42,9 +43,11 @@ UNIT=$R/etc/systemd/system/twinlockd.service
 WANTS=$R/etc/systemd/system/multi-user.target.wants/twinlockd.service
 did=0
 
-if [ "$REAL_ROOT" -eq 1 ] && [ -d /run/systemd/system ] \
-   && systemctl list-unit-files twinlockd.service 2>/dev/null | grep -q '^twinlockd.service'; then
-  if systemctl is-active --quiet twinlockd || systemctl is-enabled --quiet twinlockd 2>/dev/null; then
+# Stopped before anything is removed: userdel refuses a user whose daemon still runs. (Asked of
+# systemctl directly: a unit that does not exist is neither active nor enabled.)
+if [ "$REAL_ROOT" -eq 1 ] && [ -d /run/systemd/system ]; then
+  if systemctl is-active --quiet twinlockd 2>/dev/null \
+     || systemctl is-enabled --quiet twinlockd 2>/dev/null; then
     systemctl disable --now twinlockd   # the daemon switches the relay off as it stops
     say "service: stopped and disabled"
     did=1
@@ -91,13 +94,17 @@ if [ -f "$R/etc/group" ] && grep -q "^$DEPLOY_GROUP:" "$R/etc/group"; then
   did=1
 fi
 
-KEPT=(/var/lib/twinlock /etc/twinlock /var/spool/twinlock)
+DROPINS=/etc/systemd/system/twinlockd.service.d
+KEPT=(/var/lib/twinlock /etc/twinlock /var/spool/twinlock "$DROPINS")
 if [ "$PURGE" -eq 1 ]; then
   for dir in "${KEPT[@]}"; do
     if [ -e "$R$dir" ]; then
       rm -rf -- "$R$dir"
       say "purged $dir"
       did=1
+      if [ "$dir" = "$DROPINS" ] && [ "$REAL_ROOT" -eq 1 ] && [ -d /run/systemd/system ]; then
+        systemctl daemon-reload   # else systemd still lists a unit made of drop-ins alone
+      fi
     fi
   done
 else
