@@ -115,7 +115,8 @@ def home(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path, door_model: Pa
                  str(db)]) == 0
     assert main(["doors", "sync", "--activity-db", str(db)]) == 0
     set_password(enrol_db)
-    return {"enrol_db": enrol_db, "db": db, "ids": ids, "tmp": tmp}
+    return {"enrol_db": enrol_db, "db": db, "ids": ids, "tmp": tmp, "analyser": analyser,
+            "model_id": meta.model_id}
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +286,119 @@ def test_a_self_signed_certificate_is_made_once_with_a_private_key(tmp_path: Pat
     assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", first.fingerprint)
     again = choose_tls("0.0.0.0", tmp_path, None, None, make_self_signed=True)
     assert again is not None and again.fingerprint == first.fingerprint
+
+
+def test_the_pages_show_the_doors_attempts_and_filters(client: httpx.Client,
+                                                       home: dict[str, object]) -> None:
+    ids = home["ids"]  # type: ignore[index]
+    doors = client.get("/doors")
+    assert doors.status_code == 200 and "<td>front</td>" in doors.text
+    assert "never" not in doors.text  # synced
+    every = client.get("/", params={"door": "front", "day": "2026-12-06"}).text
+    assert all(f"/crop/{i}" in every for i in ids["Al_Gore"])  # type: ignore[index]
+    assert "/crop/" not in client.get("/", params={"day": "2026-12-05"}).text
+    assert "/crop/" not in client.get("/", params={"decision": "lockout"}).text
+    assert client.get("/", params={"decision": "bogus"}).status_code == 400
+    api = client.get("/api/activity", params={"day": "2026-12-05"})
+    assert api.status_code == 200 and api.json() == []
+    for path in ("/residents", "/visitors"):
+        assert client.get(path).status_code == 200
+    for path in ("/enrolment.db", "/style.css/../enrolment.db", "/web-password.json",
+                 "/static/../../signing.key"):
+        r = client.get(path)
+        assert r.status_code == 404 and "scrypt" not in r.text, path
+
+
+def test_a_visitor_group_is_named_on_the_visitors_page(client: httpx.Client,
+                                                       home: dict[str, object]) -> None:
+    gore = home["ids"]["Al_Gore"]  # type: ignore[index]
+    page = client.get("/visitors")
+    # the group holding Gore's first knock (two LFW photos of him may or may not group)
+    card = re.search(r'<div class="card">(?:(?!<div class="card">).)*?name="group" value="'
+                     + re.escape(gore[0]) + '"', page.text, re.DOTALL)
+    assert card, page.text
+    assert re.search(r"\d+ visits? · first 2026-12-06 07:\d\d · last 2026-12-06 07:\d\d · "
+                     r"front", card.group(0))
+    assert f"/crop/{gore[0]}" in card.group(0)
+    r = client.post("/visitors/name", data={"group": gore[0], "name": "Albert",
+                                            "csrf": csrf_of(page.text)})
+    assert r.status_code == 200, r.text
+    with EnrolmentStore(home["enrol_db"]) as store:  # type: ignore[arg-type]
+        assert store.has_user("Albert") and len(store.samples("Albert")) >= 1
+    assert f'value="{gore[0]}"' not in client.get("/visitors").text  # labelled: grouped no more
+    assert [e for e in audit(home) if e["action"] == "label_group" and e["name"] == "Albert"]
+
+
+def test_not_this_person_on_an_unlock_keeps_the_pair_and_changes_no_anchor(
+        client: httpx.Client, home: dict[str, object], lfw_dir: Path) -> None:
+    photos = sorted((lfw_dir / "Andy_Roddick").glob("*.jpg"))
+    r = client.post("/residents/upload", data={"name": "Andy", "csrf": token(client)},
+                    files=[("photos", (photos[0].name, photos[0].read_bytes(), "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    found = enrolment_face(load_image(photos[1]), home["analyser"])  # type: ignore[arg-type]
+    assert not isinstance(found, str)
+    when = T0 + timedelta(days=1)
+    writer = ReviewWriter(Path(str(home["tmp"])) / "front", "front", 30, 10**8,
+                          clock=lambda: when.timestamp())
+    record = ReviewRecord(id=new_record_id("front", when), door="front", time=when,
+                          decision="unlock", bundle_id="b1", model_id=str(home["model_id"]),
+                          resident="Andy", score=0.99, embedding=found.embedding)
+    assert writer.append(record, encode_crop(found.crop))
+    assert main(["doors", "sync", "--activity-db", str(home["db"])]) == 0
+    page = client.get("/", params={"decision": "unlock"}).text
+    assert "Not Andy" in page
+    with EnrolmentStore(home["enrol_db"]) as store:  # type: ignore[arg-type]
+        before = [s.id for s in store.samples("Andy")]
+    r = client.post("/label", data={"attempt": record.id, "kind": "not", "name": "Andy",
+                                    "csrf": csrf_of(page)})
+    assert r.status_code == 200, r.text
+    assert "Kept as a known impostor pair" in r.text and "Remedies" in r.text
+    with EnrolmentStore(home["enrol_db"]) as store:  # type: ignore[arg-type]
+        assert [s.id for s in store.samples("Andy")] == before
+    assert [e for e in audit(home) if e["action"] == "label_not" and e["attempt"] == record.id]
+
+
+def test_a_photo_and_a_resident_are_removed_from_the_page(
+        client: httpx.Client, home: dict[str, object], lfw_dir: Path) -> None:
+    photos = sorted((lfw_dir / "Angelina_Jolie").glob("*.jpg"))[1:3]
+    r = client.post("/residents/upload", data={"name": "Jolie", "csrf": token(client)},
+                    files=[("photos", (p.name, p.read_bytes(), "image/jpeg")) for p in photos])
+    assert r.status_code == 200, r.text
+    with EnrolmentStore(home["enrol_db"]) as store:  # type: ignore[arg-type]
+        samples = store.samples("Jolie")
+    assert len(samples) == 2
+    r = client.post("/residents/remove", data={"what": "sample", "sample": str(samples[0].id),
+                                               "csrf": token(client)})
+    assert r.status_code == 303
+    with EnrolmentStore(home["enrol_db"]) as store:  # type: ignore[arg-type]
+        assert [s.id for s in store.samples("Jolie")] == [samples[1].id]
+    r = client.post("/residents/remove", data={"what": "resident", "name": "Jolie",
+                                               "csrf": token(client)})
+    assert r.status_code == 303
+    with EnrolmentStore(home["enrol_db"]) as store:  # type: ignore[arg-type]
+        assert not store.has_user("Jolie")
+    actions = [(e["action"], e.get("name", e.get("sample"))) for e in audit(home)]
+    assert ("remove_sample", samples[0].id) in actions and ("remove_resident", "Jolie") in actions
+
+
+def test_a_session_ends_after_its_idle_timeout() -> None:
+    from twinlock.trainer.web.auth import Sessions
+
+    now = [0.0]
+    sessions = Sessions(idle_timeout_s=60, clock=lambda: now[0])
+    sid = sessions.create()
+    now[0] = 59.0
+    assert sessions.get(sid) is not None  # a request keeps it alive
+    now[0] = 118.0
+    assert sessions.get(sid) is not None
+    now[0] = 178.5
+    assert sessions.get(sid) is None and sessions.get(sid) is None
+    assert sessions.get(None) is None and sessions.get("made-up") is None
+
+
+def test_the_page_and_the_household_functions_it_calls_import_no_tensorflow() -> None:
+    code = ("import sys; import twinlock.trainer.web.app, twinlock.trainer.web.command, "
+            "twinlock.trainer.household.labels, twinlock.trainer.household.visitors, "
+            "twinlock.trainer.cli; "
+            "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120, check=False).returncode == 0
