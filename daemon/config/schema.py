@@ -51,6 +51,7 @@ __all__ = [
     "Picamera2CameraConfig",
     "QualityConfig",
     "ReplayCameraConfig",
+    "ReviewConfig",
     "ServiceConfig",
     "SnapshotsConfig",
     "VerificationConfig",
@@ -708,6 +709,30 @@ class MqttConfig(_Section):
         return value
 
 
+class ReviewConfig(_Section):
+    """A review record per finished attempt (its best face crop and embedding, tied to the
+    audit record) for the household to fetch, label and enrol from (``twinlock doors sync``).
+    Off by default: it keeps pictures of people. A folder that cannot be written never stops
+    the door; it says so once."""
+
+    enabled: bool = Field(
+        False, description="keep a review record (face crop and embedding) of each finished "
+        "attempt: unlock, refusal, liveness failure, lockout")
+    dir: ConfigPath = Field(
+        DEFAULT_STATE_DIR / "review", description="review folder: one JSONL file per UTC day "
+        "and crops/; directories 0750 and files 0640, for the twinlock-deploy group to fetch "
+        "over SSH")
+    door: str = Field(
+        "door", min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9-]{0,31}$",
+        description="this door's name in its records (lower-case letters, digits, '-'); the "
+        "name the household gives it with twinlock doors add")
+    retention_days: int = Field(
+        30, ge=1, le=3650, description="whole days of records are deleted once older than this")
+    max_mb: float = Field(
+        200.0, gt=0, le=1_000_000, description="the folder's size cap, MB: the oldest days are "
+        "deleted first above it; today's records past it are not kept")
+
+
 #: the filler of sections without ``type:``: an empty or missing section means its defaults
 _FILL = fill_section()
 
@@ -741,3 +766,5 @@ class Config(_Section):
     logging: Annotated[LoggingConfig, _FILL] = _part(LoggingConfig, "log level")
     mqtt: Annotated[MqttConfig, _FILL] = _part(
         MqttConfig, "MQTT events and Home Assistant discovery")
+    review: Annotated[ReviewConfig, _FILL] = _part(
+        ReviewConfig, "review records of finished attempts for the household (off by default)")

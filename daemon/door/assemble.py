@@ -86,6 +86,8 @@ class Matcher:
     analyser: FrameAnalyser
     users: int
     origin: str
+    #: the installed bundle's id; None for an unsigned model folder (development)
+    bundle_id: str | None = None
 
     @property
     def embedder(self) -> FaceEmbedder:
@@ -108,18 +110,20 @@ class Matcher:
                 f"{self.origin}")
 
 
-def model_files(cfg: Config) -> tuple[Path, Path, str]:
-    """(model folder, gallery file, description) from a verified bundle or, in development,
-    from the configured folder. Raises TwinLockError (BundleError for a refused bundle)."""
+def model_files(cfg: Config) -> tuple[Path, Path, str, str | None]:
+    """(model folder, gallery file, description, bundle id) from a verified bundle or, in
+    development, from the configured folder (no bundle id). Raises TwinLockError (BundleError
+    for a refused bundle)."""
     if cfg.model.source == "folder":
         logger.warning("model.source is 'folder': loading an UNSIGNED model and gallery")
-        return cfg.model.dir, cfg.model.gallery, f"unsigned folder {cfg.model.dir}"
+        return cfg.model.dir, cfg.model.gallery, f"unsigned folder {cfg.model.dir}", None
     active = cfg.state_dir / "active"
     verified, root = unpack_bundle(current_bundle(cfg.state_dir), cfg.model.public_key, active)
     for old in active.iterdir():  # one unpacked bundle at a time
         if old.is_dir() and old != root and not old.name.startswith("."):
             shutil.rmtree(old, ignore_errors=True)
-    return root / "model", root / "gallery.json", f"bundle {verified.bundle_id}"
+    return (root / "model", root / "gallery.json", f"bundle {verified.bundle_id}",
+            verified.bundle_id)
 
 
 def source_stamp(cfg: Config) -> tuple[object, ...]:
@@ -147,7 +151,7 @@ def source_stamp(cfg: Config) -> tuple[object, ...]:
 
 def build_matcher(cfg: Config) -> Matcher:
     """Load model + gallery and check they belong together. Raises TwinLockError."""
-    model_dir, gallery_path, origin = model_files(cfg)
+    model_dir, gallery_path, origin, bundle_id = model_files(cfg)
     embedder = FaceEmbedder(model_dir, cfg.model.num_threads, tuple(cfg.model.runtimes))
     meta = embedder.meta
     gallery = load_gallery(gallery_path)
@@ -181,4 +185,4 @@ def build_matcher(cfg: Config) -> Matcher:
         logger.warning("liveness is off: a photo of a resident can open the door")
     analyser = FrameAnalyser(pipeline, embedder, thresholds, verifier, cfg.quality.multiple_faces,
                              mesh)
-    return Matcher(analyser, len(gallery.users), origin)
+    return Matcher(analyser, len(gallery.users), origin, bundle_id)

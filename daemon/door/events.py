@@ -59,6 +59,17 @@ class EventKind(StrEnum):
 
 
 @dataclass(frozen=True)
+class AttemptEnd:
+    """The attempt a record ends, for the review store: the door machine says its decision
+    (one of daemon/review/format.DECISIONS) and hands over its best-scoring face, the tower's
+    own aligned chip and its embedding (None when no face of the attempt was scored)."""
+
+    decision: str
+    crop: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class Record:
     """One audit record to write (``AuditLog.record``'s arguments) and its kind."""
 
@@ -71,6 +82,8 @@ class Record:
     details: dict[str, Any] | None = None
     #: what happened; left out, the audit event's own kind (:meth:`EventKind.of`)
     kind: EventKind = field(default=None)  # type: ignore[assignment]
+    #: set on the record that ends a visitor's attempt (not audited: the review store's)
+    attempt: AttemptEnd | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind is None:

@@ -18,7 +18,7 @@ from typing import Any
 from ..faces import quality as q
 from ..recognition.analyser import Observation, Rejected, Scored
 from ..recognition.verify import FrameVerdict
-from .events import EventKind, Record
+from .events import AttemptEnd, EventKind, Record
 from .liveness import LivenessSettings, LivenessTracker
 from .rules import AgreementWindow, Attempt, Lockout
 
@@ -101,6 +101,8 @@ class DoorMachine:
         self.awaiting_liveness_since: float | None = None
         #: frames of this attempt vetoed by another face in view (multiple_faces: each)
         self.vetoed_frames = 0
+        #: the open attempt's best-scoring face (its crop and embedding go to the review store)
+        self.best_face: Scored | None = None
 
     @property
     def needs_liveness(self) -> bool:
@@ -190,6 +192,7 @@ class DoorMachine:
             self.liveness = LivenessTracker(self.settings.liveness)
             self.awaiting_liveness_since = None
             self.vetoed_frames = 0
+            self.best_face = None
         if isinstance(observation, Rejected):
             self.attempt.add(now, None, observation.reason)
         else:
@@ -206,6 +209,9 @@ class DoorMachine:
         if verdict is None:
             raise ValueError("the door needs verdicts: the analyser has no gallery")
         self.attempt.add(now, verdict, None)
+        best = self.best_face
+        if best is None or best.verdict is None or verdict.best_score >= best.verdict.best_score:
+            self.best_face = scored
         vote = None if veto else verdict.user
         if scored.mesh is not None and (vote is not None or (not veto and self.liveness.frames)):
             self.liveness.add(now, scored.mesh, frame)  # unverified: see tracking_face
@@ -248,18 +254,26 @@ class DoorMachine:
             if sum(self._refusals.values()) == 1:
                 out.append(Record("deny", "deny", "locked out after repeated failures", user,
                                   verdict.best_score, frame,
-                                  details | {"locked_until_s": self.lockout.until - now}))
+                                  details | {"locked_until_s": self.lockout.until - now},
+                                  attempt=self._attempt_end("lockout")))
             self.last_decision = f"deny {user} (locked out)"
         else:
             reason = f"verified in {self.window.frames_required} of {self.window.frame_window} " \
                 "frames"
             out.append(Unlock(user, Record("unlock", "unlock", reason, user, verdict.best_score,
-                                           frame, details)))
+                                           frame, details, attempt=self._attempt_end("unlock"))))
             self._start_cooldown(now, user)
             logger.info("door opening for %s (score %.4f)", user, verdict.best_score)
         self.window.clear()
-        self.attempt = None
+        self.attempt, self.best_face = None, None
         self.liveness, self.awaiting_liveness_since = None, None
+
+    def _attempt_end(self, decision: str) -> AttemptEnd:
+        """The ending attempt for the review store: ``decision`` and its best-scoring face."""
+        best = self.best_face
+        if best is None:
+            return AttemptEnd(decision)
+        return AttemptEnd(decision, best.crop, best.embedding)
 
     def _start_cooldown(self, now: float, who: str) -> None:
         self._cooldown_before = self.cooldown_until
@@ -277,16 +291,19 @@ class DoorMachine:
         if attempt is None:
             return
         details = self._details(attempt) | liveness
+        end = self._attempt_end("liveness" if kind is EventKind.LIVENESS_FAILURE else "deny")
+        self.best_face = None
         if self.vetoed_frames:
             details["vetoed_frames"] = self.vetoed_frames  # several faces, not all the resident
         if attempt.frames == 0:
             worst = max(attempt.quality_rejections, key=attempt.quality_rejections.__getitem__)
             out.append(Record("quality", "deny", f"face unusable: {q.describe(worst)}",
-                              details=details))
+                              details=details, attempt=end))
             self.last_decision = f"deny ({worst})"
             return
         out.append(Record("deny", "deny", reason, None, attempt.best_score,
-                          details=details | {"closest_user": attempt.best_user}, kind=kind))
+                          details=details | {"closest_user": attempt.best_user}, kind=kind,
+                          attempt=end))
         out.append(SaveSnapshot())
         self.last_decision = ("deny (liveness)" if kind is EventKind.LIVENESS_FAILURE
                               else "deny (not recognised)")

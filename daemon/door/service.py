@@ -41,6 +41,7 @@ from .events import AuditSink, Event, EventKind, EventSink, Outbox, Record, Stat
 from .machine import Command, DoorMachine
 from .mqtt import MqttLink
 from .notify import Notifier, watchdog_interval
+from .review_sink import ReviewSink
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class Daemon:
             # MQTT: events out (never waited on), remote unlock requests in (_handle_remote)
             self._camera_down = False
             self.mqtt: MqttLink | None = None
+            #: review records of ended attempts, after the audit log (None: review is off)
+            self.review = self._review_sink(self.cfg)
             self._connect_sinks()  # the audit log and status line hear MQTT's own failure
             self.mqtt = self._start_mqtt(self.cfg)
             self._connect_sinks()
@@ -127,10 +130,24 @@ class Daemon:
     def _connect_sinks(self) -> None:
         """The outbox's sinks, in order (again after a reload replaces the MQTT link)."""
         sinks: list[EventSink] = [AuditSink(self.records)]
+        if self.review is not None:  # after the audit sink: it sets the audit id
+            sinks.append(self.review)
         if self.mqtt is not None:
             sinks.append(self.mqtt)
         sinks.append(self.status_sink)
         self.outbox.sinks = sinks
+
+    def _review_sink(self, cfg: Config) -> ReviewSink | None:
+        """The review store's sink when ``review:`` is on (its folder is made on first use)."""
+        return ReviewSink.from_config(cfg.review, self._decided_under) if cfg.review.enabled \
+            else None
+
+    def _decided_under(self) -> tuple[str | None, str | None]:
+        """(bundle id, model id) of the running matcher, for the review records."""
+        matcher = self.matcher
+        if matcher is None:
+            return None, None
+        return matcher.bundle_id, matcher.embedder.meta.model_id or None
 
     def _snapshots(self) -> SnapshotStore | None:
         snaps = self.cfg.audit.snapshots
@@ -184,6 +201,9 @@ class Daemon:
             if self.mqtt is not None:
                 self.mqtt.close()
             self.mqtt = self._start_mqtt(new_cfg)
+            self._connect_sinks()
+        if new_cfg.review != old.review:
+            self.review = self._review_sink(new_cfg)
             self._connect_sinks()
         self.matcher, self._loaded_stamp = matcher, stamp
         self.carry_out(self.door.finish("reloaded during the attempt"))  # the old settings
