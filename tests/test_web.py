@@ -28,6 +28,7 @@ from twinlock.trainer.cli import main
 from twinlock.trainer.household.anchors import enrolment_analyser, enrolment_face
 from twinlock.trainer.household.enroll import describe
 from twinlock.trainer.household.enroll_store import EnrolmentStore
+from twinlock.trainer.web.app import COOKIE
 
 pytestmark = pytest.mark.data
 
@@ -130,11 +131,19 @@ def server(home: dict[str, object], door_model: Path) -> Iterator[Server]:
 def client(server: Server) -> Iterator[httpx.Client]:
     """Logged in once for the module (the login limit counts every try)."""
     with httpx.Client(base_url=server.url, timeout=120) as c:
-        r = c.post("/login", data={"password": PASSWORD})
+        r = login(c, PASSWORD)
         assert r.status_code == 303, r.text
         cookie = r.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie, cookie
         yield c
+
+
+def login(c: httpx.Client, password: str, **headers: str) -> httpx.Response:
+    form = c.get("/login").text
+    found = re.search(r'name="login_token" value="([^"]+)"', form)
+    assert found
+    return c.post("/login", data={"password": password, "login_token": found.group(1)},
+                  headers=headers)
 
 
 def token(client: httpx.Client, path: str = "/residents") -> str:
@@ -247,12 +256,13 @@ def test_the_login_rate_limit_holds(home: dict[str, object], door_model: Path) -
     srv = Server(home, door_model)  # type: ignore[arg-type]
     try:
         with httpx.Client(base_url=srv.url) as c:
-            codes = [c.post("/login", data={"password": "wrong guess"}).status_code
-                     for _ in range(5)]
+            # a client naming other addresses is still one client
+            codes = [login(c, "wrong guess", **{"X-Forwarded-For": f"10.0.0.{i}"}).status_code
+                     for i in range(5)]
             assert codes == [401] * 5
-            r = c.post("/login", data={"password": PASSWORD})
+            r = login(c, PASSWORD, **{"X-Forwarded-For": "10.0.0.99"})
             assert r.status_code == 429 and "Too many tries" in r.text
-            assert "set-cookie" not in r.headers
+            assert COOKIE not in r.headers.get("set-cookie", "")
     finally:
         srv.stop()
 
@@ -402,3 +412,12 @@ def test_the_page_and_the_household_functions_it_calls_import_no_tensorflow() ->
             "twinlock.trainer.cli; "
             "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120, check=False).returncode == 0
+
+
+def test_a_login_without_the_forms_token_is_refused(server: Server) -> None:
+    with httpx.Client(base_url=server.url) as c:
+        r = c.post("/login", data={"password": PASSWORD})
+        assert r.status_code == 403 and COOKIE not in r.headers.get("set-cookie", "")
+        c.get("/login")  # the cookie alone is not enough either
+        r = c.post("/login", data={"password": PASSWORD, "login_token": "guess"})
+        assert r.status_code == 403 and COOKIE not in r.headers.get("set-cookie", "")

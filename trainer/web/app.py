@@ -8,8 +8,10 @@ once from the package; nothing else is served (the signing key never is).
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
+import secrets
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable
@@ -158,9 +160,21 @@ class CsrfError(UsageError):
 
 # --- login ---------------------------------------------------------------------------------
 
+LOGIN_COOKIE = "twinlock_login"
+
+
+def _login_form(page: Page, status: int = 200, error: str = "") -> Response:
+    """The login form with a fresh login token, also set as a SameSite=Strict cookie: a login
+    POST must carry both (no other site can log this browser in to its own session)."""
+    token = secrets.token_urlsafe(32)
+    response = page.render("login.html", None, status=status, error=error, login_token=token)
+    response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict",
+                        secure=page.cfg.secure_cookie, path="/login", max_age=3600)
+    return _headers(response)
+
+
 async def login_page(request: Request) -> Response:
-    page: Page = request.app.state.page
-    return _headers(page.render("login.html", None, error=""))
+    return _login_form(request.app.state.page)
 
 
 async def login(request: Request) -> Response:
@@ -168,22 +182,27 @@ async def login(request: Request) -> Response:
     client = _client(request)
     if not page.limiter.allow(client):
         logger.warning("web: login rate limit hit by %s", client)
-        return _headers(page.render("login.html", None, status=429,
-                                    error="Too many tries: wait a minute."))
+        return _login_form(page, 429, "Too many tries: wait a minute.")
     try:
         form = await _form(request, MAX_FORM_BYTES)
     except UsageError as exc:
-        return _headers(page.render("login.html", None, status=400, error=str(exc)))
+        return _login_form(page, 400, str(exc))
+    cookie = request.cookies.get(LOGIN_COOKIE, "")
+    sent = form.get("login_token")
+    if not cookie or not isinstance(sent, str) or not hmac.compare_digest(cookie.encode(),
+                                                                          sent.encode()):
+        return _login_form(page, 403, "This login form is stale: try again.")
     password = form.get("password")
     ok = isinstance(password, str) and await run_in_threadpool(
         check_password, page.cfg.folder, password)
     if not ok:
         page.audit.record(WHO, client, "login_failed")
-        return _headers(page.render("login.html", None, status=401, error="Wrong password."))
+        return _login_form(page, 401, "Wrong password.")
     page.sessions.drop(request.cookies.get(COOKIE))
     sid = page.sessions.create()
     page.audit.record(WHO, client, "login")
     response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(LOGIN_COOKIE, path="/login")
     response.set_cookie(COOKIE, sid, httponly=True, samesite="strict",
                         secure=page.cfg.secure_cookie, path="/")
     return _headers(response)

@@ -12,6 +12,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from twinlock.daemon.errors import UsageError
 from twinlock.daemon.storage.files import atomic_write
@@ -110,13 +111,16 @@ def choose_tls(listen: str, folder: Path, cert: Path | None, key: Path | None,
     return None
 
 
-def serve(app: object, listen: str, port: int, tls: Tls | None) -> None:
+def serve(app: Any, listen: str, port: int, tls: Tls | None) -> None:
     import uvicorn
 
     scheme = "https" if tls else "http"
     print(f"twinlock web on {scheme}://{listen}:{port}/", flush=True)
     if tls:
         print(f"TLS certificate SHA-256 fingerprint: {tls.fingerprint}", flush=True)
-    uvicorn.run(app, host=listen, port=port, log_level="warning", server_header=False,  # type: ignore[arg-type]
+    # proxy_headers off: a client must not pick its own address (X-Forwarded-For) and so
+    # escape the per-client login limit
+    uvicorn.run(app, host=listen, port=port, log_level="warning", server_header=False,
+                proxy_headers=False,
                 ssl_certfile=str(tls.cert) if tls else None,
                 ssl_keyfile=str(tls.key) if tls else None)
