@@ -264,3 +264,37 @@ def test_each_record_says_its_kind_without_reading_the_reason() -> None:
     assert {r.kind for r in records(out, "deny")} == {EventKind.DENIED}
     out = Clock(plain, start=5000.0).show("ana", "ana")
     assert unlocks(out)[0].record.kind is EventKind.UNLOCK
+
+
+# -- the attempt's end, for the review store ---------------------------------------------------
+
+def test_each_ended_attempt_carries_its_decision_and_best_scoring_face() -> None:
+    """The record that ends an attempt hands the review store the attempt's best-scoring face
+    (its crop and embedding, not the last frame's) and its decision; other records carry none."""
+    door = DoorMachine(settings(max_failures=2, max_failed_frames=None, window_seconds=1.0,
+                                lockout_window_seconds=60.0, lockout_seconds=30.0))
+    faces = [scored(verdict(None, s), i) for i, s in enumerate((0.2, 0.6, 0.3))]
+    out: list[Command] = []
+    for i, face in enumerate(faces):
+        out += door.step(10.0 + i / 10, i, [face])
+    out += door.step(12.0)  # the face left: a refusal
+    (deny,) = records(out, "deny")
+    assert deny.attempt is not None and deny.attempt.decision == "deny"
+    assert deny.attempt.crop is faces[1].crop and deny.attempt.embedding is faces[1].embedding
+    # a visitor who never scored (quality only) is an attempt too, with no face
+    out = [c for i in range(2) for c in door.step(13.0 + i / 10, i, [Rejected(None, q.TOO_DARK)])]
+    (quality,) = records(out + door.step(15.0), "quality")
+    assert quality.attempt is not None and quality.attempt.crop is None
+    # the second failed attempt locks out: the lockout record is no attempt of its own; a
+    # resident refused during it is one, with decision "lockout"
+    out = Clock(door, start=16.0).show(None) + door.step(18.0)
+    assert records(out, "lockout") and records(out, "lockout")[0].attempt is None
+    clock = Clock(door, start=19.0)
+    (refusal,) = records(clock.show("amelie", "amelie", "amelie"), "deny")
+    assert refusal.attempt is not None and refusal.attempt.decision == "lockout"
+    assert refusal.attempt.embedding is not None
+    # an unlock carries its best face, decision "unlock"
+    door = DoorMachine(settings())
+    (unlock,) = unlocks(Clock(door).show("amelie", "amelie"))
+    assert unlock.record.attempt is not None and unlock.record.attempt.decision == "unlock"
+    assert unlock.record.attempt.crop is not None
