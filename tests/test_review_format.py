@@ -171,6 +171,30 @@ def test_the_writer_appends_a_record_and_its_crop(tmp_path: Path, face_crop: byt
     assert oct(folder.stat().st_mode & 0o777) == "0o750"
 
 
+def test_records_in_a_setgid_folder_get_its_group(tmp_path: Path, face_crop: bytes) -> None:
+    """The installer gives the review folder's parent to the deploy group with the setgid bit:
+    the folders the writer makes keep it, so every record and crop (crops/ too) gets that group
+    and the household's fetch over the deploy account can read them."""
+    import os
+    import stat
+
+    group = os.getgid() + 4242  # any group but the writer's own
+    if os.geteuid() != 0:
+        pytest.skip("giving a folder another group needs root")
+    os.chown(tmp_path, -1, group)
+    os.chmod(tmp_path, 0o2750)
+    folder = tmp_path / "review"
+    writer = ReviewWriter(folder, "front", retention_days=7, max_bytes=10_000_000,
+                          clock=NOW.timestamp)
+    record = make_record()
+    assert writer.append(record, face_crop)
+    made = [folder, folder / CROPS_DIR, folder / "2026-12-06.jsonl",
+            folder / CROPS_DIR / f"{record.id}.jpg"]
+    assert [p.stat().st_gid for p in made] == [group] * 4
+    assert all(p.stat().st_mode & stat.S_ISGID for p in made[:2])
+    assert [oct(p.stat().st_mode & 0o777) for p in made] == ["0o750", "0o750", "0o640", "0o640"]
+
+
 def test_the_writer_refuses_another_doors_record(tmp_path: Path) -> None:
     writer = ReviewWriter(tmp_path, "front", retention_days=7, max_bytes=10**7)
     with pytest.raises(ReviewRecordError, match="given to door 'front'"):

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -134,10 +135,14 @@ class ReviewWriter:
         return False
 
     def _prepare(self) -> None:
+        """Make the folder and crops/ when missing. A parent with the setgid bit (a folder
+        the installer gave to the deploy group) passes it on, so every record and crop gets
+        that group and the household's fetch can read them: a plain chmod would drop it."""
         for folder in (self.folder, self.folder / CROPS_DIR):
             if not folder.is_dir():
                 folder.mkdir(mode=DIR_MODE)
-                os.chmod(folder, DIR_MODE)
+                inherit = folder.parent.stat().st_mode & stat.S_ISGID
+                os.chmod(folder, DIR_MODE | inherit)
 
     def _days(self) -> list[str]:
         return sorted(e.name for e in os.scandir(self.folder)
