@@ -236,8 +236,10 @@ TRAINER_LAYERS: dict[str, set[str]] = {
     "trainer.household": {"trainer.errors", "trainer.data", "trainer.stats", "trainer.training"},
     "trainer.evaluation": {"trainer.errors", "trainer.data", "trainer.stats", "trainer.training",
                            "trainer.household"},
+    # the household page: a thin layer over the household's own functions (no TensorFlow)
+    "trainer.web": {"trainer.errors", "trainer.household"},
     "trainer.cli": {"trainer.errors", "trainer.data", "trainer.stats", "trainer.training",
-                    "trainer.household", "trainer.evaluation"},
+                    "trainer.household", "trainer.evaluation", "trainer.web"},
 }
 #: door/machine.py is the pure decision machine: it decides, it does nothing, so it imports none
 #: of the parts that act or read files
