@@ -291,3 +291,40 @@ def test_troubleshooting_starts_from_messages_the_code_prints() -> None:
     texts = _source_messages()
     assert [m for m in messages if not message_in_code(m, texts)] == []
     assert not message_in_code("the door exploded: …", texts)
+
+
+# ------------------------------------------------------------------------------------------
+# the README: what TwinLock is, one picture, the two commands, links into the site
+
+
+def readme_problems(text: str) -> list[str]:
+    """What keeps the README from fitting on a screen and pointing into the site."""
+    problems = []
+    lines = text.splitlines()
+    if len(lines) > 150:
+        problems.append(f"README.md has {len(lines)} lines (at most 150)")
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+            continue
+        if not (REPO / target.split("#")[0]).exists():
+            problems.append(f"README.md links to {target}, which does not exist")
+    if "bash scripts/demo.sh" not in text or "bash scripts/test.sh" not in text:
+        problems.append("README.md lost the two commands")
+    return problems
+
+
+def test_the_readme_fits_on_a_screen_and_links_into_the_site() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert readme_problems(text) == []
+    linked = set(re.findall(r"\]\((docs/[^)#\s]+\.md)", text))
+    assert {"docs/getting-started/buy.md", "docs/getting-started/wiring.md",
+            "docs/guide/troubleshooting.md", "docs/reference/config.md"} <= linked
+    assert re.search(r"!\[[^\]]+\]\(docs/img/[^)]+\.svg\)", text), "one picture"
+
+
+def test_the_readme_check_finds_a_long_readme_and_a_broken_link() -> None:
+    text = "bash scripts/demo.sh\nbash scripts/test.sh\n[gone](docs/no-such-page.md)\n" + \
+        "x\n" * 150
+    assert readme_problems(text) == ["README.md has 153 lines (at most 150)",
+                                      ("README.md links to docs/no-such-page.md, which does "
+                                      "not exist")]
