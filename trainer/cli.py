@@ -339,11 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", type=Path, help=DB_HELP)
     p.add_argument("--strict", metavar="FAR|off",
                    help="this resident's own false-accept target per knock (1e-06..0.01, e.g. "
-                   "1e-05 for someone with a look-alike sister or twin; README 'Look-alikes "
-                   "and twins'), or off for the door's")
+                   "1e-05 for someone with a look-alike sister or twin; docs/how-it-works/"
+                   "security.md#look-alikes-and-twins), or off for the door's")
     p = sub.add_parser("users", help="list, remove or rename enrolled residents, or make one "
                        "strict", description="users strict NAME FAR|off: the resident's own "
-                       "false-accept target per knock (README 'Look-alikes and twins').")
+                       "false-accept target per knock (docs/how-it-works/security.md).")
     p.add_argument("action", choices=("list", "remove", "rename", "strict"))
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--model", type=Path, metavar="MODEL_DIR", help="also count anchors for it")

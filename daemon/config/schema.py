@@ -211,13 +211,13 @@ class _CameraBase(_Section):
     mirror: bool = Field(False, description="flip frames left-right (after rotating)")
     grey: bool = Field(
         False, description="IR / NoIR camera under IR light: use frames as grey (luma in all three "
-        "channels); costs some accuracy (README 'Liveness')",
+        "channels); costs some accuracy (docs/how-it-works/liveness.md)",
     )
     max_side: int = Field(
         1920, ge=320, le=2560,
         description="frames are shrunk at capture (aspect kept) to at most this many pixels on "
         "their long side: a face at the door needs no more for an unscaled crop, and a 4K frame "
-        "would take the daemon past the unit's MemoryMax (README 'Configuration'); "
+        "would take the daemon past the unit's MemoryMax (docs/guide/at-the-door.md); "
         "quality.min_face_px counts pixels of the shrunk frame",
     )
     reopen_backoff_initial_s: float = Field(
@@ -423,8 +423,9 @@ class LivenessConfig(_Section):
     """Presence checks on frames that matched a resident: a photo must not open the door.
 
     An unlock needs recognition and this check within one attempt; a failure is audited with
-    its own reason and counts towards the lockout. See daemon/door/liveness.py and README
-    "Liveness" for what it stops and what it does not (a video on a screen, a 3-D mask).
+    its own reason and counts towards the lockout. See daemon/door/liveness.py and
+    docs/how-it-works/liveness.md for what it stops and what it does not (a video on a screen,
+    a 3-D mask).
     """
 
     mode: Literal["off", "blink", "motion", "both"] = Field(
