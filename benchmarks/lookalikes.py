@@ -21,8 +21,8 @@ limits), what such people do at the door and what a stricter per-resident settin
    head, temperature or thresholds): each eligible person a one-resident door, every other
    held-out photo a knock; how the accepted knocks spread over impostor people and residents.
 
-LFW has no gender, age or skin-type labels, so no per-group rate can be measured here (README
-"Look-alikes and twins" says what this can and cannot show).
+LFW has no gender, age or skin-type labels, so no per-group rate can be measured here
+(docs/how-it-works/security.md says what this can and cannot show).
 
 Usage::
 

@@ -1,6 +1,6 @@
 """Liveness: the face mesh on real pictures, the blink and parallax measures, the door's attempt
 logic with liveness on a fake clock, the real clip through the daemon, and photo attacks made from
-real pictures replayed through the daemon (README "Liveness")."""
+real pictures replayed through the daemon (docs/how-it-works/liveness.md)."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def fit_to_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
     Why: a 4K camera's frame is 25 MB of RGB, and the frame path copies it several times; the
     daemon peaked at 401 MB with one, past the unit's ``MemoryMax=300M``. Detection runs on a
     128 px input and the crop needs no more pixels than a face at the door brings at 1920 px
-    (README, camera), so frames are shrunk once, as they are captured, before anything else
+    (docs/guide/at-the-door.md, camera), so frames are shrunk once, as they are captured, before anything else
     copies them.
     """
     height, width = image.shape[:2]
@@ -80,7 +80,7 @@ def describe_error(exc: BaseException) -> str:
 def to_grey(image: np.ndarray) -> np.ndarray:
     """An RGB frame as grey (BT.601 luma) in all three channels: the tower and the detectors
     read RGB, and an IR camera's frames carry no colour. The accuracy this costs is measured
-    by benchmarks/grey_input.py (README "Liveness")."""
+    by benchmarks/grey_input.py (docs/how-it-works/liveness.md)."""
     return np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
 
 

@@ -18,7 +18,7 @@ The mean of the two best anchors was measured too (``twinlock evaluate --door``)
 ``max`` at every target, so the door does not offer it.
 
 Which rule the door uses is ``verification.fusion`` in the config; the measurement that chose
-the default is in config.yaml and README ("Door-level figures").
+the default is in config.yaml and docs/how-it-works/decisions.md.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def strict_threshold(calibration: dict[str, Any], far: float) -> tuple[float, bo
     log-linearly; past its strictest rung, extended in logit space along its last two rungs
     (``extrapolated`` True: a rate that the held-out strangers are too few to measure).
 
-    For a resident with a look-alike (README "Look-alikes and twins"), resolved on the host
+    For a resident with a look-alike (docs/how-it-works/security.md), resolved on the host
     when the gallery is written. ModelError when ``far`` is out of bounds or the model has no
     ladder: a strict resident is never written with a guessed number.
     """

@@ -6,7 +6,7 @@ comparing apples with pears.
 
 A resident may carry a stricter threshold of their own (``threshold``, with the
 ``strict_far`` it was resolved from on the host): a sister or twin passes for a resident far
-more often than a stranger does (README "Look-alikes and twins"). Being tied to the model, the
+more often than a stranger does (docs/how-it-works/security.md). Being tied to the model, the
 gallery can carry the number itself; the door only ever makes a resident stricter with it
 (``Verifier``), and a gallery whose value is out of bounds is refused, not clamped.
 """

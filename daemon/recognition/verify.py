@@ -2,11 +2,11 @@
 
 1. **Per frame**: the face is scored against every anchor of every resident at once; each
    resident's scores are fused into one (``verification.fusion``: the best anchor by default,
-   chosen by the door-level measurement in README "Door-level figures"); the resident with the
+   chosen by the door-level measurement in docs/how-it-works/decisions.md); the resident with the
    best fused score is *verified* when it reaches the threshold (the model's door-calibrated
    ``default_threshold`` unless the config names another), or that resident's own stricter
    threshold from the gallery when it has one (a resident with a look-alike sister or twin;
-   README "Look-alikes and twins"). A resident's own value only ever raises the bar: the
+   docs/how-it-works/security.md). A resident's own value only ever raises the bar: the
    door's threshold stays the floor whatever a gallery says.
 2. **Over frames** (daemon/door/rules.py and machine.py): k of the last n frames must agree, in
    attempts, with a lockout and a cooldown.

@@ -369,8 +369,8 @@ def door(guest: Guest, times: Times, tmp_path_factory: pytest.TempPathFactory) -
         guest.put(key.with_suffix(".pub"), "/root/twinlock/signing.pub")
         guest.put(photos / CLIP, GUEST_CLIP)
         guest.run(f"chmod 0755 /srv/twinlock-test && chmod 0644 {GUEST_CLIP}")
-    # A drop-in that breaks the unit on purpose, to see a test fail (README "Testing under a real
-    # systemd"): TWINLOCK_VM_UNIT_DROPIN=FILE, installed before install.sh starts the unit.
+    # A drop-in that breaks the unit on purpose, to see a test fail (docs/development/testing.md):
+    # TWINLOCK_VM_UNIT_DROPIN=FILE, installed before install.sh starts the unit.
     mutant = os.environ.get("TWINLOCK_VM_UNIT_DROPIN")
     if mutant:
         guest.run("install -d /etc/systemd/system/twinlockd.service.d")

@@ -316,7 +316,7 @@ class EnrolmentStore(PrivateStore):
     def set_strict(self, name: str, far: float | None) -> str:
         """Give a resident their own false-accept target per knock (``far``; None: the door's).
 
-        For a resident with a look-alike sister or twin (README "Look-alikes and twins"): the
+        For a resident with a look-alike sister or twin (docs/how-it-works/security.md): the
         gallery written for a model carries the threshold that target resolves to with that
         model's door calibration. UsageError outside STRICT_FAR_MIN..STRICT_FAR_MAX.
         """
