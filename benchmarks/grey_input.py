@@ -1,7 +1,8 @@
 """Grey input benchmark: what feeding the RGB tower grey frames (an IR / NoIR camera) costs.
 
 Why: liveness for an ordinary camera cannot stop a video on a screen or a mask; an IR camera
-with IR light does better (docs/how-it-works/liveness.md), but its frames are grey while the tower was
+with IR light does better (docs/how-it-works/liveness.md), but its frames are grey while the tower
+was
 trained on colour. This measures the accuracy lost when the same faces reach the door's whole
 path (detection, alignment, tower) as grey (BT.601 luma copied to three channels).
 

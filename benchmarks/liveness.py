@@ -2,7 +2,8 @@
 real clip's unlock, and how many photo attacks it refuses.
 
 Why: liveness (daemon/door/liveness.py) is on by default only because the real clip still opens the
-door with it; docs/how-it-works/liveness.md and config.yaml quote its cost and delay from this script, and the
+door with it; docs/how-it-works/liveness.md and config.yaml quote its cost and delay from this
+script, and the
 attack counts say what it stops.
 
 Measures:

@@ -803,7 +803,8 @@ def test_install_makes_a_missing_state_dir_private(door: Door, tmp_path: Path) -
 
 def test_unsigned_tar_header_metadata_changes_nothing_the_door_uses(door: Door,
                                                                      tmp_path: Path) -> None:
-    """What docs/how-it-works/security.md and the module promise, exactly: a member header re-forged with a valid
+    """What docs/how-it-works/security.md and the module promise, exactly: a member header
+    re-forged with a valid
     checksum (here its mtime) is outside the signature, and the door gets the same bundle."""
     data = bytearray(door.data)
     infos = [info for info, _ in tar_members(door.data)]

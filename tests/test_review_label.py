@@ -110,7 +110,8 @@ def test_refused_visitors_are_grouped_one_person_each(
     assert [g["count"] for g in groups] == sorted((g["count"] for g in groups), reverse=True)
     # the three who came 4 times (twice at each door): the door's strictest threshold links
     # all of Andre Agassi's photos (one visitor, seen at both doors) and at least two of each
-    # other's (single linkage at door_far_1e-04 trades recall for precision: docs/guide/household.md)
+    # other's (single linkage at door_far_1e-04 trades recall for precision:
+    # docs/guide/household.md)
     [andre] = [g for g in groups if set(g["attempts"]) & set(ids["Andre_Agassi"])]  # type: ignore[arg-type]
     assert sorted(andre["attempts"]) == sorted(ids["Andre_Agassi"])  # type: ignore[arg-type]
     assert andre["count"] == 4 and andre["doors"] == ["back", "front"]

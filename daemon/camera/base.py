@@ -61,7 +61,8 @@ def fit_to_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
     Why: a 4K camera's frame is 25 MB of RGB, and the frame path copies it several times; the
     daemon peaked at 401 MB with one, past the unit's ``MemoryMax=300M``. Detection runs on a
     128 px input and the crop needs no more pixels than a face at the door brings at 1920 px
-    (docs/guide/at-the-door.md, camera), so frames are shrunk once, as they are captured, before anything else
+    (docs/guide/at-the-door.md, camera), so frames are shrunk once, as they are captured, before
+    anything else
     copies them.
     """
     height, width = image.shape[:2]
