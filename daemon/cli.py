@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config.loader import DEFAULT_CONFIG_PATH, load_config
-from .console import run_command, setup_logging
+from .console import command_parser, run_command, setup_logging
 from .errors import TwinLockError, UsageError
 
 if TYPE_CHECKING:
@@ -305,11 +305,9 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="twinlockd", description="TwinLock at the door: watch the camera, verify faces "
-        "against enrolled users, pulse the relay, log every decision.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser, sub = command_parser(
+        "twinlockd", "TwinLock at the door: watch the camera, verify faces against enrolled "
+        "users, pulse the relay, log every decision.")
     p = sub.add_parser("run", help="run the door (what systemd starts)")
     _config_arg(p)
     p = sub.add_parser("relay-off", help="switch the relay off (the unit's ExecStopPost=); "

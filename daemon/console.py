@@ -8,6 +8,7 @@ drift apart.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -16,6 +17,15 @@ from .errors import TwinLockError
 
 #: the exit status of a command stopped with Ctrl-C (128 + SIGINT), as a shell reports it
 INTERRUPTED = 130
+
+
+def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser,
+                                                         argparse._SubParsersAction]:
+    """The top of both programs' parsers: ``-v`` and a required COMMAND, one subparser each."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    return parser, sub
 
 
 def setup_logging(verbose: bool) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from twinlock.daemon.console import run_command, setup_logging
+from twinlock.daemon.console import command_parser, run_command, setup_logging
 from twinlock.daemon.errors import TwinLockError
 
 from .training.losses import LOSSES, RECIPES
@@ -269,11 +269,9 @@ def _tty() -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="twinlock", description="TwinLock host tools: train, export and evaluate the twin "
-        "network that verifies faces at the door.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser, sub = command_parser(
+        "twinlock", "TwinLock host tools: train, export and evaluate the twin network that "
+        "verifies faces at the door.")
     _train_parser(sub)
     p = sub.add_parser("export", help="export a trained run as an int8 TFLite model folder",
                        description="Convert a run's tower to full-integer int8 TFLite, check "
