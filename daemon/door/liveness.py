@@ -31,9 +31,8 @@ What neither stops: a video of the resident played on a screen (it blinks and ha
 3-D mask or bust (parallax; blinking masks exist), a photo bent into a curve (not a plane, so it
 has some parallax of its own), a slideshow whose pictures blend into each other slowly enough to
 look like a sweep (a cross-dissolve is a crude morph: docs/how-it-works/liveness.md has its rate),
-and a
-resident coerced at the door. An IR camera with IR
-illumination does better: a screen shows nothing in IR and a print looks wrong.
+and a resident coerced at the door. An IR camera with IR illumination does better: a screen
+shows nothing in IR and a print looks wrong.
 """
 
 from __future__ import annotations
