@@ -94,7 +94,7 @@ def test_sync_from_a_folder_is_idempotent_and_changes_nothing_on_the_door(
     # the store: private, versioned
     assert db.stat().st_mode & 0o777 == 0o600
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
     assert cli(db, "activity", "list", "--json") == 0
     rows = json.loads(capsys.readouterr().out)

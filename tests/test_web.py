@@ -421,3 +421,167 @@ def test_a_login_without_the_forms_token_is_refused(server: Server) -> None:
         c.get("/login")  # the cookie alone is not enough either
         r = c.post("/login", data={"password": PASSWORD, "login_token": "guess"})
         assert r.status_code == 403 and COOKIE not in r.headers.get("set-cookie", "")
+
+
+# --- known visitors (not residents), strict residents, the API token (issue 23) -------------
+
+def deny_record(home: dict[str, object], face: object, when: datetime) -> str:
+    """A refused attempt with ``face`` (an enrolment_face result) at the front door, synced."""
+    writer = ReviewWriter(Path(str(home["tmp"])) / "front", "front", 30, 10**8,
+                          clock=lambda: when.timestamp())
+    record = ReviewRecord(id=new_record_id("front", when), door="front", time=when,
+                          decision="deny", bundle_id="b1", model_id=str(home["model_id"]),
+                          resident=None, score=0.05, embedding=face.embedding)  # type: ignore[attr-defined]
+    assert writer.append(record, encode_crop(face.crop))  # type: ignore[attr-defined]
+    assert main(["doors", "sync", "--activity-db", str(home["db"])]) == 0
+    return record.id
+
+
+def linked_faces(home: dict[str, object], lfw_dir: Path, door_model: Path, person: str
+                 ) -> tuple[object, object]:
+    """Two real photos of ``person`` that the model's head links at the grouping threshold
+    (the visitors' own rule): the later one must group with the first."""
+    from twinlock.daemon.recognition.model import read_metadata
+    from twinlock.trainer.household.visitors import cross_logits, logit, threshold_of
+
+    meta = read_metadata(door_model)
+    faces = [f for f in (enrolment_face(load_image(p), home["analyser"])  # type: ignore[arg-type]
+                         for p in sorted((lfw_dir / person).glob("*.jpg"))[:8])
+             if not isinstance(f, str)]
+    emb = np.stack([f.embedding for f in faces])
+    logits = cross_logits(emb, emb, meta.head_weights, meta.head_bias)
+    np.fill_diagonal(logits, -np.inf)
+    i, j = np.unravel_index(int(np.argmax(logits)), logits.shape)
+    assert logits[i, j] >= logit(threshold_of(meta)[1]), f"no two photos of {person} link"
+    return faces[i], faces[j]
+
+
+def visitor_cards(html: str) -> tuple[str, str]:
+    """(the unknown visitors' part of the Visitors page, its known visitors' part)."""
+    unknown, _, known = html.partition('<details class="known"')
+    return unknown, known
+
+
+def test_a_group_marked_not_a_resident_is_a_known_visitor_and_names_his_later_attempts(
+        client: httpx.Client, home: dict[str, object], lfw_dir: Path, door_model: Path) -> None:
+    first, later = linked_faces(home, lfw_dir, door_model, "George_W_Bush")
+    postman = deny_record(home, first, T0 + timedelta(days=2))
+    with EnrolmentStore(home["enrol_db"]) as store:  # type: ignore[arg-type]
+        residents_before = [(u.name, u.samples) for u in store.users()]
+    page = client.get("/visitors").text
+    assert f'name="group" value="{postman}"' in visitor_cards(page)[0]
+    # no CSRF token: refused, nothing marked
+    r = client.post("/visitors/mark", data={"group": postman, "action": "mark",
+                                            "name": "postman"})
+    assert r.status_code == 403
+    assert f'value="{postman}"' in visitor_cards(client.get("/visitors").text)[0]
+    r = client.post("/visitors/mark", data={"group": postman, "action": "mark",
+                                            "name": "postman", "csrf": csrf_of(page)})
+    assert r.status_code == 303, r.text
+    unknown, known = visitor_cards(client.get("/visitors").text)
+    assert postman not in unknown  # he left the unknown visitors' list
+    assert "<h2>postman</h2>" in known and f"/crop/{postman}" in known
+    # his next knock groups with the marked one: shown as the postman, not as a new unknown
+    again = deny_record(home, later, T0 + timedelta(days=3))
+    unknown, known = visitor_cards(client.get("/visitors").text)
+    assert again not in unknown and f"/crop/{again}" in known
+    assert re.search(r"<h2>postman</h2>.*?2 visits", known, re.DOTALL)
+    day = client.get("/", params={"day": "2026-12-09"}).text
+    assert f"/crop/{again}" in day and "known visitor: postman" in day
+    api = {a["id"]: a for a in client.get("/api/activity", params={"limit": 1000}).json()}
+    assert api[again]["known_visitor"] == "postman" and api[postman]["known_visitor"] == "postman"
+    assert api[home["ids"]["Andre_Agassi"][1]]["known_visitor"] is None  # type: ignore[index]
+    # nobody enrolled, no resident changed: no door changes
+    with EnrolmentStore(home["enrol_db"]) as store:  # type: ignore[arg-type]
+        assert [(u.name, u.samples) for u in store.users()] == residents_before
+    assert [e for e in audit(home) if e["action"] == "visitor_mark" and e["name"] == "postman"]
+    # reversible: unknown again, both knocks back in the unknown list
+    r = client.post("/visitors/mark", data={"group": again, "action": "unmark",
+                                            "csrf": token(client)})
+    assert r.status_code == 303, r.text
+    unknown, known = visitor_cards(client.get("/visitors").text)
+    assert f"/crop/{postman}" in unknown and f"/crop/{again}" in unknown and "postman" not in known
+    api = {a["id"]: a for a in client.get("/api/activity", params={"limit": 1000}).json()}
+    assert api[again]["known_visitor"] is None
+    assert [e for e in audit(home) if e["action"] == "visitor_unmark" and e["name"] == "postman"]
+
+
+def test_a_residents_strict_setting_is_shown_set_and_cleared_with_csrf(
+        client: httpx.Client, home: dict[str, object], lfw_dir: Path) -> None:
+    photo = min((lfw_dir / "Ariel_Sharon").glob("*.jpg"))
+    r = client.post("/residents/upload", data={"name": "Ariel", "csrf": token(client)},
+                    files=[("photos", (photo.name, photo.read_bytes(), "image/jpeg"))])
+    assert r.status_code == 200, r.text
+
+    def strict_far() -> float | None:
+        with EnrolmentStore(home["enrol_db"]) as store:  # type: ignore[arg-type]
+            return {u.name: u.strict_far for u in store.users()}["Ariel"]
+
+    assert "The door's threshold (not strict)" in client.get("/residents").text
+    r = client.post("/residents/strict", data={"name": "Ariel", "far": "1e-05"})
+    assert r.status_code == 403 and strict_far() is None
+    r = client.post("/residents/strict", data={"name": "Ariel", "far": "1e-05",
+                                               "csrf": token(client)})
+    assert r.status_code == 303 and strict_far() == 1e-05
+    assert "Strict: own false-accept target 1e-05 per knock" in client.get("/residents").text
+    r = client.post("/residents/strict", data={"name": "Ariel", "far": "0.5",
+                                               "csrf": token(client)})
+    assert r.status_code == 400 and "must be within" in r.text and strict_far() == 1e-05
+    r = client.post("/residents/strict", data={"name": "Ariel", "far": "1e-05", "clear": "1",
+                                               "csrf": token(client)})
+    assert r.status_code == 303 and strict_far() is None
+    changes = [(e["name"], e["strict_far"]) for e in audit(home) if e["action"] == "set_strict"]
+    assert changes[-2:] == [("Ariel", 1e-05), ("Ariel", None)]
+
+
+def make_token(home: dict[str, object], *extra: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-c", CLI, "web", "token", *extra, "--db",
+                           str(home["enrol_db"])], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_the_api_token_reads_activity_only_and_is_stored_hashed(
+        server: Server, home: dict[str, object]) -> None:
+    def bearer(value: str) -> httpx.Client:
+        return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {value}"})
+
+    with bearer("twl_" + "x" * 43) as c:
+        assert c.get("/api/activity").status_code == 401  # no token made yet
+    first = make_token(home).stdout.strip()
+    path = Path(str(home["enrol_db"])).parent / "web-api-token.json"
+    assert path.stat().st_mode & 0o777 == 0o600 and first not in path.read_text()
+    with bearer(first) as c:
+        r = c.get("/api/activity", params={"door": "front"})
+        assert r.status_code == 200 and {a["door"] for a in r.json()} == {"front"}
+        for page in [p for p in PAGES if p != "/api/activity"]:  # it opens nothing else ...
+            r = c.get(page)
+            assert r.status_code in (303, 401) and "/crop/" not in r.text, page
+        for change in CHANGES:  # ... and changes nothing
+            assert c.post(change, data={"csrf": "x", "name": "Mallory"}).status_code == 401
+    with bearer(first[:-1] + ("A" if first[-1] != "A" else "B")) as c:
+        assert c.get("/api/activity").status_code == 401
+    second = make_token(home).stdout.strip()
+    with bearer(first) as c:
+        assert c.get("/api/activity").status_code == 401  # replaced
+    with bearer(second) as c:
+        assert c.get("/api/activity").status_code == 200
+        make_token(home, "--revoke")
+        assert c.get("/api/activity").status_code == 401
+
+
+def test_the_api_pages_through_every_attempt_newest_first(client: httpx.Client) -> None:
+    every = client.get("/api/activity", params={"limit": 1000}).json()
+    assert len(every) >= 5
+    seen: list[str] = []
+    older: str | None = None
+    for _ in range(len(every)):  # bounded: a page that ignored ``older`` would repeat forever
+        params = {"limit": "2"} | ({"older": older} if older else {})
+        page = client.get("/api/activity", params=params).json()
+        if not page:
+            break
+        assert len(page) <= 2
+        seen += [a["id"] for a in page]
+        older = page[-1]["id"]
+    assert seen == [a["id"] for a in every]

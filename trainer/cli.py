@@ -389,12 +389,14 @@ def _cmd_pairs(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _strict_far(text: str) -> float | None:
     """--strict / users strict: a false-accept target per knock, or off (the door's)."""
-    if text.strip().lower() in ("off", "none", "default"):
-        return None
+    from twinlock.daemon.errors import UsageError
+
+    from .household.enroll_store import strict_far_from_text
+
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a rate (e.g. 1e-05) or off") from None
+        return strict_far_from_text(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _store(args: argparse.Namespace):
@@ -631,6 +633,12 @@ def _review_parsers(sub: argparse._SubParsersAction) -> None:
     who.add_argument("--as", dest="as_name", metavar="NAME", help="label: it was NAME (enrol)")
     who.add_argument("--not", dest="not_name", metavar="NAME",
                      help="label: an unlock as NAME was someone else")
+    who.add_argument("--not-resident", nargs="?", const="not a resident", metavar="NAME",
+                     help="label: a known visitor who is not a resident (e.g. postman): the "
+                     "group leaves the unknown visitors and its later attempts show as NAME; "
+                     "nothing is enrolled, no door changes")
+    who.add_argument("--unmark", action="store_true", help="label: take the known-visitor "
+                     "mark off a group (--not-resident undone)")
     p.add_argument("--apply", choices=("remove-anchors",), help="label --not: carry out a "
                    "remedy")
     p.add_argument("--json", action="store_true")
@@ -757,8 +765,10 @@ def _cmd_activity(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if action in ("visitors", "label") and args.model is None:
             raise _usage(f"activity {action} needs --model MODEL_DIR (the model the doors "
                          "decide with)")
-        if action != "label" and (args.as_name or args.not_name or args.group or args.apply):
-            raise _usage("--as, --not, --group and --apply go with activity label")
+        if action != "label" and (args.as_name or args.not_name or args.group or args.apply
+                                  or args.not_resident is not None or args.unmark):
+            raise _usage("--as, --not, --not-resident, --unmark, --group and --apply go with "
+                         "activity label")
         if action == "list":
             rows = store.attempts(door=args.door, since=_since(args.since),
                                   decision=args.decision, limit=args.limit or None)
@@ -795,10 +805,11 @@ def _cmd_activity(args: argparse.Namespace, argv: Sequence[str]) -> int:
         elif action == "visitors":
             from twinlock.daemon.recognition.model import read_metadata
 
-            from .household.visitors import unknown_visitors
+            from .household.visitors import visitor_groups
 
-            visitors = unknown_visitors(store, read_metadata(args.model), args.threshold,
-                                        door=args.door)
+            visitors = visitor_groups(store, read_metadata(args.model), args.threshold,
+                                      door=args.door)  # known visitors (not residents) too
+            visitors.sort(key=lambda v: v.known is not None)
             if args.json:
                 print(json.dumps([v.as_json() for v in visitors], indent=2))
             elif not visitors:
@@ -808,7 +819,8 @@ def _cmd_activity(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 residents = v.as_json()["residents_refused"]
                 if residents:
                     refused = f"; refused as {', '.join(residents)}"  # type: ignore[arg-type]
-                print(f"{v.key}: {v.count} attempts, first {v.first_seen:%Y-%m-%d %H:%M}, "
+                known = f" (known visitor {v.known!r}, not a resident)" if v.known else ""
+                print(f"{v.key}{known}: {v.count} attempts, first {v.first_seen:%Y-%m-%d %H:%M}, "
                       f"last {v.last_seen:%Y-%m-%d %H:%M}, doors {', '.join(v.doors)}{refused}")
         else:
             return _label(args, store)
@@ -820,6 +832,8 @@ def _label(args: argparse.Namespace, store: Any) -> int:
 
     if (args.id is None) == (args.group is None):
         raise _usage("activity label: give one attempt ID or --group G")
+    if args.not_resident is not None or args.unmark:
+        return _mark_visitor(args, store)
     if not (args.as_name or args.not_name):
         raise _usage("activity label: say who it was (--as NAME) or who it was not (--not NAME)")
     if args.group is not None:
@@ -877,6 +891,33 @@ def _label(args: argparse.Namespace, store: Any) -> int:
         if removed:
             print(f"removed samples {', '.join(map(str, removed))}; run twinlock bundle and "
                   "deploy to carry it to the door")
+    return 0
+
+
+def _mark_visitor(args: argparse.Namespace, store: Any) -> int:
+    """activity label --not-resident [NAME] / --unmark: a known visitor, no enrolment."""
+    from twinlock.daemon.recognition.model import read_metadata
+
+    from .household.visitors import find_group, mark_not_resident, unmark_visitor, visitor_groups
+
+    if args.apply:
+        raise _usage("--apply goes with --not")
+    if args.group is not None:
+        groups = visitor_groups(store, read_metadata(args.model), args.threshold)
+        attempts = find_group([g for g in groups if (g.known is not None) == args.unmark],
+                              args.group).attempts
+    else:
+        attempts = [store.attempt(args.id)]
+    if args.unmark:
+        count = unmark_visitor(store, attempts)
+        result = {"unmarked": count, "attempts": [a.id for a in attempts]}
+        text = f"took the known-visitor mark off {count} attempts: unknown visitors again"
+    else:
+        name = mark_not_resident(store, attempts, args.not_resident)
+        result = {"known_visitor": name, "attempts": [a.id for a in attempts]}
+        text = (f"marked {len(attempts)} attempts as {name!r}, not a resident (nothing "
+                "enrolled; no door changes)")
+    print(json.dumps(result, indent=2) if args.json else text)
     return 0
 
 

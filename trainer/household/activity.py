@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 ENV_DB = "TWINLOCK_ACTIVITY_DB"
 DB_NAME = "activity.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class ActivityError(TwinLockError, RuntimeError):
@@ -96,14 +96,30 @@ _SCHEMA = (
     "CREATE INDEX labels_attempt ON labels (attempt)",
 )
 
+#: v2: refused attempts the household marked as a known visitor who is not a resident (the
+#: postman): NAME is what the page shows; no enrolment, no door changes
+_VISITOR_MARKS = (
+    """CREATE TABLE visitor_marks (
+           attempt TEXT PRIMARY KEY REFERENCES attempts (id) ON DELETE CASCADE,
+           name TEXT NOT NULL,
+           made TEXT NOT NULL
+       )""",
+    "CREATE INDEX visitor_marks_name ON visitor_marks (name)",
+)
+
 
 def _create(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA:
+    for statement in _SCHEMA + _VISITOR_MARKS:
         conn.execute(statement)
 
 
-#: upgrades of older files: _UPGRADES[v] takes schema v-1 to v (none yet)
-_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {}
+def _add_visitor_marks(conn: sqlite3.Connection) -> None:
+    for statement in _VISITOR_MARKS:
+        conn.execute(statement)
+
+
+#: upgrades of older files: _UPGRADES[v] takes schema v-1 to v
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {2: _add_visitor_marks}
 
 
 def default_path(enrolment_db: Path | None = None) -> Path:
@@ -279,8 +295,10 @@ class ActivityStore(PrivateStore):
 
     def attempts(self, door: str | None = None, since: datetime | None = None,
                  decision: str | None = None, limit: int | None = None,
-                 ids: Sequence[str] | None = None) -> list[Attempt]:
-        """Attempts, newest first, filtered."""
+                 ids: Sequence[str] | None = None, until: datetime | None = None,
+                 older_than: str | None = None) -> list[Attempt]:
+        """Attempts, newest first, filtered: ``since`` <= time < ``until``; ``older_than``: only
+        those after that attempt in this order (the next page, found through the time index)."""
         where: list[str] = []
         params: list[Any] = []
         if door is not None:
@@ -289,6 +307,12 @@ class ActivityStore(PrivateStore):
         if since is not None:
             where.append("time >= ?")
             params.append(since.astimezone(UTC).isoformat(timespec="milliseconds"))
+        if until is not None:
+            where.append("time < ?")
+            params.append(until.astimezone(UTC).isoformat(timespec="milliseconds"))
+        if older_than is not None:
+            where.append("(time, id) < (SELECT time, id FROM attempts WHERE id = ?)")
+            params.append(older_than)
         if decision is not None:
             where.append("decision = ?")
             params.append(decision)
@@ -343,3 +367,29 @@ class ActivityStore(PrivateStore):
             rows = (conn.execute(sql + " WHERE kind = ? ORDER BY id", (kind,)) if kind
                     else conn.execute(sql + " ORDER BY id"))
             return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    # -- known visitors (not residents) ----------------------------------------------------------
+
+    def mark_visitor(self, attempt_ids: Sequence[str], name: str) -> int:
+        """Mark attempts as the known visitor ``name`` (replacing an earlier mark); returns how
+        many were marked."""
+        with self._tx(write=True) as conn:
+            for attempt_id in attempt_ids:
+                if conn.execute("SELECT 1 FROM attempts WHERE id = ?",
+                                (attempt_id,)).fetchone() is None:
+                    raise UsageError(f"no attempt {attempt_id!r} in {self.path}")
+                conn.execute("INSERT INTO visitor_marks (attempt, name, made) VALUES (?, ?, ?) "
+                             "ON CONFLICT (attempt) DO UPDATE SET name = excluded.name, "
+                             "made = excluded.made", (attempt_id, name, _now()))
+        return len(attempt_ids)
+
+    def unmark_visitor(self, attempt_ids: Sequence[str]) -> int:
+        """Take the known-visitor mark off these attempts; returns how many had one."""
+        with self._tx(write=True) as conn:
+            return sum(conn.execute("DELETE FROM visitor_marks WHERE attempt = ?",
+                                    (attempt_id,)).rowcount for attempt_id in attempt_ids)
+
+    def visitor_marks(self) -> dict[str, str]:
+        """Attempt id -> the known visitor it was marked as."""
+        with self._tx() as conn:
+            return {r[0]: r[1] for r in conn.execute("SELECT attempt, name FROM visitor_marks")}

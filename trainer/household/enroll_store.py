@@ -154,6 +154,18 @@ def check_strict_far(far: object) -> float | None:
     return float(far)
 
 
+def strict_far_from_text(text: str) -> float | None:
+    """``twinlock users strict NAME FAR|off`` and the Residents page's form: a false-accept
+    target per knock (checked), or None for off / none / default / empty (the door's)."""
+    if text.strip().lower() in ("", "off", "none", "default"):
+        return None
+    try:
+        far = float(text)
+    except ValueError:
+        raise UsageError(f"{text!r} is not a rate (e.g. 1e-05) or off") from None
+    return check_strict_far(far)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,6 +43,9 @@ DEFAULT_METHOD = "single"
 DEFAULT_THRESHOLD = "door_far_1e-04"
 #: decisions whose attempts may be unknown visitors (an unlock matched a resident)
 UNKNOWN_DECISIONS = ("deny", "liveness", "lockout")
+#: what a group marked "not a resident" is called when the household gives no name
+NOT_RESIDENT = "not a resident"
+MAX_VISITOR_NAME = 64
 
 
 def head_logits(embeddings: np.ndarray, weights: np.ndarray, bias: float) -> np.ndarray:
@@ -56,6 +60,21 @@ def head_logits(embeddings: np.ndarray, weights: np.ndarray, bias: float) -> np.
         logits -= pdist(x * negative, "cityblock")
     if positive.any():
         logits += pdist(x * positive, "cityblock")
+    return logits
+
+
+def cross_logits(a: np.ndarray, b: np.ndarray, weights: np.ndarray, bias: float) -> np.ndarray:
+    """The head's logit for every row of ``a`` against every row of ``b`` (len(a) x len(b))."""
+    from scipy.spatial.distance import cdist
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    logits = np.full((len(x), len(y)), float(bias))
+    negative, positive = np.clip(-w, 0, None), np.clip(w, 0, None)
+    if negative.any():
+        logits -= cdist(x * negative, y * negative, "cityblock")
+    if positive.any():
+        logits += cdist(x * positive, y * positive, "cityblock")
     return logits
 
 
@@ -104,6 +123,9 @@ class Visitor:
 
     key: str  # the group's first attempt's id: stable while that attempt is kept
     attempts: list[Attempt]
+    #: the known visitor (not a resident) the household marked some of its attempts as; the
+    #: group's later attempts, grouped with those, are that visitor too
+    known: str | None = None
 
     @property
     def count(self) -> int:
@@ -125,7 +147,8 @@ class Visitor:
         return {"group": self.key, "count": self.count,
                 "first_seen": self.first_seen.isoformat(), "last_seen": self.last_seen.isoformat(),
                 "doors": self.doors, "attempts": [a.id for a in self.attempts],
-                "residents_refused": sorted({a.resident for a in self.attempts if a.resident})}
+                "residents_refused": sorted({a.resident for a in self.attempts if a.resident}),
+                "known_visitor": self.known}
 
 
 def _level_rate(name: str) -> tuple[str, float] | None:
@@ -170,27 +193,100 @@ def threshold_of(meta: ModelMetadata, name: str | None = None) -> tuple[str, flo
     return chosen, calibrated_threshold(meta.thresholds, chosen)
 
 
-def unknown_visitors(store: ActivityStore, meta: ModelMetadata, threshold: str | None = None,
-                     method: str = DEFAULT_METHOD, door: str | None = None) -> list[Visitor]:
-    """Group the refused attempts decided under ``meta``'s model that nobody has labelled yet,
-    largest group first."""
+def _groupable(a: Attempt, meta: ModelMetadata) -> bool:
+    """A refused attempt with a face decided under ``meta``'s model, not labelled a resident."""
+    return (a.decision in UNKNOWN_DECISIONS and a.embedding is not None
+            and a.model_id == meta.model_id and a.embedding.size == meta.embedding_dim
+            and not any(kind == "as" for kind, _ in a.labels))
+
+
+def visitor_groups(store: ActivityStore, meta: ModelMetadata, threshold: str | None = None,
+                   method: str = DEFAULT_METHOD, door: str | None = None) -> list[Visitor]:
+    """Group the refused attempts decided under ``meta``'s model that nobody has labelled as a
+    resident, largest group first. A group holding attempts marked as a known visitor (not a
+    resident, :func:`mark_not_resident`) is that visitor (``known``), new attempts included."""
     _, value = threshold_of(meta, threshold)
-    labelled = {attempt for attempt, kind, _, _ in store.labels() if kind == "as"}
-    rows = [a for a in store.attempts(door=door)
-            if a.decision in UNKNOWN_DECISIONS and a.embedding is not None
-            and a.model_id == meta.model_id and a.id not in labelled
-            and a.embedding.size == meta.embedding_dim]
+    rows = [a for a in store.attempts(door=door) if _groupable(a, meta)]
     if not rows:
         return []
+    marks = store.visitor_marks()
     rows.sort(key=lambda a: (a.time, a.id))
     labels = group_embeddings(np.stack([a.embedding for a in rows]),  # type: ignore[misc]
                               meta.head_weights, meta.head_bias, value, method)
     groups: dict[int, list[Attempt]] = {}
     for attempt, label in zip(rows, labels, strict=True):
         groups.setdefault(int(label), []).append(attempt)
-    visitors = [Visitor(members[0].id, members) for members in groups.values()]
+    visitors = []
+    for members in groups.values():
+        names = Counter(marks[a.id] for a in members if a.id in marks)
+        known = min(names, key=lambda n: (-names[n], n)) if names else None
+        visitors.append(Visitor(members[0].id, members, known))
     visitors.sort(key=lambda v: (-v.count, v.first_seen))
     return visitors
+
+
+def unknown_visitors(store: ActivityStore, meta: ModelMetadata, threshold: str | None = None,
+                     method: str = DEFAULT_METHOD, door: str | None = None) -> list[Visitor]:
+    """The groups of :func:`visitor_groups` that are nobody known yet."""
+    return [v for v in visitor_groups(store, meta, threshold, method, door) if v.known is None]
+
+
+def check_visitor_name(name: str) -> str:
+    text = " ".join(name.split())
+    if not text or len(text) > MAX_VISITOR_NAME:
+        raise UsageError(f"a known visitor's name: 1 to {MAX_VISITOR_NAME} characters "
+                         "(e.g. postman)")
+    return text
+
+
+def mark_not_resident(store: ActivityStore, attempts: Sequence[Attempt],
+                      name: str = NOT_RESIDENT) -> str:
+    """Mark refused attempts (a visitor group) as the known visitor ``name``, who is not a
+    resident: the Visitors page lists the group under known visitors, and later attempts that
+    group with it are shown as ``name``. Nothing is enrolled and no door changes; undone by
+    :func:`unmark_visitor`. Returns the name as stored."""
+    text = check_visitor_name(name)
+    for a in attempts:
+        if a.decision not in UNKNOWN_DECISIONS:
+            raise UsageError(f"attempt {a.id} was an {a.decision}: only refused attempts can be "
+                             "a known visitor (on a wrong unlock use --not NAME)")
+    store.mark_visitor([a.id for a in attempts], text)
+    return text
+
+
+def unmark_visitor(store: ActivityStore, attempts: Sequence[Attempt]) -> int:
+    """Take the known-visitor mark off ``attempts`` (a known group): they are unknown again."""
+    return store.unmark_visitor([a.id for a in attempts])
+
+
+def known_visitor_names(store: ActivityStore, meta: ModelMetadata | None,
+                        attempts: Sequence[Attempt], threshold: str | None = None
+                        ) -> dict[str, str]:
+    """Attempt id -> known visitor, for the attempts shown on one page: marked ones, and refused
+    ones whose face the head takes for a marked face of that visitor at the grouping threshold
+    (a direct link; the Visitors page also follows chains). Costs len(attempts) x marked
+    head scores, so it stays cheap on a page of attempts."""
+    marks = store.visitor_marks()
+    if not marks:
+        return {}
+    named = {a.id: marks[a.id] for a in attempts if a.id in marks}
+    if meta is None:
+        return named
+    probes = [a for a in attempts if a.id not in marks and _groupable(a, meta)]
+    if not probes:
+        return named
+    marked = [a for a in store.attempts(ids=list(marks)) if _groupable(a, meta)]
+    if not marked:
+        return named
+    _, value = threshold_of(meta, threshold)
+    logits = cross_logits(np.stack([a.embedding for a in probes]),  # type: ignore[misc]
+                          np.stack([a.embedding for a in marked]),  # type: ignore[misc]
+                          meta.head_weights, meta.head_bias)
+    best = logits.argmax(axis=1)
+    for probe, j, row in zip(probes, best, logits, strict=True):
+        if row[j] >= logit(value):
+            named[probe.id] = marks[marked[int(j)].id]
+    return named
 
 
 def find_group(visitors: Sequence[Visitor], key: str) -> Visitor:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -31,13 +32,14 @@ from starlette.routing import Route
 
 from twinlock.daemon.errors import DataError, TwinLockError, UsageError
 from twinlock.daemon.faces.images import MAX_IMAGE_PIXELS, decode_image
+from twinlock.daemon.recognition.fusion import STRICT_FAR_MAX, STRICT_FAR_MIN
 from twinlock.daemon.storage.private_db import PRIVATE_FILE_MODE, make_private_dirs
 
 from ..errors import EnrolmentError
 from ..household.activity import ActivityStore
 from ..household.enroll import describe, enroll_from_images
 from ..household.enroll_store import EnrolmentStore
-from .auth import AuditLog, LoginLimiter, Session, Sessions, check_password, csrf_ok
+from .auth import AuditLog, LoginLimiter, Session, Sessions, api_token_ok, check_password, csrf_ok
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ MAX_PHOTO_BYTES = 20 * 1024 * 1024
 MAX_PHOTOS = 10
 MAX_FORM_BYTES = 64 * 1024  # any form without files
 DECISIONS = ("unlock", "deny", "liveness", "lockout")
+PAGE_SIZE = 50  # attempts on one Activity page (each shows a face); "Older" shows the next
+API_MAX = 1000  # attempts in one /api/activity answer; ``older`` pages through the rest
 WHO = "household"  # one household password: every change is the household's, from a client
 
 
@@ -240,32 +244,77 @@ def _filters(request: Request) -> tuple[str | None, str | None, datetime | None,
     return door, decision, day, end
 
 
-def _attempts(page: Page, request: Request, limit: int) -> tuple[list[Any], list[str]]:
+def _attempts(page: Page, request: Request, limit: int
+              ) -> tuple[list[Any], list[str], dict[str, str]]:
+    """One page of attempts (the filters and ``older``, an attempt id: the page after it),
+    the doors, and the known visitors (not residents) among the attempts."""
+    from twinlock.daemon.recognition.model import read_metadata
+
+    from ..household.visitors import known_visitor_names
+
     door, decision, day, end = _filters(request)
+    older = request.query_params.get("older") or None
+    model = page.cfg.model_dir
     with ActivityStore(page.cfg.activity_db) as store:
-        rows = store.attempts(door=door, since=day, decision=decision,
-                              limit=None if end else limit)
+        rows = store.attempts(door=door, since=day, until=end, decision=decision, limit=limit,
+                              older_than=older)
         doors = [d.name for d in store.doors()]
-    if end is not None:
-        rows = [a for a in rows if a.time < end][:limit]
-    return rows, doors
+        known = known_visitor_names(store, read_metadata(model) if model else None, rows)
+    return rows, doors, known
 
 
 async def activity(request: Request, page: Page, session: Session) -> Response:
-    rows, doors = await run_in_threadpool(_attempts, page, request, 200)
+    rows, doors, known = await run_in_threadpool(_attempts, page, request, PAGE_SIZE + 1)
+    older = None
+    if len(rows) > PAGE_SIZE:
+        rows = rows[:PAGE_SIZE]
+        query = {k: v for k, v in request.query_params.items() if k in ("door", "decision", "day")}
+        older = "/?" + urlencode(query | {"older": rows[-1].id})
     with EnrolmentStore(page.cfg.enrolment_db) as store:
         residents = [u.name for u in store.users()]
     return page.render("activity.html", session, rows=rows, doors=doors, residents=residents,
-                       decisions=DECISIONS, q=request.query_params, active="activity")
+                       decisions=DECISIONS, q=request.query_params, active="activity",
+                       known=known, older=older)
 
 
-async def api_activity(request: Request, page: Page, session: Session) -> Response:
+async def _activity_json(request: Request, page: Page) -> Response:
+    """``/api/activity``: attempts newest first (the page's filters, ``limit``, ``older``), each
+    with ``known_visitor`` (a known visitor who is not a resident, or null)."""
     try:
-        limit = max(1, min(int(request.query_params.get("limit", "100")), 10000))
+        limit = max(1, min(int(request.query_params.get("limit", "100")), API_MAX))
     except ValueError:
         raise UsageError("limit: a number") from None
-    rows, _ = await run_in_threadpool(_attempts, page, request, limit)
-    return JSONResponse([a.as_json() for a in rows])
+    rows, _, known = await run_in_threadpool(_attempts, page, request, limit)
+    return JSONResponse([a.as_json() | {"known_visitor": known.get(a.id)} for a in rows])
+
+
+def api_read(page: Page, handler: Callable[[Request, Page], Awaitable[Response]]
+             ) -> Callable[[Request], Awaitable[Response]]:
+    """A read-only API route: the page's session, or the household's API token
+    (``Authorization: Bearer``, made by ``twinlock web token``; for Home Assistant or a script,
+    which cannot do the login form). The token opens this route only: every other route,
+    and every change, still needs a session and its CSRF token."""
+    async def with_session(request: Request, page: Page, session: Session) -> Response:
+        return await handler(request, page)
+
+    by_session = guarded(page, with_session, False)
+
+    async def endpoint(request: Request) -> Response:
+        auth = request.headers.get("authorization")
+        if auth is None:
+            return await by_session(request)
+        scheme, _, presented = auth.partition(" ")
+        if scheme.lower() != "bearer" or not await run_in_threadpool(
+                api_token_ok, page.cfg.folder, presented.strip()):
+            logger.warning("web: a refused API token from %s", _client(request))
+            return _headers(JSONResponse({"error": "unknown or revoked API token"},
+                                         status_code=401))
+        try:
+            return _headers(await handler(request, page))
+        except (UsageError, DataError) as exc:
+            return _headers(JSONResponse({"error": str(exc)}, status_code=400))
+
+    return endpoint
 
 
 async def crop(request: Request, page: Page, session: Session) -> Response:
@@ -414,6 +463,19 @@ async def remove(request: Request, page: Page, session: Session) -> Response:
     return RedirectResponse("/residents", status_code=303)
 
 
+async def strict(request: Request, page: Page, session: Session) -> Response:
+    """Residents: set or clear a resident's own false-accept target (``twinlock users
+    strict``), through the same ``EnrolmentStore.set_strict``; the next bundle carries it."""
+    from ..household.enroll_store import strict_far_from_text
+
+    form = await checked_form(request, session)
+    far = None if form.get("clear") else strict_far_from_text(str(form.get("far", "")))
+    with page.store_lock, EnrolmentStore(page.cfg.enrolment_db) as store:
+        name = store.set_strict(str(form.get("name", "")), far)
+    page.audit.record(WHO, _client(request), "set_strict", name=name, strict_far=far)
+    return RedirectResponse("/residents", status_code=303)
+
+
 # --- visitors and doors --------------------------------------------------------------------
 
 def _visitors(page: Page) -> list[Any]:
@@ -425,9 +487,50 @@ def _visitors(page: Page) -> list[Any]:
         return unknown_visitors(store, read_metadata(page.need_model()))
 
 
+def _visitor_groups(page: Page) -> list[Any]:
+    """Every visitor group, unknown and known (``known``: marked as not a resident)."""
+    from twinlock.daemon.recognition.model import read_metadata
+
+    from ..household.visitors import visitor_groups
+
+    with ActivityStore(page.cfg.activity_db) as store:
+        return visitor_groups(store, read_metadata(page.need_model()))
+
+
 async def visitors(request: Request, page: Page, session: Session) -> Response:
-    groups = await run_in_threadpool(_visitors, page)
-    return page.render("visitors.html", session, groups=groups, active="visitors")
+    groups = await run_in_threadpool(_visitor_groups, page)
+    return page.render("visitors.html", session, active="visitors",
+                       groups=[g for g in groups if g.known is None],
+                       known=[g for g in groups if g.known is not None])
+
+
+def _mark_group(page: Page, key: str, name: str | None) -> tuple[str | None, int]:
+    """Mark an unknown group as a known visitor (``name``), or unmark a known one (None),
+    through the household functions ``twinlock activity label --not-resident/--unmark`` call."""
+    from ..household.visitors import find_group, mark_not_resident, unmark_visitor
+
+    with page.store_lock:
+        groups = [g for g in _visitor_groups(page) if (g.known is None) == (name is not None)]
+        group = find_group(groups, key)
+        with ActivityStore(page.cfg.activity_db) as store:
+            if name is None:
+                return group.known, unmark_visitor(store, group.attempts)
+            return mark_not_resident(store, group.attempts, name), group.count
+
+
+async def mark_group(request: Request, page: Page, session: Session) -> Response:
+    """Visitors: "Not a resident" on an unknown group, or "Unknown again" on a known one."""
+    from ..household.visitors import NOT_RESIDENT
+
+    form = await checked_form(request, session)
+    key, action = str(form.get("group", "")), str(form.get("action", ""))
+    if not key or action not in ("mark", "unmark"):
+        raise UsageError("say which group, and mark it or take its mark off")
+    name = (str(form.get("name", "")).strip() or NOT_RESIDENT) if action == "mark" else None
+    known, count = await run_in_threadpool(_mark_group, page, key, name)
+    page.audit.record(WHO, _client(request), f"visitor_{action}", group=key, name=known,
+                      attempts=count)
+    return RedirectResponse("/visitors", status_code=303)
 
 
 def _label_group(page: Page, key: str, name: str) -> dict[str, Any]:
@@ -463,6 +566,7 @@ async def doors(request: Request, page: Page, session: Session) -> Response:
 def build_app(cfg: WebConfig) -> Starlette:
     """The ASGI app for ``cfg`` (uvicorn serves it; tests start it on a free port)."""
     page = Page(cfg)
+    page.env.globals.update(strict_min=STRICT_FAR_MIN, strict_max=STRICT_FAR_MAX)
 
     def r(path: str, handler: Handler, method: str = "GET") -> Route:
         return Route(path, guarded(page, handler, method == "POST"), methods=[method])
@@ -471,12 +575,13 @@ def build_app(cfg: WebConfig) -> Starlette:
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/style.css", css, methods=["GET"]),
-        r("/", activity), r("/api/activity", api_activity),
+        r("/", activity), Route("/api/activity", api_read(page, _activity_json)),
         r("/crop/{attempt:str}", crop), r("/thumb/{sample:int}", thumb),
         r("/label", label, "POST"), r("/logout", logout, "POST"),
         r("/residents", residents), r("/residents/upload", upload, "POST"),
         r("/residents/remove", remove, "POST"),
         r("/visitors", visitors), r("/visitors/name", name_group, "POST"),
+        r("/visitors/mark", mark_group, "POST"), r("/residents/strict", strict, "POST"),
         r("/doors", doors),
     ]
     app = Starlette(routes=routes)

@@ -32,6 +32,7 @@ from ..errors import EnrolmentError
 logger = logging.getLogger(__name__)
 
 PASSWORD_FILE = "web-password.json"
+API_TOKEN_FILE = "web-api-token.json"
 AUDIT_FILE = "web-audit.log"
 #: scrypt's cost: 2**15 x 8 x 128 bytes = 32 MiB and about 0.1 s per try on a desktop
 SCRYPT_N = 2**15
@@ -77,6 +78,42 @@ def check_password(folder: Path, password: str) -> bool:
     if len(password) > MAX_PASSWORD:
         return False
     return hmac.compare_digest(_scrypt(password, salt, n, r, p), want)
+
+
+def new_api_token(folder: Path) -> str:
+    """Make the household's read-only API token (replacing any earlier one) and return it: it is
+    shown once; only its SHA-256 is stored (0600). A fast hash is enough here, unlike for the
+    password: the token is 256 random bits, so there is nothing to guess from its hash."""
+    make_private_dirs(folder, EnrolmentError)
+    token = "twl_" + secrets.token_urlsafe(32)
+    record = {"sha256": hashlib.sha256(token.encode()).hexdigest(), "scope": "read activity",
+              "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    atomic_write_json(folder / API_TOKEN_FILE, record, PRIVATE_FILE_MODE)
+    return token
+
+
+def revoke_api_token(folder: Path) -> bool:
+    """Remove the API token; False when there was none."""
+    try:
+        (folder / API_TOKEN_FILE).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def api_token_ok(folder: Path, presented: str) -> bool:
+    """Whether ``presented`` is the household's API token (read at each call, so a new or
+    revoked token counts at once; constant-time compare; False when none is set)."""
+    try:
+        want = bytes.fromhex(json.loads((folder / API_TOKEN_FILE).read_text("utf-8"))["sha256"])
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("cannot read the web API token: %s", exc)
+        return False
+    if not presented or len(presented) > 256:
+        return False
+    return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), want)
 
 
 @dataclass

@@ -20,8 +20,12 @@ def add_parser(sub: argparse._SubParsersAction, db_help: str, activity_help: str
                        "127.0.0.1 unless --listen says otherwise (a network listen needs TLS: "
                        "--self-signed or --cert/--key). twinlock web set-password: set the "
                        "household password (read from standard input when it is not a "
-                       "terminal).")
-    p.add_argument("action", nargs="?", choices=("serve", "set-password"), default="serve")
+                       "terminal). twinlock web token: make the read-only API token for "
+                       "/api/activity (Home Assistant, scripts), shown once, only its hash "
+                       "kept; --revoke removes it.")
+    p.add_argument("action", nargs="?", choices=("serve", "set-password", "token"),
+                   default="serve")
+    p.add_argument("--revoke", action="store_true", help="token: remove the API token")
     p.add_argument("--listen", default="127.0.0.1", metavar="HOST")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N")
     p.add_argument("--cert", type=Path, metavar="FILE", help="the household's TLS certificate")
@@ -53,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         path = set_password(folder, password)
         print(f"password set ({path}, scrypt)")
         return 0
+    if args.revoke and args.action != "token":
+        raise UsageError("--revoke goes with twinlock web token")
+    if args.action == "token":
+        return _token(folder, args.revoke)
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: 1..65535")
     if not has_password(folder):
@@ -65,4 +73,19 @@ def run(args: argparse.Namespace) -> int:
                     args.model, folder, idle_timeout_s=args.idle_timeout,
                     secure_cookie=tls is not None)
     serve(build_app(cfg), args.listen, args.port, tls)
+    return 0
+
+
+def _token(folder: Path, revoke: bool) -> int:
+    """twinlock web token [--revoke]: from the host's terminal only (the page cannot make one)."""
+    from .auth import API_TOKEN_FILE, new_api_token, revoke_api_token
+
+    if revoke:
+        print("API token removed" if revoke_api_token(folder) else "there was no API token")
+        return 0
+    token = new_api_token(folder)
+    print(token)
+    print(f"the read-only API token for /api/activity (Authorization: Bearer ...); it is not "
+          f"shown again: only its SHA-256 is kept ({folder / API_TOKEN_FILE}). An earlier token "
+          "no longer works; twinlock web token --revoke removes this one.", file=sys.stderr)
     return 0
