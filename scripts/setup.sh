@@ -10,7 +10,11 @@ PYTHON=${PYTHON:-python3}
 VENV=${TWINLOCK_VENV:-.venv}
 # Debian packages the tests and tools need (each checked by the command it provides).
 # mosquitto: the MQTT tests start their own broker on 127.0.0.1 (tests/test_mqtt.py).
-APT_PACKAGES=(openssh-server openssh-client systemd sudo shellcheck mosquitto ${TWINLOCK_APT_PACKAGES:-})
+# chromium, chromium-driver: the household page's tests drive a real headless browser through
+# Selenium (tests/test_web_browser.py) and scripts/web_screenshots.py takes the docs' pictures;
+# both name /usr/bin/chromium and /usr/bin/chromedriver, so nothing is downloaded at run time.
+APT_PACKAGES=(openssh-server openssh-client systemd sudo shellcheck mosquitto chromium
+              chromium-driver ${TWINLOCK_APT_PACKAGES:-})
 
 need_apt=()
 for pkg in "${APT_PACKAGES[@]}"; do
