@@ -94,7 +94,7 @@ def test_sync_from_a_folder_is_idempotent_and_changes_nothing_on_the_door(
     # the store: private, versioned
     assert db.stat().st_mode & 0o777 == 0o600
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
     assert cli(db, "activity", "list", "--json") == 0
     rows = json.loads(capsys.readouterr().out)
@@ -248,7 +248,7 @@ def test_sync_over_ssh_with_a_key_the_door_refuses_says_why(
     assert "step 'connect'" in err and "did not accept any of our keys" in err
 
 
-def test_deploy_takes_a_doors_name(door: Door, tmp_path: Path,  # noqa: F811
+def test_deploy_takes_a_doors_name(door: Door, tmp_path: Path, door_model: Path,  # noqa: F811
                                    capsys: pytest.CaptureFixture[str]) -> None:
     """``twinlock deploy BUNDLE --to NAME`` reaches the door with its own target, key and ssh
     options from the list."""
@@ -258,12 +258,15 @@ def test_deploy_takes_a_doors_name(door: Door, tmp_path: Path,  # noqa: F811
     assert cli(db, "doors", "add", "porch", "--to", door.url(tmp_path / "review"), "-i",
                str(door.key), f"--ssh-option={' '.join(door.options)}", "--deploy-to",
                door.url(f"{spool}/")) == 0
-    bundle = tmp_path / "home-20261206.twinlock"
-    bundle.write_bytes(b"signed bundle bytes" * 1000)
+    bundle = tmp_path / "home-20261206.twinlock"  # a real one: the door's bundle is recorded
+    assert main(["keygen", "--out", str(tmp_path / "home")]) == 0
+    assert main(["bundle", "--model", str(door_model), "--key", str(tmp_path / "home.key"),
+                 "--out", str(bundle), "--db", str(tmp_path / "enrolment.db")]) == 0
     marker = tmp_path / "reloaded"
     assert main(["deploy", str(bundle), "--to", "porch", "--reload-command",
                  f"touch {marker}", "--activity-db", str(db)]) == 0
-    assert "door porch: ssh://" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "door porch: ssh://" in out and "door porch now runs bundle" in out
     assert (spool / bundle.name).read_bytes() == bundle.read_bytes()
     assert marker.exists()
     # a name that is no door stays what it was: a folder that does not exist

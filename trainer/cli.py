@@ -358,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", type=Path, required=True, metavar="KEY", help="private key (keygen)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE")
     p.add_argument("--db", type=Path, help=DB_HELP)
+    p.add_argument("--activity-db", type=Path, metavar="PATH", help="the doors' store: the "
+                   "bundle's summary is kept there and what changed since each door's current "
+                   "bundle is listed (used when it exists; default: activity.db beside the "
+                   "enrolment database)")
     p = sub.add_parser("deploy", help="copy a bundle to the door and reload it",
                        description="Copy a bundle over OpenSSH (sftp; atomic rename on the door) "
                        "and ask the daemon to reload, or write it to a folder (an SD card).")
@@ -367,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "doors list: its deploy target, key and ssh options)")
     p.add_argument("--activity-db", type=Path, metavar="PATH",
                    help="with a door's name: the activity store that lists the doors")
-    p.add_argument("--reload-command", default="sudo systemctl reload twinlockd")
+    p.add_argument("--reload-command", metavar="CMD", help="run on the door after the copy "
+                   "(default: the door's own, doors add --reload-command, else sudo systemctl "
+                   "reload twinlockd)")
     p.add_argument("--no-reload", action="store_true")
     p.add_argument("-i", "--identity", type=Path, help="ssh private key")
     p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
@@ -524,46 +530,46 @@ def _cmd_keygen(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_bundle(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    import tempfile
+    from .household.rollout import build_bundle, changes_per_door, record_bundle
 
-    from twinlock.daemon.errors import UsageError
-
-    from .household.bundles import make_bundle
-    from .household.enroll import export_gallery
-
-    with _store(args) as store, tempfile.TemporaryDirectory() as tmp:
-        gallery_path = Path(tmp) / "gallery.json"
-        gallery = export_gallery(store, args.model, gallery_path)
-        if args.users:
-            missing = sorted(set(args.users) - set(gallery.users))
-            if missing:
-                raise UsageError(f"bundle: not enrolled for this model: {', '.join(missing)}")
-            gallery.users = {n: u for n, u in gallery.users.items() if n in args.users}
-            gallery.save(gallery_path)
-        if not gallery.users:
-            print("twinlock bundle: warning: no users in this bundle: the door will open for "
-                  "nobody", file=sys.stderr)
-        info = make_bundle(args.model, gallery_path, args.key, args.out, echo=False)
+    with _store(args) as store:
+        info = build_bundle(store, args.model, args.key, args.out, users=args.users)
+    if not info["users"]:
+        print("twinlock bundle: warning: no users in this bundle: the door will open for "
+              "nobody", file=sys.stderr)
+    activity_db = _activity_path(args)
+    if args.activity_db is not None or activity_db.exists():  # a household with doors
+        with _activity_store(args) as activity:
+            lines = changes_per_door(activity, record_bundle(activity, args.out))
+        info["changes_since"] = lines
+        for line in lines:
+            print(f"twinlock bundle: since the door's bundle: {line}", file=sys.stderr)
     print(json.dumps(info, indent=2))
     return 0
 
 
 def _cmd_deploy(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .household.deploy import deploy
+    from .household.deploy import DEFAULT_RELOAD_COMMAND, deploy
 
     target, identity = args.to, args.identity
     options = [t for o in args.ssh_option for t in shlex.split(o)]
     door = _named_door(args)
     if door is not None:
         from .household.doors import deploy_target_of
+        from .household.rollout import deploy_to_door
 
-        target = deploy_target_of(door)
-        identity = identity or (Path(door.identity) if door.identity else None)
-        options = [*door.ssh_options, *options]
-        print(f"door {door.name}: {target}")
-    report = deploy(args.bundle, target,
-                    reload_command=None if args.no_reload else args.reload_command,
-                    ssh_options=options, identity=identity)
+        print(f"door {door.name}: {deploy_target_of(door)}")
+        with _activity_store(args) as activity:
+            report = deploy_to_door(activity, door.name, args.bundle,
+                                    reload_command=args.reload_command,
+                                    extra_ssh_options=options, identity=identity,
+                                    no_reload=args.no_reload)
+            print(f"door {door.name} now runs bundle {activity.door_bundle(door.name).bundle_id}")
+    else:
+        report = deploy(args.bundle, target,
+                        reload_command=None if args.no_reload else (
+                            args.reload_command or DEFAULT_RELOAD_COMMAND),
+                        ssh_options=options, identity=identity)
     if args.verbose:
         for step in report.steps:
             print(f"  $ {step}", file=sys.stderr)
@@ -578,12 +584,15 @@ ACTIVITY_HELP = ("activity store (default $TWINLOCK_ACTIVITY_DB, else activity.d
 
 
 def _review_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doors", help="the household's doors: add, list, remove, sync",
-                       description="Doors as a list. doors add NAME --to TARGET; doors list; "
-                       "doors remove NAME; doors sync [NAME...] fetches each door's new review "
-                       "records (its attempts with their faces) into the activity store, over "
-                       "the SSH deploy account or from a folder; it only reads on the door.")
-    p.add_argument("action", choices=("add", "list", "remove", "sync"))
+    p = sub.add_parser("doors", help="the household's doors: add, list, remove, sync, update",
+                       description="Doors as a list. doors add NAME --to TARGET; doors list "
+                       "(each door's bundle, marked OUTDATED when the household's residents "
+                       "say otherwise); doors remove NAME; doors sync [NAME...] fetches each "
+                       "door's new review records (its attempts with their faces) into the "
+                       "activity store, over the SSH deploy account or from a folder; it only "
+                       "reads on the door. doors update NAME --model DIR --key KEY: bundle the "
+                       "household's residents now, sign and deploy to NAME.")
+    p.add_argument("action", choices=("add", "list", "remove", "sync", "update"))
     p.add_argument("names", nargs="*", metavar="NAME", help="door name: 1-32 lower-case "
                    "letters, digits and '-' (the name in the door's review: section)")
     p.add_argument("--to", metavar="TARGET", help="add: ssh://USER@HOST[:PORT][/REVIEW_DIR] "
@@ -593,6 +602,11 @@ def _review_parsers(sub: argparse._SubParsersAction) -> None:
                    help="add: extra ssh option, kept for every sync (repeatable)")
     p.add_argument("--deploy-to", metavar="TARGET", help="add: where twinlock deploy --to NAME "
                    "sends bundles (default: the same host's /var/spool/twinlock/)")
+    p.add_argument("--reload-command", metavar="CMD", help="add: what deploy --to NAME runs on "
+                   "the door after the copy (default sudo systemctl reload twinlockd)")
+    p.add_argument("--model", type=Path, metavar="MODEL_DIR", help="update: the model to "
+                   "bundle; list: also compare each door's model and thresholds with it")
+    p.add_argument("--key", type=Path, metavar="KEY", help="update: the signing key (keygen)")
     p.add_argument("--timeout", type=float, default=300.0, help="sync: seconds per door "
                    "(default 300)")
     p.add_argument("--json", action="store_true", help="list: as JSON")
@@ -664,10 +678,16 @@ def _named_door(args: argparse.Namespace):
         return store.door(text)
 
 
-def _activity_store(args: argparse.Namespace):
-    from .household.activity import ActivityStore, default_path
+def _activity_path(args: argparse.Namespace) -> Path:
+    from .household.activity import default_path
 
-    return ActivityStore(args.activity_db or default_path(args.db))
+    return Path(args.activity_db or default_path(getattr(args, "db", None)))
+
+
+def _activity_store(args: argparse.Namespace):
+    from .household.activity import ActivityStore
+
+    return ActivityStore(_activity_path(args))
 
 
 def _since(text: str | None):
@@ -710,19 +730,25 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
                 parse_target(args.deploy_to)
             entry = store.add_door(args.name, args.to, identity, options, args.deploy_to)
+            if args.reload_command is not None:
+                store.set_reload_command(entry.name, args.reload_command)
             print(f"added door {entry.name}: {entry.target} (fetch with: twinlock doors sync "
                   f"{entry.name})")
         elif action == "remove":
             kept = store.remove_door(args.names[0])
             print(f"removed door {args.names[0]}; its {kept} fetched attempts stay in "
                   f"{store.path}")
+        elif action == "update":
+            return _update_door(args, store)
         elif action == "list":
             counts = store.door_counts()
+            status = _door_statuses(args, store)
             rows = [{"name": d.name, "target": d.target, "deploy_target": d.deploy_target,
                      "added": d.added,
                      "last_sync": d.last_sync, "last_error": d.last_error,
                      "attempts": counts.get(d.name, (0, None))[0],
-                     "newest": counts.get(d.name, (0, None))[1]} for d in store.doors()]
+                     "newest": counts.get(d.name, (0, None))[1],
+                     **status[d.name].as_json()} for d in store.doors()]
             if args.json:
                 print(json.dumps(rows, indent=2))
             elif not rows:
@@ -732,6 +758,9 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 if r["last_error"]:
                     state += f" (FAILED: {r['last_error']})"
                 print(f"{r['name']}: {r['target']}; {r['attempts']} attempts; {state}")
+                door = status[r["name"]]
+                print(f"  bundle {door.bundle.bundle_id or '?'}: {door.state}"
+                      + (f": {'; '.join(door.changes)}" if door.changes else ""))
         else:
             names = args.names or [d.name for d in store.doors()]
             if not names:
@@ -748,6 +777,30 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     continue
                 print(report.summary())
             return 1 if failed else 0
+    return 0
+
+
+def _door_statuses(args: argparse.Namespace, store: Any) -> dict[str, Any]:
+    """doors list: each door's bundle against the household's enrolment now."""
+    from .household.rollout import door_statuses
+
+    with _store(args) as enrolment:
+        return {s.entry.name: s for s in door_statuses(store, enrolment, args.model)}
+
+
+def _update_door(args: argparse.Namespace, store: Any) -> int:
+    """doors update NAME --model DIR --key KEY: what the page's Update button does."""
+    from .household.enroll_store import default_path
+    from .household.rollout import update_door
+
+    if len(args.names) != 1 or args.model is None or args.key is None:
+        raise _usage("doors update takes one door NAME, --model MODEL_DIR and --key KEY")
+    enrol_db = Path(args.db or default_path()).expanduser()
+    info, report = update_door(store.path, enrol_db, args.names[0], args.model, args.key,
+                               enrol_db.parent / "updates",
+                               progress=lambda step: print(f"{args.names[0]}: {step}"))
+    print(f"{args.names[0]}: done: bundle {info['bundle_id']} ({len(info['users'])} "
+          f"residents); {report.summary()}")
     return 0
 
 

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 ENV_DB = "TWINLOCK_ACTIVITY_DB"
 DB_NAME = "activity.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class ActivityError(TwinLockError, RuntimeError):
@@ -108,8 +108,34 @@ _VISITOR_MARKS = (
 )
 
 
+#: v3: which bundle each door runs as far as the host knows (deployed from here, or named by
+#: its review records), and what each bundle seen here holds (residents, anchor hashes, model,
+#: thresholds: ``trainer/household/rollout.py``), so ``twinlock bundle`` can say what changed
+_DOOR_BUNDLES = (
+    """CREATE TABLE bundles (
+           bundle_id TEXT PRIMARY KEY,
+           sequence INTEGER NOT NULL,
+           created TEXT NOT NULL,
+           model_id TEXT NOT NULL,
+           summary TEXT NOT NULL
+       )""",
+    # bundle_id/source/since: the bundle the door runs ('deploy': sent from here at since;
+    # 'sync': its newest review record, of time since, was decided under it)
+    """CREATE TABLE door_bundles (
+           door TEXT PRIMARY KEY REFERENCES doors (name) ON DELETE CASCADE,
+           bundle_id TEXT,
+           source TEXT CHECK (source IN ('deploy', 'sync')),
+           since TEXT,
+           deployed TEXT,
+           deployed_at TEXT,
+           deploy_error TEXT,
+           reload_command TEXT
+       )""",
+)
+
+
 def _create(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA + _VISITOR_MARKS:
+    for statement in _SCHEMA + _VISITOR_MARKS + _DOOR_BUNDLES:
         conn.execute(statement)
 
 
@@ -118,8 +144,14 @@ def _add_visitor_marks(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _add_door_bundles(conn: sqlite3.Connection) -> None:
+    for statement in _DOOR_BUNDLES:
+        conn.execute(statement)
+
+
 #: upgrades of older files: _UPGRADES[v] takes schema v-1 to v
-_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {2: _add_visitor_marks}
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {2: _add_visitor_marks,
+                                                              3: _add_door_bundles}
 
 
 def default_path(enrolment_db: Path | None = None) -> Path:
@@ -147,6 +179,20 @@ class DoorEntry:
     added: str
     last_sync: str | None
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class DoorBundle:
+    """The bundle a door runs as far as the host knows, and its last deployment from here."""
+
+    door: str
+    bundle_id: str | None = None
+    source: str | None = None  # 'deploy' (sent from here) or 'sync' (named by its records)
+    since: str | None = None
+    deployed: str | None = None
+    deployed_at: str | None = None
+    deploy_error: str | None = None
+    reload_command: str | None = None
 
 
 @dataclass(frozen=True)
@@ -393,3 +439,86 @@ class ActivityStore(PrivateStore):
         """Attempt id -> the known visitor it was marked as."""
         with self._tx() as conn:
             return {r[0]: r[1] for r in conn.execute("SELECT attempt, name FROM visitor_marks")}
+
+    # -- the bundle each door runs (v3) ----------------------------------------------------------
+
+    def record_bundle(self, bundle_id: str, sequence: int, created: str, model_id: str,
+                      summary: dict[str, Any]) -> None:
+        """Keep what bundle ``bundle_id`` holds (a bundle's contents never change: its id is
+        its signed manifest's hash, so a second record of it is the same and is skipped)."""
+        with self._tx(write=True) as conn:
+            conn.execute("INSERT OR IGNORE INTO bundles (bundle_id, sequence, created, model_id, "
+                         "summary) VALUES (?, ?, ?, ?, ?)",
+                         (bundle_id, int(sequence), created, model_id,
+                          json.dumps(summary, sort_keys=True)))
+
+    def bundle_summary(self, bundle_id: str) -> dict[str, Any] | None:
+        """What ``record_bundle`` kept of ``bundle_id``, or None for a bundle not seen here."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT summary FROM bundles WHERE bundle_id = ?",
+                               (bundle_id,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def door_bundle(self, door: str) -> DoorBundle:
+        """What the host knows of the bundle ``door`` runs (all None when nothing yet)."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT bundle_id, source, since, deployed, deployed_at, "
+                               "deploy_error, reload_command FROM door_bundles WHERE door = ?",
+                               (door,)).fetchone()
+        return DoorBundle(door, *row) if row else DoorBundle(door)
+
+    def _upsert_door_bundle(self, conn: sqlite3.Connection, door: str, **values: Any) -> None:
+        if conn.execute("SELECT 1 FROM doors WHERE name = ?", (door,)).fetchone() is None:
+            raise UsageError(f"no door called {door!r} (twinlock doors list)")
+        conn.execute("INSERT OR IGNORE INTO door_bundles (door) VALUES (?)", (door,))
+        for column, value in values.items():  # column names are this module's own
+            conn.execute(f"UPDATE door_bundles SET {column} = ? WHERE door = ?", (value, door))
+
+    def set_reload_command(self, door: str, command: str | None) -> None:
+        """The command ``deploy --to NAME`` (and the page's Update) runs on ``door`` after the
+        copy (None: the default, ``sudo systemctl reload twinlockd``)."""
+        with self._tx(write=True) as conn:
+            self._upsert_door_bundle(conn, door, reload_command=command)
+
+    def note_deploy(self, door: str, bundle_id: str, error: str | None) -> None:
+        """A deployment of ``bundle_id`` to ``door`` ended; without ``error`` it is the bundle
+        the door runs from now on (until its records say otherwise)."""
+        now = _now()
+        with self._tx(write=True) as conn:
+            if error is None:
+                self._upsert_door_bundle(conn, door, bundle_id=bundle_id, source="deploy",
+                                         since=now, deployed=bundle_id, deployed_at=now,
+                                         deploy_error=None)
+            else:
+                self._upsert_door_bundle(conn, door, deploy_error=error[:300])
+
+    def note_reported_bundle(self, door: str) -> str | None:
+        """After a sync: the bundle ``door``'s newest record was decided under becomes the one
+        it runs, unless that record is older than the last deployment from here (records made
+        before it still name the old bundle). Returns the door's bundle id."""
+        with self._tx(write=True) as conn:
+            newest = conn.execute("SELECT bundle_id, time FROM attempts WHERE door = ? AND "
+                                  "bundle_id IS NOT NULL ORDER BY time DESC, id DESC LIMIT 1",
+                                  (door,)).fetchone()
+            row = conn.execute("SELECT bundle_id, since FROM door_bundles WHERE door = ?",
+                               (door,)).fetchone()
+            current, since = (row[0], row[1]) if row else (None, None)
+            if newest is None:
+                return str(current) if current else None
+            reported, when = newest
+            if since is not None and _instant(when) < _instant(since):
+                return str(current) if current else None
+            self._upsert_door_bundle(conn, door, bundle_id=reported, source="sync", since=when)
+            return str(reported)
+
+    def last_unlocks(self) -> dict[str, str]:
+        """Door -> the time of its newest unlock among the fetched attempts."""
+        with self._tx() as conn:
+            return {r[0]: r[1] for r in conn.execute(
+                "SELECT door, MAX(time) FROM attempts WHERE decision = 'unlock' GROUP BY door")}
+
+
+def _instant(text: str) -> datetime:
+    """An ISO time as stored here (UTC, to seconds or milliseconds) -> an aware datetime."""
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

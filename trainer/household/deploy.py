@@ -48,6 +48,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -231,14 +232,17 @@ def deploy(
     ssh_options: list[str] | None = None,
     identity: Path | None = None,
     timeout_s: float = 60,
+    progress: Callable[[str], None] | None = None,
 ) -> DeployReport:
     """Copy ``bundle`` atomically to ``target`` and (over SSH) run ``reload_command`` there.
 
     ``ssh_options`` are extra arguments given to both ``ssh`` and ``sftp`` (``-o KEY=VALUE``,
     ``-F FILE``, ``-J JUMP``, ``-v``); the port belongs in the URL. ``timeout_s`` bounds the whole
-    deployment. Raises ``DataNotFoundError`` / ``UsageError`` for bad arguments and
+    deployment. ``progress`` hears each step as it starts (``copy``, ``reload``: the page's
+    Update shows them). Raises ``DataNotFoundError`` / ``UsageError`` for bad arguments and
     ``DeployError`` (with ``step``) when a step fails.
     """
+    progress = progress or (lambda step: None)
     bundle = Path(bundle)
     if not bundle.is_file():
         if bundle.exists():
@@ -250,9 +254,10 @@ def deploy(
     if isinstance(parsed, LocalTarget):
         if reload_command:
             logger.info("target %s is a folder: the reload command is not run", target)
+        progress("copy")
         return _deploy_local(bundle, target, parsed)
     return _deploy_ssh(bundle, target, parsed, reload_command, list(ssh_options or []), identity,
-                       timeout_s)
+                       timeout_s, progress)
 
 
 # -- local folder -------------------------------------------------------------------------------
@@ -296,7 +301,8 @@ def _deploy_local(bundle: Path, target: str, parsed: LocalTarget) -> DeployRepor
 
 
 def _deploy_ssh(bundle: Path, target: str, parsed: SshTarget, reload_command: str | None,
-                ssh_options: list[str], identity: Path | None, timeout_s: float) -> DeployReport:
+                ssh_options: list[str], identity: Path | None, timeout_s: float,
+                progress: Callable[[str], None] = lambda step: None) -> DeployReport:
     for option in ssh_options:
         if option in ("-p", "-P") or re.fullmatch(r"-[pP]\d+", option):
             raise UsageError("put the port in the target URL (ssh://USER@HOST:PORT/...), "
@@ -313,6 +319,7 @@ def _deploy_ssh(bundle: Path, target: str, parsed: SshTarget, reload_command: st
     start = time.monotonic()
     size = bundle.stat().st_size
     with _SshSession(parsed, target, ssh_options, identity, start + timeout_s, timeout_s) as sess:
+        progress("copy")
         dest = sess.probe_destination(bundle.name)
         part = dest + PART_SUFFIX
         sess.upload(bundle, part)
@@ -320,6 +327,7 @@ def _deploy_ssh(bundle: Path, target: str, parsed: SshTarget, reload_command: st
         reloaded = False
         command = (reload_command or "").strip()
         if command:
+            progress("reload")
             sess.reload(command, dest)
             reloaded = True
         steps = list(sess.steps)

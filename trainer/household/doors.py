@@ -319,6 +319,7 @@ def sync_door(store: ActivityStore, name: str, source: ReviewSource | None = Non
             src.close()
     report.seconds = time.monotonic() - start
     store.note_sync(name, None)
+    store.note_reported_bundle(name)  # the bundle its newest record names (rollout.py)
     for reason in report.refused:
         logger.warning("%s", reason)
     return report

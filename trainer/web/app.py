@@ -8,6 +8,7 @@ once from the package; nothing else is served (the signing key never is).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
@@ -40,6 +41,7 @@ from ..household.activity import ActivityStore
 from ..household.enroll import describe, enroll_from_images
 from ..household.enroll_store import EnrolmentStore
 from .auth import AuditLog, LoginLimiter, Session, Sessions, api_token_ok, check_password, csrf_ok
+from .jobs import SyncSchedule, UpdateJobs
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class WebConfig:
     login_per_client: int = 5
     login_overall: int = 30
     login_window_s: float = 60.0
+    signing_key: Path | None = None  # the Doors page's Update signs with it (never served)
+    sync_every_s: float = 0.0  # sync every door this often while the page runs (0: never)
 
 
 def _client(request: Request) -> str:
@@ -83,6 +87,9 @@ class Page:
                                autoescape=select_autoescape(default=True))
         self.css = resources.files("twinlock.trainer.web").joinpath("style.css").read_bytes()
         self.store_lock = threading.Lock()  # one household change at a time
+        self.updates = UpdateJobs()  # the Doors page's Update, one per door at a time
+        self.schedule = (SyncSchedule(cfg.activity_db, cfg.sync_every_s)
+                         if cfg.sync_every_s > 0 else None)
 
     def render(self, name: str, session: Session | None, status: int = 200, **ctx: Any
                ) -> Response:
@@ -248,8 +255,6 @@ def _attempts(page: Page, request: Request, limit: int
               ) -> tuple[list[Any], list[str], dict[str, str]]:
     """One page of attempts (the filters and ``older``, an attempt id: the page after it),
     the doors, and the known visitors (not residents) among the attempts."""
-    from twinlock.daemon.recognition.model import read_metadata
-
     from ..household.visitors import known_visitor_names
 
     door, decision, day, end = _filters(request)
@@ -259,8 +264,27 @@ def _attempts(page: Page, request: Request, limit: int
         rows = store.attempts(door=door, since=day, until=end, decision=decision, limit=limit,
                               older_than=older)
         doors = [d.name for d in store.doors()]
-        known = known_visitor_names(store, read_metadata(model) if model else None, rows)
+        known = known_visitor_names(store, _model_meta(model) if model else None, rows)
     return rows, doors, known
+
+
+def _model_meta(model_dir: Path) -> Any:
+    """The model's metadata, read again only when its model.json changes (reading it took 9 ms
+    of every Activity page and /api/activity call: benchmarks/web_activity.py)."""
+    from twinlock.daemon.recognition.model import METADATA_FILE
+
+    try:
+        stamp = (model_dir / METADATA_FILE).stat().st_mtime_ns
+    except OSError:
+        stamp = -1  # read_metadata says what is wrong
+    return _read_meta(model_dir, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_meta(model_dir: Path, stamp: int) -> Any:
+    from twinlock.daemon.recognition.model import read_metadata
+
+    return read_metadata(model_dir)
 
 
 async def activity(request: Request, page: Page, session: Session) -> Response:
@@ -556,11 +580,58 @@ async def name_group(request: Request, page: Page, session: Session) -> Response
     return page.render("labelled.html", session, result=result, attempt=key, active="visitors")
 
 
+def _doors(page: Page) -> list[Any]:
+    from ..household.rollout import door_statuses
+
+    with ActivityStore(page.cfg.activity_db) as act, \
+            EnrolmentStore(page.cfg.enrolment_db) as enrol:
+        return door_statuses(act, enrol, page.cfg.model_dir)
+
+
 async def doors(request: Request, page: Page, session: Session) -> Response:
+    """Each door with its bundle, residents, last sync and unlock, health, the outdated mark
+    and Update (its progress: the page reloads itself while an update runs)."""
+    statuses = await run_in_threadpool(_doors, page)
     with ActivityStore(page.cfg.activity_db) as store:
-        entries = store.doors()
         counts = store.door_counts()
-    return page.render("doors.html", session, doors=entries, counts=counts, active="doors")
+    cannot = ("" if page.cfg.model_dir and page.cfg.signing_key else
+              "Update needs twinlock web --model MODEL_DIR --signing-key KEY")
+    response = page.render("doors.html", session, doors=statuses, counts=counts,
+                           updates=page.updates.all(), cannot_update=cannot,
+                           schedule=page.schedule.state if page.schedule else None,
+                           active="doors")
+    if page.updates.any_running():
+        response.headers["Refresh"] = "2"  # the page's own progress; no script needed
+    return response
+
+
+async def door_update(request: Request, page: Page, session: Session) -> Response:
+    """Update: bundle the household's residents now, sign, copy to the door, reload it
+    (``rollout.update_door``, as ``twinlock doors update``), in the background."""
+    from ..household.rollout import update_door
+
+    await checked_form(request, session)
+    name = request.path_params["door"]
+    cfg = page.cfg
+    if cfg.model_dir is None or cfg.signing_key is None:
+        raise UsageError("Update needs twinlock web --model MODEL_DIR --signing-key KEY")
+    with ActivityStore(cfg.activity_db) as store:
+        store.door(name)  # an unknown door is refused here, not in the background
+    model, key, client = cfg.model_dir, cfg.signing_key, _client(request)
+
+    def work(progress: Callable[[str], None]) -> str:
+        info, report = update_door(cfg.activity_db, cfg.enrolment_db, name, model, key,
+                                   cfg.folder / "updates", progress, page.store_lock)
+        return (f"door {name} runs bundle {info['bundle_id']} ({len(info['users'])} "
+                f"residents); {report.summary()}")
+
+    def done(job: Any) -> None:
+        page.audit.record(WHO, client, f"door_update_{job.state}", door=name,
+                          message=job.message.splitlines()[0][:300] if job.message else "")
+
+    page.updates.start(name, work, done)
+    page.audit.record(WHO, client, "door_update", door=name)
+    return RedirectResponse("/doors", status_code=303)
 
 
 def build_app(cfg: WebConfig) -> Starlette:
@@ -582,8 +653,10 @@ def build_app(cfg: WebConfig) -> Starlette:
         r("/residents/remove", remove, "POST"),
         r("/visitors", visitors), r("/visitors/name", name_group, "POST"),
         r("/visitors/mark", mark_group, "POST"), r("/residents/strict", strict, "POST"),
-        r("/doors", doors),
+        r("/doors", doors), r("/doors/{door:str}/update", door_update, "POST"),
     ]
     app = Starlette(routes=routes)
     app.state.page = page
+    if page.schedule is not None:
+        page.schedule.start()  # its own thread: a slow door never holds a request up
     return app

@@ -34,6 +34,12 @@ def add_parser(sub: argparse._SubParsersAction, db_help: str, activity_help: str
                    "self-signed certificate in the household folder; prints its fingerprint")
     p.add_argument("--model", type=Path, metavar="MODEL_DIR", help="the model the doors decide "
                    "with (needed to enrol, label and group visitors)")
+    p.add_argument("--signing-key", type=Path, metavar="KEY", help="the bundle signing key "
+                   "(twinlock keygen): the Doors page's Update signs with it; it is never "
+                   "shown or served")
+    p.add_argument("--sync-every", type=float, default=0.0, metavar="MINUTES",
+                   help="sync every door this often while the page runs, one at a time, in "
+                   "the background (default 0: only twinlock doors sync)")
     p.add_argument("--idle-timeout", type=float, default=1800.0, metavar="SECONDS",
                    help="log a session out after this long without a request (default 1800)")
     p.add_argument("--db", type=Path, help=db_help)
@@ -68,10 +74,15 @@ def run(args: argparse.Namespace) -> int:
     from .app import WebConfig, build_app
     from .server import choose_tls, serve
 
+    if args.sync_every < 0:
+        raise UsageError(f"--sync-every {args.sync_every:g}: minutes, 0 or more")
+    if args.signing_key is not None and not args.signing_key.is_file():
+        raise UsageError(f"--signing-key {args.signing_key}: no such file (twinlock keygen)")
     tls = choose_tls(args.listen, folder, args.cert, args.key, args.self_signed)
     cfg = WebConfig(enrol_db, Path(args.activity_db or activity_default(enrol_db)),
                     args.model, folder, idle_timeout_s=args.idle_timeout,
-                    secure_cookie=tls is not None)
+                    secure_cookie=tls is not None, signing_key=args.signing_key,
+                    sync_every_s=args.sync_every * 60)
     serve(build_app(cfg), args.listen, args.port, tls)
     return 0
 

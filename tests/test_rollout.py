@@ -1,0 +1,191 @@
+"""Which bundle each door runs and what changed since (issue 22: ``twinlock bundle`` lists it,
+``twinlock doors list`` marks an outdated door), on real enrolments: residents enrolled from LFW
+and the examples' photos with the shipped model, a door's review record labelled into a
+resident, real signed bundles deployed to a folder door, real syncs of the door's records."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from twinlock.daemon.faces import quality as q
+from twinlock.daemon.faces.images import load_image
+from twinlock.daemon.recognition.model import FaceEmbedder
+from twinlock.daemon.review.format import ReviewRecord, new_record_id
+from twinlock.daemon.review.store import ReviewWriter, encode_crop
+from twinlock.trainer.cli import main
+from twinlock.trainer.household.activity import ActivityStore
+from twinlock.trainer.household.anchors import enrolment_analyser, enrolment_face
+from twinlock.trainer.household.rollout import changes, summarize_bundle
+
+pytestmark = pytest.mark.data
+
+
+def knock(review: Path, model: Path, photo: Path, when: datetime, bundle_id: str) -> str:
+    """One refused attempt at door ``front``, written by the door's own review writer with the
+    face cut from ``photo`` as the door cuts it; returns its id."""
+    embedder = FaceEmbedder(model)
+    meta = embedder.meta
+    analyser = enrolment_analyser(meta.face_pipeline(meta.detector.build()), embedder,
+                                  q.DEFAULT_THRESHOLDS)
+    found = enrolment_face(load_image(photo), analyser)
+    assert not isinstance(found, str), found
+    writer = ReviewWriter(review, "front", 30, 10**8, clock=lambda: when.timestamp())
+    record = ReviewRecord(id=new_record_id("front", when), door="front", time=when,
+                          decision="deny", bundle_id=bundle_id, model_id=meta.model_id,
+                          resident=None, score=0.1, embedding=found.embedding)
+    assert writer.append(record, encode_crop(found.crop))
+    return record.id
+
+
+def test_bundle_lists_what_changed_since_each_doors_bundle_and_doors_list_marks_outdated(
+        tmp_path: Path, door_model: Path, lfw_dir: Path, examples_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    enrol, act = tmp_path / "home" / "enrolment.db", tmp_path / "home" / "activity.db"
+    model, key = str(door_model), str(tmp_path / "home.key")
+    review, spool = tmp_path / "front-review", tmp_path / "spool"
+    spool.mkdir()
+    george = sorted((lfw_dir / "George_W_Bush").glob("*.jpg"))
+
+    def tw(*args: object) -> str:
+        assert main([str(a) for a in args]) == 0, capsys.readouterr()
+        return capsys.readouterr().out
+
+    def listed() -> dict[str, object]:
+        [row] = json.loads(tw("doors", "list", "--json", "--db", enrol, "--activity-db", act))
+        return row
+
+    tw("enroll", "george", "--images", george[0], george[1], "--model", model, "--db", enrol)
+    tw("keygen", "--out", tmp_path / "home")
+    tw("doors", "add", "front", "--to", review, "--deploy-to", spool, "--activity-db", act)
+    info = json.loads(tw("bundle", "--model", model, "--key", key, "--out", tmp_path / "b1.twinlock",
+                         "--db", enrol, "--activity-db", act))
+    assert info["changes_since"] == ["front: its current bundle is unknown here"]
+    assert listed()["outdated"] is None
+    out = tw("deploy", tmp_path / "b1.twinlock", "--to", "front", "--activity-db", act)
+    b1 = info["bundle_id"]
+    assert f"door front now runs bundle {b1}" in out
+    assert (spool / "b1.twinlock").is_file()
+    row = listed()
+    assert (row["bundle_id"], row["bundle_source"], row["outdated"], row["residents"],
+            row["changes"]) == (b1, "deploy", False, ["george"], [])
+    deployed = datetime.fromisoformat(str(row["deployed_at"]))
+
+    # the household changes: a new resident, a label from the door, a stricter resident
+    tw("enroll", "lin", "--images", examples_dir / "lin-manuel-miranda.png", "--model", model,
+       "--db", enrol)
+    # (made a minute before the deployment: it names b1 and changes nothing of what is known)
+    attempt = knock(review, door_model, george[2], deployed - timedelta(minutes=1), b1)
+    tw("doors", "sync", "front", "--activity-db", act)
+    tw("activity", "label", attempt, "--as", "george", "--model", model, "--db", enrol,
+       "--activity-db", act)
+    tw("users", "strict", "george", "1e-05", "--db", enrol)
+    expected = ["+1 resident (lin, 1 anchor)",
+                "george: +1 anchor from labels, strict off -> 1e-05"]
+    row = listed()
+    assert (row["bundle_id"], row["bundle_source"]) == (b1, "deploy")
+    assert row["outdated"] is True and row["changes"] == expected
+    text = tw("doors", "list", "--db", enrol, "--activity-db", act)
+    assert f"bundle {b1}: OUTDATED: " + "; ".join(expected) in text
+
+    # the next bundle says so, per door, and once deployed the door is up to date again
+    assert main(["bundle", "--model", model, "--key", key, "--out",
+                 str(tmp_path / "b2.twinlock"), "--db", str(enrol), "--activity-db",
+                 str(act)]) == 0
+    out, err = capsys.readouterr()
+    info2 = json.loads(out)
+    assert info2["changes_since"] == ["front: " + "; ".join(expected)]
+    assert "since the door's bundle: front: +1 resident (lin, 1 anchor)" in err
+    tw("deploy", tmp_path / "b2.twinlock", "--to", "front", "--activity-db", act)
+    row = listed()
+    assert (row["bundle_id"], row["outdated"], row["residents"]) == (
+        info2["bundle_id"], False, ["george", "lin"])
+
+    # a record made before that deployment still names b1: it does not undo it
+    knock(review, door_model, george[3], deployed - timedelta(seconds=30), b1)
+    tw("doors", "sync", "front", "--activity-db", act)
+    assert listed()["bundle_id"] == info2["bundle_id"]
+    # a record after it that names b1 (the door was rolled back): the door runs b1 again
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    knock(review, door_model, george[4], later, b1)
+    tw("doors", "sync", "front", "--activity-db", act)
+    row = listed()
+    assert (row["bundle_id"], row["bundle_source"], row["outdated"]) == (b1, "sync", True)
+
+    # going back from b2 to b1 removes what b2 added
+    back = changes(summarize_bundle(tmp_path / "b2.twinlock").summary,
+                   summarize_bundle(tmp_path / "b1.twinlock").summary)
+    assert back == ["-1 resident (lin)", "george: -1 anchor, strict 1e-05 -> off"]
+    tw("users", "remove", "lin", "--db", enrol)
+    assert listed()["changes"] == expected[1:]
+
+
+def test_a_failed_deployment_is_recorded_and_changes_nothing(
+        tmp_path: Path, door_model: Path, examples_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    enrol, act = tmp_path / "enrolment.db", tmp_path / "activity.db"
+    assert main(["enroll", "lin", "--images", str(examples_dir / "lin-manuel-miranda.png"),
+                 "--model", str(door_model), "--db", str(enrol)]) == 0
+    assert main(["keygen", "--out", str(tmp_path / "home")]) == 0
+    assert main(["doors", "add", "front", "--to", str(tmp_path), "--deploy-to",
+                 str(tmp_path / "no-card"), "--activity-db", str(act)]) == 0
+    assert main(["bundle", "--model", str(door_model), "--key", str(tmp_path / "home.key"),
+                 "--out", str(tmp_path / "b.twinlock"), "--db", str(enrol)]) == 0
+    capsys.readouterr()
+    assert main(["deploy", str(tmp_path / "b.twinlock"), "--to", "front", "--activity-db",
+                 str(act)]) != 0
+    assert "does not exist" in capsys.readouterr().err
+    with ActivityStore(act) as store:
+        door = store.door_bundle("front")
+    assert door.bundle_id is None and door.deploy_error and "does not exist" in door.deploy_error
+
+
+def test_an_older_activity_store_is_upgraded_and_keeps_its_doors(tmp_path: Path) -> None:
+    """Schema 2 -> 3 adds where each door's bundle is kept; the doors and attempts stay."""
+    import sqlite3
+
+    from twinlock.trainer.household.activity import SCHEMA_VERSION
+
+    db = tmp_path / "activity.db"
+    with ActivityStore(db) as store:
+        store.add_door("front", str(tmp_path))
+    with sqlite3.connect(db) as conn:  # what a schema-2 file holds
+        conn.execute("DROP TABLE door_bundles")
+        conn.execute("DROP TABLE bundles")
+        conn.execute("PRAGMA user_version = 2")
+    with ActivityStore(db) as store:
+        assert [d.name for d in store.doors()] == ["front"]
+        store.note_deploy("front", "m-0123456789ab", None)
+        assert store.door_bundle("front").bundle_id == "m-0123456789ab"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+
+
+def test_doors_update_bundles_the_residents_now_and_deploys(
+        tmp_path: Path, door_model: Path, examples_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    enrol, act = tmp_path / "enrolment.db", tmp_path / "activity.db"
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    assert main(["enroll", "lin", "--images", str(examples_dir / "lin-manuel-miranda.png"),
+                 "--model", str(door_model), "--db", str(enrol)]) == 0
+    assert main(["keygen", "--out", str(tmp_path / "home")]) == 0
+    assert main(["doors", "add", "front", "--to", str(tmp_path), "--deploy-to", str(spool),
+                 "--activity-db", str(act)]) == 0
+    capsys.readouterr()
+    update = ["doors", "update", "front", "--model", str(door_model), "--key",
+              str(tmp_path / "home.key"), "--db", str(enrol), "--activity-db", str(act)]
+    assert main(update) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("front: ") and "done" not in
+            line] == ["front: build bundle", "front: sign", "front: copy"]
+    [arrived] = spool.iterdir()
+    info = summarize_bundle(arrived)
+    assert list(info.summary["residents"]) == ["lin"] and f"bundle {info.bundle_id}" in out
+    with ActivityStore(act) as store:
+        assert store.door_bundle("front").bundle_id == info.bundle_id
+    assert not list((tmp_path / "updates").iterdir())  # the built bundle is not kept
+    assert main(update[:3]) == 2  # no model, no key
