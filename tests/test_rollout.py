@@ -189,3 +189,18 @@ def test_doors_update_bundles_the_residents_now_and_deploys(
         assert store.door_bundle("front").bundle_id == info.bundle_id
     assert not list((tmp_path / "updates").iterdir())  # the built bundle is not kept
     assert main(update[:3]) == 2  # no model, no key
+
+
+def test_doors_list_makes_no_enrolment_store(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    act, enrol = tmp_path / "activity.db", tmp_path / "elsewhere" / "enrolment.db"
+    with ActivityStore(act) as store:
+        store.add_door("front", str(tmp_path))
+        store.note_deploy("front", "m-0123456789ab", None)
+        store.record_bundle("m-0123456789ab", 1, "2026-12-06T00:00:00+00:00", "m",
+                            {"model_id": "m", "residents": {"lin": {"anchors": {}}}})
+    capsys.readouterr()
+    assert main(["doors", "list", "--json", "--db", str(enrol), "--activity-db", str(act)]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["residents"], row["outdated"]) == (["lin"], None)
+    assert not enrol.parent.exists()

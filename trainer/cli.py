@@ -782,9 +782,13 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _door_statuses(args: argparse.Namespace, store: Any) -> dict[str, Any]:
     """doors list: each door's bundle against the household's enrolment now."""
+    from .household.enroll_store import EnrolmentStore, default_path
     from .household.rollout import door_statuses
 
-    with _store(args) as enrolment:
+    path = Path(args.db or default_path()).expanduser()
+    if not path.exists():  # listing doors makes no enrolment store
+        return {s.entry.name: s for s in door_statuses(store, None, args.model)}
+    with EnrolmentStore(path) as enrolment:
         return {s.entry.name: s for s in door_statuses(store, enrolment, args.model)}
 
 

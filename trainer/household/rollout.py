@@ -234,6 +234,7 @@ class DoorStatus:
     summary: dict[str, Any] | None  # of the bundle it runs (None: unknown here)
     changes: list[str] = field(default_factory=list)  # household now vs that bundle
     last_unlock: str | None = None
+    compared: bool = True  # False: no enrolment store here to compare with
 
     @property
     def residents(self) -> list[str]:
@@ -241,8 +242,9 @@ class DoorStatus:
 
     @property
     def outdated(self) -> bool | None:
-        """True: the household's residents say otherwise; None: its bundle is unknown here."""
-        return None if self.summary is None else bool(self.changes)
+        """True: the household's residents say otherwise; None: its bundle is unknown here
+        (or there is no enrolment to compare with)."""
+        return None if self.summary is None or not self.compared else bool(self.changes)
 
     @property
     def state(self) -> str:
@@ -251,6 +253,8 @@ class DoorStatus:
             return "bundle unknown (never deployed from here, no records yet)"
         if self.summary is None:
             return "bundle unknown here (not made or deployed from this host)"
+        if not self.compared:
+            return "not compared (no enrolment store here)"
         return "OUTDATED" if self.changes else "up to date"
 
     def as_json(self) -> dict[str, Any]:
@@ -262,16 +266,18 @@ class DoorStatus:
                 "last_unlock": self.last_unlock}
 
 
-def door_statuses(activity: ActivityStore, enrolment: EnrolmentStore,
+def door_statuses(activity: ActivityStore, enrolment: EnrolmentStore | None,
                   model_dir: Path | None = None) -> list[DoorStatus]:
-    """Every door with its bundle and what the household would change in it now."""
+    """Every door with its bundle and what the household would change in it now (nothing
+    compared without an enrolment store)."""
     unlocks = activity.last_unlocks()
     out = []
     for entry in activity.doors():
         bundle = activity.door_bundle(entry.name)
         summary = activity.bundle_summary(bundle.bundle_id) if bundle.bundle_id else None
-        status = DoorStatus(entry, bundle, summary, last_unlock=unlocks.get(entry.name))
-        if summary is not None:
+        status = DoorStatus(entry, bundle, summary, last_unlock=unlocks.get(entry.name),
+                            compared=enrolment is not None)
+        if summary is not None and enrolment is not None:
             status.changes = changes(summary, household_summary(
                 enrolment, summary["model_id"], model_dir))
         out.append(status)
