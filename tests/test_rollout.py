@@ -204,3 +204,31 @@ def test_doors_list_makes_no_enrolment_store(tmp_path: Path,
     [row] = json.loads(capsys.readouterr().out)
     assert (row["residents"], row["outdated"]) == (["lin"], None)
     assert not enrol.parent.exists()
+
+
+def test_changes_name_the_model_and_threshold_changes() -> None:
+    old = {"model_id": "m1", "model_sha256": "a", "tower_sha256": "t",
+           "thresholds": {"door_far_1e-03": 0.91, "eer": 0.5},
+           "residents": {"ana": {"anchors": {"h1": "a.jpg"}, "strict_far": None}}}
+    same_model = {**old, "thresholds": {"door_far_1e-03": 0.93, "eer": 0.5}}
+    assert changes(old, same_model) == ["threshold door_far_1e-03: 0.91 -> 0.93"]
+    assert changes(old, {**old, "model_id": "m2"}) == ["model m1 -> m2"]
+    assert changes(old, {**old, "tower_sha256": "u"}) == ["model m1: its files changed"]
+    without_model = {"residents": {"ana": {"anchors": {"h1": "a.jpg", "h2": "b.jpg"}}}}
+    assert changes(old, without_model) == ["ana: +1 anchor"]  # the model not compared
+    assert changes(old, old) == []
+
+
+def test_an_update_of_a_door_with_nowhere_to_deploy_fails_before_building(
+        tmp_path: Path) -> None:
+    from twinlock.daemon.errors import UsageError
+    from twinlock.trainer.household.rollout import update_door
+
+    act = tmp_path / "activity.db"
+    with ActivityStore(act) as store:
+        store.add_door("shed", str(tmp_path))  # read from a folder, no --deploy-to
+    steps: list[str] = []
+    with pytest.raises(UsageError, match="read from a folder"):
+        update_door(act, tmp_path / "enrolment.db", "shed", tmp_path / "no-model",
+                    tmp_path / "no.key", tmp_path / "updates", steps.append)
+    assert steps == []

@@ -375,7 +375,9 @@ def update_door(activity_db: Path, enrolment_db: Path, name: str, model_dir: Pat
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     with tempfile.TemporaryDirectory(prefix="update-", dir=workdir) as tmp, \
             ActivityStore(activity_db) as activity:
-        activity.door(name)  # an unknown door fails before any work
+        from .doors import deploy_target_of
+
+        deploy_target_of(activity.door(name))  # a door with nowhere to deploy fails first
         bundle = Path(tmp) / f"{name}-{stamp}{fmt.BUNDLE_SUFFIX}"
         with EnrolmentStore(enrolment_db) as enrolment:
             info = build_bundle(enrolment, model_dir, key, bundle, progress=progress, lock=lock)
