@@ -60,12 +60,13 @@ def set_password(enrol_db: Path) -> None:
 class Server:
     """``twinlock web`` in a subprocess, stopped on exit."""
 
-    def __init__(self, home: dict[str, Path], model: Path) -> None:
+    def __init__(self, home: dict[str, Path], model: Path, *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CLI, "web", "--port", str(self.port), "--db",
-             str(home["enrol_db"]), "--activity-db", str(home["db"]), "--model", str(model)],
+             str(home["enrol_db"]), "--activity-db", str(home["db"]), "--model", str(model),
+             *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
