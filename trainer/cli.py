@@ -625,7 +625,10 @@ def _review_parsers(sub: argparse._SubParsersAction) -> None:
                        "activity label ID --not NAME --model DIR on an unlock as NAME: keep the "
                        "pair as a known impostor, list the anchors that matched and measure "
                        "each remedy's cost; --apply remove-anchors carries one out (the door "
-                       "only gets stricter).")
+                       "only gets stricter). activity label --group G --not-resident [NAME] "
+                       "--model DIR: a known visitor who is not a resident (the postman), "
+                       "listed apart with his later attempts; nothing enrolled; --unmark undoes "
+                       "it.")
     p.add_argument("action", choices=("list", "show", "visitors", "label"))
     p.add_argument("id", nargs="?", metavar="ID", help="show, label: an attempt's id")
     p.add_argument("--door", metavar="NAME", help="list, visitors: one door only")
