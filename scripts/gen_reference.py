@@ -527,6 +527,63 @@ def _event_examples(link: Any) -> list[tuple[str, dict[str, Any]]]:
     return list(zip(shown, events, strict=True))
 
 
+def _review_message() -> tuple[Any, bytes]:
+    """The door's review message for one refused attempt, as daemon/door/review_sink.py builds
+    it (a 4-value embedding and stand-in crop bytes, to keep the example short), queued by the
+    MQTT link, and the record's line."""
+    import hashlib
+    from datetime import UTC, datetime
+
+    import numpy as np
+
+    from twinlock.daemon.review.format import ReviewRecord, encode_mqtt, encode_record
+
+    crop = b"\xff\xd8\xff\xe0 an example crop \xff\xd9"  # fixed bytes: the same hash anywhere
+    record = ReviewRecord(
+        id="front.019aef3c5a10c0ffee00", door="front",
+        time=datetime(2026, 12, 6, 8, 15, 30, 123000, tzinfo=UTC), decision="deny",
+        bundle_id="b-20261205-1", model_id="4a2d4b3a1b1b09d7", audit_id=1234, score=0.21,
+        reason="face left without a match", embedding=np.array([0.5, -0.25, 0.125, 1.0],
+                                                                 np.float32),
+        crop_sha256=hashlib.sha256(crop).hexdigest())
+    line = encode_record(record)
+    link = _link()
+    link.review(record.door, encode_mqtt(line, crop))
+    return _queued(link)[0], line
+
+
+def _review_row(rel: Any) -> list[str]:
+    message, _ = _review_message()
+    return [_code(rel(message.topic).replace("/front", "/<review.door>")), "door → broker",
+            "yes" if message.retain else "no",
+            ("one review record per ended attempt, face crop included, only with "
+             "`review.mqtt: true` (below)")]
+
+
+def _review_section(rel: Any) -> list[str]:
+    from twinlock.daemon.review.format import DECISIONS, MAX_MQTT_BYTES
+
+    message, line = _review_message()
+    topic = rel(message.topic).replace("/front", "/<review.door>")
+    return ["", "### Review records", "", (
+        f"`{topic}`, only with `review.mqtt: true` (which needs `review.enabled` and "
+        "`mqtt.enabled`): one message per attempt that ended (decision "
+        + ", ".join(_code(d) for d in DECISIONS) + "; `remote`, a remote unlock, has no face). "
+        "QoS 1, never retained. The payload is the record's line exactly as the door's review "
+        "folder keeps it (one JSON object and a newline), then the face crop, a JPEG, in "
+        f"base64 (nothing when the record has none); at most {MAX_MQTT_BYTES} bytes. For "
+        "example (the embedding shortened to 4 values):"), "", "```json",
+        line.decode().strip(), "```", "", (
+        "`twinlock doors add NAME --mqtt HOST[:PORT]` opens the household's persistent session "
+        "(client id `twinlock-household-NAME`, MQTT 5, clean start off, QoS 1) and `twinlock "
+        "doors sync NAME` drains it through the same strict reader as the SSH and folder path; "
+        "a record is acknowledged once stored, a retained message is ignored, a record of "
+        "another door refused."), "", (
+        "**Privacy.** These messages are pictures of people: the broker holds each one until "
+        "the household takes it. Use TLS (`mqtt.ca_file`) and a broker ACL that lets only the "
+        "door write and only the household read the topic; nobody else needs it.")]
+
+
 def gen_mqtt() -> str:
     from twinlock.daemon.config.schema import MqttConfig
     from twinlock.daemon.door import mqtt
@@ -592,6 +649,7 @@ def gen_mqtt() -> str:
         [_code(rel(command_topic)), "broker → door", "never", command_text],
         [_code(rel(snapshot_topic)), "door → broker", "no",
          "a JPEG of each denied attempt, only with `mqtt.snapshots: true`"],
+        _review_row(rel),
     ]
     out = [(f"Topics under `mqtt.topic_prefix` (default `{prefix}`, shown as `…`). QoS 1 "
            "throughout; messages are sent in order, each acknowledged before the next."), "",
@@ -630,6 +688,7 @@ def gen_mqtt() -> str:
         out += ["", "### Commands", "", (f"`{rel(command_topic)}`, only with "
                 "`mqtt.remote_unlock: true`. Home Assistant's lock entity sends this (its "
                 "discovery config's `command_template`):"), "", "```text", template, "```"]
+    out += _review_section(rel)
     discovery = mqtt.discovery_messages(snap_link.cfg)
     entity_rows = []
     for topic, config in discovery.items():

@@ -732,6 +732,19 @@ class ReviewConfig(_Section):
     max_mb: float = Field(
         200.0, gt=0, le=1_000_000, description="the folder's size cap, MB: the oldest days are "
         "deleted first above it; today's records past it are not kept")
+    mqtt: bool = Field(
+        False, description="also publish each record, face crop included, on MQTT "
+        "(PREFIX/review/DOOR, QoS 1, not retained) for the household's twinlock doors sync; "
+        "needs enabled and mqtt.enabled. Off by default: the broker then holds pictures of "
+        "people (use TLS and an ACL that lets only the household read the topic)")
+
+    @field_validator("mqtt")
+    @classmethod
+    def _mqtt_needs_review(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and not info.data.get("enabled"):
+            raise ValueError("review.mqtt publishes review records: it needs review.enabled "
+                             "true")
+        return value
 
 
 #: the filler of sections without ``type:``: an empty or missing section means its defaults
@@ -769,3 +782,12 @@ class Config(_Section):
         MqttConfig, "MQTT events and Home Assistant discovery")
     review: Annotated[ReviewConfig, _FILL] = _part(
         ReviewConfig, "review records of finished attempts for the household (off by default)")
+
+    @field_validator("review")
+    @classmethod
+    def _review_mqtt_needs_mqtt(cls, value: ReviewConfig, info: ValidationInfo) -> ReviewConfig:
+        mqtt = info.data.get("mqtt")
+        if value.mqtt and mqtt is not None and not mqtt.enabled:
+            raise ValueError("review.mqtt is true but mqtt.enabled is false: review records "
+                             "go over MQTT only with mqtt: on (or set review.mqtt false)")
+        return value

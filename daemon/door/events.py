@@ -62,7 +62,8 @@ class EventKind(StrEnum):
 class AttemptEnd:
     """The attempt a record ends, for the review store: the door machine says its decision
     (one of daemon/review/format.DECISIONS) and hands over its best-scoring face, the tower's
-    own aligned chip and its embedding (None when no face of the attempt was scored)."""
+    own aligned chip and its embedding (None when no face of the attempt was scored; always
+    None for a remote unlock, which nobody's face decided)."""
 
     decision: str
     crop: np.ndarray | None = None
@@ -84,6 +85,10 @@ class Record:
     kind: EventKind = field(default=None)  # type: ignore[assignment]
     #: set on the record that ends a visitor's attempt (not audited: the review store's)
     attempt: AttemptEnd | None = field(default=None, compare=False, repr=False)
+    #: False for a record only the review store keeps: a refusal during a lockout after the
+    #: first (the audit log counts those in one summary record when the lockout ends, and MQTT
+    #: publishes none of them) still leaves its face for the household
+    audited: bool = True
 
     def __post_init__(self) -> None:
         if self.kind is None:
@@ -155,7 +160,7 @@ class AuditSink:
 
     def handle(self, event: Event) -> bool:
         record = event.record
-        if record is None:  # a notice: nothing to audit
+        if record is None or not record.audited:  # a notice, or the review store's alone
             return True
         event.audit_id = self.log.record(record.event, record.decision, record.reason,
                                          **record.fields())

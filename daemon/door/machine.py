@@ -24,6 +24,11 @@ from .rules import AgreementWindow, Attempt, Lockout
 
 logger = logging.getLogger(__name__)
 
+#: refusals during one lockout that keep a review record (the face of each); a resident waiting
+#: a lockout out is refused every few frames, and the thousandth copy of one face tells the
+#: household nothing the first twenty did not
+REVIEWED_REFUSALS_PER_LOCKOUT = 20
+
 
 @dataclass(frozen=True)
 class Unlock:
@@ -153,7 +158,10 @@ class DoorMachine:
                                                                        3)})]
         self._start_cooldown(now, "remote unlock")
         logger.warning("door opening remotely: %s", source)
-        return [Unlock("remote", Record("unlock", "unlock", "remote unlock", details=details))]
+        # an attempt that ended in an unlock, for the review store too: decision "remote",
+        # no face (nobody's face decided it; a visitor in view is not who pressed the button)
+        return [Unlock("remote", Record("unlock", "unlock", "remote unlock", details=details,
+                                        attempt=AttemptEnd("remote")))]
 
     def finish(self, why: str = "daemon stopped during the attempt") -> list[Command]:
         """Records for an attempt still open when the daemon stops or reloads, so no decision
@@ -248,14 +256,17 @@ class DoorMachine:
         assert self.attempt is not None
         details = self._details(self.attempt) | self._liveness_details()
         if self.lockout.locked(now):
-            # the first refusal of a lockout is recorded; the rest are counted and written once
-            # when it ends (a resident waiting it out would add a record every few frames)
+            # the first refusal of a lockout is audited; the rest are counted and audited once
+            # when it ends (a resident waiting it out would add a record every few frames).
+            # Each keeps its face for the review store, up to REVIEWED_REFUSALS_PER_LOCKOUT.
             self._refusals[user] = self._refusals.get(user, 0) + 1
-            if sum(self._refusals.values()) == 1:
+            refusals = sum(self._refusals.values())
+            if refusals <= REVIEWED_REFUSALS_PER_LOCKOUT:
                 out.append(Record("deny", "deny", "locked out after repeated failures", user,
                                   verdict.best_score, frame,
                                   details | {"locked_until_s": self.lockout.until - now},
-                                  attempt=self._attempt_end("lockout")))
+                                  attempt=self._attempt_end("lockout"),
+                                  audited=refusals == 1))
             self.last_decision = f"deny {user} (locked out)"
         else:
             reason = f"verified in {self.window.frames_required} of {self.window.frame_window} " \

@@ -18,6 +18,9 @@ Topics under ``mqtt.topic_prefix`` (P)::
     P/lock/set       commands from Home Assistant (subscribed only with mqtt.remote_unlock):
                      {"command": "UNLOCK"|"OPEN"|"LOCK", "time": UNIX_SECONDS, "nonce": TEXT}
     P/snapshot       JPEG of a denied attempt (only with mqtt.snapshots: personal data)
+    P/review/DOOR    one review record per ended attempt, its face crop included (only with
+                     review.mqtt: personal data; QoS 1, never retained; the household's
+                     persistent session takes them, twinlock doors sync)
 
 A command must be fresh: never a retained message (the broker would hand it over again at every
 restart and reconnect), dated within ``mqtt.command_max_age_s`` of the door's clock, and with a
@@ -377,6 +380,8 @@ class MqttLink:
         """The outbox's MQTT sink: a committed record as an event (a refused attempt's picture
         too, with ``mqtt.snapshots``), the camera's and the audit log's state, the relay."""
         kind, record = event.kind, event.record
+        if record is not None and not record.audited:
+            return True  # the review store's alone (a refusal during a lockout after the first)
         if record is not None:
             self.record(record)
             if record.event == "deny" and event.image is not None:
@@ -442,6 +447,15 @@ class MqttLink:
             self._queue_state()
         except Exception:
             logger.exception("mqtt: status not queued")
+
+    def review(self, door: str, message: bytes) -> None:
+        """Queue one review record (``review.mqtt``; daemon/review/format.encode_mqtt) on
+        ``P/review/<door>``: QoS 1 like every message here, never retained (a retained copy
+        would be handed to every new subscriber again; the household ignores one)."""
+        try:
+            self.queue.put(Message(self.topic(f"review/{door}"), message))
+        except Exception:
+            logger.exception("mqtt: review record not queued")
 
     def snapshot(self, image: np.ndarray, quality: int = 85) -> None:
         """Queue a JPEG of a denied attempt (encoded in the sender thread, not the door's)."""

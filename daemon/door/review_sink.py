@@ -1,15 +1,18 @@
 """The review store as an outbox sink: one review record per attempt that ended.
 
 After the audit sink (which set the event's audit id), every record the door machine marked as
-ending an attempt (:class:`~.events.AttemptEnd`: an unlock, a refusal, a liveness failure, a
-refusal during a lockout) is kept with its best-scoring face crop and embedding, this door's
-name and the bundle and model it was decided under (daemon/review/store.py writes it). It never
-stops an event and never raises: a folder that cannot take the record is the writer's warning,
-said once, and the door goes on deciding.
+ending an attempt (:class:`~.events.AttemptEnd`: an unlock, a refusal, a liveness failure, each
+refusal during a lockout, a remote unlock with no face) is kept with its best-scoring face crop
+and embedding, this door's name and the bundle and model it was decided under
+(daemon/review/store.py writes it); with ``review.mqtt`` the same record, crop included, also
+goes to MQTT (``P/review/<door>``). It never stops an event and never raises: a folder that
+cannot take the record is the writer's warning, said once, and the door goes on deciding.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,6 +26,8 @@ from ..review.format import (
     MAX_REASON_CHARS,
     TOKEN_RE,
     ReviewRecord,
+    encode_mqtt,
+    encode_record,
     new_record_id,
 )
 from ..review.store import ReviewWriter, encode_crop
@@ -32,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: (bundle id, model id) the door decides under now; None for what is not known
 Ids = Callable[[], tuple[str | None, str | None]]
+#: hands one review message (daemon/review/format.encode_mqtt) to MQTT (``review.mqtt``)
+Publish = Callable[[str, bytes], None]
 
 
 def _token(value: str | None) -> str | None:
@@ -44,14 +51,20 @@ class ReviewSink:
     """Writes each ended attempt to ``writer``; see the module docstring."""
 
     def __init__(self, writer: ReviewWriter, ids: Ids,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 publish: Publish | None = None) -> None:
         self.writer, self.ids, self.clock = writer, ids, clock
+        #: with ``review.mqtt``: each record also goes out over MQTT, whether or not the folder
+        #: could take it (the folder stays the door's own copy)
+        self.publish = publish
         self._error_said = False
 
     @classmethod
-    def from_config(cls, cfg: ReviewConfig, ids: Ids) -> ReviewSink:
+    def from_config(cls, cfg: ReviewConfig, ids: Ids,
+                    publish: Publish | None = None) -> ReviewSink:
         return cls(ReviewWriter(cfg.dir, cfg.door, cfg.retention_days,
-                                max(1, int(cfg.max_mb * 1_000_000))), ids)
+                                max(1, int(cfg.max_mb * 1_000_000))), ids,
+                   publish=publish if cfg.mqtt else None)
 
     def handle(self, event: Event) -> bool:
         record = event.record
@@ -82,4 +95,8 @@ class ReviewSink:
             embedding=embedding)
         crop = encode_crop(end.crop) if end.crop is not None and embedding is not None else None
         self.writer.append(review, crop)  # False: the writer said why, once
+        if self.publish is not None:
+            if crop is not None:
+                review = dataclasses.replace(review, crop_sha256=hashlib.sha256(crop).hexdigest())
+            self.publish(review.door, encode_mqtt(encode_record(review), crop))
 

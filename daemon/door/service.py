@@ -139,8 +139,14 @@ class Daemon:
 
     def _review_sink(self, cfg: Config) -> ReviewSink | None:
         """The review store's sink when ``review:`` is on (its folder is made on first use)."""
-        return ReviewSink.from_config(cfg.review, self._decided_under) if cfg.review.enabled \
-            else None
+        return ReviewSink.from_config(cfg.review, self._decided_under, self._publish_review) \
+            if cfg.review.enabled else None
+
+    def _publish_review(self, door: str, message: bytes) -> None:
+        """``review.mqtt``: a review record to the MQTT link running now (a reload may have
+        replaced it; none: the broker's link failed to start, the folder still has it)."""
+        if self.mqtt is not None:
+            self.mqtt.review(door, message)
 
     def _decided_under(self) -> tuple[str | None, str | None]:
         """(bundle id, model id) of the running matcher, for the review records."""

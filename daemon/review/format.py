@@ -42,8 +42,12 @@ from ..errors import DataError
 from ..faces.images import decode_image, image_size
 
 FORMAT_VERSION = 1
-#: the decision a record stands for, as a field (nothing parses reason text)
-DECISIONS = ("unlock", "deny", "liveness", "lockout")
+#: the decision a record stands for, as a field (nothing parses reason text). ``remote``: the
+#: door opened on a remote command (MQTT); nobody's face was scored, so it has no crop and no
+#: embedding
+DECISIONS = ("unlock", "deny", "liveness", "lockout", "remote")
+#: decisions that never carry a face
+FACELESS_DECISIONS = ("remote",)
 #: a door's name: what the household calls it and what every record id starts with
 DOOR_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 #: ``<door>.<12 hex: ms since 1970><8 hex: random>``: unique, sorts by time within a door
@@ -61,6 +65,8 @@ MAX_DIM = 4096
 MAX_REASON_CHARS = 200
 #: the largest day file a household takes in one fetch (the rest waits for the next)
 MAX_FETCH_BYTES = 64 * 1024 * 1024
+#: the largest MQTT review message: the record's line, a newline, the crop in base64
+MAX_MQTT_BYTES = MAX_LINE_BYTES + 1 + 4 * -(-MAX_CROP_BYTES // 3)
 
 
 class ReviewRecordError(DataError):
@@ -238,6 +244,9 @@ def parse_record(line: bytes, *, door: str, dim: int | None = None,
     sha = _optional(data, "crop_sha256", str, where)
     if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise ReviewRecordError(f"{where}: crop_sha256 is not a sha256 in hex")
+    if decision in FACELESS_DECISIONS and (embedding is not None or sha is not None):
+        raise ReviewRecordError(f"{where}: a {decision!r} record has no face, yet names an "
+                                "embedding or a crop")
     return ReviewRecord(
         id=match.group(0), door=door, time=when, decision=decision,
         bundle_id=_token(data, "bundle_id", where), model_id=_token(data, "model_id", where),
@@ -306,3 +315,44 @@ def check_crop(data: bytes, record: ReviewRecord, where: str) -> None:
         decode_image(data, where)
     except DataError as exc:
         raise ReviewRecordError(f"{where}: crop does not decode ({exc})") from None
+
+
+# -- over MQTT ----------------------------------------------------------------------------------
+
+
+def encode_mqtt(line: bytes, crop: bytes | None) -> bytes:
+    """A review message for MQTT (``review.mqtt``): the record's line exactly as the day file
+    holds it (with its newline), then the crop in base64 (nothing when the record has none).
+    One message carries one record, whole: the household checks it with the same reader."""
+    if not line.endswith(b"\n") or b"\n" in line[:-1]:
+        raise ReviewRecordError("a review message starts with exactly one record line")
+    return line + (base64.b64encode(crop) if crop is not None else b"")
+
+
+def parse_mqtt(payload: bytes, *, door: str, where: str = "message"
+               ) -> tuple[ReviewRecord, bytes | None]:
+    """Check and decode a review message (:func:`encode_mqtt`): the record through
+    :func:`parse_record`, the crop through :func:`check_crop`. Anything else is refused."""
+    if len(payload) > MAX_MQTT_BYTES:
+        raise ReviewRecordError(f"{where}: message of {len(payload)} bytes, over the "
+                                f"{MAX_MQTT_BYTES} byte limit")
+    end = payload.find(b"\n")
+    if end < 0:
+        raise ReviewRecordError(f"{where}: no record line (a review message is the record's "
+                                "JSON line, then the crop in base64)")
+    record = parse_record(payload[:end + 1], door=door, where=where)
+    text = payload[end + 1:]
+    if not text:
+        if record.crop_sha256 is not None:
+            raise ReviewRecordError(f"{where}: record {record.id} names a crop the message "
+                                    "does not hold")
+        return record, None
+    if record.crop_sha256 is None:
+        raise ReviewRecordError(f"{where}: record {record.id} has no crop, yet the message "
+                                "holds one")
+    try:
+        crop = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ReviewRecordError(f"{where}: the crop is not base64") from None
+    check_crop(crop, record, f"{where}: crop of {record.id}")
+    return record, crop
