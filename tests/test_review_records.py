@@ -12,12 +12,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 import yaml
 from daemon_helpers import Doorway, scored, verdict
 from test_review_door import DOOR, audit_records, door, read_review  # noqa: F401  (fixture)
+from test_review_mqtt import chips  # noqa: F401  (fixture: real faces as the tower's chips)
 
 from twinlock.daemon.config.schema import Config, MqttConfig
 from twinlock.daemon.door.events import Event
@@ -25,21 +25,11 @@ from twinlock.daemon.door.machine import REVIEWED_REFUSALS_PER_LOCKOUT, Unlock
 from twinlock.daemon.door.mqtt import MqttLink
 from twinlock.daemon.door.review_sink import ReviewSink
 from twinlock.daemon.door.service import Daemon
-from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.recognition.analyser import Scored
 from twinlock.daemon.review.format import CROPS_DIR
 from twinlock.daemon.review.store import ReviewWriter
 
 IDS = ("b-20261206", "m-4a2d")
-
-
-@pytest.fixture(scope="module")
-def chips(lfw_dir: Path) -> list[np.ndarray]:
-    out = []
-    for person in sorted(p.name for p in lfw_dir.iterdir() if p.is_dir())[:2]:
-        path = min((lfw_dir / person).glob("*.jpg"))
-        out.append(cv2.resize(load_image(path)[60:190, 60:190], (150, 150)))
-    return out
 
 
 def doorway(tmp_path: Path, **lockout: Any) -> Doorway:
@@ -79,7 +69,7 @@ def test_a_remote_unlock_leaves_a_review_record_of_its_own_kind_with_no_face(
 
 
 def test_each_refusal_during_a_lockout_keeps_its_face_the_audit_log_one_record(
-        tmp_path: Path, chips: list[np.ndarray]) -> None:
+        tmp_path: Path, chips: list[np.ndarray]) -> None:  # noqa: F811
     way = doorway(tmp_path, max_failures=1, max_failed_frames=100_000, lockout_seconds=600.0)
     now, n = 10.0, 0
     # a stranger's attempt fails and locks the door out
@@ -111,7 +101,7 @@ def test_each_refusal_during_a_lockout_keeps_its_face_the_audit_log_one_record(
 
 
 def test_mqtt_publishes_no_event_for_a_refusal_only_the_review_store_keeps(
-        tmp_path: Path, chips: list[np.ndarray]) -> None:
+        tmp_path: Path, chips: list[np.ndarray]) -> None:  # noqa: F811
     way = doorway(tmp_path, max_failures=1, max_failed_frames=100_000, lockout_seconds=600.0)
     link = MqttLink(MqttConfig(enabled=True, port=1, discovery=False))  # never started
     way.step(10.0, 0, face(None, 0, chips[0]))

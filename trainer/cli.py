@@ -602,6 +602,7 @@ def _review_parsers(sub: argparse._SubParsersAction) -> None:
                    help="add: extra ssh option, kept for every sync (repeatable)")
     p.add_argument("--deploy-to", metavar="TARGET", help="add: where twinlock deploy --to NAME "
                    "sends bundles (default: the same host's /var/spool/twinlock/)")
+    _mqtt_door_arguments(p)
     p.add_argument("--reload-command", metavar="CMD", help="add: what deploy --to NAME runs on "
                    "the door after the copy (default sudo systemctl reload twinlockd)")
     p.add_argument("--model", type=Path, metavar="MODEL_DIR", help="update: the model to "
@@ -634,7 +635,7 @@ def _review_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--door", metavar="NAME", help="list, visitors: one door only")
     p.add_argument("--since", metavar="WHEN", help="list: ISO date/time (UTC unless it says) "
                    "or an age: 30m, 12h, 7d")
-    p.add_argument("--decision", choices=("unlock", "deny", "liveness", "lockout"),
+    p.add_argument("--decision", choices=("unlock", "deny", "liveness", "lockout", "remote"),
                    help="list: one kind of decision")
     p.add_argument("--limit", type=int, default=50, help="list: at most this many (default "
                    "50; 0: all)")
@@ -712,6 +713,51 @@ def _since(text: str | None):
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
+def _mqtt_door_arguments(p: argparse.ArgumentParser) -> None:
+    """doors add --mqtt: the door's review records from the broker (review.mqtt at the door)."""
+    p.add_argument("--mqtt", metavar="HOST[:PORT]", help="add: fetch over MQTT instead (the "
+                   "door's review.mqtt): a persistent session at this broker keeps the door's "
+                   "records while this machine is off; opened now")
+    p.add_argument("--mqtt-prefix", default="twinlock/door", metavar="PREFIX",
+                   help="add --mqtt: the door's mqtt.topic_prefix (default twinlock/door); "
+                   "records come on PREFIX/review/NAME")
+    p.add_argument("--mqtt-user", metavar="USER", help="add --mqtt: user name on the broker")
+    p.add_argument("--mqtt-password-file", type=Path, metavar="FILE",
+                   help="add --mqtt: file holding the password (mode 0600)")
+    p.add_argument("--mqtt-ca", type=Path, metavar="PEM", help="add --mqtt: the broker's CA "
+                   "certificate: use TLS")
+    p.add_argument("--mqtt-cert", type=Path, metavar="PEM", help="add --mqtt: client "
+                   "certificate (TLS)")
+    p.add_argument("--mqtt-key", type=Path, metavar="PEM", help="add --mqtt: its private key")
+
+
+def _mqtt_door_target(args: argparse.Namespace) -> str:
+    """The ``mqtt://`` target of ``doors add NAME --mqtt ...``, checked by the door's schema."""
+    from .household.mqtt_review import mqtt_target, parse_mqtt_target
+
+    if args.to:
+        raise _usage("doors add: --to or --mqtt, not both")
+    target = mqtt_target(args.mqtt, args.mqtt_prefix, args.mqtt_user,
+                         password_file=args.mqtt_password_file, ca_file=args.mqtt_ca,
+                         client_cert=args.mqtt_cert, client_key=args.mqtt_key)
+    parse_mqtt_target(target, args.names[0])
+    return target
+
+
+def _open_mqtt_session(entry) -> None:
+    """Open the household's session at the broker now, so it keeps records from here on."""
+    from .household.mqtt_review import client_id, register
+
+    try:
+        register(entry)
+    except TwinLockError as exc:
+        print(f"twinlock doors add: warning: {exc}; the broker keeps records for "
+              f"{client_id(entry.name)} only once a doors sync {entry.name} reaches it",
+              file=sys.stderr)
+        return
+    print(f"the broker now keeps {entry.name}'s review records for {client_id(entry.name)}")
+
+
 def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .household.doors import parse_door_target, sync_door
 
@@ -723,9 +769,13 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
             raise _usage("doors list takes no NAME")
         if action == "add":
             args.name = args.names[0]
-            if not args.to:
-                raise _usage("doors add NAME --to ssh://USER@HOST[:PORT]/REVIEW_DIR or a folder")
-            parse_door_target(args.to)  # the syntax now, not at the first sync
+            if args.mqtt:
+                args.to = _mqtt_door_target(args)
+            elif not args.to:
+                raise _usage("doors add NAME --to ssh://USER@HOST[:PORT]/REVIEW_DIR or a folder, "
+                             "or --mqtt HOST[:PORT]")
+            else:
+                parse_door_target(args.to)  # the syntax now, not at the first sync
             options = [t for o in args.ssh_option for t in shlex.split(o)]
             identity = str(args.identity.expanduser().resolve()) if args.identity else None
             if args.deploy_to:
@@ -737,6 +787,8 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 store.set_reload_command(entry.name, args.reload_command)
             print(f"added door {entry.name}: {entry.target} (fetch with: twinlock doors sync "
                   f"{entry.name})")
+            if args.mqtt:
+                _open_mqtt_session(entry)
         elif action == "remove":
             kept = store.remove_door(args.names[0])
             print(f"removed door {args.names[0]}; its {kept} fetched attempts stay in "

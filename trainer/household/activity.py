@@ -302,10 +302,11 @@ class ActivityStore(PrivateStore):
             conn.execute("UPDATE doors SET last_sync = ?, last_error = ? WHERE name = ?",
                          (_now(), error, door))
 
-    def ingest(self, door: str, day: str, offset: int,
+    def ingest(self, door: str, day: str | None, offset: int | None,
                records: Sequence[tuple[ReviewRecord, bytes | None]]) -> int:
         """Store ``records`` (already checked) and move ``door``'s cursor for ``day`` to
-        ``offset``, in one transaction. Returns how many were new."""
+        ``offset``, in one transaction. Returns how many were new. ``day`` None: records that
+        came over MQTT, which have no file to keep a place in (their ids make them idempotent)."""
         new = 0
         with self._tx(write=True) as conn:
             if conn.execute("SELECT 1 FROM doors WHERE name = ?", (door,)).fetchone() is None:
@@ -325,9 +326,10 @@ class ActivityStore(PrivateStore):
                      None if vector is None else np.asarray(vector, "<f4").tobytes(), crop,
                      _now()))
                 new += cur.rowcount
-            conn.execute("INSERT INTO cursors (door, day, offset) VALUES (?, ?, ?) "
-                         "ON CONFLICT (door, day) DO UPDATE SET offset = excluded.offset",
-                         (door, day, offset))
+            if day is not None:
+                conn.execute("INSERT INTO cursors (door, day, offset) VALUES (?, ?, ?) "
+                             "ON CONFLICT (door, day) DO UPDATE SET offset = excluded.offset",
+                             (door, day, offset))
         return new
 
     def model_dims(self) -> dict[str, int]:

@@ -45,6 +45,7 @@ from twinlock.daemon.review.format import (
 from ..errors import DeployError
 from .activity import ActivityStore, DoorEntry
 from .deploy import DEFAULT_REMOTE_DIR, LocalTarget, SshTarget, _SshSession, parse_target
+from .mqtt_review import is_mqtt_target
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ def deploy_target_of(entry: DoorEntry) -> str:
     the drop folder (/var/spool/twinlock/) of the host its review records come from."""
     if entry.deploy_target:
         return entry.deploy_target
+    if is_mqtt_target(entry.target):
+        raise UsageError(f"door {entry.name} is read over MQTT ({entry.target}): deploy to it "
+                         "with --to ssh://..., or add it with --deploy-to")
     parsed = parse_door_target(entry.target)
     if isinstance(parsed, LocalTarget):
         raise UsageError(f"door {entry.name} is read from a folder ({entry.target}): deploy "
@@ -308,9 +312,14 @@ def sync_door(store: ActivityStore, name: str, source: ReviewSource | None = Non
     report = SyncReport(door=name)
     src = source
     try:
-        if src is None:
-            src = open_source(entry, timeout_s)
-        _sync(store, entry, src, report)
+        if src is None and is_mqtt_target(entry.target):
+            from .mqtt_review import drain  # the broker's queue (review.mqtt at the door)
+
+            drain(store, entry, report, timeout_s, check_dimension)
+        else:
+            if src is None:
+                src = open_source(entry, timeout_s)
+            _sync(store, entry, src, report)
     except Exception as exc:
         store.note_sync(name, str(exc).splitlines()[0][:300])
         raise
@@ -350,6 +359,16 @@ def _sync(store: ActivityStore, entry: DoorEntry, src: ReviewSource, report: Syn
             offset = taken
 
 
+def check_dimension(record: ReviewRecord, dims: dict[str, int], where: str) -> None:
+    """Refuse an embedding whose size is not its model's (as stored, or as first seen in this
+    sync: ``dims`` learns it)."""
+    if record.embedding is not None and record.model_id is not None:
+        want = dims.setdefault(record.model_id, int(record.embedding.size))
+        if record.embedding.size != want:
+            raise ReviewRecordError(f"{where}: embedding has {record.embedding.size} "
+                                    f"dimensions, model {record.model_id} has {want}")
+
+
 def _take(store: ActivityStore, door: str, day: str, offset: int, data: bytes,
           dims: dict[str, int], src: ReviewSource, report: SyncReport) -> int:
     """Check and store the whole lines of ``data`` (read at ``offset``); the new offset."""
@@ -364,11 +383,7 @@ def _take(store: ActivityStore, door: str, day: str, offset: int, data: bytes,
             if record.day_file != day:
                 raise ReviewRecordError(f"{where}: record {record.id} is dated "
                                         f"{record.time.date()}, not in {day}")
-            if record.embedding is not None and record.model_id is not None:
-                want = dims.setdefault(record.model_id, int(record.embedding.size))
-                if record.embedding.size != want:
-                    raise ReviewRecordError(f"{where}: embedding has {record.embedding.size} "
-                                            f"dimensions, model {record.model_id} has {want}")
+            check_dimension(record, dims, where)
         except ReviewRecordError as exc:
             report.refused.append(str(exc))
             continue
