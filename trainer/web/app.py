@@ -629,8 +629,13 @@ async def door_update(request: Request, page: Page, session: Session) -> Respons
         page.audit.record(WHO, client, f"door_update_{job.state}", door=name,
                           message=job.message.splitlines()[0][:300] if job.message else "")
 
-    page.updates.start(name, work, done)
-    page.audit.record(WHO, client, "door_update", door=name)
+    page.audit.record(WHO, client, "door_update", door=name)  # before its end is recorded
+    try:
+        page.updates.start(name, work, done)
+    except UsageError:
+        page.audit.record(WHO, client, "door_update_refused", door=name,
+                          message="an update of this door is running")
+        raise
     return RedirectResponse("/doors", status_code=303)
 
 
