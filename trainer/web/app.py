@@ -34,6 +34,7 @@ from starlette.routing import Route
 from twinlock.daemon.errors import DataError, TwinLockError, UsageError
 from twinlock.daemon.faces.images import MAX_IMAGE_PIXELS, decode_image
 from twinlock.daemon.recognition.fusion import STRICT_FAR_MAX, STRICT_FAR_MIN
+from twinlock.daemon.review.format import DECISIONS
 from twinlock.daemon.storage.private_db import PRIVATE_FILE_MODE, make_private_dirs
 
 from ..errors import EnrolmentError
@@ -50,7 +51,6 @@ COOKIE = "twinlock_session"
 MAX_PHOTO_BYTES = 20 * 1024 * 1024
 MAX_PHOTOS = 10
 MAX_FORM_BYTES = 64 * 1024  # any form without files
-DECISIONS = ("unlock", "deny", "liveness", "lockout")
 PAGE_SIZE = 50  # attempts on one Activity page (each shows a face); "Older" shows the next
 API_MAX = 1000  # attempts in one /api/activity answer; ``older`` pages through the rest
 WHO = "household"  # one household password: every change is the household's, from a client
