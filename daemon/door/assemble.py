@@ -22,7 +22,7 @@ from ..faces.assets import MESH_ROLE
 from ..faces.mesh import IRIS_ROLE, FaceMesh
 from ..faces.pipeline import DetectorSpec
 from ..recognition.analyser import FrameAnalyser
-from ..recognition.fusion import decision_settings
+from ..recognition.fusion import decision_settings, resident_thresholds
 from ..recognition.gallery import load_gallery
 from ..recognition.model import FaceEmbedder
 from ..recognition.verify import Verifier
@@ -166,10 +166,14 @@ def build_matcher(cfg: Config) -> Matcher:
         meta.thresholds, meta.default_threshold, meta.metrics, v.threshold, v.threshold_name,
         v.fusion, residents=len(gallery.users))
     logger.info("decision: fusion %s, threshold %.4f (%s)", fusion, threshold, threshold_from)
+    per_resident = resident_thresholds(
+        meta.thresholds, meta.default_threshold, meta.metrics,
+        [len(user.anchors) for user in gallery.users.values()], v.threshold, v.threshold_name,
+        v.fusion)
     detector = detector_spec(cfg.detector, meta.detector).build(cfg.model.num_threads)
     pipeline = meta.face_pipeline(detector)
     verifier = Verifier(gallery, meta.head_weights, meta.head_bias, threshold,
-                        v.verification_threshold, fusion)
+                        v.verification_threshold, fusion, per_resident)
     qc = cfg.quality
     thresholds = q.QualityThresholds(qc.min_face_px, qc.min_brightness, qc.max_brightness,
                                      qc.min_sharpness)

@@ -100,6 +100,52 @@ def door_calibration(metrics: dict[str, Any]) -> dict[str, Any]:
     return door if isinstance(door, dict) else {}
 
 
+def ladders_by_anchors(calibration: dict[str, Any]) -> dict[int, list[list[float]]]:
+    """The one-resident ladders ``twinlock evaluate --door`` measured per anchor count
+    (``one_resident.ladders_by_anchors``: {"1": ladder, "2": ladder, ...}), or {} for a model
+    calibrated at one anchor count only."""
+    table = calibration.get("one_resident", {}).get("ladders_by_anchors") if calibration else None
+    if not isinstance(table, dict):
+        return {}
+    return {int(m): ladder for m, ladder in table.items() if ladder}
+
+
+def threshold_for_anchors(calibration: dict[str, Any], target: float, residents: int,
+                          anchors: int) -> tuple[float, str] | None:
+    """(threshold, how it was found) for a resident enrolled with ``anchors`` anchors at a door
+    of ``residents``: ``threshold_for_residents`` on the ladder measured for that many anchors,
+    linear in the anchor count between measured counts. How many strangers pass for a resident
+    depends on how many anchors they have (their centroid, or their best anchor, moves), so a
+    threshold calibrated at one count does not keep its rate at another. Past the largest
+    measured count the largest is used (said in the note); None without per-count ladders.
+
+    More anchors are never given a looser threshold than fewer (a running maximum over the
+    measured counts): the larger counts are measured on fewer people (those with that many
+    photos), and a dip there is noise, not a reason to let more strangers in."""
+    table = ladders_by_anchors(calibration)
+    if not table or residents < 1 or anchors < 1:
+        return None
+    at: dict[int, float] = {}
+    for m in sorted(table):
+        fitted = threshold_for_residents({"one_resident": {"ladder": table[m]}}, target,
+                                         residents)
+        assert fitted is not None  # a non-empty ladder answers every rate
+        at[m] = max([fitted[0], *at.values()])
+    counts = sorted(at)
+    if anchors in at:
+        return at[anchors], f"{anchors}-anchor ladder"
+    if anchors > counts[-1]:
+        return at[counts[-1]], (f"{counts[-1]}-anchor ladder (the largest measured; "
+                                f"{anchors} anchors not measured)")
+    if anchors < counts[0]:
+        return at[counts[0]], f"{counts[0]}-anchor ladder (the smallest measured)"
+    low = max(m for m in counts if m < anchors)
+    high = min(m for m in counts if m > anchors)
+    w = (anchors - low) / (high - low)
+    return (at[low] + w * (at[high] - at[low]),
+            f"between the {low}- and {high}-anchor ladders")
+
+
 def threshold_for_residents(calibration: dict[str, Any], target: float,
                             residents: int) -> tuple[float, float] | None:
     """(threshold, one-resident rate) that keeps ``target`` per knock at a door of ``residents``.
@@ -110,6 +156,8 @@ def threshold_for_residents(calibration: dict[str, Any], target: float,
     (impostor rate per knock at a door of one resident, against threshold) for ``target / R``,
     interpolating log-linearly. Past the strictest rung it keeps that rung and warns: the
     target is then not measured for this many residents. None when the model has no ladder.
+    This is the ladder of the calibrated anchor count; ``threshold_for_anchors`` answers for
+    another count.
     """
     ladder = calibration.get("one_resident", {}).get("ladder") if calibration else None
     if not ladder or residents < 1:
@@ -168,6 +216,34 @@ def strict_threshold(calibration: dict[str, Any], far: float) -> tuple[float, bo
 def _logit(p: float) -> float:
     p = min(max(p, 1e-12), 1 - 1e-12)
     return math.log(p / (1.0 - p))
+
+
+def resident_thresholds(thresholds: dict[str, float], default_threshold: str,
+                        metrics: dict[str, Any], anchors: Sequence[int],
+                        threshold: float | None = None, threshold_name: str | None = None,
+                        fusion: str | None = None) -> tuple[float, ...] | None:
+    """Each resident's threshold for their own anchor count (``anchors``, one per resident, in
+    gallery order) at a door of ``len(anchors)``, so a stranger's chance per knock is the
+    default threshold's target whatever the anchor counts; or None where the door's one
+    threshold (``decision_settings``) applies: a model without per-count ladders (an older
+    calibration: today's behaviour), a numeric or named threshold in the config, or another
+    fusion rule than the calibration's. The ``Verifier`` raises any of them to a resident's
+    own strict threshold."""
+    calibration = door_calibration(metrics)
+    calibrated = calibration.get("fusion")
+    target = door_rate(default_threshold)
+    if threshold is not None or threshold_name or target is None or not anchors \
+            or (fusion or calibrated) != calibrated or not ladders_by_anchors(calibration):
+        return None
+    out = []
+    for i, count in enumerate(anchors):
+        fitted = threshold_for_anchors(calibration, target, len(anchors), int(count))
+        if fitted is None:
+            return None
+        out.append(fitted[0])
+        logger.info("resident %d of %d: %d anchor(s), threshold %.6f (%s, %s)", i + 1,
+                    len(anchors), count, fitted[0], default_threshold, fitted[1])
+    return tuple(out)
 
 
 def decision_settings(thresholds: dict[str, float], default_threshold: str,

@@ -6,8 +6,11 @@
    best fused score is *verified* when it reaches the threshold (the model's door-calibrated
    ``default_threshold`` unless the config names another), or that resident's own stricter
    threshold from the gallery when it has one (a resident with a look-alike sister or twin;
-   docs/how-it-works/security.md). A resident's own value only ever raises the bar: the
-   door's threshold stays the floor whatever a gallery says.
+   docs/how-it-works/security.md). With a model calibrated per anchor count, the door's
+   threshold is each resident's own for their number of anchors
+   (``fusion.resident_thresholds``), so more anchors do not let more strangers in. A
+   resident's own value only ever raises the bar: the door's stays the floor whatever a
+   gallery says.
 2. **Over frames** (daemon/door/rules.py and machine.py): k of the last n frames must agree, in
    attempts, with a lockout and a cooldown.
 """
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +50,8 @@ class Verifier:
     misses her bar is refused, not handed to the next resident."""
 
     def __init__(self, gallery: Gallery, weights: np.ndarray, bias: float, threshold: float,
-                 verification_threshold: float = 0.5, fusion: str = "max") -> None:
+                 verification_threshold: float = 0.5, fusion: str = "max",
+                 per_resident: Sequence[float] | None = None) -> None:
         self.threshold = threshold
         self.verification_threshold = verification_threshold
         self.fusion = fusion
@@ -57,13 +62,20 @@ class Verifier:
         if not len(self._anchors):
             self._anchors = np.zeros((0, weights.shape[0]), np.float32)
         self._fuse = Fusion(self._owner, len(self._users), fusion, verification_threshold)
-        #: each resident's bar (R,): the door's threshold, or the resident's own when stricter
-        self.limits = np.array([max(threshold, user.threshold or threshold)
-                                for user in gallery.users.values()], dtype=np.float64)
-        for user in gallery.users.values():
+        # the door's bar per resident: ``per_resident`` (for each one's anchor count,
+        # fusion.resident_thresholds) when given, else the one threshold
+        door = list(per_resident) if per_resident is not None else [threshold] * len(self._users)
+        if len(door) != len(self._users):
+            raise ValueError(f"{len(door)} per-resident thresholds for {len(self._users)} "
+                             "residents")
+        #: each resident's bar (R,): the door's, or the resident's own when stricter
+        self.limits = np.array([max(bar, user.threshold or bar)
+                                for bar, user in zip(door, gallery.users.values(), strict=True)],
+                               dtype=np.float64)
+        for bar, user in zip(door, gallery.users.values(), strict=True):
             if user.threshold is not None:
                 logger.info("resident %s: own threshold %.6f (door's %.6f)", user.name,
-                            max(threshold, user.threshold), threshold)
+                            max(bar, user.threshold), bar)
 
     def resident_scores(self, probes: np.ndarray, chunk: int = 64) -> np.ndarray:
         """Fused score of each probe (N, D) for each resident (N, R): the door's per-frame

@@ -69,6 +69,13 @@ logger = logging.getLogger(__name__)
 DOOR_FARS = (1e-2, 1e-3, 1e-4)
 #: one-resident impostor rates the ladder is measured at (the door picks target / R from it)
 LADDER_FARS = (1e-2, 5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4)
+#: anchor counts the one-resident ladder is also measured at (the door picks each resident's
+#: threshold for their own count: fusion.threshold_for_anchors)
+LADDER_ANCHORS = (1, 2, 3, 4, 5, 8)
+#: one-resident doors per anchor count: every person with enough photos is seated several
+#: times over (with 100 doors, a third of those with 2+ photos never were, and the 2- to
+#: 4-anchor ladders came out 1e-3 looser at the 2e-4 rung; 1000 and 3000 agree within 1e-3)
+LADDER_DOORS = 1000
 #: the setting the thresholds are calibrated for, and the issue's headline door
 HEADLINE_R, HEADLINE_M = 5, 5
 CLIP = "short_hamilton_clip.mp4"
@@ -659,6 +666,29 @@ def evaluate_door(model_dir: Path, images_root: Path, holdout_pairs: Path,
 
     one = pooled(sized(1, 3), photos, matrix, embedder, winner)
     ladder = [[far, threshold_for(one.impostor_top, far)] for far in LADDER_FARS]
+    by_anchors = anchor_ladders(photos, matrix, embedder, winner, LADDER_DOORS, seed + 3)
+    # the per-count thresholds on people they were not measured on (the halves above), at
+    # doors of cal_r residents with M anchors each, and in sample on every held-out person
+    by_anchors["checks"] = []
+    splits: list[tuple[str, np.ndarray | None, np.ndarray | None]] = [
+        ("all->all", None, None), ("A->B", halves[::2], halves[1::2]),
+        ("B->A", halves[1::2], halves[::2])]
+    for split, fit_on, check_on in splits:
+        ladders = (by_anchors if fit_on is None else
+                   anchor_ladders(photos, matrix, embedder, winner, LADDER_DOORS, seed + 5,
+                                  fit_on))
+        for m, rungs in ladders["ladders"].items():
+            fitted = threshold_for_residents({"one_resident": {"ladder": rungs}}, 1e-3, cal_r)
+            try:
+                ds = build_doors(photos, cal_r, int(m), doors, seed + 6, DUPLICATE_COSINE,
+                                 check_on)
+            except UsageError:
+                continue
+            if fitted is not None:
+                by_anchors["checks"].append(
+                    {"split": split, "anchors": int(m), "residents": cal_r, "target": 1e-3,
+                     "one_resident_rate": fitted[1]}
+                    | pooled(ds, photos, matrix, embedder, winner).at(fitted[0]))
     by_size = []
     for r in sorted({1, *residents}):
         try:
@@ -714,7 +744,10 @@ def evaluate_door(model_dir: Path, images_root: Path, holdout_pairs: Path,
         "enrolment_check": _check_enrolment(head_doors[0], photos, model_dir),
         "rules": rules, "winner": winner, "thresholds": calibrated,
         "cross_calibration": cross, "grid": grid, "far_growth": growth,
-        "one_resident": {"anchors": cal_m, "ladder": ladder, "by_door_size": by_size},
+        "one_resident": {"anchors": cal_m, "ladder": ladder, "by_door_size": by_size,
+                         "ladders_by_anchors": by_anchors["ladders"],
+                         "ladders_by_anchors_residents": by_anchors["residents"],
+                         "by_anchors_checks": by_anchors["checks"]},
         "far_growth_rule": _growth_rule(growth),
         "sequences": sequences, "clip": clip_result, "agreement": agreement,
         "embed_ms_per_photo": photos.embed_ms, "seconds": time.perf_counter() - started,
@@ -722,6 +755,26 @@ def evaluate_door(model_dir: Path, images_root: Path, holdout_pairs: Path,
     if out_dir is not None:
         result["plots"] = write_plots(out_dir, pools, calibrated, winner, grid, calibrate)
     return result
+
+
+def anchor_ladders(photos: Photos, matrix: np.ndarray, embedder: FaceEmbedder, rule: str,
+                   seated: int, seed: int, people: np.ndarray | None = None) -> dict[str, Any]:
+    """The one-resident ladder for every count in ``LADDER_ANCHORS`` that enough people allow:
+    ``seated`` doors of one resident enrolled from M photos, every other held-out person (of
+    ``people``) knocking. {"ladders": {"M": ladder}, "residents": {"M": distinct people}}."""
+    from ..household.enroll import DUPLICATE_COSINE
+
+    ladders: dict[str, list[list[float]]] = {}
+    residents: dict[str, int] = {}
+    for m in LADDER_ANCHORS:
+        try:
+            ds = build_doors(photos, 1, m, seated, seed, DUPLICATE_COSINE, people)
+        except UsageError:
+            continue
+        pool = pooled(ds, photos, matrix, embedder, rule)
+        ladders[str(m)] = [[far, threshold_for(pool.impostor_top, far)] for far in LADDER_FARS]
+        residents[str(m)] = len({d.residents[0] for d in ds})
+    return {"ladders": ladders, "residents": residents}
 
 
 def _growth_rule(growth: list[dict[str, Any]]) -> str:
@@ -801,7 +854,10 @@ def write_thresholds(model_dir: Path, result: dict[str, Any], argv: Sequence[str
         "cross_calibration": result["cross_calibration"],
         "far_growth_rule": result["far_growth_rule"],
         # the daemon's threshold for a door of R residents: the ladder's target / R rung
-        "one_resident": {k: result["one_resident"][k] for k in ("anchors", "ladder")},
+        # and, per anchor count, each resident's (fusion.threshold_for_anchors)
+        "one_resident": {k: result["one_resident"][k] for k in ("anchors", "ladder",
+                                                                  "ladders_by_anchors")
+                         if k in result["one_resident"]},
         "command": "twinlock " + " ".join(argv),
     }
     path.write_text(json.dumps(data, indent=2) + "\n")
