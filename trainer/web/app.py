@@ -71,6 +71,20 @@ class WebConfig:
     sync_every_s: float = 0.0  # sync every door this often while the page runs (0: never)
 
 
+def when(value: Any) -> str:
+    """A time as people read it on the page: ``2026-12-06 11:16 UTC`` from an ISO string or
+    a datetime (the stores keep full ISO times; seconds and offsets only clutter a table)."""
+    if not value:
+        return ""
+    try:
+        moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _client(request: Request) -> str:
     return request.client.host if request.client else "?"
 
@@ -85,6 +99,7 @@ class Page:
         self.audit = AuditLog(cfg.folder)
         self.env = Environment(loader=PackageLoader("twinlock.trainer.web", "templates"),
                                autoescape=select_autoescape(default=True))
+        self.env.filters["when"] = when
         self.css = resources.files("twinlock.trainer.web").joinpath("style.css").read_bytes()
         self.store_lock = threading.Lock()  # one household change at a time
         self.updates = UpdateJobs()  # the Doors page's Update, one per door at a time
@@ -622,8 +637,12 @@ async def door_update(request: Request, page: Page, session: Session) -> Respons
     def work(progress: Callable[[str], None]) -> str:
         info, report = update_door(cfg.activity_db, cfg.enrolment_db, name, model, key,
                                    cfg.folder / "updates", progress, page.store_lock)
-        return (f"door {name} runs bundle {info['bundle_id']} ({len(info['users'])} "
-                f"residents); {report.summary()}")
+        # the page says what a household needs (which bundle, reloaded or what to do);
+        # bytes, paths and rates stay in twinlock doors update's own output
+        done = "reloaded" if report.reloaded else "not reloaded"
+        line = (f"door {name} runs bundle {info['bundle_id']} ({len(info['users'])} "
+                f"residents), {done}")
+        return f"{line}; {report.note}" if report.note else line
 
     def done(job: Any) -> None:
         page.audit.record(WHO, client, f"door_update_{job.state}", door=name,
