@@ -23,8 +23,11 @@
 #
 # What it manages: the system user `twinlock` (groups video, gpio, twinlock-deploy), the system
 # group `twinlock-deploy`, /etc/twinlock (root, 0755), /var/lib/twinlock (twinlock, 0700), the
-# bundle drop folder /var/spool/twinlock and its rejected/ (twinlock:twinlock-deploy, 2770: the
-# setgid bit gives uploads the group, so the daemon can read, install and delete them),
+# review folder /var/lib/twinlock-review and its crops/ (twinlock:twinlock-deploy, 2750: the
+# daemon writes the review records there, the deploy account only reads them for `twinlock doors
+# sync`; the setgid bit gives every record and crop that group), the bundle drop folder
+# /var/spool/twinlock and its rejected/ (twinlock:twinlock-deploy, 2770: the setgid bit gives
+# uploads the group, so the daemon can read, install and delete them),
 # /etc/sudoers.d/twinlock-deploy (root, 0440: members of twinlock-deploy may run exactly
 # `systemctl reload twinlockd` as root without a password; checked with `visudo -cf` first),
 # /opt/twinlock with the venv /opt/twinlock/venv (made with --system-site-packages, so apt's
@@ -114,6 +117,7 @@ if [ -d "$FROM" ]; then CONFIG_SRC=$FROM/config.yaml; else CONFIG_SRC=$REPO_DIR/
 
 ETC=$R/etc/twinlock
 STATE=$R/var/lib/twinlock
+REVIEW=$R/var/lib/twinlock-review
 SPOOL=$R/var/spool/twinlock
 SUDOERS_DIR=$R/etc/sudoers.d
 SUDOERS=$SUDOERS_DIR/$DEPLOY_GROUP
@@ -130,7 +134,7 @@ snapshot() {
     [ -f "$f" ] || continue
     printf '%s %s\n' "$(stat -c '%n %F %a %u:%g' "$f")" "$(sha256sum < "$f" | cut -c1-64)"
   done
-  for f in "$ETC" "$STATE" "$SPOOL" "$SPOOL/rejected" "$SUDOERS_DIR" "$R/etc/systemd/system"; do
+  for f in "$ETC" "$STATE" "$REVIEW" "$REVIEW/crops" "$SPOOL" "$SPOOL/rejected" "$SUDOERS_DIR" "$R/etc/systemd/system"; do
     [ -e "$f" ] && stat -c '%n %F %a %u:%g' "$f"
   done
   [ -L "$WANTS" ] && printf '%s -> %s\n' "$WANTS" "$(readlink "$WANTS")"
@@ -229,6 +233,18 @@ if [ -d "$STATE" ] && [ "$(stat -c %u "$STATE")" != "$SVC_UID" ]; then
   say "/var/lib/twinlock: ownership given to $SERVICE_USER (uid $SVC_UID)"
 fi
 install -d -m 0700 -o "$SVC_UID" -g "$SVC_GID" "$STATE"
+
+# The review folder (config key review.dir): outside the 0700 state folder, so the deploy account
+# can read the review records (`twinlock doors sync` over SSH) and nothing else of the state. The
+# daemon writes, the group reads: 2750, files 0640 (daemon/review/store.py). Its crops/ is made
+# here too: under the unit (RestrictSUIDSGID=) the daemon cannot chmod a folder it makes with the
+# setgid bit, and its umask (0077) would leave it 2700, shut to the group. uninstall.sh keeps
+# the folder like the state folder: after a re-install, give the records back to the new ids.
+if [ -d "$REVIEW" ] && [ "$(stat -c %u:%g "$REVIEW")" != "$SVC_UID:$DEPLOY_GID" ]; then
+  chown -hR "$SVC_UID:$DEPLOY_GID" "$REVIEW"   # -h: a planted symlink changes, not its target
+  say "/var/lib/twinlock-review: ownership given to $SERVICE_USER:$DEPLOY_GROUP"
+fi
+install -d -m 2750 -o "$SVC_UID" -g "$DEPLOY_GID" "$REVIEW" "$REVIEW/crops"
 
 # The drop folder for bundles. uninstall.sh keeps it (it may hold an undelivered bundle), so after
 # a re-install its owner and group may be stale numbers: give both back, and the group to what

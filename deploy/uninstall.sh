@@ -7,7 +7,8 @@
 # Stops and disables twinlockd, removes its unit, /opt/twinlock (the venv), the system user
 # `twinlock` (and its own group; the shared video and gpio groups stay), the deploy rule
 # /etc/sudoers.d/twinlock-deploy and the group twinlock-deploy (its members stay as users).
-# Keeps /var/lib/twinlock (audit log, model, gallery, bundles), /etc/twinlock (your config, the
+# Keeps /var/lib/twinlock (audit log, model, gallery, bundles), the review records in
+# /var/lib/twinlock-review (pictures of people: --purge deletes them), /etc/twinlock (your config, the
 # trusted key), the drop folder /var/spool/twinlock (it may hold a bundle not yet installed) and
 # your drop-ins in /etc/systemd/system/twinlockd.service.d (`systemctl edit twinlockd`, the MQTT
 # drop-in) unless --purge is given: a later install.sh picks them up again.
@@ -95,7 +96,7 @@ if [ -f "$R/etc/group" ] && grep -q "^$DEPLOY_GROUP:" "$R/etc/group"; then
 fi
 
 DROPINS=/etc/systemd/system/twinlockd.service.d
-KEPT=(/var/lib/twinlock /etc/twinlock /var/spool/twinlock "$DROPINS")
+KEPT=(/var/lib/twinlock /var/lib/twinlock-review /etc/twinlock /var/spool/twinlock "$DROPINS")
 if [ "$PURGE" -eq 1 ]; then
   for dir in "${KEPT[@]}"; do
     if [ -e "$R$dir" ]; then

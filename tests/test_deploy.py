@@ -13,6 +13,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
+
+from twinlock.daemon.config.schema import ReviewConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -23,6 +26,7 @@ CONFIG = REPO / "config.yaml"
 VENV_BIN = "opt/twinlock/venv/bin/twinlockd"
 MAX_EXPOSURE = 2.0
 SPOOL = "var/spool/twinlock"
+REVIEW = "var/lib/twinlock-review"
 DEPLOY_GROUP = "twinlock-deploy"
 SUDOERS = "etc/sudoers.d/twinlock-deploy"
 SUDOERS_RULE = ("%twinlock-deploy ALL=(root) NOPASSWD: /usr/bin/systemctl reload twinlockd, "
@@ -105,6 +109,22 @@ def db(root: Path, name: str) -> dict[str, list[str]]:
     return {f[0]: f for f in (line.split(":") for line in lines if line)}
 
 
+def as_user(uid: int, gid: int, groups: list[int], script: str) -> int:
+    """``sh -c script``'s exit status as uid:gid with those groups (setpriv: the root's own ids,
+    no NSS)."""
+    argv = [str(SETPRIV), f"--reuid={uid}", f"--regid={gid}",
+            f"--groups={','.join(map(str, groups))}", "--", "sh", "-c", script]
+    return subprocess.run(argv, check=False, capture_output=True, text=True, env=ENV,
+                          cwd="/", timeout=30).returncode
+
+
+def service_groups(root: Path) -> list[int]:
+    """The service user's groups as systemd gives them (initgroups on the root's /etc/group)."""
+    svc_gid = int(db(root, "passwd")["twinlock"][3])
+    return [svc_gid, *(int(g[2]) for g in db(root, "group").values()
+                       if "twinlock" in g[3].split(","))]
+
+
 def mode_owner(path: Path) -> tuple[str, int, int]:
     st = path.lstat()
     return oct(stat.S_IMODE(st.st_mode)), st.st_uid, st.st_gid
@@ -140,6 +160,9 @@ def test_unit_has_the_settings_the_daemon_relies_on() -> None:
     # The bundle drop folder (model.incoming): the daemon deletes and moves uploads there. The
     # leading "-": a missing folder must not stop the lock from starting.
     assert "-/var/spool/twinlock" in s["ReadWritePaths"]
+    # The review folder (review.dir): outside the 0700 state folder, made by install.sh.
+    assert "-/var/lib/twinlock-review" in s["ReadWritePaths"]
+    assert one["StateDirectory"] == "twinlock"    # never the review folder: 0700 at each start
     assert one["UMask"] == "0077" and one["ProtectSystem"] == "strict"
     assert one["NoNewPrivileges"] == "yes" and one["DevicePolicy"] == "closed"
     assert s["CapabilityBoundingSet"] == [""] and s["AmbientCapabilities"] == [""]
@@ -264,6 +287,12 @@ def test_install_makes_the_drop_folder_group_and_sudoers_rule(installed: dict[st
     assert mode_owner(root / SPOOL) == ("0o2770", uid, deploy_gid)
     assert mode_owner(root / SPOOL / "rejected") == ("0o2770", uid, deploy_gid)
     assert mode_owner(root / "var/spool") == ("0o755", 0, 0)
+    # The review folder: the daemon writes, the deploy group only reads (setgid: records and
+    # crops get the group). The config's default review.dir is this folder.
+    assert mode_owner(root / REVIEW) == ("0o2750", uid, deploy_gid)
+    assert mode_owner(root / REVIEW / "crops") == ("0o2750", uid, deploy_gid)
+    assert yaml.safe_load(CONFIG.read_text())["review"]["dir"] == "/" + REVIEW
+    assert str(ReviewConfig().dir) == "/" + REVIEW
 
     sudoers = root / SUDOERS
     assert mode_owner(sudoers) == ("0o440", 0, 0)
@@ -274,6 +303,7 @@ def test_install_makes_the_drop_folder_group_and_sudoers_rule(installed: dict[st
     assert "user pi: added to group twinlock-deploy" in out
     assert DEPLOY_HINT in out and "may upload bundles and reload: pi" in out
     for line in ("/var/spool/twinlock", "/var/spool/twinlock/rejected", "/etc/sudoers.d",
+                 "/var/lib/twinlock-review",
                  "/etc/sudoers.d/twinlock-deploy"):
         assert f"\n  {line}\n" in out, out
     # The second run says where to deploy too, and still ends with "nothing changed".
@@ -385,6 +415,8 @@ def test_uninstall_keeps_data_unless_purged(tmp_path: Path) -> None:
     audit.write_bytes(b"decisions")
     waiting = root / SPOOL / "door.twinlock"          # uploaded, not yet picked up
     waiting.write_bytes(b"bundle")
+    day = root / REVIEW / "2026-12-06.jsonl"
+    day.write_bytes(b"{}\n")
 
     out = run(UNINSTALL, "--root", root).stdout
     assert not (root / "opt/twinlock").exists()
@@ -400,6 +432,7 @@ def test_uninstall_keeps_data_unless_purged(tmp_path: Path) -> None:
     assert (root / "etc/twinlock/config.yaml").read_bytes() == CONFIG.read_bytes()
     assert "kept /var/lib/twinlock" in out and "kept /etc/twinlock" in out
     assert "kept /var/spool/twinlock" in out
+    assert day.read_bytes() == b"{}\n" and "kept /var/lib/twinlock-review" in out
     assert run(UNINSTALL, "--root", root).stdout.strip().endswith("nothing to remove")
 
     out = run(UNINSTALL, "--root", root, "--purge").stdout
@@ -407,6 +440,7 @@ def test_uninstall_keeps_data_unless_purged(tmp_path: Path) -> None:
     assert not (root / SPOOL).exists()
     assert "purged /var/lib/twinlock" in out and "purged /etc/twinlock" in out
     assert "purged /var/spool/twinlock" in out
+    assert not (root / REVIEW).exists() and "purged /var/lib/twinlock-review" in out
 
 
 @needs_root
@@ -417,9 +451,13 @@ def test_reinstall_gives_a_kept_drop_folder_back(tmp_path: Path) -> None:
     waiting = root / SPOOL / "door.twinlock"
     waiting.write_bytes(b"bundle")
     os.chown(waiting, 1000, int(db(root, "group")[DEPLOY_GROUP][2]))   # uploaded by pi
+    record = root / REVIEW / "2026-12-06.jsonl"                       # written by the daemon
+    record.write_bytes(b"{}\n")
     run(UNINSTALL, "--root", root)
     for path in (root / SPOOL, root / SPOOL / "rejected", waiting):    # ids nobody has any more
         os.chown(path, 4242 if path != waiting else 1000, 4343)
+    for path in (root / REVIEW, record):
+        os.chown(path, 4242, 4343)
 
     out = install(root).stdout
     uid = int(db(root, "passwd")["twinlock"][2])
@@ -429,6 +467,9 @@ def test_reinstall_gives_a_kept_drop_folder_back(tmp_path: Path) -> None:
     assert mode_owner(root / SPOOL / "rejected") == ("0o2770", uid, gid)
     assert mode_owner(waiting)[1:] == (1000, gid)      # still pi's, readable by the group again
     assert waiting.read_bytes() == b"bundle"
+    assert "/var/lib/twinlock-review: ownership given" in out
+    assert mode_owner(root / REVIEW) == ("0o2750", uid, gid)
+    assert mode_owner(record)[1:] == (uid, gid)          # the daemon appends to it again
     assert install(root).stdout.strip().endswith("nothing changed")
 
 
@@ -448,20 +489,13 @@ def test_drop_folder_permissions_work_for_uploader_and_daemon() -> None:
         svc_uid, svc_gid = (int(x) for x in db(root, "passwd")["twinlock"][2:4])
         deploy_gid = int(db(root, "group")[DEPLOY_GROUP][2])
 
-        def as_user(uid: int, gid: int, groups: list[int], script: str) -> int:
-            argv = [str(SETPRIV), f"--reuid={uid}", f"--regid={gid}",
-                    f"--groups={','.join(map(str, groups))}", "--", "sh", "-c", script]
-            return subprocess.run(argv, check=False, capture_output=True, text=True, env=ENV,
-                                  cwd="/", timeout=30).returncode
-
         upload = spool / "door.twinlock"
         assert as_user(1000, 1000, [1000, deploy_gid],
                        f"umask 022; printf bundle > {upload}.part && chmod 0640 {upload}.part "
                        f"&& mv -f {upload}.part {upload}") == 0
         assert mode_owner(upload) == ("0o640", 1000, deploy_gid)
         # The service user's groups come from the root's /etc/group (systemd: initgroups).
-        svc_groups = [svc_gid, *(int(g[2]) for g in db(root, "group").values()
-                                 if "twinlock" in g[3].split(","))]
+        svc_groups = service_groups(root)
         assert deploy_gid in svc_groups
         assert as_user(svc_uid, svc_gid, svc_groups, f"cat {upload} >/dev/null") == 0
         assert as_user(svc_uid, svc_gid, svc_groups,
@@ -474,6 +508,40 @@ def test_drop_folder_permissions_work_for_uploader_and_daemon() -> None:
 
         assert as_user(1000, 1000, [1000], f"ls {spool}") != 0   # not (yet) in the group
         assert as_user(1000, 1000, [1000], f"touch {spool}/x.twinlock") != 0
+    finally:
+        shutil.rmtree(base)
+
+
+@needs_root
+@pytest.mark.skipif(SETPRIV is None, reason="setpriv (util-linux) is not installed")
+def test_deploy_account_reads_review_records_and_nothing_else_of_the_state() -> None:
+    """Issue 22: `twinlock doors sync` reads the door's review records over SSH as the deploy
+    account. Records the daemon writes (under the unit's UMask=0077, through the review store)
+    are readable by a member of twinlock-deploy, not writable, and not readable by anyone else;
+    the state folder (audit log, anchors) stays shut to the deploy account."""
+    base = Path(tempfile.mkdtemp(prefix="twinlock-review-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        root = image_with_pi(base / "root")
+        install(root, "--deploy-user", "pi")
+        svc_uid, svc_gid = (int(x) for x in db(root, "passwd")["twinlock"][2:4])
+        deploy_gid = int(db(root, "group")[DEPLOY_GROUP][2])
+        review, state = root / REVIEW, root / "var/lib/twinlock"
+        # what the review store does (daemon/review/store.py) under the unit's umask: files
+        # created, then chmod 0640, in the folder and in the crops/ install.sh made
+        writer = (f"umask 077; printf rec > {review}/2026-12-06.jsonl && chmod 0640 {review}/2026-12-06.jsonl"
+                  f" && printf jpg > {review}/crops/a.jpg && chmod 0640 {review}/crops/a.jpg && "
+                  f"printf audit > {state}/audit.db")
+        assert as_user(svc_uid, svc_gid, service_groups(root), writer) == 0
+        assert mode_owner(review / "crops/a.jpg") == ("0o640", svc_uid, deploy_gid)
+        pi = (1000, 1000, [1000, deploy_gid])
+        assert as_user(*pi, f"cd {review} && ls && cat 2026-12-06.jsonl crops/a.jpg "
+                            "&& tar -cf - crops/a.jpg >/dev/null") == 0
+        assert as_user(*pi, f"touch {review}/x.jsonl") != 0           # reads only
+        assert as_user(*pi, f"rm -f {review}/2026-12-06.jsonl") != 0
+        assert as_user(*pi, f"ls {state}") != 0                        # nothing of the state
+        assert as_user(*pi, f"cat {state}/audit.db") != 0
+        assert as_user(1000, 1000, [1000], f"ls {review}") != 0        # not in the group
     finally:
         shutil.rmtree(base)
 

@@ -720,9 +720,9 @@ class ReviewConfig(_Section):
         False, description="keep a review record (face crop and embedding) of each finished "
         "attempt: unlock, refusal, liveness failure, lockout")
     dir: ConfigPath = Field(
-        DEFAULT_STATE_DIR / "review", description="review folder: one JSONL file per UTC day "
-        "and crops/; directories 0750 and files 0640, for the twinlock-deploy group to fetch "
-        "over SSH")
+        Path("/var/lib/twinlock-review"), description="review folder: one JSONL file per UTC "
+        "day and crops/; directories 0750 and files 0640, for the twinlock-deploy group to fetch "
+        "over SSH (outside the private state folder; deploy/install.sh makes it)")
     door: str = Field(
         "door", min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9-]{0,31}$",
         description="this door's name in its records (lower-case letters, digits, '-'); the "

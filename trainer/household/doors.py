@@ -49,7 +49,7 @@ from .mqtt_review import is_mqtt_target
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_REVIEW_DIR = "/var/lib/twinlock/review/"
+DEFAULT_REVIEW_DIR = "/var/lib/twinlock-review/"
 SYNC_TIMEOUT_S = 300.0
 #: crops asked for in one ``tar`` on the door (keeps the command line short)
 CROPS_PER_CALL = 200
@@ -79,7 +79,7 @@ class ReviewSource(Protocol):
 
 def parse_door_target(target: str) -> SshTarget | LocalTarget:
     """``ssh://USER@HOST[:PORT][/PATH]`` (PATH: the door's review folder, default
-    /var/lib/twinlock/review/) or a local folder."""
+    /var/lib/twinlock-review/) or a local folder."""
     parsed = parse_target(target)
     if isinstance(parsed, SshTarget):
         if urlsplit(target.strip()).path in ("", "/"):
