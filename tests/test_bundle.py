@@ -557,6 +557,26 @@ def test_install_keeps_previous_and_rollback_swaps(door: Door, tmp_path: Path) -
                                                                      "previous.twinlock"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: chown to another user")
+def test_install_and_rollback_as_root_leave_the_bundles_to_the_service_user(
+        door: Door, tmp_path: Path) -> None:
+    """`sudo twinlockd rollback` (or install-bundle) on the door: the files it writes keep the
+    bundles folder's owner, else the daemon cannot open its own current bundle (seen under a
+    real systemd: tests/vm, "cannot open bundle (Permission denied)" at the reload)."""
+    state = tmp_path / "state"
+    store.install_bundle(door.bundle, door.pub, state)
+    folder = state / "bundles"
+    service = (4242, 4343)                              # what install.sh's chown -R would give
+    for path in (state, folder, *folder.iterdir()):
+        os.chown(path, *service)
+    store.install_bundle(second_bundle(door, tmp_path), door.pub, state)
+    owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in folder.iterdir()}
+    assert owners == dict.fromkeys([".lock", "current.twinlock", "previous.twinlock"], service)
+    store.rollback(state, door.pub)
+    owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in folder.iterdir()}
+    assert owners == dict.fromkeys([".lock", "current.twinlock", "previous.twinlock"], service)
+
+
 def test_failed_install_or_rollback_changes_nothing(door: Door, tmp_path: Path) -> None:
     state = tmp_path / "state"
     store.install_bundle(door.bundle, door.pub, state)

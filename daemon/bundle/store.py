@@ -194,8 +194,11 @@ def install_bundle(bundle_path: str | Path, public_key_path: str | Path,
     public_key = fmt.load_public_key(public_key_path)
     folder = bundles_dir(state_dir)
     make_private_dirs(folder, BundleError)  # state_dir too, if this makes it: 0700
-    with bundles_lock(folder):
-        return _install_locked(Path(bundle_path), public_key, folder, runtimes)
+    try:
+        with bundles_lock(folder):
+            return _install_locked(Path(bundle_path), public_key, folder, runtimes)
+    finally:
+        _keep_owner(folder)
 
 
 def _install_locked(bundle_path: Path, public_key: Ed25519PublicKey, folder: Path,
@@ -306,8 +309,30 @@ def rollback(state_dir: str | Path, public_key_path: str | Path) -> Path:
                 fsync_dir(folder)
     except OSError as exc:
         raise BundleError(f"{folder}: cannot roll back ({exc.strerror or exc})") from None
+    finally:
+        _keep_owner(folder)
     logger.info("rolled back to bundle %s (model %s)", verified.bundle_id, verified.model_id)
     return current
+
+
+def _keep_owner(folder: Path) -> None:
+    """Run as root (``sudo twinlockd rollback`` / ``install-bundle`` on the door), give the files
+    this wrote back to the bundles folder's owner, the service user: a root-owned 0600
+    ``current`` would shut the daemon out of its own bundle (its reload refused, its next start
+    without a model). Does nothing for anyone else (the daemon itself)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = folder.stat()
+        for name in (CURRENT_NAME, PREVIOUS_NAME, LOCK_NAME):
+            path = folder / name
+            with contextlib.suppress(FileNotFoundError):
+                st = path.lstat()
+                if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+                    os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
+    except OSError as exc:
+        raise BundleError(f"{folder}: cannot give the bundles back to their owner "
+                          f"({exc.strerror or exc})") from None
 
 
 # --------------------------------------------------------------------------------------------
