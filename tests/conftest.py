@@ -39,6 +39,18 @@ def data_dir() -> Path:
     return require_data()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_household_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The household's default stores (``$XDG_DATA_HOME/twinlock``: enrolment.db, activity.db)
+    in a folder of this test session's own: a test that forgets --db never writes into the
+    home of whoever runs the suite. Subprocesses inherit it."""
+    path = tmp_path_factory.mktemp("xdg-data")
+    os.environ["XDG_DATA_HOME"] = str(path)
+    os.environ.pop("TWINLOCK_ENROL_DB", None)
+    os.environ.pop("TWINLOCK_ACTIVITY_DB", None)
+    return path
+
+
 @pytest.fixture(scope="session")
 def lfw_dir() -> Path:
     return require_data("lfw", "lfw-deepfunneled")
