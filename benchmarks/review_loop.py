@@ -13,7 +13,9 @@ photo (the first, in file order, that the enrolment gate keeps: ``enroll_from_im
 seated (seeded) at doors of ``--door-size``; each door's gallery is exported from its
 enrolment store as ``twinlock bundle`` makes it (``export_gallery``) and its threshold is the
 shipped model's default for that many residents (``decision_settings``, as the daemon's
-assemble does), decided by the daemon's ``Verifier``.
+assemble does) or, with a model calibrated per anchor count, each resident's own for their
+number of anchors (``resident_thresholds``, as assemble does too), decided by the daemon's
+``Verifier``.
 
 The loop, per door: every resident knock becomes a review record with the chip as the door
 would keep it (``ReviewWriter``), the household fetches the door's folder (``sync_door``), and
@@ -55,7 +57,12 @@ import numpy as np
 from twinlock.daemon.faces import quality as q
 from twinlock.daemon.faces.images import load_image
 from twinlock.daemon.recognition.analyser import FrameAnalyser, Scored
-from twinlock.daemon.recognition.fusion import decision_settings
+from twinlock.daemon.recognition.fusion import (
+    decision_settings,
+    door_calibration,
+    ladders_by_anchors,
+    resident_thresholds,
+)
 from twinlock.daemon.recognition.gallery import load_gallery
 from twinlock.daemon.recognition.model import FaceEmbedder, ModelMetadata
 from twinlock.daemon.recognition.verify import Verifier
@@ -125,8 +132,13 @@ class Door:
         self.threshold, self.threshold_from, fusion = decision_settings(
             meta.thresholds, meta.default_threshold, meta.metrics,
             residents=len(gallery.users))
+        self.anchors = [len(user.anchors) for user in gallery.users.values()]
+        # each resident's threshold for their own anchor count, as the daemon's assemble does
+        # (None with a model calibrated at one anchor count: the one threshold above)
+        self.per_resident = resident_thresholds(meta.thresholds, meta.default_threshold,
+                                                meta.metrics, self.anchors)
         self.verifier = Verifier(gallery, meta.head_weights, meta.head_bias, self.threshold,
-                                 fusion=fusion)
+                                 fusion=fusion, per_resident=self.per_resident)
         self.bundle_id = f"gallery-{len(gallery.users)}-{int(time.time())}"
 
     def who(self, embedding: np.ndarray) -> str | None:
@@ -136,11 +148,16 @@ class Door:
     def accepted(self, embeddings: np.ndarray) -> int:
         """How many of ``embeddings`` the door opens for (as anyone): the Verifier's own rule
         (top resident's fused score against that resident's bar), for many faces at once."""
+        return sum(self.accepted_as(embeddings).values())
+
+    def accepted_as(self, embeddings: np.ndarray) -> Counter[int]:
+        """``accepted`` by the anchor count of the resident each face was let in as."""
         if not len(embeddings):
-            return 0
+            return Counter()
         fused = self.verifier.resident_scores(embeddings)
         top = fused.argmax(axis=1)
-        return int((fused[np.arange(len(top)), top] >= self.verifier.limits[top]).sum())
+        opened = top[fused[np.arange(len(top)), top] >= self.verifier.limits[top]]
+        return Counter(self.anchors[int(r)] for r in opened)
 
 
 def _rate(accepted: int, knocks: int) -> dict[str, Any]:
@@ -164,8 +181,10 @@ def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
     own: dict[str, list[Knock]] = {}
     not_enrolled: Counter[str] = Counter()
     per_k: dict[int, dict[str, Counter[str]]] = {
-        k: {"residents": Counter(), "strangers": Counter(), "labels": Counter()} for k in ks}
+        k: {"residents": Counter(), "strangers": Counter(), "labels": Counter(),
+            "anchors_after": Counter(), "by_anchors": Counter()} for k in ks}
     threshold_from = ""
+    bars: dict[int, float] = {}  # a resident's bar by anchor count (none of them strict)
     for d, candidates_here in enumerate(common.progress(doors, "doors")):
         name = f"door-{d:03d}"
         folder = workdir / name
@@ -183,6 +202,8 @@ def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
                     not_enrolled[report.rejected[0][1]] += 1
             before = Door(store, model_dir, meta, folder / "gallery-before.json")
         threshold_from = before.threshold_from
+        for n, bar in zip(before.anchors, before.verifier.limits, strict=True):
+            bars[n] = round(float(bar), 6)
         # the door: every resident knock is an attempt with its review record
         writer = ReviewWriter(folder / "review", name, 3650, 10**10)
         clock = T0
@@ -222,6 +243,9 @@ def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
                     for _, reason in report.rejected:
                         per_k[k]["labels"][f"refused: {describe(reason)}"] += 1
                 after = Door(store, model_dir, meta, work / "gallery-after.json")
+            per_k[k]["anchors_after"].update(after.anchors)
+            for n, bar in zip(after.anchors, after.verifier.limits, strict=True):
+                bars[n] = round(float(bar), 6)
             # control: the same faces enrolled from their photos on the desktop (twinlock
             # enroll) instead of from the door's chips: what more anchors cost by themselves
             shutil.copy(door_db, work / "control.db")
@@ -245,7 +269,12 @@ def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
             st = per_k[k]["strangers"]
             st["knocks"] += len(strangers)
             st["before"] += strangers_before
-            st["after"] += after.accepted(strangers)
+            as_count = after.accepted_as(strangers)
+            st["after"] += sum(as_count.values())
+            for n, residents_n in Counter(after.anchors).items():
+                # per anchor count: strangers let in as such a resident, over resident-knocks
+                per_k[k]["by_anchors"][f"{n}: accepted"] += as_count[n]
+                per_k[k]["by_anchors"][f"{n}: resident_knocks"] += residents_n * len(strangers)
             st["control"] += control.accepted(strangers)
 
     results = []
@@ -258,6 +287,8 @@ def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
         results.append({
             "k": k,
             "labels": dict(sorted(per_k[k]["labels"].items())),
+            "residents_by_anchors_after": {str(n): c for n, c in
+                                           sorted(per_k[k]["anchors_after"].items())},
             "residents": {"knocks": res["knocks"],
                           "accepted_before": res["before"], "accepted_after": res["after"],
                           "acceptance_before": round(res["before"] / res["knocks"], 4),
@@ -267,10 +298,21 @@ def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
                           "wrong_resident_after": res["wrong_after"],
                           "accepted_control": res["control"]},
             "strangers": {"before": s_before, "after": s_after,
+                          "after_by_anchor_count_of_the_resident_passed_for": {
+                              str(n): _rate(per_k[k]["by_anchors"][f"{n}: accepted"],
+                                            per_k[k]["by_anchors"][f"{n}: resident_knocks"])
+                              for n in sorted(per_k[k]["anchors_after"])},
                           "control_same_faces_enrolled_from_photos": _rate(st["control"],
                                                                            st["knocks"])},
             "refused_halved": halved, "strangers_within_bound": within})
+    per_resident = bool(ladders_by_anchors(door_calibration(meta.metrics)))
     return {"doors": len(doors), "door_size": door_size, "threshold": threshold_from,
+            "thresholds_per_resident": (
+                "each resident's for their anchor count (fusion.resident_thresholds: the "
+                "one-resident ladder measured for that many anchors, target / door size)"
+                if per_resident else "one threshold for every resident (the model has no "
+                "ladders by anchor count)"),
+            "threshold_by_anchors": {str(n): t for n, t in sorted(bars.items())},
             "residents": len(own), "seated_but_never_enrolled": sum(map(len, doors)) - len(own),
             "not_enrolled_photos": dict(not_enrolled),
             "resident_names": sorted(own),
@@ -304,7 +346,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "residents_are": "every held-out person with 2+ usable photos, enrolled "
                                       "from the first photo the enrolment gate keeps",
                      "strangers_are": "every usable photo of the held-out people not seated "
-                                      "at that door (other doors' residents included)"},
+                                      "at that door (other doors' residents included)",
+                     "calibration_used": "the same people: the model's door thresholds and "
+                                         "its ladders by anchor count were measured on its "
+                                         "held-out people too (metrics.door.held_out_pairs; "
+                                         "the only LFW people it was not trained on)"},
         "target": "k = 3: residents' refused knocks at least halved; strangers' acceptance "
                   "after <= the one-sided 95 % Clopper-Pearson upper bound of before",
         "meets_target": bool(k3["refused_halved"] and k3["strangers_within_bound"]),
