@@ -154,6 +154,28 @@ def alternatives(embedded: dict[Any, np.ndarray], sets: dict[Any, Any],
             "rows": rows}
 
 
+def look_alikes(sets: dict[Any, Any], thresholds: dict[str, float]) -> dict[str, Any]:
+    """Per half (its photos) and rung: the share of one person's photo pairs the head matches,
+    and the pairs of two people it matches (each can join two groups), with the photo counts of
+    the people such a pair joins at the strictest rung."""
+    out: dict[str, Any] = {}
+    for half in ("selection", "report"):
+        logits, y = sets[(half, "photos")]
+        i, j = _pairs(np.arange(len(logits)), len(y))
+        same, sizes = y[i] == y[j], np.bincount(y)
+        rows: dict[str, dict[str, Any]] = {}
+        for name in (STRICT, "door_far_3e-04", "door_far_1e-03", "far_1e-03"):
+            match = logits >= logit(thresholds[name])
+            rows[name] = {"one_person_pairs_matched": round(float(match[same].mean()), 3),
+                          "two_people_pairs_matched": int(match[~same].sum())}
+        joined = np.flatnonzero(~same & (logits >= logit(thresholds[STRICT])))
+        rows[STRICT]["photos_of_the_people_joined"] = [
+            sorted([int(sizes[y[i[k]]]), int(sizes[y[j[k]]])]) for k in joined]
+        out[half] = {"one_person_pairs": int(same.sum()), "two_people_pairs": int((~same).sum()),
+                     "rungs": rows}
+    return out
+
+
 def quality(truth: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
     both, in_group, same_person = pair_counts(truth, groups)
     precision = both / in_group if in_group else 1.0
@@ -334,6 +356,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "scale": scale,
         "candidates": candidates,
         "explored_on_the_selection_half": alternatives(embedded, sets, thresholds, meta),
+        "why_the_target_is_hard": look_alikes(sets, thresholds),
         "explored_after_the_report": {
             "why": "measured after the report half had been seen, so never chosen from: "
                    "thresholds between the ladder's rungs (2e-, 5e-) for single and average "
