@@ -180,8 +180,8 @@ def test_doors_update_bundles_the_residents_now_and_deploys(
               str(tmp_path / "home.key"), "--db", str(enrol), "--activity-db", str(act)]
     assert main(update) == 0
     out = capsys.readouterr().out
-    assert [line for line in out.splitlines() if line.startswith("front: ") and "done" not in
-            line] == ["front: build bundle", "front: sign", "front: copy"]
+    assert [line for line in out.splitlines() if "done" not in line][:3] == [
+        "build bundle", "sign", "front: copy"]
     [arrived] = spool.iterdir()
     info = summarize_bundle(arrived)
     assert list(info.summary["residents"]) == ["lin"] and f"bundle {info.bundle_id}" in out
@@ -189,6 +189,56 @@ def test_doors_update_bundles_the_residents_now_and_deploys(
         assert store.door_bundle("front").bundle_id == info.bundle_id
     assert not list((tmp_path / "updates").iterdir())  # the built bundle is not kept
     assert main(update[:3]) == 2  # no model, no key
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then let go)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_doors_update_without_names_updates_every_door_past_one_that_is_down(
+        tmp_path: Path, door_model: Path, examples_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """One bundle, built and signed once, to every door in turn: ``back`` (an ssh door on a
+    closed port) fails first and ``front`` (a folder door) still gets it; both outcomes are
+    kept in the activity store and the summary and exit status say one failed."""
+    enrol, act = tmp_path / "enrolment.db", tmp_path / "activity.db"
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    assert main(["enroll", "lin", "--images", str(examples_dir / "lin-manuel-miranda.png"),
+                 "--model", str(door_model), "--db", str(enrol)]) == 0
+    assert main(["keygen", "--out", str(tmp_path / "home")]) == 0
+    a = ["--activity-db", str(act)]
+    assert main(["doors", "add", "front", "--to", str(tmp_path), "--deploy-to", str(spool),
+                 *a]) == 0
+    assert main(["doors", "add", "back", "--to", f"ssh://door@127.0.0.1:{closed_port()}/r",
+                 "--ssh-option", "-o ConnectTimeout=5 -o ConnectionAttempts=1", *a]) == 0
+    capsys.readouterr()
+    code = main(["doors", "update", "--model", str(door_model), "--key",
+                 str(tmp_path / "home.key"), "--db", str(enrol), *a])
+    out, err = capsys.readouterr()
+    assert code == 1, (out, err)
+    assert out.splitlines().count("build bundle") == 1 and out.splitlines().count("sign") == 1
+    [summary] = [line for line in err.splitlines() if line.startswith("updated ")]
+    assert summary.startswith("updated 1 of 2 doors; failed: back (deploy to ssh://"), summary
+    assert "connect" in summary and "\n" not in summary
+    assert "back: FAILED: " in err and "front: done: " in out
+    [arrived] = spool.iterdir()
+    info = summarize_bundle(arrived)
+    assert list(info.summary["residents"]) == ["lin"]
+    with ActivityStore(act) as store:
+        front, back = store.door_bundle("front"), store.door_bundle("back")
+    assert (front.bundle_id, front.deploy_error) == (info.bundle_id, None)
+    assert back.bundle_id is None and back.deploy_error and "connect" in back.deploy_error
+    assert not list((tmp_path / "updates").iterdir())
+    capsys.readouterr()  # a name not in the list stops it before any bundle is built
+    assert main(["doors", "update", "front", "garage", "--model", str(door_model), "--key",
+                 str(tmp_path / "home.key"), "--db", str(enrol), *a]) == 2
+    assert "no door called 'garage'" in capsys.readouterr().err and len(list(spool.iterdir())) == 1
 
 
 def test_doors_list_makes_no_enrolment_store(tmp_path: Path,

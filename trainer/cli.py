@@ -590,8 +590,10 @@ def _review_parsers(sub: argparse._SubParsersAction) -> None:
                        "say otherwise); doors remove NAME; doors sync [NAME...] fetches each "
                        "door's new review records (its attempts with their faces) into the "
                        "activity store, over the SSH deploy account or from a folder; it only "
-                       "reads on the door. doors update NAME --model DIR --key KEY: bundle the "
-                       "household's residents now, sign and deploy to NAME.")
+                       "reads on the door. doors update [NAME...] --model DIR --key KEY: bundle the "
+                       "household's residents now, sign once and deploy to each NAME (every "
+                       "door without one) in turn; a door that fails is reported and the "
+                       "others go on (exit status 1 when any failed).")
     p.add_argument("action", choices=("add", "list", "remove", "sync", "update"))
     p.add_argument("names", nargs="*", metavar="NAME", help="door name: 1-32 lower-case "
                    "letters, digits and '-' (the name in the door's review: section)")
@@ -849,19 +851,31 @@ def _door_statuses(args: argparse.Namespace, store: Any) -> dict[str, Any]:
 
 
 def _update_door(args: argparse.Namespace, store: Any) -> int:
-    """doors update NAME --model DIR --key KEY: what the page's Update button does."""
+    """doors update [NAME...] --model DIR --key KEY: one signed bundle of the residents now,
+    deployed to each named door (every door without a name) in turn; a door that fails is
+    reported and the others go on (the page's "Update every door" does the same)."""
     from .household.enroll_store import default_path
-    from .household.rollout import update_door
+    from .household.rollout import DoorOutcome, update_doors
 
-    if len(args.names) != 1 or args.model is None or args.key is None:
-        raise _usage("doors update takes one door NAME, --model MODEL_DIR and --key KEY")
+    if args.model is None or args.key is None:
+        raise _usage("doors update [NAME...] needs --model MODEL_DIR and --key KEY")
     enrol_db = Path(args.db or default_path()).expanduser()
-    info, report = update_door(store.path, enrol_db, args.names[0], args.model, args.key,
-                               enrol_db.parent / "updates",
-                               progress=lambda step: print(f"{args.names[0]}: {step}"))
-    print(f"{args.names[0]}: done: bundle {info['bundle_id']} ({len(info['users'])} "
-          f"residents); {report.summary()}")
-    return 0
+
+    def progress(door: str | None, step: str) -> None:
+        print(f"{door}: {step}" if door else step)
+
+    def finished(outcome: DoorOutcome) -> None:
+        if outcome.error is not None:
+            print(f"{outcome.door}: FAILED: {outcome.error}", file=sys.stderr)
+        elif outcome.report is not None:
+            print(f"{outcome.door}: done: {outcome.report.summary()}")
+
+    result = update_doors(store.path, enrol_db, args.names, args.model, args.key,
+                          enrol_db.parent / "updates", progress, finished)
+    if result.bundle is not None:
+        print(f"bundle {result.bundle['bundle_id']} ({len(result.bundle['users'])} residents)")
+    print(result.summary(), file=sys.stderr if result.failed else sys.stdout)
+    return 1 if result.failed else 0
 
 
 def _cmd_web(args: argparse.Namespace, argv: Sequence[str]) -> int:

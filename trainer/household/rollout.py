@@ -13,20 +13,21 @@ decimals, ``Gallery.to_json``), so the same anchor has the same name in a bundle
 enrolment store. An anchor whose source is an attempt's crop (``<record id>.jpg``, as
 ``activity label`` enrols it) came from a label.
 
-The CLI (``twinlock bundle``, ``deploy --to NAME``, ``doors list``, ``doors update``) and the
-household page's Update button call these same functions.
+The CLI (``twinlock bundle``, ``deploy --to NAME``, ``doors list``, ``doors update [NAME...]``)
+and the household page's Update and "Update every door" buttons call these same functions.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -361,25 +362,117 @@ def deploy_to_door(activity: ActivityStore, name: str, bundle: Path,
     return report
 
 
-def update_door(activity_db: Path, enrolment_db: Path, name: str, model_dir: Path, key: Path,
-                workdir: Path, progress: Progress = _quiet,
-                lock: threading.Lock | None = None) -> tuple[dict[str, Any], DeployReport]:
-    """Build a signed bundle of the household's residents now and deploy it to door ``name``
-    (``twinlock doors update NAME``, and the page's Update). The bundle is written in a private
-    temporary folder under ``workdir`` and deleted once it is on its way."""
+@contextmanager
+def _household_bundle(enrolment_db: Path, model_dir: Path, key: Path, workdir: Path, stem: str,
+                      progress: Progress, lock: threading.Lock | None
+                      ) -> Iterator[tuple[dict[str, Any], Path]]:
+    """A signed bundle of the household's residents now, in a private temporary folder under
+    ``workdir`` that is deleted on leaving (the bundle is on its way to the doors by then)."""
     from twinlock.daemon.storage.private_db import make_private_dirs
 
     from ..errors import EnrolmentError
 
     make_private_dirs(workdir, EnrolmentError)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    with tempfile.TemporaryDirectory(prefix="update-", dir=workdir) as tmp, \
-            ActivityStore(activity_db) as activity:
-        from .doors import deploy_target_of
-
-        deploy_target_of(activity.door(name))  # a door with nowhere to deploy fails first
-        bundle = Path(tmp) / f"{name}-{stamp}{fmt.BUNDLE_SUFFIX}"
+    with tempfile.TemporaryDirectory(prefix="update-", dir=workdir) as tmp:
+        bundle = Path(tmp) / f"{stem}-{stamp}{fmt.BUNDLE_SUFFIX}"
         with EnrolmentStore(enrolment_db) as enrolment:
             info = build_bundle(enrolment, model_dir, key, bundle, progress=progress, lock=lock)
-        report = deploy_to_door(activity, name, bundle, progress=progress)
+        yield info, bundle
+
+
+def update_door(activity_db: Path, enrolment_db: Path, name: str, model_dir: Path, key: Path,
+                workdir: Path, progress: Progress = _quiet,
+                lock: threading.Lock | None = None) -> tuple[dict[str, Any], DeployReport]:
+    """Build a signed bundle of the household's residents now and deploy it to door ``name``
+    (the page's Update; ``update_doors`` for several). The bundle is written in a private
+    temporary folder under ``workdir`` and deleted once it is on its way."""
+    from .doors import deploy_target_of
+
+    with ActivityStore(activity_db) as activity:
+        deploy_target_of(activity.door(name))  # a door with nowhere to deploy fails first
+        with _household_bundle(enrolment_db, model_dir, key, workdir, name, progress,
+                               lock) as (info, bundle):
+            report = deploy_to_door(activity, name, bundle, progress=progress)
     return info, report
+
+
+#: a step of an update of several doors: (door, step); door None for the one bundle's steps
+DoorProgress = Callable[[str | None, str], None]
+
+
+@dataclass
+class DoorOutcome:
+    """How one door's part of ``update_doors`` ended: its deploy report, or why it failed."""
+
+    door: str
+    report: DeployReport | None = None
+    error: str | None = None  # one line
+    bundle_id: str | None = None  # the bundle it runs now (None: failed)
+
+
+@dataclass
+class DoorsUpdate:
+    """``update_doors``: the bundle made (None when no door could take one) and each door."""
+
+    bundle: dict[str, Any] | None
+    outcomes: list[DoorOutcome]
+
+    @property
+    def failed(self) -> list[DoorOutcome]:
+        return [o for o in self.outcomes if o.error is not None]
+
+    def summary(self) -> str:
+        """``updated 2 of 3 doors; failed: back (why)``."""
+        done = len(self.outcomes) - len(self.failed)
+        line = f"updated {done} of {_count(len(self.outcomes), 'door')}"
+        if self.failed:
+            line += "; failed: " + ", ".join(f"{o.door} ({o.error})" for o in self.failed)
+        return line
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def update_doors(activity_db: Path, enrolment_db: Path, names: Sequence[str], model_dir: Path,
+                 key: Path, workdir: Path, progress: DoorProgress = lambda door, step: None,
+                 finished: Callable[[DoorOutcome], None] = lambda outcome: None,
+                 lock: threading.Lock | None = None) -> DoorsUpdate:
+    """``twinlock doors update [NAME...]`` and the page's "Update every door": one signed
+    bundle of the household's residents now (built once), deployed to each door in turn (every
+    door in the list when ``names`` is empty). A door that is down or refuses is reported with
+    its reason (and its deploy error kept, as ``deploy_to_door`` does) and the others go on;
+    ``finished`` hears each door's outcome as it ends. An unknown name, or a bundle that
+    cannot be built, stops it before any door is touched."""
+    from .doors import deploy_target_of
+
+    with ActivityStore(activity_db) as activity:
+        names = list(dict.fromkeys(names)) or [d.name for d in activity.doors()]
+        if not names:
+            raise UsageError("no doors to update (twinlock doors add NAME --to ...)")
+        entries = {name: activity.door(name) for name in names}  # a typo stops it here
+        outcomes: dict[str, DoorOutcome] = {}
+        for name, entry in entries.items():
+            try:
+                deploy_target_of(entry)
+            except TwinLockError as exc:  # nowhere to deploy: no need to build for it
+                outcomes[name] = DoorOutcome(name, error=_one_line(exc))
+                finished(outcomes[name])
+        ready = [n for n in names if n not in outcomes]
+        info = None
+        if ready:
+            with _household_bundle(enrolment_db, model_dir, key, workdir, "household",
+                                   lambda step: progress(None, step), lock) as (info, bundle):
+                for name in ready:
+                    try:
+                        report = deploy_to_door(activity, name, bundle,
+                                                progress=functools.partial(progress, name))
+                        outcomes[name] = DoorOutcome(name, report=report,
+                                                     bundle_id=str(info["bundle_id"]))
+                    except (TwinLockError, OSError) as exc:
+                        logger.warning("update of door %s failed: %s", name, exc)
+                        outcomes[name] = DoorOutcome(name, error=_one_line(exc))
+                    finished(outcomes[name])
+    return DoorsUpdate(info, [outcomes[n] for n in names])
