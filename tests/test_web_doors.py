@@ -6,8 +6,6 @@ enrolled from real photos; the door's own reader verifies what arrived."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,13 +16,14 @@ from typing import Any
 import httpx
 import pytest
 from test_deploy_ssh import Door, door  # noqa: F401  (the sshd fixture)
-from test_web import CLI, PASSWORD, START_TIMEOUT_S, audit, free_port, login, set_password
+from test_web import PASSWORD, Server, audit, login, set_password
 
 from twinlock.daemon.bundle.store import verify_bundle
 from twinlock.daemon.errors import UsageError
 from twinlock.daemon.review.format import ReviewRecord, new_record_id
 from twinlock.daemon.review.store import ReviewWriter
 from twinlock.trainer.cli import main
+from twinlock.trainer.household.activity import ActivityStore
 from twinlock.trainer.web.jobs import UpdateJobs
 
 pytestmark = pytest.mark.data
@@ -33,9 +32,9 @@ pytestmark = pytest.mark.data
 UPDATE_LIMIT_S = 300.0
 
 
-def status_of(html: str, name: str) -> str:
-    found = re.search(rf'id="update-status-{name}"[^>]*>(.*?)</span>', html, re.DOTALL)
-    assert found, f"no update-status-{name} on the page"
+def status_of(html: str, name: str, kind: str = "update") -> str:
+    found = re.search(rf'id="{kind}-status-{name}"[^>]*>(.*?)</span>', html, re.DOTALL)
+    assert found, f"no {kind}-status-{name} on the page"
     return found.group(1).strip()
 
 
@@ -49,38 +48,6 @@ def csrf(c: httpx.Client) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', c.get("/doors").text)
     assert found
     return found.group(1)
-
-
-class Web:
-    """``twinlock web`` with a signing key and a sync schedule, stopped on exit."""
-
-    def __init__(self, home: dict[str, Any], model: Path, sync_every_min: float) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        port = self.url.rsplit(":", 1)[1]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", CLI, "web", "--port", port, "--db", str(home["enrol_db"]),
-             "--activity-db", str(home["db"]), "--model", str(model), "--signing-key",
-             str(home["key"]), "--sync-every", str(sync_every_min)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(self.url + "/login", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"twinlock web did not start: {self.proc.stdout.read()}")  # type: ignore[union-attr]
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def a_record(review: Path, name: str) -> None:
@@ -118,7 +85,7 @@ def house(tmp_path_factory: pytest.TempPathFactory, door_model: Path, examples_d
     assert main(["doors", "add", "shed", "--to", str(tmp / "shed-card"), "--deploy-to",
                  str(tmp / "shed-card"), *act]) == 0
     set_password(home["enrol_db"])
-    web = Web(home, door_model, sync_every_min=0.05)
+    web = Server(home, door_model, "--signing-key", str(home["key"]), "--sync-every", "0.05")
     home["url"] = web.url
     try:
         yield home
@@ -133,20 +100,21 @@ def client(house: dict[str, Any]) -> Iterator[httpx.Client]:
         yield c
 
 
-def wait_done(client: httpx.Client, name: str) -> tuple[str, set[str]]:
-    """Poll the Doors page as a browser would (it says Refresh while an update runs) until
-    ``name``'s update ends; its last status and every status seen on the way."""
+def wait_done(client: httpx.Client, name: str, kind: str = "update") -> tuple[str, set[str]]:
+    """Poll the Doors page as a browser would (it says Refresh while an update or a sync runs)
+    until ``name``'s update (``kind="sync"``: its sync) ends; its last status and every status
+    seen on the way."""
     seen: set[str] = set()
     deadline = time.monotonic() + UPDATE_LIMIT_S
     while time.monotonic() < deadline:
         page = client.get("/doors")
-        text = status_of(page.text, name)
+        text = status_of(page.text, name, kind)
         seen.add(text)
         if text.startswith(("done", "failed")):
             return text, seen
-        assert page.headers.get("refresh") == "2", "a running update must reload the page"
+        assert page.headers.get("refresh") == "2", f"a running {kind} must reload the page"
         time.sleep(0.3)
-    raise AssertionError(f"door {name}: the update did not end within {UPDATE_LIMIT_S} s: {seen}")
+    raise AssertionError(f"door {name}: the {kind} did not end within {UPDATE_LIMIT_S} s: {seen}")
 
 
 def test_update_without_a_session_or_without_csrf_is_refused(house: dict[str, Any],
@@ -228,3 +196,127 @@ def test_one_update_per_door_at_a_time() -> None:
         time.sleep(0.05)
     assert (first.state, first.message, first.steps) == ("done", "ok", ["build bundle"])
     assert jobs.start("front", lambda progress: "again").door == "front"  # after it ended
+
+
+def test_update_every_door_goes_on_past_a_failing_door_and_shows_each_outcome(
+        house: dict[str, Any], client: httpx.Client) -> None:
+    """One bundle to front (folder), porch (ssh) and shed (its card is not there): shed
+    fails with its reason, the others get the bundle; each door's status and the summary say
+    so, and the change log holds the request and its end."""
+    with httpx.Client(base_url=house["url"]) as anon:
+        assert anon.post("/doors/update-all", data={"csrf": "x"}).status_code == 401
+    r = client.post("/doors/update-all", data={})
+    assert r.status_code == 403 and "CSRF" in r.text
+    assert 'id="update-all"' in client.get("/doors").text
+    before = {n: set((house["tmp"] / n / "spool").iterdir()) for n in ("front", "porch")}
+    r = client.post("/doors/update-all", data={"csrf": csrf(client)})
+    assert r.status_code == 303 and r.headers["location"] == "/doors"
+    texts = {name: wait_done(client, name)[0] for name in ("front", "porch", "shed")}
+    assert texts["front"].startswith("done (build bundle &gt; sign &gt; copy): door front "
+                                     "runs bundle "), texts
+    assert texts["porch"].startswith("done (build bundle &gt; sign &gt; copy &gt; reload): "
+                                     "door porch runs bundle "), texts
+    assert texts["shed"].startswith("failed at copy (build bundle &gt; sign &gt; copy): "
+                                    "target folder"), texts
+    deadline = time.monotonic() + UPDATE_LIMIT_S
+    while "updated 2 of 3 doors" not in (page := client.get("/doors").text):
+        assert time.monotonic() < deadline, page
+        time.sleep(0.3)
+    summary = re.search(r'id="update-all-status"[^>]*>(.*?)</span>', page, re.DOTALL)
+    assert summary and "updated 2 of 3 doors; failed: shed (target folder" in summary.group(1)
+    bundles = set()
+    for name in ("front", "porch"):
+        [new] = set((house["tmp"] / name / "spool").iterdir()) - before[name]
+        verified = verify_bundle(new, house["tmp"] / "home.pub")
+        assert verified.users == ["barack"] and verified.bundle_id in texts[name]
+        bundles.add(verified.bundle_id)
+    assert len(bundles) == 1  # built and signed once
+    assert "last deployment failed" in row_of(page, "shed")
+    actions = [(e["action"], e.get("doors")) for e in audit(house)
+               if str(e["action"]).startswith("doors_update_all")]
+    assert actions[-2:] == [("doors_update_all", ["front", "porch", "shed"]),
+                            ("doors_update_all_done", ["front", "porch", "shed"])]
+
+
+@pytest.fixture(scope="module")
+def quiet(tmp_path_factory: pytest.TempPathFactory, door_model: Path
+          ) -> Iterator[dict[str, Any]]:
+    """A household whose page runs no schedule: door ``side`` (a folder with one attempt) is
+    fetched only when someone presses Sync now; ``gone``'s card is not mounted."""
+    tmp = tmp_path_factory.mktemp("webdoors-quiet")
+    home: dict[str, Any] = {"enrol_db": tmp / "home" / "enrolment.db",
+                            "db": tmp / "home" / "activity.db", "tmp": tmp}
+    (tmp / "side").mkdir()
+    a_record(tmp / "side" / "review", "side")
+    for name, target in (("side", tmp / "side" / "review"), ("gone", tmp / "gone-card")):
+        assert main(["doors", "add", name, "--to", str(target), "--activity-db",
+                     str(home["db"])]) == 0
+    set_password(home["enrol_db"])
+    web = Server(home, door_model)
+    home["url"] = web.url
+    try:
+        yield home
+    finally:
+        web.stop()
+
+
+def test_sync_now_without_a_session_or_without_csrf_is_refused(quiet: dict[str, Any]) -> None:
+    with httpx.Client(base_url=quiet["url"]) as anon:
+        assert anon.post("/doors/side/sync", data={"csrf": "x"}).status_code == 401
+    with httpx.Client(base_url=quiet["url"], timeout=120) as c:
+        assert login(c, PASSWORD).status_code == 303
+        assert 'id="sync-side"' in c.get("/doors").text
+        for form in ({}, {"csrf": "wrong"}):
+            r = c.post("/doors/side/sync", data=form)
+            assert r.status_code == 403 and "CSRF" in r.text
+        assert status_of(c.get("/doors").text, "side", "sync") == ""  # nothing started
+    with ActivityStore(quiet["db"]) as store:
+        assert store.door_counts().get("side", (0, None))[0] == 0
+        assert store.door("side").last_sync is None
+    assert not [e for e in audit(quiet) if str(e["action"]).startswith("door_sync")]
+
+
+def test_sync_now_fetches_a_folder_doors_records_in_the_background(
+        quiet: dict[str, Any]) -> None:
+    with httpx.Client(base_url=quiet["url"], timeout=120) as c:
+        assert login(c, PASSWORD).status_code == 303
+        assert "0 attempts fetched" in row_of(c.get("/doors").text, "side")
+        r = c.post("/doors/side/sync", data={"csrf": csrf(c)})
+        assert r.status_code == 303 and r.headers["location"] == "/doors"
+        text, _ = wait_done(c, "side", "sync")
+        assert text.startswith("done: 1 new attempts fetched (1 read)"), text
+        assert "1 attempts fetched" in row_of(c.get("/doors").text, "side")
+        assert c.post("/doors/gone/sync", data={"csrf": csrf(c)}).status_code == 303
+        text, _ = wait_done(c, "gone", "sync")
+        assert text.startswith("failed: review folder") and "does not exist" in text, text
+        assert "unreachable or failing" in row_of(c.get("/doors").text, "gone")
+        assert c.post("/doors/garage/sync", data={"csrf": csrf(c)}).status_code == 400
+    with ActivityStore(quiet["db"]) as store:
+        assert store.door_counts()["side"][0] == 1
+    assert [(e["action"], e["door"]) for e in audit(quiet)
+            if str(e["action"]).startswith("door_sync")] == [
+        ("door_sync", "side"), ("door_sync_done", "side"), ("door_sync", "gone"),
+        ("door_sync_failed", "gone")]
+
+
+def test_one_sync_per_door_at_a_time_and_the_schedule_skips_a_door_being_synced(
+        tmp_path: Path) -> None:
+    from twinlock.trainer.web.jobs import SyncSchedule
+
+    with ActivityStore(tmp_path / "activity.db") as store:
+        store.add_door("side", str(tmp_path / "card"))
+    schedule = SyncSchedule(tmp_path / "activity.db", 3600)
+    release = threading.Event()
+    busy = schedule.jobs.start("side", lambda progress: (release.wait(60), "held")[1])
+    with pytest.raises(UsageError, match="being synced already"):
+        schedule.jobs.start("side", lambda progress: "second")
+    schedule.run_once()
+    assert schedule.state.results == {"side": "skipped: a sync of this door was running"}
+    release.set()
+    deadline = time.monotonic() + 60
+    while busy.running:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    schedule.run_once()  # now it syncs, and the card is not there
+    assert schedule.state.results["side"].startswith("sync failed: review folder")
+    assert (job := schedule.jobs.get("side")) is not None and job.state == "failed"

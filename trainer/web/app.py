@@ -103,7 +103,8 @@ class Page:
         self.css = resources.files("twinlock.trainer.web").joinpath("style.css").read_bytes()
         self.store_lock = threading.Lock()  # one household change at a time
         self.updates = UpdateJobs()  # the Doors page's Update, one per door at a time
-        self.schedule = (SyncSchedule(cfg.activity_db, cfg.sync_every_s)
+        self.syncs = UpdateJobs("syncing", "being synced")  # Sync now and the schedule's
+        self.schedule = (SyncSchedule(cfg.activity_db, cfg.sync_every_s, self.syncs)
                          if cfg.sync_every_s > 0 else None)
 
     def render(self, name: str, session: Session | None, status: int = 200, **ctx: Any
@@ -613,9 +614,10 @@ async def doors(request: Request, page: Page, session: Session) -> Response:
               "Update needs twinlock web --model MODEL_DIR --signing-key KEY")
     response = page.render("doors.html", session, doors=statuses, counts=counts,
                            updates=page.updates.all(), cannot_update=cannot,
+                           syncs=page.syncs.all(), batch=page.updates.batch,
                            schedule=page.schedule.state if page.schedule else None,
                            active="doors")
-    if page.updates.any_running():
+    if page.updates.any_running() or page.syncs.any_running():
         response.headers["Refresh"] = "2"  # the page's own progress; no script needed
     return response
 
@@ -658,6 +660,78 @@ async def door_update(request: Request, page: Page, session: Session) -> Respons
     return RedirectResponse("/doors", status_code=303)
 
 
+async def door_sync(request: Request, page: Page, session: Session) -> Response:
+    """Sync now: fetch the door's new records (``doors.sync_door``, as ``twinlock doors sync
+    NAME`` and the schedule) in the background; one sync per door at a time."""
+    from .jobs import sync_work
+
+    await checked_form(request, session)
+    name = request.path_params["door"]
+    with ActivityStore(page.cfg.activity_db) as store:
+        store.door(name)  # an unknown door is refused here, not in the background
+    client = _client(request)
+
+    def done(job: Any) -> None:
+        page.audit.record(WHO, client, f"door_sync_{job.state}", door=name,
+                          message=job.message.splitlines()[0][:300] if job.message else "")
+
+    page.audit.record(WHO, client, "door_sync", door=name)
+    try:
+        page.syncs.start(name, sync_work(page.cfg.activity_db, name), done)
+    except UsageError:
+        page.audit.record(WHO, client, "door_sync_refused", door=name,
+                          message="a sync of this door is running")
+        raise
+    return RedirectResponse("/doors", status_code=303)
+
+
+async def doors_update_all(request: Request, page: Page, session: Session) -> Response:
+    """Update every door: one signed bundle, deployed to each door in turn
+    (``rollout.update_doors``, as ``twinlock doors update``), in the background; each door's
+    progress and outcome in its own status, a door that fails stops no other."""
+    from ..household.rollout import DoorOutcome, update_doors
+
+    await checked_form(request, session)
+    cfg = page.cfg
+    if cfg.model_dir is None or cfg.signing_key is None:
+        raise UsageError("Update needs twinlock web --model MODEL_DIR --signing-key KEY")
+    with ActivityStore(cfg.activity_db) as store:
+        names = [entry.name for entry in store.doors()]
+    if not names:
+        raise UsageError("no doors to update (twinlock doors add NAME --to ...)")
+    model, key, client = cfg.model_dir, cfg.signing_key, _client(request)
+
+    def work(jobs: dict[str, Any]) -> str:
+        def progress(door: str | None, step: str) -> None:
+            for job in [jobs[door]] if door else jobs.values():
+                job.steps.append(step)
+
+        def finished(outcome: DoorOutcome) -> None:
+            if outcome.report is not None:
+                done = "reloaded" if outcome.report.reloaded else "not reloaded"
+                jobs[outcome.door].end("done", f"door {outcome.door} runs bundle "
+                                       f"{outcome.bundle_id}, {done}")
+            else:
+                jobs[outcome.door].end("failed", outcome.error or "failed")
+
+        result = update_doors(cfg.activity_db, cfg.enrolment_db, names, model, key,
+                              cfg.folder / "updates", progress, finished, page.store_lock)
+        return result.summary()
+
+    def done(batch: Any) -> None:
+        page.audit.record(WHO, client, f"doors_update_all_{batch.state}", doors=batch.doors,
+                          message=batch.message.splitlines()[0][:300] if batch.message else "")
+
+    page.audit.record(WHO, client, "doors_update_all", doors=names)
+    try:
+        page.updates.start_batch(names, work, done)
+    except UsageError:
+        page.audit.record(WHO, client, "doors_update_all_refused", doors=names,
+                          message="an update of a door is running")
+        raise
+    return RedirectResponse("/doors", status_code=303)
+
+
 def build_app(cfg: WebConfig) -> Starlette:
     """The ASGI app for ``cfg`` (uvicorn serves it; tests start it on a free port)."""
     page = Page(cfg)
@@ -678,6 +752,8 @@ def build_app(cfg: WebConfig) -> Starlette:
         r("/visitors", visitors), r("/visitors/name", name_group, "POST"),
         r("/visitors/mark", mark_group, "POST"), r("/residents/strict", strict, "POST"),
         r("/doors", doors), r("/doors/{door:str}/update", door_update, "POST"),
+        r("/doors/{door:str}/sync", door_sync, "POST"),
+        r("/doors/update-all", doors_update_all, "POST"),
     ]
     app = Starlette(routes=routes)
     app.state.page = page
