@@ -4,7 +4,8 @@ desktop width (1280 px) and a phone's (390 px), into docs/img/web/.
 The household is made up here, in a temporary folder, from real faces: three residents enrolled
 from LFW photos; two doors whose review folders are written by the door's own review writer
 (unlocks by the residents from their other photos, refusals of two LFW visitors) and synced;
-the front door updated from the Doors page (a signed bundle deployed to its drop folder); one
+the front door updated from the Doors page (a signed bundle deployed to its drop folder) and the
+back door synced with its Sync now; one
 upload with a photo refused, to show the reason. Headless Chromium from Debian's packages
 (chromium, chromium-driver) through Selenium, as tests/test_web_browser.py drives it.
 
@@ -201,23 +202,23 @@ def login(b: Browser, url: str) -> None:
     raise SystemExit("could not log in")
 
 
-def update_front(b: Browser, url: str) -> None:
-    """The Doors page's Update for the front door, until it says how it ended."""
+def press(b: Browser, url: str, button: str, status: str) -> None:
+    """A Doors page button (a door's Update, Sync now), until its status says how it ended."""
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     b.get(url + "/doors")
-    b.driver.find_element(By.ID, "update-front").click()
+    b.driver.find_element(By.ID, button).click()
     for _ in range(1200):
         try:
-            text = b.driver.find_element(By.ID, "update-status-front").text
+            text = b.driver.find_element(By.ID, status).text
             if text.startswith(("done", "failed")):
-                print(f"update: {text}")
+                print(f"{button}: {text}")
                 return
         except (NoSuchElementException, StaleElementReferenceException):
             pass
         time.sleep(0.1)
-    raise SystemExit("the update did not end")
+    raise SystemExit(f"{button}: did not end")
 
 
 def upload_with_a_refusal(b: Browser, url: str, lfw: Path, tmp: Path) -> None:
@@ -276,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                     shots.append(b.shoot(args.out / f"login-{kind}.png"))
                     login(b, url)
                     if kind == "desktop":
-                        update_front(b, url)
+                        press(b, url, "update-front", "update-status-front")
+                        press(b, url, "sync-back", "sync-status-back")
                     for page, path in (("activity", "/"), ("visitors", "/visitors"),
                                        ("doors", "/doors"), ("residents", "/residents")):
                         b.get(url + path)
