@@ -164,9 +164,10 @@ def test_an_older_activity_store_is_upgraded_and_keeps_its_doors(tmp_path: Path)
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
-def test_doors_update_bundles_the_residents_now_and_deploys(
-        tmp_path: Path, door_model: Path, examples_dir: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+def lin_at_front(tmp_path: Path, door_model: Path, examples_dir: Path
+                 ) -> tuple[Path, Path, Path]:
+    """Resident lin enrolled, a signing key (home.key) and door ``front`` read from
+    ``tmp_path``, deploying to its folder ``spool``: enrolment db, activity db, spool."""
     enrol, act = tmp_path / "enrolment.db", tmp_path / "activity.db"
     spool = tmp_path / "spool"
     spool.mkdir()
@@ -175,6 +176,13 @@ def test_doors_update_bundles_the_residents_now_and_deploys(
     assert main(["keygen", "--out", str(tmp_path / "home")]) == 0
     assert main(["doors", "add", "front", "--to", str(tmp_path), "--deploy-to", str(spool),
                  "--activity-db", str(act)]) == 0
+    return enrol, act, spool
+
+
+def test_doors_update_bundles_the_residents_now_and_deploys(
+        tmp_path: Path, door_model: Path, examples_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    enrol, act, spool = lin_at_front(tmp_path, door_model, examples_dir)
     capsys.readouterr()
     update = ["doors", "update", "front", "--model", str(door_model), "--key",
               str(tmp_path / "home.key"), "--db", str(enrol), "--activity-db", str(act)]
@@ -206,15 +214,8 @@ def test_doors_update_without_names_updates_every_door_past_one_that_is_down(
     """One bundle, built and signed once, to every door in turn: ``back`` (an ssh door on a
     closed port) fails first and ``front`` (a folder door) still gets it; both outcomes are
     kept in the activity store and the summary and exit status say one failed."""
-    enrol, act = tmp_path / "enrolment.db", tmp_path / "activity.db"
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    assert main(["enroll", "lin", "--images", str(examples_dir / "lin-manuel-miranda.png"),
-                 "--model", str(door_model), "--db", str(enrol)]) == 0
-    assert main(["keygen", "--out", str(tmp_path / "home")]) == 0
+    enrol, act, spool = lin_at_front(tmp_path, door_model, examples_dir)
     a = ["--activity-db", str(act)]
-    assert main(["doors", "add", "front", "--to", str(tmp_path), "--deploy-to", str(spool),
-                 *a]) == 0
     assert main(["doors", "add", "back", "--to", f"ssh://door@127.0.0.1:{closed_port()}/r",
                  "--ssh-option", "-o ConnectTimeout=5 -o ConnectionAttempts=1", *a]) == 0
     capsys.readouterr()

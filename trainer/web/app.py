@@ -646,16 +646,25 @@ async def door_update(request: Request, page: Page, session: Session) -> Respons
                 f"residents), {done}")
         return f"{line}; {report.note}" if report.note else line
 
+    return _audited_job(page, client, "door_update", {"door": name},
+                        lambda done: page.updates.start(name, work, done),
+                        "an update of this door is running")
+
+
+def _audited_job(page: Page, client: str, action: str, fields: dict[str, Any],
+                 start: Callable[[Callable[[Any], None]], Any], busy: str) -> Response:
+    """Start a Doors page job with ``start(done)``: the change log holds ``action`` when asked
+    (before its end can be), ``action_done``/``_failed`` with its message when it ends, and
+    ``action_refused`` when one is running already (UsageError: the page says so)."""
     def done(job: Any) -> None:
-        page.audit.record(WHO, client, f"door_update_{job.state}", door=name,
+        page.audit.record(WHO, client, f"{action}_{job.state}", **fields,
                           message=job.message.splitlines()[0][:300] if job.message else "")
 
-    page.audit.record(WHO, client, "door_update", door=name)  # before its end is recorded
+    page.audit.record(WHO, client, action, **fields)
     try:
-        page.updates.start(name, work, done)
+        start(done)
     except UsageError:
-        page.audit.record(WHO, client, "door_update_refused", door=name,
-                          message="an update of this door is running")
+        page.audit.record(WHO, client, f"{action}_refused", **fields, message=busy)
         raise
     return RedirectResponse("/doors", status_code=303)
 
@@ -669,20 +678,10 @@ async def door_sync(request: Request, page: Page, session: Session) -> Response:
     name = request.path_params["door"]
     with ActivityStore(page.cfg.activity_db) as store:
         store.door(name)  # an unknown door is refused here, not in the background
-    client = _client(request)
-
-    def done(job: Any) -> None:
-        page.audit.record(WHO, client, f"door_sync_{job.state}", door=name,
-                          message=job.message.splitlines()[0][:300] if job.message else "")
-
-    page.audit.record(WHO, client, "door_sync", door=name)
-    try:
-        page.syncs.start(name, sync_work(page.cfg.activity_db, name), done)
-    except UsageError:
-        page.audit.record(WHO, client, "door_sync_refused", door=name,
-                          message="a sync of this door is running")
-        raise
-    return RedirectResponse("/doors", status_code=303)
+    work = sync_work(page.cfg.activity_db, name)
+    return _audited_job(page, _client(request), "door_sync", {"door": name},
+                        lambda done: page.syncs.start(name, work, done),
+                        "a sync of this door is running")
 
 
 async def doors_update_all(request: Request, page: Page, session: Session) -> Response:
@@ -718,18 +717,9 @@ async def doors_update_all(request: Request, page: Page, session: Session) -> Re
                               cfg.folder / "updates", progress, finished, page.store_lock)
         return result.summary()
 
-    def done(batch: Any) -> None:
-        page.audit.record(WHO, client, f"doors_update_all_{batch.state}", doors=batch.doors,
-                          message=batch.message.splitlines()[0][:300] if batch.message else "")
-
-    page.audit.record(WHO, client, "doors_update_all", doors=names)
-    try:
-        page.updates.start_batch(names, work, done)
-    except UsageError:
-        page.audit.record(WHO, client, "doors_update_all_refused", doors=names,
-                          message="an update of a door is running")
-        raise
-    return RedirectResponse("/doors", status_code=303)
+    return _audited_job(page, client, "doors_update_all", {"doors": names},
+                        lambda done: page.updates.start_batch(names, work, done),
+                        "an update of a door is running")
 
 
 def build_app(cfg: WebConfig) -> Starlette:
