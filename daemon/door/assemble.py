@@ -168,8 +168,8 @@ def build_matcher(cfg: Config) -> Matcher:
     logger.info("decision: fusion %s, threshold %.4f (%s)", fusion, threshold, threshold_from)
     per_resident = resident_thresholds(
         meta.thresholds, meta.default_threshold, meta.metrics,
-        [len(user.anchors) for user in gallery.users.values()], v.threshold, v.threshold_name,
-        v.fusion)
+        [user.anchor_counts for user in gallery.users.values()], v.threshold,
+        v.threshold_name, v.fusion)
     detector = detector_spec(cfg.detector, meta.detector).build(cfg.model.num_threads)
     pipeline = meta.face_pipeline(detector)
     verifier = Verifier(gallery, meta.head_weights, meta.head_bias, threshold,

@@ -110,40 +110,70 @@ def ladders_by_anchors(calibration: dict[str, Any]) -> dict[int, list[list[float
     return {int(m): ladder for m, ladder in table.items() if ladder}
 
 
-def threshold_for_anchors(calibration: dict[str, Any], target: float, residents: int,
-                          anchors: int) -> tuple[float, str] | None:
-    """(threshold, how it was found) for a resident enrolled with ``anchors`` anchors at a door
-    of ``residents``: ``threshold_for_residents`` on the ladder measured for that many anchors,
-    linear in the anchor count between measured counts. How many strangers pass for a resident
-    depends on how many anchors they have (their centroid, or their best anchor, moves), so a
-    threshold calibrated at one count does not keep its rate at another. Past the largest
-    measured count the largest is used (said in the note); None without per-count ladders.
-
-    More anchors are never given a looser threshold than fewer (a running maximum over the
-    measured counts): the larger counts are measured on fewer people (those with that many
-    photos), and a dip there is noise, not a reason to let more strangers in."""
+def ladder_for_anchors(calibration: dict[str, Any], anchors: int) -> list[tuple[float, float]]:
+    """The one-resident ladder [(rate, threshold)], strictest rate first, for a resident of
+    ``anchors`` anchors: the measured one, rung by rung linear between measured counts, the
+    smallest below it (a resident of labelled anchors only is read as one of 1), the largest
+    past it. [] without per-count ladders."""
     table = ladders_by_anchors(calibration)
-    if not table or residents < 1 or anchors < 1:
-        return None
-    at: dict[int, float] = {}
-    for m in sorted(table):
-        fitted = threshold_for_residents({"one_resident": {"ladder": table[m]}}, target,
-                                         residents)
-        assert fitted is not None  # a non-empty ladder answers every rate
-        at[m] = max([fitted[0], *at.values()])
-    counts = sorted(at)
-    if anchors in at:
-        return at[anchors], f"{anchors}-anchor ladder"
-    if anchors > counts[-1]:
-        return at[counts[-1]], (f"{counts[-1]}-anchor ladder (the largest measured; "
-                                f"{anchors} anchors not measured)")
-    if anchors < counts[0]:
-        return at[counts[0]], f"{counts[0]}-anchor ladder (the smallest measured)"
-    low = max(m for m in counts if m < anchors)
-    high = min(m for m in counts if m > anchors)
+    if not table:
+        return []
+    counts = sorted(table)
+    low = max([m for m in counts if m <= anchors] or [counts[0]])
+    high = min([m for m in counts if m >= anchors] or [counts[-1]])
+    rungs = _rungs(table[low])
+    if high == low:
+        return rungs
     w = (anchors - low) / (high - low)
-    return (at[low] + w * (at[high] - at[low]),
-            f"between the {low}- and {high}-anchor ladders")
+    upper = _rungs(table[high])
+    return [(far, t + w * (ladder_threshold(upper, far) - t)) for far, t in rungs]
+
+
+def _rungs(ladder: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
+    return sorted((float(far), float(t)) for far, t in ladder)
+
+
+def _tail_slope(rungs: list[tuple[float, float]]) -> float:
+    """Logit of the threshold per decade of rate along the two strictest rungs (>= 0): how
+    the ladder is extended past its strictest measured rung (as ``strict_threshold`` does)."""
+    (f0, t0), (f1, t1) = rungs[0], rungs[1]
+    return max((_logit(t0) - _logit(t1)) / (math.log10(f1) - math.log10(f0)), 0.0)
+
+
+def ladder_threshold(rungs: list[tuple[float, float]], rate: float) -> float:
+    """The threshold a one-resident ladder (``_rungs``) gives ``rate``: log-linear between
+    rungs, extended in logit space past the strictest (``_tail_slope``), the loosest rung's
+    threshold for a looser rate (never looser than measured)."""
+    if rate >= rungs[-1][0] or len(rungs) == 1:
+        return rungs[-1][1]
+    if rate < rungs[0][0]:
+        logit = _logit(rungs[0][1]) + _tail_slope(rungs) * (math.log10(rungs[0][0])
+                                                           - math.log10(rate))
+        return 1.0 / (1.0 + math.exp(-logit))
+    for (f0, t0), (f1, t1) in itertools.pairwise(rungs):
+        if f0 <= rate <= f1:
+            w = (math.log(rate) - math.log(f0)) / (math.log(f1) - math.log(f0))
+            return t0 + w * (t1 - t0)
+    return rungs[0][1]  # unreachable: the rungs cover [rungs[0], rungs[-1]]
+
+
+def ladder_rate(rungs: list[tuple[float, float]], threshold: float) -> float:
+    """The one-resident rate a ladder (``_rungs``) gives ``threshold``: ``ladder_threshold``
+    read backwards (log-linear between rungs, the same logit extension past the strictest,
+    the loosest rung's rate for a looser threshold: the higher rate, the safe side here)."""
+    if threshold <= rungs[-1][1]:
+        return rungs[-1][0]
+    if threshold > rungs[0][1]:
+        slope = _tail_slope(rungs) if len(rungs) > 1 else 0.0
+        if slope <= 0.0:
+            return rungs[0][0]
+        return 10.0 ** (math.log10(rungs[0][0]) - (_logit(threshold) - _logit(rungs[0][1]))
+                        / slope)
+    for (f0, t0), (f1, t1) in itertools.pairwise(rungs):
+        if t1 <= threshold <= t0:
+            w = 0.0 if t0 == t1 else (t0 - threshold) / (t0 - t1)
+            return math.exp(math.log(f0) + w * (math.log(f1) - math.log(f0)))
+    return rungs[0][0]  # unreachable for a ladder whose thresholds fall as its rate grows
 
 
 def threshold_for_residents(calibration: dict[str, Any], target: float,
@@ -156,8 +186,8 @@ def threshold_for_residents(calibration: dict[str, Any], target: float,
     (impostor rate per knock at a door of one resident, against threshold) for ``target / R``,
     interpolating log-linearly. Past the strictest rung it keeps that rung and warns: the
     target is then not measured for this many residents. None when the model has no ladder.
-    This is the ladder of the calibrated anchor count; ``threshold_for_anchors`` answers for
-    another count.
+    This is the ladder of the calibrated anchor count; ``resident_thresholds`` raises it for a
+    resident with anchors from labels.
     """
     ladder = calibration.get("one_resident", {}).get("ladder") if calibration else None
     if not ladder or residents < 1:
@@ -207,10 +237,7 @@ def strict_threshold(calibration: dict[str, Any], far: float) -> tuple[float, bo
         fitted = threshold_for_residents(calibration, far, 1)
         assert fitted is not None  # a ladder with two rungs answers every rate within it
         return fitted[0], False
-    (f0, t0), (f1, t1) = rungs[0], rungs[1]
-    slope = (_logit(t0) - _logit(t1)) / (math.log10(f1) - math.log10(f0))
-    logit = _logit(t0) + max(slope, 0.0) * (math.log10(f0) - math.log10(far))
-    return 1.0 / (1.0 + math.exp(-logit)), True
+    return ladder_threshold(rungs, far), True
 
 
 def _logit(p: float) -> float:
@@ -219,30 +246,43 @@ def _logit(p: float) -> float:
 
 
 def resident_thresholds(thresholds: dict[str, float], default_threshold: str,
-                        metrics: dict[str, Any], anchors: Sequence[int],
+                        metrics: dict[str, Any], anchors: Sequence[tuple[int, int]],
                         threshold: float | None = None, threshold_name: str | None = None,
                         fusion: str | None = None) -> tuple[float, ...] | None:
-    """Each resident's threshold for their own anchor count (``anchors``, one per resident, in
-    gallery order) at a door of ``len(anchors)``, so a stranger's chance per knock is the
-    default threshold's target whatever the anchor counts; or None where the door's one
-    threshold (``decision_settings``) applies: a model without per-count ladders (an older
-    calibration: today's behaviour), a numeric or named threshold in the config, or another
-    fusion rule than the calibration's. The ``Verifier`` raises any of them to a resident's
-    own strict threshold."""
+    """Each resident's bar at the door when some of their anchors came from the door's own
+    faces by a label (``twinlock activity label --as``): so that a label never makes a resident
+    easier to impersonate, and nothing is looser than the door's one threshold.
+
+    ``anchors`` holds (anchors, of them from enrolment) per resident, in gallery order. The
+    door's threshold for R residents (``decision_settings``: ``base``) gives a stranger a
+    one-resident rate r0 against a resident of ``enrolled`` anchors (that count's ladder read
+    backwards, ``ladder_rate``); the resident's bar is max(base, the threshold the ladder of
+    all their anchors gives r0): the extra anchors may not raise a stranger's chance. A
+    resident enrolled from photos only keeps ``base`` whatever their count.
+
+    None where every resident keeps the door's one threshold: no labelled anchors, a model
+    without per-count ladders (an older calibration), a numeric or named threshold in the
+    config, or another fusion rule than the calibration's. The ``Verifier`` raises any of them
+    to a resident's own strict threshold."""
     calibration = door_calibration(metrics)
     calibrated = calibration.get("fusion")
-    target = door_rate(default_threshold)
-    if threshold is not None or threshold_name or target is None or not anchors \
+    if threshold is not None or threshold_name or door_rate(default_threshold) is None \
+            or not any(enrolled < total for total, enrolled in anchors) \
             or (fusion or calibrated) != calibrated or not ladders_by_anchors(calibration):
         return None
+    base = decision_settings(thresholds, default_threshold, metrics, fusion=fusion,
+                             residents=len(anchors))[0]
     out = []
-    for i, count in enumerate(anchors):
-        fitted = threshold_for_anchors(calibration, target, len(anchors), int(count))
-        if fitted is None:
-            return None
-        out.append(fitted[0])
-        logger.info("resident %d of %d: %d anchor(s), threshold %.6f (%s, %s)", i + 1,
-                    len(anchors), count, fitted[0], default_threshold, fitted[1])
+    for i, (total, enrolled) in enumerate(anchors):
+        if enrolled >= total:
+            out.append(base)
+            continue
+        rate = ladder_rate(ladder_for_anchors(calibration, max(enrolled, 1)), base)
+        raised = ladder_threshold(ladder_for_anchors(calibration, total), rate)
+        out.append(max(base, raised))
+        logger.info("resident %d of %d: %d anchor(s), %d from labels: threshold %.6f (the "
+                    "door's %.6f gives a stranger %.1e against %d enrolled anchor(s))", i + 1,
+                    len(anchors), total, total - enrolled, out[-1], base, rate, enrolled)
     return tuple(out)
 
 

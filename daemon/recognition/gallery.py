@@ -9,6 +9,12 @@ A resident may carry a stricter threshold of their own (``threshold``, with the
 more often than a stranger does (docs/how-it-works/security.md). Being tied to the model, the
 gallery can carry the number itself; the door only ever makes a resident stricter with it
 (``Verifier``), and a gallery whose value is out of bounds is refused, not clamped.
+
+A resident may also say how many of their anchors came from enrolment (``enrolled_anchors``);
+the rest came from the door's own faces by a label (``twinlock activity label --as``), and the
+door raises that resident's bar so those anchors do not make them easier to impersonate
+(``fusion.resident_thresholds``). Absent (an older gallery, or no labelled anchor): all
+enrolled. A count that is not a whole number within 0..anchors refuses the gallery.
 """
 
 from __future__ import annotations
@@ -43,6 +49,14 @@ class User:
     sources: list[str] = field(default_factory=list)  # where each anchor came from (file names)
     threshold: float | None = None  # this resident's own, stricter threshold (None: the door's)
     strict_far: float | None = None  # the one-resident target it was resolved from on the host
+    #: how many of ``anchors`` came from enrolment, not from labels (None: all of them)
+    enrolled_anchors: int | None = None
+
+    @property
+    def anchor_counts(self) -> tuple[int, int]:
+        """(anchors, of them from enrolment): what ``fusion.resident_thresholds`` reads."""
+        total = len(self.anchors)
+        return total, total if self.enrolled_anchors is None else self.enrolled_anchors
 
 
 def check_user_threshold(name: str, threshold: object) -> float | None:
@@ -56,6 +70,18 @@ def check_user_threshold(name: str, threshold: object) -> float | None:
         raise ModelError(f"user {name!r}: threshold {threshold!r} must be a number within "
                          f"{MIN_USER_THRESHOLD}..{MAX_USER_THRESHOLD}")
     return float(threshold)
+
+
+def check_enrolled_anchors(name: str, count: object, anchors: int) -> int | None:
+    """A resident's count of anchors from enrolment, or None (all); ModelError unless a whole
+    number within 0..``anchors``: a gallery claiming more enrolled anchors than it holds would
+    lower that resident's bar, so it is refused (fail safe)."""
+    if count is None:
+        return None
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= anchors:
+        raise ModelError(f"user {name!r}: enrolled_anchors {count!r} must be a whole number "
+                         f"within 0..{anchors} (its anchors)")
+    return count
 
 
 @dataclass
@@ -95,6 +121,10 @@ class Gallery:
             entry["threshold"] = check_user_threshold(user.name, user.threshold)
             if user.strict_far is not None:
                 entry["strict_far"] = float(user.strict_far)
+        if user.enrolled_anchors is not None and user.enrolled_anchors < len(user.anchors):
+            # only with labelled anchors: galleries without them stay as they were
+            entry["enrolled_anchors"] = check_enrolled_anchors(
+                user.name, user.enrolled_anchors, len(user.anchors))
         entry["anchors"] = user.anchors.round(6).tolist()
         return entry
 
@@ -122,6 +152,8 @@ def load_gallery(path: Path) -> Gallery:
             user.threshold = check_user_threshold(user.name, entry.get("threshold"))
             far = entry.get("strict_far")
             user.strict_far = None if far is None else float(far)
+            user.enrolled_anchors = check_enrolled_anchors(
+                user.name, entry.get("enrolled_anchors"), len(user.anchors))
     except ModelError as exc:
         raise ModelError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:

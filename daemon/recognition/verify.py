@@ -6,11 +6,10 @@
    best fused score is *verified* when it reaches the threshold (the model's door-calibrated
    ``default_threshold`` unless the config names another), or that resident's own stricter
    threshold from the gallery when it has one (a resident with a look-alike sister or twin;
-   docs/how-it-works/security.md). With a model calibrated per anchor count, the door's
-   threshold is each resident's own for their number of anchors
-   (``fusion.resident_thresholds``), so more anchors do not let more strangers in. A
-   resident's own value only ever raises the bar: the door's stays the floor whatever a
-   gallery says.
+   docs/how-it-works/security.md). With a model calibrated per anchor count, a resident with
+   anchors from labels (the door's own faces) gets a bar raised so that those anchors do not
+   make them easier to impersonate (``fusion.resident_thresholds``). A resident's own value
+   only ever raises the bar: the door's stays the floor whatever a gallery says.
 2. **Over frames** (daemon/door/rules.py and machine.py): k of the last n frames must agree, in
    attempts, with a lockout and a cooldown.
 """
@@ -62,7 +61,7 @@ class Verifier:
         if not len(self._anchors):
             self._anchors = np.zeros((0, weights.shape[0]), np.float32)
         self._fuse = Fusion(self._owner, len(self._users), fusion, verification_threshold)
-        # the door's bar per resident: ``per_resident`` (for each one's anchor count,
+        # the door's bar per resident: ``per_resident`` (raised for anchors from labels,
         # fusion.resident_thresholds) when given, else the one threshold
         door = list(per_resident) if per_resident is not None else [threshold] * len(self._users)
         if len(door) != len(self._users):

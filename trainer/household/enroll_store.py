@@ -34,6 +34,7 @@ from twinlock.daemon.faces.align import DEFAULT_TEMPLATE
 from twinlock.daemon.faces.images import decode_image
 from twinlock.daemon.recognition.fusion import STRICT_FAR_MAX, STRICT_FAR_MIN
 from twinlock.daemon.recognition.gallery import Gallery
+from twinlock.daemon.review.format import CROP_SUFFIX, RECORD_ID_RE
 from twinlock.daemon.storage.json_encoding import json_default
 from twinlock.daemon.storage.private_db import (
     PRIVATE_DIR_MODE,
@@ -196,6 +197,19 @@ class UserSummary:
     anchors_for_model: int  # anchors made by the model asked about (0 when none was named)
     created: str = ""
     strict_far: float | None = None  # the resident's own false-accept target (None: the door's)
+
+
+def label_source(record_id: str) -> str:
+    """A sample's source when a label enrolled it from the door's attempt ``record_id``
+    (``twinlock activity label --as``): the attempt's crop file name."""
+    return f"{record_id}{CROP_SUFFIX}"
+
+
+def is_label_source(source: str) -> bool:
+    """Whether a sample came from the door's own faces by a label (``label_source``). A photo
+    whose file name looks like one counts as labelled: its resident's bar only rises."""
+    return source.endswith(CROP_SUFFIX) \
+        and RECORD_ID_RE.fullmatch(source.removesuffix(CROP_SUFFIX)) is not None
 
 
 @dataclass(frozen=True)
@@ -478,6 +492,9 @@ class EnrolmentStore(PrivateStore):
         for name, (rows, sources) in grouped.items():
             user = gallery.add(name, np.stack(rows).astype(np.float32), sources)
             user.enrolled = created.get(name, user.enrolled)
+            # the door raises the bar of a resident with anchors from labels (the gallery's
+            # enrolled_anchors, fusion.resident_thresholds)
+            user.enrolled_anchors = sum(not is_label_source(s) for s in sources)
         return gallery
 
     def _checkpoint(self) -> None:

@@ -37,7 +37,7 @@ from twinlock.daemon.recognition.scoring import l1_head_scores
 
 from .activity import ActivityStore, Attempt
 from .enroll import EnrolReport, describe, enroll_from_images, reembed
-from .enroll_store import EnrolmentStore
+from .enroll_store import EnrolmentStore, label_source
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +55,13 @@ def label_as(activity: ActivityStore, enrolment: EnrolmentStore, attempts: Seque
             crop = activity.crop(attempt.id)
             if crop is None:
                 raise UsageError(f"attempt {attempt.id} kept no face crop: nothing to enrol")
-            path = Path(tmp) / f"{attempt.id}.jpg"
+            path = Path(tmp) / label_source(attempt.id)
             path.write_bytes(crop)
             files.append(path)
         report = enroll_from_images(enrolment, name, files, model_dir)
     refused = {source: reason for source, reason in report.rejected}
     for attempt in attempts:
-        source = f"{attempt.id}.jpg"
+        source = label_source(attempt.id)
         outcome = ("enrolled" if source in report.accepted
                    else f"refused: {describe(refused.get(source, 'unknown'))}")
         activity.add_label(attempt.id, "as", report.user or name, outcome)
