@@ -3,19 +3,27 @@ door's own review records, the door is redeployed, and it lets them in more ofte
 letting more strangers in.
 
 Data: the model's held-out LFW people (``twinlock pairs --identities 300 --pairs 1000 --seed 0``,
-the file models/default was trained with ``--holdout-pairs``: never trained on, never used for
-its thresholds). Every photo goes once through the door's frame path (``FrameAnalyser``:
-largest face, quality gate, aligned chip, tower); a photo the door would score is a knock.
+the file models/default was trained with ``--holdout-pairs``: never trained on). Every photo
+goes once through the door's frame path (``FrameAnalyser``: largest face, quality gate, aligned
+chip, tower); a photo the door would score is a knock.
+
+Calibration and knocks on different people: the model's door thresholds and ladders were
+measured on these same held-out people, so the benchmark does not use them. It splits the
+people in two halves (the split of ``twinlock evaluate --door``'s cross checks), calibrates on
+one half what the door needs, as ``twinlock evaluate --door`` does (``door_eval``: the
+one-resident ladder at 5 anchors, hence the base threshold for the door size, and the ladders
+by anchor count, under the model's fusion rule), and seats residents and strangers from the
+other half only; both directions (A->B, B->A), each reported, and the two pooled.
 
 Residents: every held-out person with at least two usable photos. Each is enrolled from one
 photo (the first, in file order, that the enrolment gate keeps: ``enroll_from_images``, as
 ``twinlock enroll`` does); their other photos, in file order, are their knocks. Residents are
 seated (seeded) at doors of ``--door-size``; each door's gallery is exported from its
 enrolment store as ``twinlock bundle`` makes it (``export_gallery``) and its threshold is the
-shipped model's default for that many residents (``decision_settings``, as the daemon's
-assemble does) or, with a model calibrated per anchor count, each resident's own for their
-number of anchors (``resident_thresholds``, as assemble does too), decided by the daemon's
-``Verifier``.
+calibration's for that many residents (``decision_settings``, as the daemon's assemble does),
+raised for a resident with anchors from labels (``resident_thresholds``, as assemble does too:
+the labelled anchors may not raise a stranger's chance of passing for them), decided by the
+daemon's ``Verifier``.
 
 The loop, per door: every resident knock becomes a review record with the chip as the door
 would keep it (``ReviewWriter``), the household fetches the door's folder (``sync_door``), and
@@ -23,11 +31,11 @@ for each resident the first k refused attempts are labelled as that resident wit
 ``label_as`` (what ``twinlock activity label ID --as NAME`` calls: the enrolment gate, near
 duplicates and all). The door is redeployed with a gallery exported again from the store.
 
-Reported for k = 1, 3, 5, summed over doors: residents' acceptance per knock before and after on
+Reported for k = 1, 3, 5, per direction summed over doors: residents' acceptance per knock before and after on
 the knocks that were not labelled (the same knocks both times), and strangers' acceptance (every
 knock of a held-out person not seated at that door) before and after, with the one-sided 95 %
-Clopper-Pearson upper bound of before. Target: with k = 3 the residents' refused knocks at
-least halved, the strangers' acceptance after within the bound of before.
+Clopper-Pearson upper bound of before. Target, in each direction: with k = 3 the residents'
+refused knocks at least halved, the strangers' acceptance after within the bound of before.
 
 Usage::
 
@@ -60,19 +68,26 @@ from twinlock.daemon.recognition.analyser import FrameAnalyser, Scored
 from twinlock.daemon.recognition.fusion import (
     decision_settings,
     door_calibration,
-    ladders_by_anchors,
     resident_thresholds,
+    threshold_for_residents,
 )
 from twinlock.daemon.recognition.gallery import load_gallery
 from twinlock.daemon.recognition.model import FaceEmbedder, ModelMetadata
+from twinlock.daemon.recognition.thresholds import door_name
 from twinlock.daemon.recognition.verify import Verifier
 from twinlock.daemon.review.format import ReviewRecord, new_record_id
 from twinlock.daemon.review.store import ReviewWriter, encode_crop
 from twinlock.trainer.data.pairs import make_pairs_file
+from twinlock.trainer.evaluation import door_eval as de
 from twinlock.trainer.evaluation.door_eval import clopper_pearson_upper, held_out_people
 from twinlock.trainer.household.activity import ActivityStore
 from twinlock.trainer.household.doors import sync_door
-from twinlock.trainer.household.enroll import describe, enroll_from_images, export_gallery
+from twinlock.trainer.household.enroll import (
+    DUPLICATE_COSINE,
+    describe,
+    enroll_from_images,
+    export_gallery,
+)
 from twinlock.trainer.household.enroll_store import EnrolmentStore
 from twinlock.trainer.household.labels import label_as
 
@@ -102,41 +117,92 @@ class Knock:
 
 
 def door_knocks(model_dir: Path, images_root: Path, people: Sequence[str],
-                ) -> tuple[dict[str, list[Knock]], Counter[str]]:
-    """Per person, every photo the door would score (in file order); and why others were not."""
+                ) -> tuple[dict[str, list[Knock]], Counter[str], de.Photos]:
+    """Per person, every photo the door would score (in file order); why others were not; and
+    the same photos as ``twinlock evaluate --door`` holds them, for calibrating on a half
+    (knock: the door scores it; enrolable: one face too, as door_eval's gate)."""
     embedder = FaceEmbedder(model_dir)
     meta = embedder.meta
     analyser = FrameAnalyser(meta.face_pipeline(meta.detector.build()), embedder,
                              q.DEFAULT_THRESHOLDS)
     out: dict[str, list[Knock]] = {}
     unused: Counter[str] = Counter()
-    for person in common.progress(people, "held-out people"):
+    paths, owner, rows, knock_ok, enrol_ok, reasons = [], [], [], [], [], []
+    started = time.perf_counter()
+    for p, person in enumerate(common.progress(people, "held-out people")):
         for path in sorted((images_root / person).glob("*.jpg")):
-            observations = analyser.analyse(load_image(path)).observations
-            seen = observations[0] if observations else None
+            analysis = analyser.analyse(load_image(path))
+            seen = analysis.observations[0] if analysis.observations else None
+            scored = isinstance(seen, Scored)
+            paths.append(path)
+            owner.append(p)
+            knock_ok.append(scored)
+            enrol_ok.append(scored and analysis.faces_found == 1)
+            rows.append(seen.embedding if isinstance(seen, Scored)
+                        else np.zeros(meta.embedding_dim, np.float32))
             if isinstance(seen, Scored):
                 out.setdefault(person, []).append(
                     Knock(person, path, seen.embedding, encode_crop(seen.crop)))
+                reasons.append(None if analysis.faces_found == 1 else q.SEVERAL_FACES)
             else:
-                unused[q.NO_FACE if seen is None else seen.reason] += 1
-    return out, unused
+                why = q.NO_FACE if seen is None else seen.reason
+                unused[why] += 1
+                reasons.append(why)
+    ms = (time.perf_counter() - started) * 1000.0 / max(len(paths), 1)
+    photos = de.Photos(paths, np.array(owner), list(people), np.stack(rows).astype(np.float32),
+                       np.array(knock_ok), np.array(enrol_ok), reasons, ms)
+    return out, unused, photos
+
+
+Calibration = tuple[dict[str, float], str, dict[str, Any]]  # thresholds, default, metrics
+
+
+def calibrate(model_dir: Path, photos: de.Photos, people: np.ndarray, door_size: int,
+              seed: int) -> tuple[Calibration, dict[str, Any]]:
+    """What the door needs, measured on ``people`` (indices into ``photos.names``) only, as
+    ``twinlock evaluate --door`` measures it for the model: the one-resident ladder at its
+    headline anchor count (the door's threshold for ``door_size`` residents at 1e-3 per knock
+    is read from it) and the one-resident ladders by anchor count, under the model's fusion
+    rule. (thresholds, default threshold, metrics) as model.json holds them, and a summary."""
+    embedder = FaceEmbedder(model_dir)
+    rule = door_calibration(embedder.meta.metrics).get("fusion", "centroid")
+    matrix = de.pair_matrix(embedder, photos.embedding)
+    # evaluate_door's ladder: one resident of HEADLINE_M anchors, doors x R of them seated
+    ones = de.build_doors(photos, 1, de.HEADLINE_M, 20 * de.HEADLINE_R, seed + 3,
+                          DUPLICATE_COSINE, people)
+    top = de.pooled(ones, photos, matrix, embedder, rule).impostor_top
+    ladder = [[far, de.threshold_for(top, far)] for far in de.LADDER_FARS]
+    by_anchors = de.anchor_ladders(photos, matrix, embedder, rule, de.LADDER_DOORS, seed + 3,
+                                   people)
+    one = {"one_resident": {"anchors": de.HEADLINE_M, "ladder": ladder}}
+    fitted = threshold_for_residents(one, 1e-3, door_size)
+    assert fitted is not None
+    name = door_name(1e-3)
+    metrics = {"door": {"fusion": rule, "residents": de.HEADLINE_R,
+                        "anchors_per_resident": de.HEADLINE_M,
+                        "one_resident": one["one_resident"]
+                        | {"ladders_by_anchors": by_anchors["ladders"]}}}
+    summary = {"fusion": rule, "ladder": ladder, "ladders_by_anchors": by_anchors["ladders"],
+               "ladder_residents_by_anchors": by_anchors["residents"],
+               f"threshold_for_{door_size}_residents": fitted[0]}
+    return ({name: fitted[0]}, name, metrics), summary
 
 
 class Door:
     """A gallery exported from an enrolment store, decided as the daemon decides."""
 
     def __init__(self, store: EnrolmentStore, model_dir: Path, meta: ModelMetadata,
-                 where: Path) -> None:
+                 calibration: Calibration, where: Path) -> None:
         export_gallery(store, model_dir, where)
         gallery = load_gallery(where)
         self.threshold, self.threshold_from, fusion = decision_settings(
-            meta.thresholds, meta.default_threshold, meta.metrics,
-            residents=len(gallery.users))
-        self.anchors = [len(user.anchors) for user in gallery.users.values()]
-        # each resident's threshold for their own anchor count, as the daemon's assemble does
-        # (None with a model calibrated at one anchor count: the one threshold above)
-        self.per_resident = resident_thresholds(meta.thresholds, meta.default_threshold,
-                                                meta.metrics, self.anchors)
+            *calibration, residents=len(gallery.users))
+        #: (anchors, of them from enrolment) per resident, as the door reads the gallery
+        self.counts = [user.anchor_counts for user in gallery.users.values()]
+        self.anchors = [total for total, _ in self.counts]
+        # raised for residents with anchors from labels, as the daemon's assemble does (None:
+        # no labelled anchors, everyone at the one threshold above)
+        self.per_resident = resident_thresholds(*calibration, self.counts)
         self.verifier = Verifier(gallery, meta.head_weights, meta.head_bias, self.threshold,
                                  fusion=fusion, per_resident=self.per_resident)
         self.bundle_id = f"gallery-{len(gallery.users)}-{int(time.time())}"
@@ -167,8 +233,10 @@ def _rate(accepted: int, knocks: int) -> dict[str, Any]:
 
 
 def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
-                workdir: Path, ks: Sequence[int] = KS, seed: int = 0) -> dict[str, Any]:
-    """The loop for every door and every k (see the module's docstring); summed over doors."""
+                workdir: Path, calibration: Calibration, ks: Sequence[int] = KS,
+                seed: int = 0) -> dict[str, Any]:
+    """The loop for every door and every k (see the module's docstring); summed over doors.
+    ``knocks``: the people seated and knocking (none of them calibrated ``calibration``)."""
     meta = FaceEmbedder(model_dir).meta
     model_id = meta.model_id
     assert model_id
@@ -184,7 +252,7 @@ def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
         k: {"residents": Counter(), "strangers": Counter(), "labels": Counter(),
             "anchors_after": Counter(), "by_anchors": Counter()} for k in ks}
     threshold_from = ""
-    bars: dict[int, float] = {}  # a resident's bar by anchor count (none of them strict)
+    bars: dict[str, set[float]] = {}  # residents' bars by anchor counts (none strict)
     for d, candidates_here in enumerate(common.progress(doors, "doors")):
         name = f"door-{d:03d}"
         folder = workdir / name
@@ -200,10 +268,9 @@ def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
                         own[person] = knocks[person][:i] + knocks[person][i + 1:]
                         break
                     not_enrolled[report.rejected[0][1]] += 1
-            before = Door(store, model_dir, meta, folder / "gallery-before.json")
+            before = Door(store, model_dir, meta, calibration, folder / "gallery-before.json")
         threshold_from = before.threshold_from
-        for n, bar in zip(before.anchors, before.verifier.limits, strict=True):
-            bars[n] = round(float(bar), 6)
+        _note_bars(bars, before)
         # the door: every resident knock is an attempt with its review record
         writer = ReviewWriter(folder / "review", name, 3650, 10**10)
         clock = T0
@@ -242,10 +309,9 @@ def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
                     per_k[k]["labels"]["enrolled"] += len(report.accepted)
                     for _, reason in report.rejected:
                         per_k[k]["labels"][f"refused: {describe(reason)}"] += 1
-                after = Door(store, model_dir, meta, work / "gallery-after.json")
+                after = Door(store, model_dir, meta, calibration, work / "gallery-after.json")
             per_k[k]["anchors_after"].update(after.anchors)
-            for n, bar in zip(after.anchors, after.verifier.limits, strict=True):
-                bars[n] = round(float(bar), 6)
+            _note_bars(bars, after)
             # control: the same faces enrolled from their photos on the desktop (twinlock
             # enroll) instead of from the door's chips: what more anchors cost by themselves
             shutil.copy(door_db, work / "control.db")
@@ -254,7 +320,8 @@ def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
                     paths = [own[person][i].path for p, i in sorted(labelled) if p == person]
                     if paths:
                         enroll_from_images(store, person, paths, model_dir)
-                control = Door(store, model_dir, meta, work / "gallery-control.json")
+                control = Door(store, model_dir, meta, calibration,
+                               work / "gallery-control.json")
             res = per_k[k]["residents"]
             for person in seated:
                 for i, knock in enumerate(own[person]):
@@ -277,8 +344,32 @@ def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
                 per_k[k]["by_anchors"][f"{n}: resident_knocks"] += residents_n * len(strangers)
             st["control"] += control.accepted(strangers)
 
+    return {"doors": len(doors), "door_size": door_size, "threshold": threshold_from,
+            "thresholds_per_resident": (
+                "the door's one threshold for every resident enrolled from photos only; a "
+                "resident with anchors from labels raised to the threshold that gives a "
+                "stranger the same one-resident rate against all their anchors as the door's "
+                "gives against their enrolled ones (fusion.resident_thresholds), never below "
+                "the door's"),
+            "threshold_by_anchors": {n: sorted(ts) for n, ts in sorted(bars.items())},
+            "residents": len(own), "seated_but_never_enrolled": sum(map(len, doors)) - len(own),
+            "not_enrolled_photos": dict(not_enrolled),
+            "resident_names": sorted(own),
+            "stranger_people_per_door": len(knocks) - door_size,
+            "counts": per_k}
+
+
+def _note_bars(bars: dict[str, set[float]], door: Door) -> None:
+    """Each resident's bar by (anchors, from labels), for the report."""
+    for (total, enrolled), bar in zip(door.counts, door.verifier.limits, strict=True):
+        bars.setdefault(f"{total} anchors, {total - enrolled} from labels", set()).add(
+            round(float(bar), 6))
+
+
+def summarise(per_k: dict[int, dict[str, Counter[str]]]) -> list[dict[str, Any]]:
+    """Per k: the residents' and strangers' counts as rates, and whether the target is met."""
     results = []
-    for k in ks:
+    for k in sorted(per_k):
         res, st = per_k[k]["residents"], per_k[k]["strangers"]
         refused_before, refused_after = res["knocks"] - res["before"], res["knocks"] - res["after"]
         s_before, s_after = _rate(st["before"], st["knocks"]), _rate(st["after"], st["knocks"])
@@ -305,19 +396,12 @@ def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
                           "control_same_faces_enrolled_from_photos": _rate(st["control"],
                                                                            st["knocks"])},
             "refused_halved": halved, "strangers_within_bound": within})
-    per_resident = bool(ladders_by_anchors(door_calibration(meta.metrics)))
-    return {"doors": len(doors), "door_size": door_size, "threshold": threshold_from,
-            "thresholds_per_resident": (
-                "each resident's for their anchor count (fusion.resident_thresholds: the "
-                "one-resident ladder measured for that many anchors, target / door size)"
-                if per_resident else "one threshold for every resident (the model has no "
-                "ladders by anchor count)"),
-            "threshold_by_anchors": {str(n): t for n, t in sorted(bars.items())},
-            "residents": len(own), "seated_but_never_enrolled": sum(map(len, doors)) - len(own),
-            "not_enrolled_photos": dict(not_enrolled),
-            "resident_names": sorted(own),
-            "stranger_people_per_door": len(knocks) - door_size,
-            "per_k": results}
+    return results
+
+
+def _met(results: list[dict[str, Any]]) -> bool:
+    k3 = next(r for r in results if r["k"] == 3)
+    return bool(k3["refused_halved"] and k3["strangers_within_bound"])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -325,17 +409,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lfw = data / "lfw" / "lfw-deepfunneled"
     meta = FaceEmbedder(args.model).meta
     started = time.perf_counter()
+    directions: dict[str, dict[str, Any]] = {}
+    pooled: dict[int, dict[str, Counter[str]]] = {}
     with tempfile.TemporaryDirectory(prefix="twinlock-review-loop-") as tmp:
         pairs = args.holdout_pairs
         if pairs is None:
             pairs = Path(tmp) / "holdout_pairs.txt"
             make_pairs_file(lfw, pairs, identities=300, pairs=1000, seed=0)
         people = held_out_people(pairs, lfw)
-        knocks, unused = door_knocks(args.model, lfw, people)
-        work = Path(tmp) / "work"
-        work.mkdir()
-        loop = review_loop(args.model, knocks, args.door_size, work, KS, args.seed)
-    k3 = next(r for r in loop["per_k"] if r["k"] == 3)
+        knocks, unused, photos = door_knocks(args.model, lfw, people)
+        # the halves of twinlock evaluate --door's cross checks (door_eval.evaluate_door)
+        halves = np.random.default_rng([0, 7]).permutation(len(people))
+        for split, fit_on, knock_on in (("A->B", halves[::2], halves[1::2]),
+                                        ("B->A", halves[1::2], halves[::2])):
+            calibration, summary = calibrate(args.model, photos, fit_on, args.door_size,
+                                             args.seed)
+            here = {people[int(i)] for i in knock_on}
+            work = Path(tmp) / split.replace("->", "-")
+            work.mkdir()
+            loop = review_loop(args.model, {p: k for p, k in knocks.items() if p in here},
+                               args.door_size, work, calibration, KS, args.seed)
+            counts = loop.pop("counts")
+            for k, groups in counts.items():
+                for group, counter in groups.items():
+                    pooled.setdefault(k, {}).setdefault(group, Counter()).update(counter)
+            results = summarise(counts)
+            directions[split] = {
+                "calibrated_on": sorted(people[int(i)] for i in fit_on),
+                "knocked": sorted(here), "calibration": summary,
+                "meets_target": _met(results), **loop, "per_k": results}
+    pooled_results = summarise(pooled)
     return common.report_header("review_loop", data) | {
         "model": str(args.model), "model_id": meta.model_id,
         "held_out": {"pairs_file": "twinlock pairs --identities 300 --pairs 1000 --seed 0 (the "
@@ -343,19 +446,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "people": len(people), "people_with_a_knock": len(knocks),
                      "knocks": sum(len(k) for k in knocks.values()),
                      "photos_the_door_would_not_score": dict(unused),
-                     "residents_are": "every held-out person with 2+ usable photos, enrolled "
-                                      "from the first photo the enrolment gate keeps",
-                     "strangers_are": "every usable photo of the held-out people not seated "
-                                      "at that door (other doors' residents included)",
-                     "calibration_used": "the same people: the model's door thresholds and "
-                                         "its ladders by anchor count were measured on its "
-                                         "held-out people too (metrics.door.held_out_pairs; "
-                                         "the only LFW people it was not trained on)"},
-        "target": "k = 3: residents' refused knocks at least halved; strangers' acceptance "
-                  "after <= the one-sided 95 % Clopper-Pearson upper bound of before",
-        "meets_target": bool(k3["refused_halved"] and k3["strangers_within_bound"]),
+                     "residents_are": "every held-out person of the knocking half with 2+ "
+                                      "usable photos, enrolled from the first photo the "
+                                      "enrolment gate keeps",
+                     "strangers_are": "every usable photo of the knocking half's people not "
+                                      "seated at that door (other doors' residents included)",
+                     "calibration_used": "not the model's door thresholds or ladders (measured "
+                                         "on these same people): each direction calibrates "
+                                         "on one half (calibrated_on) with door_eval's own "
+                                         "functions and knocks with the other (knocked); the "
+                                         "fusion rule is the model's"},
+        "target": "in each direction, k = 3: residents' refused knocks at least halved; "
+                  "strangers' acceptance after <= the one-sided 95 % Clopper-Pearson upper "
+                  "bound of before",
+        "meets_target": all(d["meets_target"] for d in directions.values()),
         "seconds": round(time.perf_counter() - started, 1),
-        **loop,
+        "pooled": {"meets_target": _met(pooled_results), "per_k": pooled_results},
+        "directions": directions,
         "environment": common.environment(),
     }
 

@@ -70,7 +70,7 @@ DOOR_FARS = (1e-2, 1e-3, 1e-4)
 #: one-resident impostor rates the ladder is measured at (the door picks target / R from it)
 LADDER_FARS = (1e-2, 5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4)
 #: anchor counts the one-resident ladder is also measured at (the door picks each resident's
-#: threshold for their own count: fusion.threshold_for_anchors)
+#: bar when some of their anchors came from labels: fusion.resident_thresholds)
 LADDER_ANCHORS = (1, 2, 3, 4, 5, 8)
 #: one-resident doors per anchor count: every person with enough photos is seated several
 #: times over (with 100 doors, a third of those with 2+ photos never were, and the 2- to
@@ -854,7 +854,7 @@ def write_thresholds(model_dir: Path, result: dict[str, Any], argv: Sequence[str
         "cross_calibration": result["cross_calibration"],
         "far_growth_rule": result["far_growth_rule"],
         # the daemon's threshold for a door of R residents: the ladder's target / R rung
-        # and, per anchor count, each resident's (fusion.threshold_for_anchors)
+        # and the ladders by anchor count (fusion.resident_thresholds raises a labelled resident)
         "one_resident": {k: result["one_resident"][k] for k in ("anchors", "ladder",
                                                                   "ladders_by_anchors")
                          if k in result["one_resident"]},
