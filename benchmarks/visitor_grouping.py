@@ -7,7 +7,9 @@ door-level thresholds, ``door_far_*``, were calibrated on these same people, mod
 ``metrics.door``), every photo through the door's own frame path (largest face, quality gate,
 tower with flip averaging), each usable photo one refused attempt. People are split (seeded) in
 two halves: the grouping (linkage method, averaging space, which of the model's calibrated
-thresholds, and for two stages the looser one that merges cores) is chosen on the first half
+thresholds, and for two stages the looser one that merges cores; or the same linkages on the
+embedding's own cosine or euclidean distance, cut where 1e-4, 3e-4 or 1e-3 of the selection
+half's pairs of two people pass: ``distance_rungs``) is chosen on the first half
 (the best worst-case pairwise recall with pairwise precision >= 0.99 on its photos, a crowd
 drawn from them and its photos capped at ``CAP`` a person, then at 10,000 attempts), and
 reported on the second, which played no part in the choice. Other groupings measured on the
@@ -48,8 +50,12 @@ from twinlock.trainer.data.pairs import make_pairs_file
 from twinlock.trainer.evaluation import door_eval as de
 from twinlock.trainer.household.visitors import (
     CORES_THEN_AVERAGE,
+    DISTANCES,
+    GROUPING_METRIC,
     METHODS,
     calibrated_threshold,
+    embedding_distances,
+    group_distances,
     group_embeddings,
     group_logits,
     head_logits,
@@ -65,6 +71,11 @@ CAP = 20
 #: must be shared by TWO_LINK_SHARED other attempts; at it one link suffices
 STRICT = "door_far_1e-04"
 TWO_LINK_SHARED = 2
+#: the embedding's own distances (cosine, euclidean) are cut where these shares of the
+#: selection half's pairs of two people (its photos) pass: calibrated on selection people only
+IMPOSTOR_RATES = {"impostor_rate_1e-04": 1e-4, "impostor_rate_3e-04": 3e-4,
+                  "impostor_rate_1e-03": 1e-3}
+DISTANCE_METHODS = ("single", "average", CORES_THEN_AVERAGE)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -117,6 +128,25 @@ def two_links(logits: np.ndarray, threshold: float, strict: float,
     return connected_components(links, directed=False)[1]
 
 
+def distance_rungs(x: np.ndarray, truth: np.ndarray, distance: str) -> dict[str, float]:
+    """The distance below which each of :data:`IMPOSTOR_RATES` of the pairs of two people in
+    ``x`` falls (a quantile of those pairs' distances)."""
+    d = embedding_distances(x, distance)
+    i, j = _pairs(np.arange(len(d)), len(x))
+    others = d[truth[i] != truth[j]]
+    return {name: float(np.quantile(others, rate)) for name, rate in IMPOSTOR_RATES.items()}
+
+
+def group_rows(x: np.ndarray, c: dict[str, Any], meta: Any) -> np.ndarray:
+    """Candidate ``c``'s groups of the rows of ``x``, by the embedding distance it names in
+    ``space`` or the head's logits."""
+    if c["space"] in DISTANCES:
+        return group_distances(embedding_distances(x, c["space"]), c["threshold_value"],
+                               c["method"], c.get("merge_value"))
+    return group_embeddings(x, meta.head_weights, meta.head_bias, c["threshold_value"],
+                            c["method"], c["space"], c.get("merge_value"))
+
+
 def capped(truth: np.ndarray, cap: int, seed: int) -> np.ndarray:
     """Sorted indices keeping at most ``cap`` rows of each person, drawn with ``seed``."""
     rng = np.random.default_rng(seed)
@@ -158,7 +188,9 @@ def look_alikes(sets: dict[Any, Any], thresholds: dict[str, float]) -> dict[str,
     """Per half (its photos) and rung: the share of one person's photo pairs the head matches,
     and the pairs of two people it matches (each can join two groups), with the photo counts of
     the people such a pair joins at the strictest rung."""
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"about": "the head's rungs: why no grouping on the head's logit "
+                                    "reaches the target (the embedding's cosine distance "
+                                    "does, see chosen)"}
     for half in ("selection", "report"):
         logits, y = sets[(half, "photos")]
         i, j = _pairs(np.arange(len(logits)), len(y))
@@ -222,7 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     thresholds = {k: calibrated_threshold(meta.thresholds, k) for k in sorted(set(names))}
     # each half as it is, and --crowd attempts drawn from it with a small jitter: a door sees
     # the same visitors again and again, and a linkage that chains shows it only in a crowd
-    sets, embedded = {}, {}
+    sets, embedded, sets_x = {}, {}, {}
     for half, mask in (("selection", in_select), ("report", ~in_select)):
         e, t = emb[mask], truth[mask]
         picks = rng.integers(0, len(e), args.crowd)
@@ -233,6 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              ("capped", (e[keep], t[keep]))):
             sets[(half, kind)] = (head_logits(x, meta.head_weights, meta.head_bias), y)
             embedded[(half, kind)] = x
+            sets_x[(half, kind)] = (x, y)
     candidates = []
     for method in METHODS:
         for space in ("logit", "probability") if method in ("average", "weighted") else ("logit",):
@@ -249,6 +282,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         row[f"{half}_{kind}"] = quality(y, group_logits(
                             logits, value, method, space, merge_value))
                     candidates.append(row)
+    # the embedding's own distance, cut at rates calibrated on the selection half's photos
+    rungs = {space: distance_rungs(*sets_x[("selection", "photos")], space)
+             for space in DISTANCES}
+    for space in DISTANCES:
+        dists = {key: embedding_distances(x, space) for key, (x, _) in sets_x.items()}
+        for method in DISTANCE_METHODS:
+            for name, value in rungs[space].items():
+                merges = ({m: v for m, v in rungs[space].items() if v > value}
+                          if method == CORES_THEN_AVERAGE else {None: None})
+                for merge, merge_value in merges.items():
+                    row = {"method": method, "space": space, "threshold": name,
+                           "threshold_value": round(value, 6)}
+                    if merge is not None and merge_value is not None:
+                        row |= {"merge": merge, "merge_value": round(merge_value, 6)}
+                    for key, d in dists.items():
+                        row[f"{key[0]}_{key[1]}"] = quality(sets_x[key][1], group_distances(
+                            d, row["threshold_value"], method, row.get("merge_value")))
+                    candidates.append(row)
+        del dists
 
     # explored after the report half had been seen, so recorded beside the choice and never
     # chosen from: thresholds between the rungs (2e-, 5e-), and two-link grouping
@@ -283,17 +335,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     picks = rng.integers(0, len(e), args.scale)
     big_select = (e[picks] + rng.normal(0, 0.01 * float(e.std()), (args.scale, e.shape[1]))
                   ).astype(np.float32)
-    big_logits = head_logits(big_select, meta.head_weights, meta.head_bias)
     chosen, tried = None, []
     for c in eligible:
-        at_scale = quality(t[picks], group_logits(big_logits, c["threshold_value"], c["method"],
-                                                  c["space"], c.get("merge_value")))
+        at_scale = quality(t[picks], group_rows(big_select, c, meta))
         tried.append({"method": c["method"], "space": c["space"], "threshold": c["threshold"],
                       "merge": c.get("merge"), "selection_at_scale": at_scale})
         if at_scale["pairwise_precision"] >= TARGET_PRECISION:
             chosen = c
             break
-    del big_logits
     assert chosen is not None, "no grouping keeps its precision at scale"
 
     # scale: --scale attempts drawn from the held-out embeddings, jittered
@@ -309,9 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "cpu_seconds": round(time.process_time() - cpu, 2)}
     tracemalloc.start()
     cpu, started = time.process_time(), time.perf_counter()
-    big_groups = group_embeddings(big, meta.head_weights, meta.head_bias,
-                                  thresholds[chosen["threshold"]], chosen["method"],
-                                  chosen["space"], thresholds.get(chosen.get("merge", "")))
+    big_groups = group_rows(big, chosen, meta)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -346,6 +393,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "selection_half": {k: chosen[f"selection_{k}"]
                                       for k in ("photos", "crowd", "capped")},
                    "tried_at_scale": tried},
+        "distance_rungs": {"why": "the embedding's cosine and euclidean distances at which "
+                           "1e-4, 3e-4 and 1e-3 of the selection half's pairs of two people "
+                           "(its photos) pass: calibrated on selection people only",
+                           **{space: {k: round(v, 6) for k, v in r.items()}
+                              for space, r in rungs.items()}},
+        "model_json_entry": (None if chosen["space"] not in DISTANCES else {
+            GROUPING_METRIC: {"method": chosen["method"], "distance": chosen["space"],
+                              "cut": chosen["threshold_value"], "rung": chosen["threshold"],
+                              "how": "benchmarks/visitor_grouping.py (docs/benchmarks/"
+                                     "visitor_grouping.json): the cut is the distance at "
+                                     "which the rung's share of the pairs of two people "
+                                     "pass, on the photos of the selection half of the "
+                                     "model's held-out LFW people"}}),
         "report_half": {"photos": chosen["report_photos"], "crowd": chosen["report_crowd"],
                         "capped": chosen["report_capped"]},
         "meets_target": (worst(chosen, "report", "pairwise_precision", ("photos", "crowd"))
