@@ -137,6 +137,15 @@ def distance_rungs(x: np.ndarray, truth: np.ndarray, distance: str) -> dict[str,
     return {name: float(np.quantile(others, rate)) for name, rate in IMPOSTOR_RATES.items()}
 
 
+def within(x: np.ndarray, truth: np.ndarray, distance: str,
+           rungs: dict[str, float]) -> dict[str, float]:
+    """The share of one person's pairs in ``x`` at most each rung's distance apart."""
+    d = embedding_distances(x, distance)
+    i, j = _pairs(np.arange(len(d)), len(x))
+    same = d[truth[i] == truth[j]]
+    return {name: round(float((same <= cut).mean()), 3) for name, cut in rungs.items()}
+
+
 def group_rows(x: np.ndarray, c: dict[str, Any], meta: Any) -> np.ndarray:
     """Candidate ``c``'s groups of the rows of ``x``, by the embedding distance it names in
     ``space`` or the head's logits."""
@@ -397,7 +406,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "1e-4, 3e-4 and 1e-3 of the selection half's pairs of two people "
                            "(its photos) pass: calibrated on selection people only",
                            **{space: {k: round(v, 6) for k, v in r.items()}
-                              for space, r in rungs.items()}},
+                              for space, r in rungs.items()},
+                           "one_person_pairs_within": {
+                               space: within(*sets_x[("selection", "photos")], space, r)
+                               for space, r in rungs.items()}},
         "model_json_entry": (None if chosen["space"] not in DISTANCES else {
             GROUPING_METRIC: {"method": chosen["method"], "distance": chosen["space"],
                               "cut": chosen["threshold_value"], "rung": chosen["threshold"],

@@ -646,9 +646,11 @@ def _review_parsers(sub: argparse._SubParsersAction) -> None:
                    "(JPEG)")
     p.add_argument("--model", type=Path, metavar="MODEL_DIR", help="visitors, label: the model "
                    "the doors decide with (its head and thresholds)")
-    p.add_argument("--threshold", metavar="NAME", help="visitors, label --group: one of the "
-                   "model's calibrated thresholds (default door_far_1e-04, chosen by "
-                   "measurement)")
+    p.add_argument("--threshold", metavar="NAME", help="visitors, label --group: group by "
+                   "the model's head at one of its calibrated thresholds (e.g. "
+                   "door_far_1e-04) instead of the cosine-distance grouping the model carries "
+                   "(chosen by measurement; a model without one uses the head at "
+                   "door_far_1e-04)")
     p.add_argument("--group", metavar="G", help="label: a visitor group (activity visitors)")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--as", dest="as_name", metavar="NAME", help="label: it was NAME (enrol)")
