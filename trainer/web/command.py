@@ -26,8 +26,11 @@ def add_parser(sub: argparse._SubParsersAction, db_help: str, activity_help: str
     p.add_argument("action", nargs="?", choices=("serve", "set-password", "token"),
                    default="serve")
     p.add_argument("--revoke", action="store_true", help="token: remove the API token")
-    p.add_argument("--listen", default="127.0.0.1", metavar="HOST")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N")
+    p.add_argument("--listen", default="127.0.0.1", metavar="HOST",
+                   help="address to listen on (default 127.0.0.1, this machine only; any other, "
+                   "e.g. 0.0.0.0 for a phone on the home network, needs TLS)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
+                   help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--cert", type=Path, metavar="FILE", help="the household's TLS certificate")
     p.add_argument("--key", type=Path, metavar="FILE", help="its private key")
     p.add_argument("--self-signed", action="store_true", help="make (once) and use a "
