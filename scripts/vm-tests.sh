@@ -7,6 +7,7 @@
 #   sudo scripts/vm-tests.sh -k reload         # other arguments go to pytest (also after --)
 #   TWINLOCK_VM_UNIT_DROPIN=tests/vm/mutants/unguarded.conf sudo scripts/vm-tests.sh
 #                                              # a broken drop-in, to watch the tests fail
+#                                              # (several: FILE:FILE; see tests/vm/mutants/)
 #
 # Stages (each one's time is printed and written to .cache/vm/run/stages-SUITE.json; the steps in
 # the guest go to .cache/vm/run/times-SUITE.json with the memory figures):
@@ -26,7 +27,8 @@
 #
 # Environment: TWINLOCK_VM_SUITE (bookworm; trixie builds and boots the same way, untested), TWINLOCK_VM_CACHE (.cache/vm), TWINLOCK_DEBIAN_MIRROR,
 # TWINLOCK_VM_ACCEL (tcg; "kvm" only on a host with real VMX/SVM: a nested /dev/kvm hangs Debian's
-# kernel), TWINLOCK_VM_MEM (2048), TWINLOCK_VM_CPUS (2), TWINLOCK_VM_NICE (15).
+# kernel), TWINLOCK_VM_CPU (qemu's -cpu model: max under TCG, host under KVM),
+# TWINLOCK_VM_MEM (2048), TWINLOCK_VM_CPUS (2), TWINLOCK_VM_NICE (15).
 # Exit status: pytest's (or 1 when a stage before it failed).
 set -euo pipefail
 cd "$(dirname "$0")/.."

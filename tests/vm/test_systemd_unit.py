@@ -7,18 +7,25 @@ reloads, a broken config, and last the uninstall. Run by scripts/vm-tests.sh; sk
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import subprocess
 import time
+from pathlib import Path
 
 from vm_guest import (
     GUEST_MODEL,
+    GUEST_REVIEW_DIR,
     LACAMOIRE_FRAMES,
     MIRANDA_FRAMES,
+    REPO,
+    REVIEW_DOOR,
     Door,
     Guest,
     Times,
     door_config,
     examples,
+    free_port,
     twinlock,
 )
 
@@ -107,6 +114,63 @@ def test_the_clip_opens_the_door_for_the_resident_only(door: Door, times: Times)
     times.figures["clip_unlocks"] = len(unlocks)
 
 
+def _door_record_ids(guest: Guest) -> list[str]:
+    """The ids of the review records on the door now (read as root)."""
+    out = guest.run(f"cat {GUEST_REVIEW_DIR}/*.jsonl").stdout
+    return [json.loads(line)["id"] for line in out.splitlines() if line.strip()]
+
+
+def test_the_deploy_account_fetches_review_records_and_nothing_else(door: Door,
+                                                                    times: Times) -> None:
+    """Issue 22: the records the daemon wrote under the unit (UMask=0077, ProtectSystem=strict)
+    are readable by the deploy account over ssh, `twinlock doors sync` on the host fetches them
+    into its activity store, and the deploy account still cannot read the state folder."""
+    guest, pi = door.guest, door.deploy_user
+    guest.wait_until(f"grep -q . {GUEST_REVIEW_DIR}/*.jsonl", 900, "a review record on the door",
+                     every_s=10)
+    ids = _door_record_ids(guest)
+    assert ids, "the clip run left no review record"
+    listing = guest.run(f"ls -ld {GUEST_REVIEW_DIR} {GUEST_REVIEW_DIR}/crops /var/lib/twinlock; "
+                        f"ls -l {GUEST_REVIEW_DIR} | head -5").stdout
+    print(listing)
+    # the deploy account, over ssh as `doors sync` logs in: reads records and crops ...
+    seen = guest.run(f"cd {GUEST_REVIEW_DIR} && cat *.jsonl >/dev/null && ls crops >/dev/null "
+                     "&& for f in crops/*.jpg; do cat \"$f\" >/dev/null || exit 1; done",
+                     user=pi, check=False)
+    assert seen.returncode == 0, f"{pi} cannot read the review records:\n{seen.stderr}\n{listing}"
+    # ... and nothing of the state folder (audit log, anchors, bundles), nor may it write
+    for command in ("ls /var/lib/twinlock", "cat /var/lib/twinlock/audit.db",
+                    f"touch {GUEST_REVIEW_DIR}/x.jsonl", f"rm -f {GUEST_REVIEW_DIR}/crops/*"):
+        denied = guest.run(command, user=pi, check=False)
+        assert denied.returncode != 0, f"{pi} may: {command}\n{listing}"
+    # `twinlock doors sync` on the host, into a fresh activity store
+    store = door.workdir / "activity.db"
+    twinlock("doors", "add", REVIEW_DOOR, "--to", f"ssh://{pi}@127.0.0.1:{guest.port}"
+             f"{GUEST_REVIEW_DIR}/", "-i", str(guest.key), *door.ssh_option_args(),
+             "--activity-db", str(store))
+    started = time.monotonic()
+    synced = twinlock("doors", "sync", REVIEW_DOOR, "--activity-db", str(store))
+    times.seconds["doors-sync"] = round(time.monotonic() - started, 1)
+    print(synced)
+    fetched = _activity_ids(store)
+    assert set(ids) <= fetched, f"not fetched: {sorted(set(ids) - fetched)[:5]}\n{synced}"
+    # idempotent and resumable: a second sync adds only what the door wrote since
+    twinlock("doors", "sync", REVIEW_DOOR, "--activity-db", str(store))
+    again = _activity_ids(store)
+    assert fetched <= again <= set(_door_record_ids(guest))
+    times.figures["review_records_fetched"] = len(again)
+    unlocks = json.loads(twinlock("activity", "list", "--json", "--limit", "0", "--decision",
+                                  "unlock", "--activity-db", str(store)) or "[]")
+    assert unlocks, "no unlock among the fetched records"
+
+
+def _activity_ids(store: Path) -> set[str]:
+    out = twinlock("activity", "list", "--json", "--limit", "0", "--activity-db", str(store))
+    rows = json.loads(out) if out.strip().startswith("[") else \
+        [json.loads(line) for line in out.splitlines() if line.strip()]
+    return {str(row["id"]) for row in rows}
+
+
 def test_the_sandbox_denies_the_daemon_nothing(door: Door) -> None:
     guest = door.guest
     daemon_lines = guest.run("journalctl -u twinlockd -o cat --no-pager").stdout
@@ -185,7 +249,8 @@ def test_reload_applies_a_newly_deployed_bundle(door: Door, times: Times) -> Non
         time.sleep(10)
     times.seconds["reload-to-new-resident-unlock"] = round(time.monotonic() - started, 1)
     assert alex, "the newly enrolled resident was never let in"
-    assert all(r["frame"] in LACAMOIRE_FRAMES for r in alex), alex
+    assert all(r["frame"] in LACAMOIRE_FRAMES for r in alex), \
+        [(r["id"], r["user"], r["frame"], r.get("score")) for r in alex]
     assert door.main_pid() == pid
 
 
@@ -214,6 +279,40 @@ def test_a_tampered_bundle_is_refused_and_the_door_keeps_running(door: Door) -> 
     assert guest.run("systemctl is-active twinlockd").stdout.strip() == "active"
 
 
+def test_rollback_under_the_unit_brings_back_the_previous_bundle(door: Door,
+                                                                 times: Times) -> None:
+    """`twinlockd rollback` as the docs say (sudo, on the door), then `systemctl reload`: the
+    previous bundle (Miranda alone) is current again, without a restart, and the door keeps
+    deciding."""
+    guest = door.guest
+    pid = door.main_pid()
+    since = _cursor(guest)
+    started = time.monotonic()
+    out = guest.run("/opt/twinlock/venv/bin/twinlockd rollback -c /etc/twinlock/config.yaml "
+                    "&& systemctl reload twinlockd", timeout=300)
+    print(out.stdout, out.stderr)
+    journal = guest.wait_until(
+        f"journalctl -u twinlockd --since '{since}' -o cat --no-pager "
+        "| grep -E 'reloaded: |reload refused'", 600, "the reload after rollback")
+    times.seconds["rollback-and-reload"] = round(time.monotonic() - started, 1)
+    assert "1 user(s)" in journal, guest.journal(since)[-3000:]
+    assert door.main_pid() == pid, "a rollback's reload must not restart the daemon"
+    last_id = max((int(str(r["id"])) for r in door.audit(None)), default=0)  # after the reload
+    owners = guest.run("stat -c '%U %a %n' /var/lib/twinlock/bundles/*").stdout
+    assert all(line.startswith("twinlock ") for line in owners.splitlines()), owners
+    # the door keeps deciding on the rolled-back bundle: new records, Miranda still let in
+    started = time.monotonic()
+    newer: list[dict[str, object]] = []
+    while time.monotonic() < started + 900 and not any(
+            r["event"] == "unlock" for r in newer):
+        newer = [r for r in door.audit(None) if int(str(r["id"])) > last_id]
+        time.sleep(10)
+    unlocks = [r for r in newer if r["event"] == "unlock"]
+    assert unlocks and all(r["user"] == "lin" for r in unlocks), newer[-5:]
+    assert door.main_pid() == pid
+    assert guest.run("systemctl is-active twinlockd").stdout.strip() == "active"
+
+
 def test_a_config_broken_on_disk_keeps_the_unit_down_with_a_clear_line(door: Door) -> None:
     guest = door.guest
     guest.run("cp /etc/twinlock/config.yaml /root/config.good")
@@ -236,6 +335,83 @@ def test_a_config_broken_on_disk_keeps_the_unit_down_with_a_clear_line(door: Doo
     assert guest.run("systemctl is-active twinlockd", check=False).stdout.strip() == "active"
 
 
+#: what a process in the unit's cgroup gets: a connection's outcome per address
+CONNECT_PROBE = """
+import socket, sys
+for spec in sys.argv[1:]:
+    host, port = spec.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=15).close()
+        print(spec, "ok")
+    except OSError as exc:
+        print(spec, "refused", exc.errno)
+"""
+
+
+def test_the_mqtt_drop_in_reaches_the_broker_and_nothing_else(door: Door, tmp_path: Path,
+                                                             times: Times) -> None:
+    """deploy/mqtt.conf with IPAddressAllow= the broker (a mosquitto on the host: 10.0.2.2 in
+    qemu's user network): the daemon connects and publishes; a process in the unit's cgroup
+    can reach the broker's address and no other (the guest's own sshd, which answers outside
+    the cgroup). paho-mqtt's wake-up socket pair needs 127.0.0.1 (the drop-in allows it)."""
+    guest = door.guest
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    log = tmp_path / "mosquitto.log"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"
+                    f"persistence false\nlog_type all\nlog_dest file {log}\n")
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        dropin = (REPO / "deploy" / "mqtt.conf").read_text()
+        assert "IPAddressAllow=192.168.1.10" in dropin and "IPAddressAllow=127.0.0.1" in dropin
+        guest.run("install -d /etc/systemd/system/twinlockd.service.d && cat > "
+                  "/etc/systemd/system/twinlockd.service.d/mqtt.conf <<'EOF'\n"
+                  + dropin.replace("IPAddressAllow=192.168.1.10", "IPAddressAllow=10.0.2.2")
+                  + "EOF")
+        config = door_config(mqtt={"enabled": True, "host": "10.0.2.2", "port": port,
+                                   "client_id": "twinlock-vm"})
+        guest.run(f"cat > /etc/twinlock/config.yaml <<'EOF'\n{config}EOF")
+        started = time.monotonic()
+        since = _cursor(guest)
+        # a start slower than TimeoutStartSec (a busy host under emulation) is retried by
+        # systemd itself (Restart=on-failure): wait for the unit to be up rather than the job
+        restart = guest.run("systemctl daemon-reload && systemctl restart twinlockd",
+                            timeout=600, check=False)
+        if restart.returncode != 0:
+            print("restart:", restart.stderr, guest.journal(since)[-3000:])
+        guest.wait_until("systemctl is-active --quiet twinlockd", 900, "twinlockd up with MQTT",
+                         every_s=5)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and "Received PUBLISH from twinlock-vm" not in \
+                log.read_text(errors="replace"):
+            time.sleep(3)
+        times.seconds["mqtt-restart-to-publish"] = round(time.monotonic() - started, 1)
+        broker_log = log.read_text(errors="replace")
+        assert "Received PUBLISH from twinlock-vm" in broker_log, \
+            broker_log[-2000:] + guest.journal(since)[-3000:]
+        # the unit's IP filter, tried from inside its cgroup (PrivateNetwork=no with the drop-in)
+        address = guest.run("ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 "
+                            "| head -n 1").stdout.strip()
+        targets = f"10.0.2.2:{port} {address}:22"
+        outside = guest.run(f"python3 -c '{CONNECT_PROBE}' {targets}").stdout
+        inside = guest.run(
+            "sh -c 'echo $$ > /sys/fs/cgroup/system.slice/twinlockd.service/cgroup.procs "
+            f"&& exec python3 -c \"$0\" {targets}' '{CONNECT_PROBE}'").stdout
+        print("outside the unit:", outside, "inside the unit's cgroup:", inside, sep="\n")
+        assert outside.split("\n")[:2] == [f"{t} ok" for t in targets.split()], outside
+        got = dict(line.split(" ", 1) for line in inside.splitlines() if line.strip())
+        assert got[f"10.0.2.2:{port}"] == "ok", inside
+        assert got[f"{address}:22"].startswith("refused"), inside
+    finally:
+        broker.terminate()
+        try:
+            broker.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait()
+
+
 def test_uninstall_leaves_no_unit_user_or_file(door: Door) -> None:
     guest = door.guest
     uid, gid, deploy_gid = guest.run("id -u twinlock; getent group twinlock twinlock-deploy "
@@ -247,7 +423,7 @@ def test_uninstall_leaves_no_unit_user_or_file(door: Door) -> None:
     kept = guest.run("/root/twinlock/deploy/uninstall.sh").stdout
     print(kept)
     # without --purge: the data, the config and the drop-ins stay, named as kept
-    for path in ("/var/lib/twinlock", "/etc/twinlock", "/var/spool/twinlock",
+    for path in ("/var/lib/twinlock", GUEST_REVIEW_DIR, "/etc/twinlock", "/var/spool/twinlock",
                  "/etc/systemd/system/twinlockd.service.d"):
         assert f"kept {path} " in kept, kept
     assert guest.run("systemctl is-active twinlockd", check=False).stdout.strip() != "active"
@@ -258,6 +434,7 @@ def test_uninstall_leaves_no_unit_user_or_file(door: Door) -> None:
         "'twinlockd*' --no-legend; getent passwd twinlock; getent group twinlock "
         "twinlock-deploy; ls -d /etc/systemd/system/twinlockd.service* /etc/systemd/system/"
         "*.wants/twinlockd* /opt/twinlock /etc/twinlock /var/lib/twinlock /var/spool/twinlock "
+        f"{GUEST_REVIEW_DIR} "
         "/run/twinlock /etc/sudoers.d/twinlock-deploy 2>/dev/null; "
         f"find / -xdev \\( -uid {uid} -o -gid {gid} -o -gid {deploy_gid} \\) -print 2>/dev/null "
         "| head; "

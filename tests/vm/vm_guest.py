@@ -38,13 +38,16 @@ GUEST_MODEL = REPO / "models" / "compact"
 CLIP = "short_hamilton_clip.mp4"
 #: where the clip lives in the guest: readable by the service user under ProtectSystem=strict
 GUEST_CLIP = f"/srv/twinlock-test/{CLIP}"
+#: the review folder install.sh makes (config.yaml's default review.dir) and the door's name
+GUEST_REVIEW_DIR = "/var/lib/twinlock-review"
+REVIEW_DOOR = "vm"
 #: frames of the clip showing each performer (tests/daemon_helpers.py)
 MIRANDA_FRAMES = range(82, 211)
 LACAMOIRE_FRAMES = range(20, 82)
 
 ENV = {name: os.environ.get(f"TWINLOCK_VM_{name}", "") for name in
        ("IMAGE", "WHEEL", "WHEELHOUSE", "SUITE", "DEPLOY_USER", "TIMES", "ACCEL", "MEM", "CPUS",
-        "NICE")}
+        "NICE", "CPU")}
 
 
 def examples() -> Path:
@@ -166,7 +169,7 @@ class Guest:
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -220,13 +223,13 @@ def guest(tmp_path_factory: pytest.TempPathFactory, times: Times) -> Iterator[Gu
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image / "disk.img"),
                     "-F", "raw", str(overlay)], check=True, timeout=60)
     known_hosts = work / "known_hosts"
-    port = _free_port()
+    port = free_port()
     known_hosts.write_text(f"[127.0.0.1]:{port} {_host_key(image)}\n")
     console, pidfile = work / "console.log", work / "qemu.pid"
     accel = ENV["ACCEL"] or "tcg"
     argv = ["nice", "-n", ENV["NICE"] or "15", "qemu-system-x86_64",
             "-accel", "tcg,thread=multi" if accel == "tcg" else accel,
-            "-cpu", "max" if accel == "tcg" else "host",
+            "-cpu", ENV["CPU"] or ("max" if accel == "tcg" else "host"),
             "-m", ENV["MEM"] or "2048", "-smp", ENV["CPUS"] or "2",
             "-display", "none", "-monitor", "none", "-serial", f"file:{console}",
             "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
@@ -280,6 +283,12 @@ class Door:
     workdir: Path
     deploy_user: str
 
+    def ssh_option_args(self) -> list[str]:
+        """The guest's ssh options as ``twinlock deploy``/``doors add`` take them."""
+        options = self.guest.ssh_options()
+        return [f"--ssh-option=-o {value}" for flag, value in itertools.pairwise(options)
+                if flag == "-o"]
+
     def target(self) -> str:
         return f"ssh://{self.deploy_user}@127.0.0.1:{self.guest.port}/var/spool/twinlock/"
 
@@ -288,9 +297,7 @@ class Door:
         """``twinlock deploy`` from the host, as the household would (the pi account's key)."""
         argv = [str(Path(sys.executable).parent / "twinlock"), "deploy", str(bundle),
                 "--to", self.target(), "-i", str(self.guest.key)]
-        options = self.guest.ssh_options()
-        argv += [f"--ssh-option=-o {value}" for flag, value in itertools.pairwise(options)
-                 if flag == "-o"]
+        argv += self.ssh_option_args()
         if not reload:
             argv.append("--no-reload")
         return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout,
@@ -326,7 +333,7 @@ def door_config(**overrides: object) -> str:
     """The door's config in the guest: the real clip replayed in a loop, every frame handled
     (the emulated CPU is slow), liveness off (too few frames a second for a head turn), the log
     action (Debian's amd64 kernel has no gpio-sim, so no GPIO chip), the bundle from the drop
-    folder, the watchdog on."""
+    folder, the watchdog on, review records on (in the folder install.sh makes for them)."""
     import yaml
 
     cfg: dict[str, object] = {
@@ -339,6 +346,7 @@ def door_config(**overrides: object) -> str:
         "verification": {"threshold_name": "far_1e-02"},
         "audit": {"db": "/var/lib/twinlock/audit.db"},
         "service": {"status_interval_s": 5},
+        "review": {"enabled": True, "dir": GUEST_REVIEW_DIR, "door": REVIEW_DOOR},
     }
     cfg.update(overrides)
     return yaml.safe_dump(cfg)
@@ -369,12 +377,13 @@ def door(guest: Guest, times: Times, tmp_path_factory: pytest.TempPathFactory) -
         guest.put(key.with_suffix(".pub"), "/root/twinlock/signing.pub")
         guest.put(photos / CLIP, GUEST_CLIP)
         guest.run(f"chmod 0755 /srv/twinlock-test && chmod 0644 {GUEST_CLIP}")
-    # A drop-in that breaks the unit on purpose, to see a test fail (docs/development/testing.md):
-    # TWINLOCK_VM_UNIT_DROPIN=FILE, installed before install.sh starts the unit.
-    mutant = os.environ.get("TWINLOCK_VM_UNIT_DROPIN")
-    if mutant:
+    # Drop-ins that break the unit on purpose, to see a test fail (docs/development/testing.md):
+    # TWINLOCK_VM_UNIT_DROPIN=FILE[:FILE...], installed before install.sh starts the unit, last
+    # in the drop-ins' order (after a test's own mqtt.conf too).
+    mutants = [m for m in os.environ.get("TWINLOCK_VM_UNIT_DROPIN", "").split(os.pathsep) if m]
+    for i, mutant in enumerate(mutants):
         guest.run("install -d /etc/systemd/system/twinlockd.service.d")
-        guest.put(Path(mutant), "/etc/systemd/system/twinlockd.service.d/zz-vm-mutant.conf")
+        guest.put(Path(mutant), f"/etc/systemd/system/twinlockd.service.d/zz-vm-mutant-{i}.conf")
     # The household's own config, in place before the install (install.sh keeps an existing one).
     config = work / "config.yaml"
     config.write_text(door_config())
