@@ -26,6 +26,7 @@ from twinlock.daemon.door.assemble import build_matcher
 from twinlock.daemon.errors import ModelError
 from twinlock.daemon.recognition.fusion import (
     decision_settings,
+    ladder_rate,
     resident_thresholds,
     strict_threshold,
 )
@@ -79,20 +80,36 @@ def test_a_label_never_makes_the_bar_looser_than_the_doors() -> None:
     assert _bars(dipped, [(3, 1)]) == pytest.approx((0.98,))
 
 
-def test_past_the_strictest_rung_the_ladders_extend_as_a_strict_resident_does() -> None:
+def test_past_the_strictest_rung_the_reading_stops_at_the_strictest_measured_rate() -> None:
     """The door's threshold may lie past the enrolled count's strictest measured rung (one
-    photo's ladder is far looser than five's): both ladders are then extended in logit space
-    along their two strictest rungs, as ``strict_threshold`` does, never clamped to a rung
-    (clamping would read a higher rate than the door's and give a looser bar)."""
+    photo's ladder is far looser than five's). Rates below that rung cannot be measured with
+    the held-out strangers, so the reading is clamped there, never extrapolated: the resident
+    is held to the strictest rate the calibration vouches for. With L1 and L3 cut at 1e-4,
+    0.98 lies past L1's 0.95, so it reads 1e-4 and the bar is L3's 1e-4 rung, 0.98 (an
+    extrapolated reading would give more); the floor at the door's threshold still holds."""
     short = {"door": NEW["door"] | {"one_resident": {"ladder": L5, "ladders_by_anchors": {
-        "1": L1[:3], "3": L3[:3]}}}}
-    got = _bars(short, [(3, 1)])
-    assert got is not None
-    slope1 = (math.log(0.95 / 0.05) - math.log(0.90 / 0.10)) / 1.0
-    decades = (math.log(0.98 / 0.02) - math.log(0.95 / 0.05)) / slope1  # past L1's 1e-4
-    assert got[0] == pytest.approx(
-        strict_threshold({"one_resident": {"ladder": L3[:3]}}, 1e-4 * 10 ** -decades)[0])
-    assert got[0] > 0.98  # clamped at L1's 1e-4 rung it would have been L3's 1e-4, 0.98
+        "1": L1[:3], "3": L3[:3], "5": L5[:3]}}}}
+    assert ladder_rate(sorted((f, t) for f, t in L1[:3]), 0.98) == 1e-4
+    assert ladder_rate(sorted((f, t) for f, t in L1[:3]), 0.95) == pytest.approx(1e-4)
+    assert _bars(short, [(3, 1)]) == pytest.approx((0.98,))
+    # 1 enrolled and 4 labelled: L5 at the clamped 1e-4, 0.995, above the floor
+    assert _bars(short, [(5, 1)]) == pytest.approx((0.995,))
+    # a ladder of more anchors measured looser at that rung: never below the door's 0.98
+    dipped = {"door": NEW["door"] | {"one_resident": {"ladder": L5, "ladders_by_anchors": {
+        "1": L1[:3], "3": [[1e-2, 0.5], [1e-3, 0.8], [1e-4, 0.9]]}}}}
+    assert _bars(dipped, [(3, 1)]) == pytest.approx((0.98,))
+
+
+def test_a_strict_target_past_the_strictest_rung_is_still_extrapolated() -> None:
+    """The clamp is the label rule's alone: ``twinlock enroll --strict`` asks for a rate on
+    purpose, and ``strict_threshold`` still extends the ladder past its strictest rung (and
+    says so) rather than handing back the strictest rung's threshold."""
+    ladder = {"one_resident": {"ladder": L3[:3]}}
+    got, extrapolated = strict_threshold(ladder, 1e-5)
+    slope = (math.log(0.98 / 0.02) - math.log(0.95 / 0.05)) / 1.0
+    assert extrapolated
+    assert got == pytest.approx(1 / (1 + math.exp(-(math.log(0.98 / 0.02) + slope))))
+    assert got > 0.98
 
 
 def test_a_model_without_ladders_by_anchors_decides_as_before() -> None:

@@ -159,16 +159,15 @@ def ladder_threshold(rungs: list[tuple[float, float]], rate: float) -> float:
 
 def ladder_rate(rungs: list[tuple[float, float]], threshold: float) -> float:
     """The one-resident rate a ladder (``_rungs``) gives ``threshold``: ``ladder_threshold``
-    read backwards (log-linear between rungs, the same logit extension past the strictest,
-    the loosest rung's rate for a looser threshold: the higher rate, the safe side here)."""
+    read backwards, log-linear between rungs, only what was measured: the loosest rung's rate
+    for a looser threshold, the strictest rung's for a stricter one. Rates past the strictest
+    rung cannot be measured with the held-out strangers, so a threshold beyond it is read as
+    that rung's rate, never extrapolated (``resident_thresholds`` keeps the door's threshold
+    as its floor, so the clamp never makes a resident looser than the door)."""
     if threshold <= rungs[-1][1]:
         return rungs[-1][0]
-    if threshold > rungs[0][1]:
-        slope = _tail_slope(rungs) if len(rungs) > 1 else 0.0
-        if slope <= 0.0:
-            return rungs[0][0]
-        return 10.0 ** (math.log10(rungs[0][0]) - (_logit(threshold) - _logit(rungs[0][1]))
-                        / slope)
+    if threshold >= rungs[0][1]:
+        return rungs[0][0]
     for (f0, t0), (f1, t1) in itertools.pairwise(rungs):
         if t1 <= threshold <= t0:
             w = 0.0 if t0 == t1 else (t0 - threshold) / (t0 - t1)
@@ -256,9 +255,11 @@ def resident_thresholds(thresholds: dict[str, float], default_threshold: str,
     ``anchors`` holds (anchors, of them from enrolment) per resident, in gallery order. The
     door's threshold for R residents (``decision_settings``: ``base``) gives a stranger a
     one-resident rate r0 against a resident of ``enrolled`` anchors (that count's ladder read
-    backwards, ``ladder_rate``); the resident's bar is max(base, the threshold the ladder of
-    all their anchors gives r0): the extra anchors may not raise a stranger's chance. A
-    resident enrolled from photos only keeps ``base`` whatever their count.
+    backwards, ``ladder_rate``; a base past its strictest measured rung reads that rung's
+    rate, the strictest the calibration can vouch for); the resident's bar is max(base, the
+    threshold the ladder of all their anchors gives r0): the extra anchors may not raise a
+    stranger's chance. A resident enrolled from photos only keeps ``base`` whatever their
+    count.
 
     None where every resident keeps the door's one threshold: no labelled anchors, a model
     without per-count ladders (an older calibration), a numeric or named threshold in the
