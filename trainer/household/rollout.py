@@ -37,11 +37,10 @@ from twinlock.daemon.bundle import format as fmt
 from twinlock.daemon.errors import BundleError, TwinLockError, UsageError
 from twinlock.daemon.faces.assets import file_sha256
 from twinlock.daemon.recognition.model import METADATA_FILE, TOWER_FILE, read_metadata
-from twinlock.daemon.review.format import RECORD_ID_RE
 
 from .activity import ActivityStore, DoorBundle, DoorEntry
 from .deploy import DEFAULT_RELOAD_COMMAND, DeployReport, deploy
-from .enroll_store import EnrolmentStore
+from .enroll_store import EnrolmentStore, is_label_source
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ def _count(n: int, word: str) -> str:
 
 
 def _added_anchors(sources: list[str]) -> str:
-    labelled = sum(1 for s in sources if RECORD_ID_RE.fullmatch(s.removesuffix(".jpg")))
+    labelled = sum(map(is_label_source, sources))  # as the gallery counts them
     text = f"+{_count(len(sources), 'anchor')}"
     if labelled == len(sources):
         return text + " from labels"
