@@ -602,6 +602,9 @@ def _review_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--identity", type=Path, help="add: ssh private key")
     p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
                    help="add: extra ssh option, kept for every sync (repeatable)")
+    p.add_argument("--from-inventory", type=Path, metavar="FILE", help="add (no NAME): every "
+                   "host of group twinlock_doors in this Ansible YAML inventory (deploy/ansible/), "
+                   "as a door read and deployed over SSH as its first twinlock_deploy_users")
     p.add_argument("--deploy-to", metavar="TARGET", help="add: where twinlock deploy --to NAME "
                    "sends bundles (default: the same host's /var/spool/twinlock/)")
     _mqtt_door_arguments(p)
@@ -770,6 +773,10 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     with _activity_store(args) as store:
         action = args.action
+        if action == "add" and args.from_inventory is not None:
+            if args.names or args.to or args.mqtt:
+                raise _usage("doors add --from-inventory FILE takes no NAME, --to or --mqtt")
+            return _add_from_inventory(store, args.from_inventory)
         if action in ("add", "remove") and len(args.names) != 1:
             raise _usage(f"doors {action} takes one door NAME")
         if action == "list" and args.names:
@@ -840,6 +847,29 @@ def _cmd_doors(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 print(report.summary())
             return 1 if failed else 0
     return 0
+
+
+def _add_from_inventory(store: Any, inventory: Path) -> int:
+    """doors add --from-inventory FILE: each door of the inventory not yet in the list; one
+    listed with another target is reported (exit status 1) and the others go on."""
+    from .household.inventory import doors_from_inventory
+
+    listed = {d.name: d for d in store.doors()}
+    failed = 0
+    for door in doors_from_inventory(inventory):
+        old = listed.get(door.name)
+        if old is not None:
+            if old.target == door.target:
+                print(f"door {door.name}: already listed ({door.target})")
+            else:
+                failed += 1
+                print(f"door {door.name}: listed with target {old.target}, the inventory says "
+                      f"{door.target}: twinlock doors remove {door.name} first to change it",
+                      file=sys.stderr)
+            continue
+        entry = store.add_door(door.name, door.target, door.identity, door.ssh_options)
+        print(f"added door {entry.name} (host {door.host}): {entry.target}")
+    return 1 if failed else 0
 
 
 def _door_statuses(args: argparse.Namespace, store: Any) -> dict[str, Any]:
