@@ -22,8 +22,8 @@ seated (seeded) at doors of ``--door-size``; each door's gallery is exported fro
 enrolment store as ``twinlock bundle`` makes it (``export_gallery``) and its threshold is the
 calibration's for that many residents (``decision_settings``, as the daemon's assemble does),
 raised for a resident with anchors from labels (``resident_thresholds``, as assemble does too:
-the labelled anchors may not raise a stranger's chance of passing for them), decided by the
-daemon's ``Verifier``.
+the labelled anchors may not raise a stranger's chance of passing for them, as far as the
+ladders measure it), decided by the daemon's ``Verifier``.
 
 The loop, per door: every resident knock becomes a review record with the chip as the door
 would keep it (``ReviewWriter``), the household fetches the door's folder (``sync_door``), and
@@ -33,8 +33,9 @@ duplicates and all). The door is redeployed with a gallery exported again from t
 
 Reported for k = 1, 3, 5, per direction summed over doors: residents' acceptance per knock before and after on
 the knocks that were not labelled (the same knocks both times), and strangers' acceptance (every
-knock of a held-out person not seated at that door) before and after, with the one-sided 95 %
-Clopper-Pearson upper bound of before. Target, in each direction: with k = 3 the residents'
+knock of a held-out person not seated at that door) before and after, with the upper end of
+the two-sided 95 % Clopper-Pearson interval of before (``door_eval.clopper_pearson_upper``: a
+one-sided 97.5 % bound). Target, in each direction: with k = 3 the residents'
 refused knocks at least halved, the strangers' acceptance after within the bound of before.
 
 Usage::
@@ -349,8 +350,8 @@ def review_loop(model_dir: Path, knocks: dict[str, list[Knock]], door_size: int,
                 "the door's one threshold for every resident enrolled from photos only; a "
                 "resident with anchors from labels raised to the threshold that gives a "
                 "stranger the same one-resident rate against all their anchors as the door's "
-                "gives against their enrolled ones (fusion.resident_thresholds), never below "
-                "the door's"),
+                "gives against their enrolled ones, read at the strictest measured rung when "
+                "the door's lies past it (fusion.resident_thresholds), never below the door's"),
             "threshold_by_anchors": {n: sorted(ts) for n, ts in sorted(bars.items())},
             "residents": len(own), "seated_but_never_enrolled": sum(map(len, doors)) - len(own),
             "not_enrolled_photos": dict(not_enrolled),
@@ -457,8 +458,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                          "functions and knocks with the other (knocked); the "
                                          "fusion rule is the model's"},
         "target": "in each direction, k = 3: residents' refused knocks at least halved; "
-                  "strangers' acceptance after <= the one-sided 95 % Clopper-Pearson upper "
-                  "bound of before",
+                  "strangers' acceptance after <= the upper end of the two-sided 95 % "
+                  "Clopper-Pearson interval of before (one-sided 97.5 %)",
         "meets_target": all(d["meets_target"] for d in directions.values()),
         "seconds": round(time.perf_counter() - started, 1),
         "pooled": {"meets_target": _met(pooled_results), "per_k": pooled_results},
