@@ -598,7 +598,7 @@ def _review_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help="door name: 1-32 lower-case "
                    "letters, digits and '-' (the name in the door's review: section)")
     p.add_argument("--to", metavar="TARGET", help="add: ssh://USER@HOST[:PORT][/REVIEW_DIR] "
-                   "(default folder /var/lib/twinlock/review/) or a local folder")
+                   "(default folder /var/lib/twinlock-review/) or a local folder")
     p.add_argument("-i", "--identity", type=Path, help="add: ssh private key")
     p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
                    help="add: extra ssh option, kept for every sync (repeatable)")
