@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,10 @@ class Household:
 
     def __init__(self, guest: Guest, work: Path) -> None:
         self.guest, self.work = guest, work
+        # a copy: scripts/vm-tests.sh rebuilds its wheel in place at each run (another run may
+        # start meanwhile), and a different wheel is an upgrade, not a second run
+        self.wheel = work / Path(ENV["WHEEL"]).name
+        shutil.copyfile(ENV["WHEEL"], self.wheel)
         photos = examples()
         twinlock("keygen", "--out", str(work / "signing"))
         self.key = work / "signing.key"
@@ -75,7 +80,7 @@ class Household:
                   "ansible_ssh_common_args": ssh_args}
         self.inventory.write_text(yaml.safe_dump({"twinlock_doors": {
             "vars": {
-                "twinlock_wheel": ENV["WHEEL"], "twinlock_public_key": str(work / "signing.pub"),
+                "twinlock_wheel": str(self.wheel), "twinlock_public_key": str(work / "signing.pub"),
                 "twinlock_bundle": str(self.bundle), "twinlock_deploy_users": [
                     ENV["DEPLOY_USER"] or "pi"],
                 "twinlock_install_args": ["--no-apt"],
