@@ -177,6 +177,35 @@ def test_every_page_and_api_call_without_a_session_is_refused(server: Server,
                 assert r.status_code == 401, (path, r.status_code)
 
 
+def test_every_route_the_app_has_is_guarded_without_a_session(server: Server,
+                                                              tmp_path: Path) -> None:
+    """The list above is written by hand; this walks the app's own routes, so a page or change
+    added later is refused without a session too (only the login form and its style are open)."""
+    from starlette.routing import Route
+
+    from twinlock.trainer.web.app import WebConfig, build_app
+
+    app = build_app(WebConfig(enrolment_db=tmp_path / "e.db", activity_db=tmp_path / "a.db",
+                              model_dir=None, folder=tmp_path))
+    open_paths = {"/login", "/style.css"}
+    seen = 0
+    with httpx.Client(base_url=server.url) as anon:
+        for route in app.routes:
+            assert isinstance(route, Route)
+            if route.path in open_paths:
+                continue
+            path = re.sub(r"\{[^}:]+:int\}", "1", re.sub(r"\{[^}:]+:str\}", "front", route.path))
+            for method in sorted(route.methods or ()):
+                if method == "HEAD":
+                    continue
+                r = anon.request(method, path, data={"csrf": "x", "name": "Mallory"})
+                assert r.status_code in (303, 401), (method, path, r.status_code)
+                if r.status_code == 303:
+                    assert method == "GET" and r.headers["location"] == "/login", (method, path)
+                seen += 1
+    assert seen >= 15, seen  # every page, API and change, not an empty walk
+
+
 def test_a_change_without_or_with_a_wrong_csrf_token_is_refused(
         client: httpx.Client, home: dict[str, object], lfw_dir: Path) -> None:
     photo = min((lfw_dir / "Aaron_Peirsol").glob("*.jpg"))
