@@ -178,4 +178,6 @@ def test_doors_from_the_inventory_are_updated_and_one_that_is_down_is_reported(
     assert re.search(r"^front: done", result.stdout, re.MULTILINE), text
     assert re.search(r"^back: done", result.stdout, re.MULTILINE), text
     assert re.search(r"^gone: FAILED", result.stderr, re.MULTILINE), text
-    assert household.door_state()[0] == "active"
+    # the last deploy's reload may still be checking the bundle ("reloading"): then back to active
+    household.guest.wait_until("systemctl is-active --quiet twinlockd", 600,
+                               "twinlockd active after the doors update")
