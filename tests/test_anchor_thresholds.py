@@ -113,17 +113,32 @@ def test_a_strict_target_past_the_strictest_rung_is_still_extrapolated() -> None
 
 
 def test_a_model_without_ladders_by_anchors_decides_as_before() -> None:
-    """No per-count ladders, a config threshold (number or name) or another fusion rule: no
-    per-resident thresholds, and the one threshold is what it always was."""
+    """No per-count ladders, a config threshold that is a number or a pair threshold, or
+    another fusion rule: no per-resident thresholds, and the one threshold is what it always
+    was."""
     labelled = [(3, 1), (1, 1)]
     assert _bars(NEW, labelled) is not None
     assert _bars(OLD, labelled) is None
     assert _bars(NEW, labelled, threshold=0.99) is None
-    assert _bars(NEW, labelled, threshold_name="door_far_1e-03") is None
+    assert _bars(NEW, labelled, threshold_name="far_1e-03") is None
     assert _bars(NEW, labelled, fusion="max") is None
     assert resident_thresholds(DOOR, "far_1e-03", NEW, labelled) is None  # a pair threshold
     assert decision_settings(DOOR, "door_far_1e-03", NEW, residents=3) \
         == decision_settings(DOOR, "door_far_1e-03", OLD, residents=3)
+
+
+def test_a_door_threshold_named_in_the_config_is_raised_for_labels_too() -> None:
+    """A household that asks for a stricter door (``threshold_name: door_far_1e-04``) keeps the
+    rule: its labelled residents' bars start from that threshold, not the model's default
+    (0.998 sits on L1 between its 1e-4 and 1e-6 rungs; 3 anchors read L3 at that rate), and a
+    resident enrolled from photos keeps the named threshold itself."""
+    named = _bars(NEW, [(3, 1), (1, 1)], threshold_name="door_far_1e-04")
+    w = (0.998 - 0.95) / (0.999 - 0.95)
+    assert named is not None and named == pytest.approx((0.98 + w * (0.9995 - 0.98), 0.998))
+    loose = {"far_1e-03": 0.98, "door_far_1e-03": 0.996, "door_far_1e-02": 0.93}
+    raised = resident_thresholds(loose, "door_far_1e-03", NEW, [(3, 1), (1, 1)],
+                                 threshold_name="door_far_1e-02")
+    assert raised is not None and raised[1] == pytest.approx(0.93) and raised[0] > 0.93
 
 
 def _gallery(counts: list[tuple[int, int]], dim: int, model_id: str, seed: int = 0) -> Gallery:

@@ -261,18 +261,22 @@ def resident_thresholds(thresholds: dict[str, float], default_threshold: str,
     stranger's chance. A resident enrolled from photos only keeps ``base`` whatever their
     count.
 
+    A door-level threshold named in the config (``verification.threshold_name:
+    door_far_1e-04``) is a base like the model's default; a number or a pair threshold has no
+    place on the door's ladders, so the rule cannot hold it and returns None.
+
     None where every resident keeps the door's one threshold: no labelled anchors, a model
-    without per-count ladders (an older calibration), a numeric or named threshold in the
+    without per-count ladders (an older calibration), a numeric or pair threshold in the
     config, or another fusion rule than the calibration's. The ``Verifier`` raises any of them
     to a resident's own strict threshold."""
     calibration = door_calibration(metrics)
     calibrated = calibration.get("fusion")
-    if threshold is not None or threshold_name or door_rate(default_threshold) is None \
+    if threshold is not None or door_rate(threshold_name or default_threshold) is None \
             or not any(enrolled < total for total, enrolled in anchors) \
             or (fusion or calibrated) != calibrated or not ladders_by_anchors(calibration):
         return None
     base = decision_settings(thresholds, default_threshold, metrics, fusion=fusion,
-                             residents=len(anchors))[0]
+                             threshold_name=threshold_name, residents=len(anchors))[0]
     out = []
     for i, (total, enrolled) in enumerate(anchors):
         if enrolled >= total:
