@@ -71,7 +71,7 @@ class OpenCVCamera(BaseCamera):
             raise CameraError(f"camera {self.device}: cannot open ({describe_error(exc)})") from exc
         if not cap.isOpened():
             cap.release()
-            raise CameraError(f"camera {self.device}: cannot open (missing, busy or no access)")
+            raise CameraError(f"camera {self.device}: cannot open ({_why_not_open(device)})")
         if self.width:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, float(self.width))
         if self.height:
@@ -110,6 +110,18 @@ class OpenCVCamera(BaseCamera):
                 cap.release()
             except cv2.error as exc:  # closing a dead device must not stop the caller
                 logger.warning("camera %s: release failed: %s", self.device, exc)
+
+
+def _why_not_open(device: int | str) -> str:
+    """The reason OpenCV keeps to itself: open the node as its V4L2 backend does and name the
+    error (EPERM from a unit's DevicePolicy=, EACCES without the video group, EBUSY)."""
+    path = f"/dev/video{device}" if isinstance(device, int) else device
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    os.close(fd)
+    return "missing, busy or not a camera"
 
 
 def _to_rgb_or_raw(bgr: np.ndarray) -> np.ndarray:
