@@ -13,9 +13,10 @@
 # the guest go to .cache/vm/run/times-SUITE.json with the memory figures):
 #   host-apt   qemu-system-x86, qemu-utils, debootstrap, e2fsprogs, openssh-client (apt-get update
 #              first; only when something is missing)
-#   image      debootstrap minbase + Debian's kernel and initrd + ext4 image, cached under
+#   image      debootstrap minbase + Debian's kernel and initrd, the gpio-sim and v4l2loopback
+#              modules built for that kernel, lgpio, a gpio-sim chip at boot + ext4 image, cached under
 #              .cache/vm/<suite>-<hash of the recipe below>/ (ignored by git): any change to the
-#              recipe builds a new one. About 3-4 min on 2 cores; a cached image takes 0 s.
+#              recipe builds a new one. About 5 min on 2 cores; a cached image takes 0 s.
 #   wheel      `pip wheel --no-deps .` on the host: the package a user installs.
 #   wheelhouse the wheel's [device] dependencies for the guest's Python (cp311 manylinux x86_64),
 #              `pip download` on the host, cached by requirements: the guest reaches Debian's apt
@@ -55,7 +56,7 @@ HOST_APT_PACKAGES=(qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-clie
 GUEST_PACKAGES=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,openssh-server,python3,python3-venv,ca-certificates,iproute2,zstd,sudo,procps,kmod
 IMAGE_SIZE=4G
 DEPLOY_USER=pi          # the account `twinlock deploy` logs in as (as on a Pi)
-RECIPE_VERSION=1        # bump when build_image changes in a way the hash below cannot see
+RECIPE_VERSION=2        # bump when build_image changes in a way the hash below cannot see
 case "$SUITE" in
   bookworm) GUEST_PY=3.11 ;;
   trixie) GUEST_PY=3.13
@@ -90,6 +91,145 @@ fi
 stage_end "${missing[*]:-nothing to install}"
 
 # ---- the image --------------------------------------------------------------------------------------
+# Kernel modules Debian's amd64 kernels lack, built in the chroot for the guest's own kernel (not
+# the host's), then the compilers and sources purged: gpio-sim (a real /dev/gpiochipN for the
+# relay; drivers/gpio/gpio-sim.c of Debian's linux-source of exactly the image kernel's version)
+# and v4l2loopback (a /dev/videoN to feed the clip to; Debian's v4l2loopback-dkms source, built by
+# hand: dkms would build for the running, i.e. the host's, kernel). Both go to
+# /lib/modules/KVER/updates (depmod -a KVER). Unsigned: they taint the kernel, as any
+# out-of-tree module does, and load because Debian does not force signatures without Secure Boot.
+build_guest_modules() {  # build_guest_modules ROOTFS
+  local rootfs=$1 kver kpkgver series work=/tmp/twinlock-modules
+  # shellcheck disable=SC2012  # Debian's own folder names
+  kver=$(ls "$rootfs/lib/modules" | sort -V | tail -n 1)
+  # shellcheck disable=SC2016  # dpkg-query's field
+  kpkgver=$(chroot "$rootfs" dpkg-query -W -f='${Version}' "linux-image-$kver")
+  series=$(echo "$kver" | cut -d. -f1-2)
+  local apt=(chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive LC_ALL=C apt-get -y -qq
+             -o APT::Sandbox::User=root)
+  "${apt[@]}" update
+  "${apt[@]}" install --no-install-recommends "linux-headers-$kver" gcc make > /dev/null
+  rm -rf "${rootfs:?}$work"; mkdir -p "$rootfs$work/gpio-sim" "$rootfs$work/debs"
+  # the exact source version of the image's kernel: the same Debian upload as linux-image-KVER
+  chroot "$rootfs" sh -c "cd $work/debs && apt-get -qq -o APT::Sandbox::User=root \
+    download linux-source-$series=$kpkgver v4l2loopback-dkms"
+  dpkg-deb --fsys-tarfile "$rootfs$work"/debs/linux-source-*.deb \
+    | tar -xOf - "./usr/src/linux-source-$series.tar.xz" \
+    | tar -xJf - -C "$rootfs$work/gpio-sim" --strip-components=3 \
+        "linux-source-$series/drivers/gpio/gpio-sim.c" "linux-source-$series/drivers/gpio/gpiolib.h" \
+        "linux-source-$series/kernel/irq/irq_sim.c"
+  # gpio-sim's interrupts come from kernel/irq/irq_sim.c, which Debian does not build either
+  # (CONFIG_IRQ_SIM is selected only by the simulators): linked into the same module.
+  # Its one call the kernel does not export to modules, handle_simple_irq(irq_to_desc(irq)), is
+  # what generic_handle_irq_safe(irq) does (the domain's handler is handle_simple_irq). The tests
+  # use no GPIO interrupt; a line requested for edges would go through here.
+  sed -i 's/handle_simple_irq(irq_to_desc(\([a-z_]*\)))/generic_handle_irq_safe(\1)/' \
+    "$rootfs$work/gpio-sim/irq_sim.c"
+  mv "$rootfs$work/gpio-sim/gpio-sim.c" "$rootfs$work/gpio-sim/gpio-sim-main.c"
+  printf 'obj-m := gpio-sim.o\ngpio-sim-y := gpio-sim-main.o irq_sim.o\n' > "$rootfs$work/gpio-sim/Makefile"
+  dpkg-deb -x "$rootfs$work"/debs/v4l2loopback-dkms_*.deb "$rootfs$work/v4l2"
+  local v4l2; v4l2=$(cd "$rootfs$work/v4l2/usr/src" && ls -d v4l2loopback-*)
+  chroot "$rootfs" make -s -C "/usr/src/linux-headers-$kver" M="$work/gpio-sim" modules
+  chroot "$rootfs" make -s -C "/usr/src/linux-headers-$kver" M="$work/v4l2/usr/src/$v4l2" modules
+  install -D -m 0644 "$rootfs$work/gpio-sim/gpio-sim.ko" "$rootfs/lib/modules/$kver/updates/gpio-sim.ko"
+  install -D -m 0644 "$rootfs$work/v4l2/usr/src/$v4l2/v4l2loopback.ko" \
+    "$rootfs/lib/modules/$kver/updates/v4l2loopback.ko"
+  chroot "$rootfs" depmod -a "$kver"
+  printf 'kernel %s (linux-image %s): gpio-sim from linux-source-%s %s, %s\n' "$kver" "$kpkgver" \
+    "$series" "$kpkgver" "$v4l2" > "$rootfs/etc/twinlock-vm-modules"
+  rm -rf "${rootfs:?}$work"
+  "${apt[@]}" purge --auto-remove "linux-headers-$kver" gcc make > /dev/null
+  "${apt[@]}" clean
+}
+
+# The guest's stand-in for a Pi's GPIO header: at boot, twinlock-vm-gpio.service loads gpio-sim
+# and makes one chip of 28 lines (BCM 0-27) through configfs: /dev/gpiochip0, group gpio (a
+# udev rule as Raspberry Pi OS has), each line's value readable from outside the daemon in
+# /run/twinlock-vm/gpiochip/sim_gpioN/value. gpiozero's factories take the board from the
+# Revision line of /proc/cpuinfo (PinUnknownPi without one) and the unit mounts a fresh
+# /proc (ProtectProc=invisible): the drop-in 10-vm-pi.conf binds a copy of the guest's cpuinfo
+# with a Pi 4's Revision over it, for the unit only. lgpio, the pin factory, as on a Pi: a
+# system package the venv sees (--system-site-packages): Debian's python3-lgpio where the suite
+# has it, else PyPI's wheel installed system-wide (bookworm: Debian has no python3-lgpio).
+install_guest_gpio() {  # install_guest_gpio ROOTFS DIR
+  local rootfs=$1 dir=$2
+  chroot "$rootfs" groupadd -f --system gpio
+  echo 'SUBSYSTEM=="gpio", KERNEL=="gpiochip*", GROUP="gpio", MODE="0660"' \
+    > "$rootfs/etc/udev/rules.d/60-twinlock-vm-gpio.rules"
+  cat > "$rootfs/usr/local/sbin/twinlock-vm-gpio" <<'EOF'
+#!/bin/sh
+# gpio-sim chip "header" (28 lines, pulled down) for the tests; see scripts/vm-tests.sh.
+set -eu
+modprobe gpio-sim
+mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
+sim=/sys/kernel/config/gpio-sim/header
+mkdir -p "$sim/bank0"
+echo 28 > "$sim/bank0/num_lines"
+echo pinctrl-sim > "$sim/bank0/label"
+echo 1 > "$sim/live"
+udevadm settle
+mkdir -p /run/twinlock-vm
+ln -sfn "/sys/devices/platform/$(cat "$sim/dev_name")/$(cat "$sim/bank0/chip_name")" \
+  /run/twinlock-vm/gpiochip
+{ cat /proc/cpuinfo
+  printf 'Hardware\t: BCM2835\nRevision\t: c03114\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n'
+} > /run/twinlock-vm/cpuinfo
+EOF
+  chmod 0755 "$rootfs/usr/local/sbin/twinlock-vm-gpio"
+  cat > "$rootfs/etc/systemd/system/twinlock-vm-gpio.service" <<'EOF'
+[Unit]
+Description=gpio-sim chip standing in for a Pi's GPIO header (TwinLock's VM tests)
+Before=twinlockd.service
+After=systemd-udevd.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/twinlock-vm-gpio
+
+[Install]
+WantedBy=multi-user.target
+EOF
+  chroot "$rootfs" systemctl enable twinlock-vm-gpio.service >/dev/null 2>&1
+  install -d "$rootfs/etc/systemd/system/twinlockd.service.d"
+  cat > "$rootfs/etc/systemd/system/twinlockd.service.d/10-vm-pi.conf" <<'EOF'
+# The VM is not a Pi: gpiozero finds the board's revision in this copy of /proc/cpuinfo
+# (made at boot by twinlock-vm-gpio.service). Nothing else of the unit changes.
+[Service]
+BindReadOnlyPaths=-/run/twinlock-vm/cpuinfo:/proc/cpuinfo
+EOF
+  local apt=(chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive LC_ALL=C apt-get -y -qq)
+  local pip="set -- /usr/share/python-wheels/pip-*.whl; python3 \$1/pip install -q --no-index --no-deps \
+    --break-system-packages --root-user-action=ignore"
+  if chroot "$rootfs" apt-cache show python3-lgpio >/dev/null 2>&1; then
+    "${apt[@]}" install --no-install-recommends python3-lgpio > /dev/null
+    echo "lgpio: Debian's python3-lgpio" >> "$rootfs/etc/twinlock-vm-modules"
+    return
+  fi
+  local py; py=$(chroot "$rootfs" python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')
+  mkdir -p "$dir/lgpio"
+  if "$PY" -m pip download -q -d "$dir/lgpio" --no-deps --only-binary=:all: --implementation cp \
+      --python-version "$py" --abi "cp$py" --platform manylinux_2_34_x86_64 lgpio==0.2.2.0 \
+      > "$dir/lgpio.log" 2>&1; then
+    cp "$dir"/lgpio/lgpio-*.whl "$rootfs/tmp/"
+    chroot "$rootfs" sh -c "$pip /tmp/lgpio-*.whl"
+    echo "lgpio: PyPI's lgpio 0.2.2.0 wheel, system-wide (Debian $SUITE has no python3-lgpio)" \
+      >> "$rootfs/etc/twinlock-vm-modules"
+  else  # no wheel for this Python (cp313): PyPI's source, built as its own wheels are (PYPI=1)
+    "$PY" -m pip download -q -d "$dir/lgpio" --no-deps --no-binary=:all: lgpio==0.2.2.0 \
+      >> "$dir/lgpio.log" 2>&1
+    cp "$dir"/lgpio/lgpio-*.tar.gz "$rootfs/tmp/"
+    "${apt[@]}" install --no-install-recommends gcc swig python3-dev python3-setuptools > /dev/null
+    chroot "$rootfs" sh -c "export PYPI=1; $pip --no-build-isolation /tmp/lgpio-*.tar.gz"
+    "${apt[@]}" purge --auto-remove gcc swig python3-dev python3-setuptools > /dev/null
+    "${apt[@]}" clean
+    echo "lgpio: PyPI's lgpio 0.2.2.0 source built for cp$py, system-wide (Debian $SUITE has" \
+      "no python3-lgpio, PyPI no cp$py wheel)" >> "$rootfs/etc/twinlock-vm-modules"
+  fi
+  rm -f "$rootfs"/tmp/lgpio-*
+  chroot "$rootfs" python3 -c 'import lgpio'
+}
+
 build_image() {  # build_image DIR: rootfs -> DIR/{disk.img,vmlinuz,initrd.img,id_ed25519}
   local dir=$1 rootfs=$1/rootfs
   rm -rf "$rootfs"; mkdir -p "$rootfs"
@@ -118,6 +258,8 @@ EOF
   chroot "$rootfs" systemctl mask apt-daily.timer apt-daily-upgrade.timer >/dev/null 2>&1 || true
   # sshd: no DNS lookups of the client (qemu's user net has no reverse DNS: each login would wait)
   echo "UseDNS no" > "$rootfs/etc/ssh/sshd_config.d/twinlock-vm.conf"
+  build_guest_modules "$rootfs"
+  install_guest_gpio "$rootfs" "$dir"
   # shellcheck disable=SC2012  # Debian's own file names
   cp "$(ls "$rootfs"/boot/vmlinuz-* | sort -V | tail -n 1)" "$dir/vmlinuz"
   # shellcheck disable=SC2012
@@ -126,10 +268,11 @@ EOF
   mkfs.ext4 -q -F -L twinlock-vm -d "$rootfs" "$dir/disk.img" "$IMAGE_SIZE"
   # shellcheck disable=SC2016  # dpkg-query's fields
   chroot "$rootfs" dpkg-query -W -f='${Package} ${Version}\n' systemd python3 linux-image-amd64 > "$dir/versions.txt"
+  cat "$rootfs/etc/twinlock-vm-modules" >> "$dir/versions.txt"
   rm -rf "$rootfs"
 }
 RECIPE_HASH=$( { printf '%s\n' "$SUITE" "$GUEST_PACKAGES" "$IMAGE_SIZE" "$DEPLOY_USER" \
-  "$RECIPE_VERSION" "$MIRROR"; declare -f build_image; } | sha256sum | cut -c1-12)
+  "$RECIPE_VERSION" "$MIRROR"; declare -f build_image build_guest_modules install_guest_gpio; } | sha256sum | cut -c1-12)
 IMAGE_DIR=$CACHE/$SUITE-$RECIPE_HASH
 
 stage_start image
