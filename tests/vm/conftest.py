@@ -1,11 +1,13 @@
-"""Fixtures of tests/vm/: one Debian guest per session under qemu (see vm_guest.py)."""
+"""Fixtures of tests/vm/: one Debian guest per session under qemu (see vm_guest.py), and the
+relay's GPIO line watched from outside the daemon (relay_line.py)."""
 
 from __future__ import annotations
 
 import pytest
+from relay_line import relay
 from vm_guest import door, guest, times
 
-__all__ = ["door", "guest", "times"]
+__all__ = ["door", "guest", "relay", "times"]
 
 #: the order the files share their one guest in: the unit's tests install TwinLock with
 #: install.sh on a clean guest and end by uninstalling it (--purge); the Ansible tests then

@@ -9,16 +9,20 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shlex
 import subprocess
 import time
 from pathlib import Path
 
+from relay_line import KILL_MID_PULSE, RelayLine, restart_scheduled_at, stop_post_claimed
 from vm_guest import (
     ENV,
     GUEST_MODEL,
     GUEST_REVIEW_DIR,
     LACAMOIRE_FRAMES,
     MIRANDA_FRAMES,
+    PULSE_S,
+    RELAY_PIN,
     REPO,
     REVIEW_DOOR,
     Door,
@@ -36,8 +40,10 @@ SANDBOX_TROUBLE = re.compile(
     r"|denied|PermissionError", re.IGNORECASE)
 #: frames of the clip with a resident on screen (Lacamoire, then Miranda)
 RESIDENTS_FRAMES = range(LACAMOIRE_FRAMES.start, MIRANDA_FRAMES.stop)
-#: ExecStopPost's line (the log action has no relay; with gpio it names the pin it drove low)
-RELAY_OFF = "relay-off: "
+#: ExecStopPost's line, naming the pin it drove low
+RELAY_OFF = f"relay-off: GPIO{RELAY_PIN} driven inactive (low)"
+#: an unlock's audit record and the line's rise belong together within this many seconds
+PULSE_MATCH_S = 3.0
 
 
 def _restarted(guest: Guest, old_pid: int, limit_s: float) -> int:
@@ -71,7 +77,8 @@ def test_start_returns_once_the_daemon_is_ready(door: Door, times: Times) -> Non
     assert re.search(r"twinlockd\[\d+\]: .*loaded", journal), journal[-3000:]
 
 
-def test_the_clip_opens_the_door_for_the_resident_only(door: Door, times: Times) -> None:
+def test_the_clip_opens_the_door_for_the_resident_only(door: Door, relay: RelayLine,
+                                                       times: Times) -> None:
     guest = door.guest
     pid = door.main_pid()
     started = time.monotonic()
@@ -102,8 +109,9 @@ def test_the_clip_opens_the_door_for_the_resident_only(door: Door, times: Times)
     assert any(r["event"] == "deny" for r in records), "nobody else was ever refused"
     assert not any(r["event"] == "fault" and "bundle" not in str(r["reason"])
                    for r in records), records
-    # the log action's own line in the journal, as a relay's would be
-    assert "door would open for lin" in guest.journal(), guest.journal()[-3000:]
+    # the relay, in the daemon's journal and on the gpio-sim line read from outside it
+    assert f"relay on GPIO{RELAY_PIN} (active high)" in guest.journal(), guest.journal()[-3000:]
+    _assert_one_pulse_per_unlock(door, relay)
     # memory under the unit, on the clip
     cg = guest.run("cat /sys/fs/cgroup/system.slice/twinlockd.service/memory.peak "
                    "/sys/fs/cgroup/system.slice/twinlockd.service/memory.current").stdout.split()
@@ -115,6 +123,28 @@ def test_the_clip_opens_the_door_for_the_resident_only(door: Door, times: Times)
                                    line.split(":")[0]: line.split(":")[1].strip()
                                    for line in status.splitlines()}}
     times.figures["clip_unlocks"] = len(unlocks)
+
+
+def _assert_one_pulse_per_unlock(door: Door, relay: RelayLine) -> None:
+    """Each unlock since the watcher started raised the line once, for about pulse_seconds,
+    and the line never went high without an unlock (so only for the resident)."""
+    events, read_at = relay.events()
+    records = door.audit(None)  # after the line's log: every pulse in it has its record
+    unlocks = [float(str(r["ts"])) for r in records
+               if r["event"] == "unlock" and float(str(r["ts"])) > relay.started]
+    pulses = relay.pulses(events)
+    detail = f"unlocks at {unlocks}\nline: {events[-40:]}"
+    assert pulses, f"the relay line never went high\n{detail}"
+    for rise, fall in pulses:
+        assert any(abs(ts - rise) < PULSE_MATCH_S for ts in unlocks), \
+            f"the line went high at {rise} without an unlock\n{detail}"
+        if fall is not None:  # the timer thread may wait on the emulated CPU: late, never early
+            assert PULSE_S * 0.9 <= fall - rise <= PULSE_S + 3, \
+                f"a pulse of {fall - rise:.3f} s (pulse_seconds {PULSE_S})\n{detail}"
+    for ts in unlocks:
+        if ts < read_at - PULSE_MATCH_S:
+            assert any(abs(ts - rise) < PULSE_MATCH_S for rise, _ in pulses), \
+                f"the unlock at {ts} raised no pulse on the line\n{detail}"
 
 
 def _door_record_ids(guest: Guest) -> list[str]:
@@ -193,33 +223,63 @@ def test_systemd_rates_the_live_unit_safe(door: Door, times: Times) -> None:
     assert float(match.group(1)) <= 1.0, out
 
 
-def test_a_hung_daemon_is_restarted_by_the_watchdog(door: Door, times: Times) -> None:
+def _assert_stop_post_drove_the_pin(relay: RelayLine, since: str, after: float) -> None:
+    """Between the daemon's end (``after``) and systemd's restart, something claimed the pin as
+    an output and let it go: ExecStopPost's relay-off (relay_line.py: why a claim, not a level)."""
+    scheduled = restart_scheduled_at(relay.guest, since)
+    events, _ = relay.events()
+    claims = relay.claims_between(events, after, scheduled)
+    assert stop_post_claimed(claims), \
+        f"after the daemon's end nothing drove GPIO{RELAY_PIN} (ExecStopPost?): {claims}\n" \
+        f"line: {events[-20:]}"
+    assert relay.value() == "0"
+
+
+def test_a_hung_daemon_is_restarted_by_the_watchdog(door: Door, relay: RelayLine,
+                                                    times: Times) -> None:
     guest = door.guest
     pid = door.main_pid()
     since = _cursor(guest)
     started = time.monotonic()
-    guest.run(f"kill -STOP {pid}")
+    stopped_at = float(guest.run(f"kill -STOP {pid}; date +%s.%N").stdout)
     # WatchdogSec=30, then SIGABRT, ExecStopPost, RestartSec=5 and a new start up to READY
     new = _restarted(guest, pid, 300)
     times.seconds["sigstop-to-ready"] = round(time.monotonic() - started, 1)
     assert new != pid
+    _assert_stop_post_drove_the_pin(relay, since, stopped_at)
     journal = guest.journal(since)
     assert "Watchdog timeout" in journal, journal[-3000:]
     assert RELAY_OFF in journal, journal[-3000:]
 
 
-def test_kill_9_runs_exec_stop_post_and_the_unit_comes_back(door: Door, times: Times) -> None:
+def test_kill_9_runs_exec_stop_post_and_the_unit_comes_back(door: Door, relay: RelayLine,
+                                                            times: Times) -> None:
+    """kill -9 while the relay is on (the line high for the resident's pulse, seen from the
+    guest itself, no ssh round trip): the line is low within 1 s, ExecStopPost drove the pin,
+    and the unit comes back. With gpio-sim the line's fall is the kernel's doing (relay_line.py)."""
     guest = door.guest
-    pid = door.main_pid()
     since = _cursor(guest)
     started = time.monotonic()
-    guest.run(f"kill -9 {pid}")
+    killed = guest.run(f"python3 -c {shlex.quote(KILL_MID_PULSE)}", timeout=1200).stdout.split()
+    pid, killed_at = int(killed[0]), float(killed[1])
+    times.seconds["line-high-to-kill9"] = round(time.monotonic() - started, 1)
+    started = time.monotonic()
     new = _restarted(guest, pid, 600)
     times.seconds["kill9-to-ready"] = round(time.monotonic() - started, 1)
+    events, _ = relay.events()
+    # the pulse the kill cut short (the watcher logs the rise up to a sample after the killer saw it)
+    pulse = [(rise, fall) for rise, fall in relay.pulses(events) if rise <= killed_at + 0.5][-1:]
+    assert pulse and pulse[0][1] is not None, f"no pulse at the kill ({killed_at}): {events[-20:]}"
+    rise, fall = pulse[0][0], float(pulse[0][1] or 0)
+    assert killed_at <= fall <= killed_at + 1.0, \
+        f"the line was not low within 1 s of kill -9 (at {killed_at}): {events[-20:]}"
+    assert fall - rise < PULSE_S * 0.9, f"the pulse was not cut short: {events[-20:]}"
+    times.figures["kill9_line_low_after_s"] = round(fall - killed_at, 3)
+    _assert_stop_post_drove_the_pin(relay, since, killed_at)
     journal = guest.journal(since)
     assert re.search(r"Main process exited, code=killed, status=9/KILL", journal), journal[-3000:]
-    killed = journal.index("status=9/KILL")
-    assert RELAY_OFF in journal[killed:], "ExecStopPost did not run after kill -9:\n" + journal
+    after_kill = journal.index("status=9/KILL")
+    assert RELAY_OFF in journal[after_kill:], "ExecStopPost did not run after kill -9:\n" + journal
     assert new != pid
 
 
@@ -334,19 +394,30 @@ def test_rollback_under_the_unit_brings_back_the_previous_bundle(door: Door,
     assert guest.run("systemctl is-active twinlockd").stdout.strip() == "active"
 
 
-def test_a_config_broken_on_disk_keeps_the_unit_down_with_a_clear_line(door: Door) -> None:
+def test_a_config_broken_on_disk_keeps_the_unit_down_with_a_clear_line(door: Door,
+                                                                      relay: RelayLine) -> None:
     guest = door.guest
     guest.run("cp /etc/twinlock/config.yaml /root/config.good")
     broken = door_config().replace("state_dir:", "stat_dir:")
     guest.run(f"cat > /etc/twinlock/config.yaml <<'EOF'\n{broken}EOF")
     since = _cursor(guest)
     try:
+        broken_at = float(guest.run("date +%s.%N").stdout)
         restart = guest.run("systemctl restart twinlockd", check=False, timeout=300)
         assert restart.returncode != 0
         time.sleep(12)  # RestartSec=5: at least one retry, still refused
         state = guest.show("ActiveState", "SubState", "Result", "MainPID")
         assert state["ActiveState"] != "active", state
         assert state["MainPID"] == "0", state
+        # the line: low, nobody holds the pin, and ExecStopPost drove it after the stop and
+        # again after each refused start (check-config never touches it, the daemon never ran)
+        events, read_at = relay.events()
+        claims = relay.claims_between(events, broken_at, read_at)
+        after_stop = claims[claims.index("released") + 1:] if "released" in claims else []
+        assert sum(c.startswith("requested output") for c in after_stop) >= 2 \
+            and after_stop[-1:] == ["released"], \
+            f"ExecStopPost did not drive GPIO{RELAY_PIN} after the refused starts: {claims}"
+        assert relay.value() == "0"
         journal = guest.journal(since)
         assert re.search(r"stat_dir", journal), journal[-3000:]
         assert RELAY_OFF in journal, "ExecStopPost must run after a refused start:\n" + journal

@@ -44,6 +44,12 @@ REVIEW_DOOR = "vm"
 #: frames of the clip showing each performer (tests/daemon_helpers.py)
 MIRANDA_FRAMES = range(82, 211)
 LACAMOIRE_FRAMES = range(20, 82)
+#: the relay: BCM pin 17 of the gpio-sim chip the image makes at boot (/dev/gpiochip0, 28 lines;
+#: scripts/vm-tests.sh), driven by gpiozero + lgpio as on a Pi; a pulse long enough to watch
+RELAY_PIN = 17
+PULSE_S = 1.5
+#: gpio-sim's sysfs folder of that chip in the guest: sim_gpioN/value is each line's level
+GUEST_GPIO_SIM = "/run/twinlock-vm/gpiochip"
 
 ENV = {name: os.environ.get(f"TWINLOCK_VM_{name}", "") for name in
        ("IMAGE", "WHEEL", "WHEELHOUSE", "SUITE", "DEPLOY_USER", "TIMES", "ACCEL", "MEM", "CPUS",
@@ -331,10 +337,14 @@ def twinlock(*args: str, timeout: float = 600) -> str:
 
 def door_config(**overrides: object) -> str:
     """The door's config in the guest: the real clip replayed in a loop, every frame handled
-    (the emulated CPU is slow), liveness off (too few frames a second for a head turn), the log
-    action (Debian's amd64 kernel has no gpio-sim, so no GPIO chip), the bundle from the drop
-    folder, the watchdog on, review records on (in the folder install.sh makes for them)."""
+    (the emulated CPU is slow), liveness off (too few frames a second for a head turn), the gpio
+    action on the image's gpio-sim chip (``TWINLOCK_VM_ACTION``, JSON, changes its keys: a wrong
+    pin or polarity, to watch the line's tests fail), the bundle from the drop folder, the
+    watchdog on, review records on (in the folder install.sh makes for them)."""
     import yaml
+
+    action = {"type": "gpio", "pin": RELAY_PIN, "active_high": True, "pulse_seconds": PULSE_S,
+              "cooldown_seconds": 2.0, **json.loads(os.environ.get("TWINLOCK_VM_ACTION") or "{}")}
 
     cfg: dict[str, object] = {
         "state_dir": "/var/lib/twinlock",
@@ -342,7 +352,7 @@ def door_config(**overrides: object) -> str:
                   "incoming": "/var/spool/twinlock"},
         "camera": {"type": "replay", "source": GUEST_CLIP, "realtime": False, "loop": True},
         "liveness": {"mode": "off"},
-        "action": {"type": "log", "cooldown_seconds": 2.0},
+        "action": action,
         # the compact model's pair threshold: at its door-level ones (door_far_1e-02: 0.988) no
         # 2 frames in a row of the clip pass for either performer, so nobody would be let in
         "verification": {"threshold_name": "far_1e-02"},
