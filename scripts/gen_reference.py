@@ -991,8 +991,14 @@ def gen_daemon_memory() -> str:
     target = d.get("rss_target")
     if target:
         out += ["", (f"Target ({target['goal']}): {'met' if target['met'] else 'missed'}, "
-                f"{target['peak_rss_mb']:.1f} MB. The unit allows up to `MemoryMax=300M`.")]
+                f"{target['peak_rss_mb']:.1f} MB. The unit allows up to `{_unit_memory_max()}`.")]
     return "\n".join(out)
+
+
+def _unit_memory_max() -> str:
+    """The unit's own ``MemoryMax=`` line (deploy/twinlockd.service), so the text follows it."""
+    unit = (REPO / "deploy" / "twinlockd.service").read_text()
+    return next(line for line in unit.splitlines() if line.startswith("MemoryMax="))
 
 
 # ------------------------------------------------------------------------------------------

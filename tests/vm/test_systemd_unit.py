@@ -283,6 +283,66 @@ def test_kill_9_runs_exec_stop_post_and_the_unit_comes_back(door: Door, relay: R
     assert new != pid
 
 
+#: what a child's peak resident set was (kB), as the guest's Python reports it
+PEAK_RSS = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], capture_output=True)"
+            "; print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+#: where `systemctl set-property --runtime` puts its drop-in
+RUNTIME_LIMIT = "/run/systemd/system.control/twinlockd.service.d/50-MemoryMax.conf"
+
+
+def _status_kb(guest: Guest, pid: int, field: str) -> int:
+    return int(guest.run(f"awk '/^{field}:/ {{print $2}}' /proc/{pid}/status").stdout)
+
+
+def test_an_oom_kill_runs_exec_stop_post_and_the_unit_comes_back(door: Door,
+                                                                 times: Times) -> None:
+    """The kernel's cgroup OOM killer ends the daemon as a real overrun would: MemoryMax=
+    lowered at run time below the daemon's private memory (the guest has no swap, so reclaim
+    cannot make room). systemd records the OOM kill, ExecStopPost switches the relay off, and
+    with the unit's own limit back the daemon comes back READY. The lowered limit is still
+    above what ExecStopPost's own process needs (measured here first), as after a real
+    overrun, when the daemon's memory is freed before it runs."""
+    guest = door.guest
+    pid = door.main_pid()
+    cgroup = "/sys/fs/cgroup/system.slice/twinlockd.service"
+    limit = guest.run(f"cat {cgroup}/memory.max").stdout.strip()
+    anon_kb = _status_kb(guest, pid, "RssAnon")
+    relay_off_kb = int(guest.run(
+        f"python3 -c '{PEAK_RSS}' /opt/twinlock/venv/bin/twinlockd "
+        "relay-off --config /etc/twinlock/config.yaml").stdout)
+    assert relay_off_kb + 8 * 1024 < anon_kb, \
+        f"no room for the test: relay-off peaks at {relay_off_kb} kB, the daemon holds {anon_kb}"
+    cap_kb = (relay_off_kb + anon_kb) // 2
+    times.figures["oom_kill"] = {"daemon_rss_anon_kb": anon_kb, "relay_off_peak_rss_kb":
+                                 relay_off_kb, "memory_max_kb": cap_kb, "unit_memory_max": limit}
+    print("OOM kill:", times.figures["oom_kill"])
+    since = _cursor(guest)
+    started = time.monotonic()
+    try:
+        guest.run(f"systemctl set-property --runtime twinlockd MemoryMax={cap_kb}K",
+                  timeout=300, check=False)
+        guest.wait_until(f"journalctl -u twinlockd --since '{since}' -o cat --no-pager "
+                         "| grep -F \"Failed with result 'oom-kill'\"", 300,
+                         "systemd's record of the OOM kill")
+    finally:
+        guest.run(f"rm -f {RUNTIME_LIMIT} && systemctl daemon-reload", timeout=300)
+    assert guest.run(f"cat {cgroup}/memory.max", check=False).stdout.strip() in (limit, ""), \
+        "the unit's own MemoryMax= was not restored"
+    new = _restarted(guest, pid, 900)
+    times.seconds["oom-kill-to-ready"] = round(time.monotonic() - started, 1)
+    assert guest.run(f"cat {cgroup}/memory.max").stdout.strip() == limit
+    journal = guest.journal(since)
+    assert "Failed with result 'oom-kill'" in journal, journal[-3000:]
+    # systemd logs the result once ExecStopPost is done: relay-off comes between the two lines
+    oom = journal.index("A process of this unit has been killed by the OOM killer")
+    assert RELAY_OFF in journal[oom:], "ExecStopPost did not run after the OOM kill:\n" + journal
+    # the kernel's OOM killer did it, in the unit's cgroup, to the daemon
+    kernel = guest.run("journalctl -k -o cat --no-pager").stdout
+    assert re.search(rf"Memory cgroup out of memory: Killed process {pid}\b", kernel), \
+        kernel[-3000:]
+    assert new != pid
+
+
 def test_reload_applies_a_newly_deployed_bundle(door: Door, times: Times) -> None:
     guest = door.guest
     twinlock("enroll", "alex", "--images", str(examples() / "alex-lacamoire.png"), "--model",
@@ -534,6 +594,118 @@ def test_install_sh_with_apt_skips_what_debian_lacks(door: Door, times: Times) -
     assert "pip: twinlock[device] up to date" in out, out
     assert "service: enabled and running" in out, out
     assert door.main_pid() == pid
+
+
+#: the shipped model, for the memory figures (emulated, about 0.2 frames a second: enough)
+SHIPPED_MODEL = REPO / "models" / "default"
+#: the daemon's memory, from /proc/PID/status: VmHWM and RssFile count file pages (libraries,
+#: the model) mapped from the page cache; RssAnon is its own private memory
+STATUS_FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
+
+
+#: memory.stat's parts of the cgroup's charge: private (anon), page cache (file, of which
+#: file_mapped is mapped by the daemon), kernel memory (kernel)
+CGROUP_STAT = ("anon", "file", "file_mapped", "kernel")
+
+
+def _memory(guest: Guest, pid: int) -> dict[str, float]:
+    """The unit's cgroup (memory.peak: its high-water mark since the unit started, page cache
+    of the files it read included; memory.stat's parts now) and the daemon's own figures, in
+    MiB."""
+    cgroup = "/sys/fs/cgroup/system.slice/twinlockd.service"
+    peak, current = guest.run(f"cat {cgroup}/memory.peak {cgroup}/memory.current").stdout.split()
+    figures = {"cgroup_memory_peak_mb": round(int(peak) / 2**20, 1),
+               "cgroup_memory_current_mb": round(int(current) / 2**20, 1)}
+    stat = dict(line.split() for line in guest.run(f"cat {cgroup}/memory.stat").stdout.splitlines())
+    for name in CGROUP_STAT:
+        figures[f"cgroup_{name}_mb"] = round(int(stat[name]) / 2**20, 1)
+    for name in STATUS_FIELDS:
+        figures[f"{name}_mb"] = round(_status_kb(guest, pid, name) / 1024, 1)
+    return figures
+
+
+def _decided_after(door: Door, last_id: int, limit_s: float, what: str) -> int:
+    """Wait for a decision (an unlock or a refusal) recorded after ``last_id``: the daemon has
+    handled frames with a face. Returns the newest record's id."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        records = door.audit(None)
+        if any(r["event"] in ("unlock", "deny") and int(str(r["id"])) > last_id
+               for r in records):
+            return max(int(str(r["id"])) for r in records)
+        time.sleep(15)
+    raise AssertionError(f"{what}: no decision within {limit_s:.0f} s")
+
+
+def test_the_shipped_model_stays_under_the_units_memory_high(door: Door, times: Times) -> None:
+    """Memory under the unit with the shipped default model (issue 24): a fresh start (a new
+    cgroup), the clip's first faces, then a reload to a second bundle of the same model (old
+    and new matcher both alive for a moment) and more faces. memory.peak is what systemd's
+    MemoryHigh=/MemoryMax= act on; it must stay under MemoryHigh= (above it the kernel
+    throttles the daemon). The page cache is dropped before the start, as after a boot, when
+    the daemon is the first to read its libraries and the cgroup is charged for them. The
+    figures go to times-SUITE.json (docs/how-it-works/figures.md)."""
+    guest = door.guest
+    db = door.workdir / "enrolment-default.db"
+    for user, photo in (("lin", "lin-manuel-miranda.png"), ("alex", "alex-lacamoire.png")):
+        twinlock("enroll", user, "--images", str(examples() / photo), "--model",
+                 str(SHIPPED_MODEL), "--db", str(db))
+    bundles = []
+    for name, users in (("shipped-1", ["lin"]), ("shipped-2", ["lin", "alex"])):
+        out = door.workdir / f"{name}.twinlock"
+        twinlock("bundle", "--model", str(SHIPPED_MODEL), "--users", *users, "--key",
+                 str(door.signing_key), "--out", str(out), "--db", str(db))
+        bundles.append(out)
+    unit = guest.show("MemoryHigh", "MemoryMax")
+    guest.run(f"cat > /etc/twinlock/config.yaml <<'EOF'\n{door_config()}EOF")
+    # measured without the unit's limits (at MemoryHigh= the kernel would reclaim page cache and
+    # the peak would read as the limit), put back at the end
+    guest.run("systemctl set-property --runtime twinlockd MemoryHigh=infinity MemoryMax=infinity")
+    try:
+        _measure_the_shipped_model(door, bundles, unit, times)
+    finally:
+        guest.run("rm -f /run/systemd/system.control/twinlockd.service.d/50-Memory*.conf "
+                  "&& systemctl daemon-reload", timeout=300)
+    assert guest.show("MemoryHigh", "MemoryMax") == unit
+    figures = times.figures["memory_shipped_model"]
+    assert isinstance(figures, dict)
+    high_mb = int(unit["MemoryHigh"]) / 2**20
+    assert figures["after_reload_and_faces"]["cgroup_memory_peak_mb"] < high_mb, (figures, unit)
+
+
+def _measure_the_shipped_model(door: Door, bundles: list[Path], unit: dict[str, str],
+                               times: Times) -> None:
+    guest = door.guest
+    deployed = door.deploy(bundles[0], reload=False)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    last_id = max((int(str(r["id"])) for r in door.audit(None)), default=0)
+    since = _cursor(guest)
+    started = time.monotonic()
+    # a restart: a new cgroup, so memory.peak counts from this start (the bundle installed
+    # then); the page cache dropped first, as at boot, so the cgroup is charged for every page
+    # of the libraries and the model that the daemon reads (charged to whoever read it first)
+    guest.run("systemctl stop twinlockd && sync && echo 3 > /proc/sys/vm/drop_caches "
+              "&& systemctl start twinlockd", timeout=600, check=False)
+    guest.wait_until("systemctl is-active --quiet twinlockd", 900, "twinlockd up with the "
+                     "shipped model", every_s=5)
+    journal = guest.journal(since)
+    assert "(dlib-resnet" in journal, journal[-3000:]
+    pid = door.main_pid()
+    last_id = _decided_after(door, last_id, 900, "the shipped model's first faces")
+    times.seconds["shipped-model-start-to-decision"] = round(time.monotonic() - started, 1)
+    after_start = _memory(guest, pid)
+    since = _cursor(guest)
+    deployed = door.deploy(bundles[1])
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    guest.wait_until(f"journalctl -u twinlockd --since '{since}' -o cat --no-pager "
+                     "| grep -E 'reloaded: .*2 user'", 900, "the reload to the second bundle")
+    _decided_after(door, last_id, 900, "faces after the reload")
+    assert door.main_pid() == pid, "the daemon restarted during the measurement"
+    after_reload = _memory(guest, pid)
+    times.figures["memory_shipped_model"] = {"after_start_and_faces": after_start,
+                                             "after_reload_and_faces": after_reload,
+                                             "unit": unit}
+    print("memory with the shipped model:", times.figures["memory_shipped_model"])
 
 
 def test_uninstall_leaves_no_unit_user_or_file(door: Door) -> None:
