@@ -259,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     width, height = _clip_size(args.clip)
     fd = open_output(args.device, width, height, args.format)
-    print(f"v4l2_feed: {args.device} {width}x{height} {args.format}, every {args.step}. frame "
-          f"for {args.hold} s at {args.fps} writes/s", flush=True)
+    print(f"v4l2_feed: {args.device} {width}x{height} {args.format}: frames 0, {args.step}, "
+          f"{2 * args.step}, ... each for {args.hold} s at {args.fps} writes/s", flush=True)
 
     def write(data: bytes) -> None:
         done = os.write(fd, data)
