@@ -5,9 +5,14 @@
 #   sudo scripts/vm-tests.sh                   # bookworm: build/cache the image, run tests/vm/
 #   sudo scripts/vm-tests.sh --image-only      # only build (or find) the cached image
 #   sudo scripts/vm-tests.sh -k reload         # other arguments go to pytest (also after --)
+#   sudo scripts/vm-tests.sh --all             # bookworm, then trixie, every test of each
+#                                              # (scripts/test.sh runs bookworm without Ansible)
 #   TWINLOCK_VM_UNIT_DROPIN=tests/vm/mutants/unguarded.conf sudo scripts/vm-tests.sh
 #                                              # a broken drop-in, to watch the tests fail
 #                                              # (several: FILE:FILE; see tests/vm/mutants/)
+#   TWINLOCK_VM_ACTION='{"pin": 18}' sudo scripts/vm-tests.sh -k clip
+#                                              # the door's action keys changed (JSON), e.g. the
+#                                              # wrong pin, to watch the relay line's checks fail
 #
 # Stages (each one's time is printed and written to .cache/vm/run/stages-SUITE.json; the steps in
 # the guest go to .cache/vm/run/times-SUITE.json with the memory figures):
@@ -41,15 +46,25 @@ MIRROR=${TWINLOCK_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 NICE=${TWINLOCK_VM_NICE:-15}
 PY=${PYTHON:-$REPO/.venv/bin/python}
 IMAGE_ONLY=0
+ALL=0
 PYTEST_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --image-only) IMAGE_ONLY=1; shift ;;
+    --all) ALL=1; shift ;;
     --) shift; PYTEST_ARGS=("$@"); break ;;
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) PYTEST_ARGS+=("$1"); shift ;;
   esac
 done
+if [ "$ALL" -eq 1 ]; then  # each distribution in turn, one VM at a time; fails if either does
+  all_status=0
+  again=(); [ "$IMAGE_ONLY" -eq 0 ] || again=(--image-only)
+  for suite in bookworm trixie; do
+    TWINLOCK_VM_SUITE=$suite bash "$0" "${again[@]}" -- "${PYTEST_ARGS[@]}" || all_status=$?
+  done
+  exit "$all_status"
+fi
 
 HOST_APT_PACKAGES=(qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client)
 # ---- the image's recipe: any change here (or in build_image) builds a new image ----------------

@@ -86,7 +86,8 @@ class Household:
                 "twinlock_install_args": ["--no-apt"],
                 "twinlock_install_environment": {"PIP_NO_INDEX": "1",
                                                  "PIP_FIND_LINKS": WHEELHOUSE},
-                # as the door fixture's config (vm_guest.door_config): the clip, no GPIO chip
+                # the clip and the log action: these tests check provisioning (the relay line is
+                # checked by test_systemd_unit.py)
                 "twinlock_camera": {"type": "replay", "source": GUEST_CLIP, "realtime": False,
                                     "loop": True},
                 "twinlock_action": {"type": "log", "cooldown_seconds": 2.0},
