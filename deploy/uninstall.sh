@@ -11,7 +11,8 @@
 # /var/lib/twinlock-review (pictures of people: --purge deletes them), /etc/twinlock (your config, the
 # trusted key), the drop folder /var/spool/twinlock (it may hold a bundle not yet installed) and
 # your drop-ins in /etc/systemd/system/twinlockd.service.d (`systemctl edit twinlockd`, the MQTT
-# drop-in) unless --purge is given: a later install.sh picks them up again.
+# drop-in) and /etc/systemd/system.control/twinlockd.service.d (`systemctl set-property`) unless
+# --purge is given: a later install.sh picks them up again. Runtime settings (under /run) go.
 # With --root DIR nothing outside DIR is touched and systemctl is never called.
 # Running it again when nothing is left reports "nothing to remove".
 set -euo pipefail
@@ -65,6 +66,18 @@ if [ -e "$UNIT" ] || [ -L "$WANTS" ]; then
   fi
 fi
 
+# Runtime settings (`systemctl set-property --runtime`, `systemctl edit --runtime`) go with the
+# unit: they would vanish at the next boot, and until then systemd lists a unit made of them.
+reload=0
+for dir in /run/systemd/system.control/twinlockd.service.d /run/systemd/system/twinlockd.service.d; do
+  if [ -e "$R$dir" ]; then
+    rm -rf -- "$R$dir"
+    say "removed $dir (runtime settings)"
+    did=1
+    reload=1
+  fi
+done
+
 if [ -e "$R/opt/twinlock" ]; then
   rm -rf "$R/opt/twinlock"
   say "removed /opt/twinlock (the venv)"
@@ -96,22 +109,27 @@ if [ -f "$R/etc/group" ] && grep -q "^$DEPLOY_GROUP:" "$R/etc/group"; then
 fi
 
 DROPINS=/etc/systemd/system/twinlockd.service.d
-KEPT=(/var/lib/twinlock /var/lib/twinlock-review /etc/twinlock /var/spool/twinlock "$DROPINS")
+# `systemctl set-property twinlockd ...` (without --runtime) writes here: the household's settings
+PROPERTIES=/etc/systemd/system.control/twinlockd.service.d
+KEPT=(/var/lib/twinlock /var/lib/twinlock-review /etc/twinlock /var/spool/twinlock "$DROPINS"
+      "$PROPERTIES")
 if [ "$PURGE" -eq 1 ]; then
   for dir in "${KEPT[@]}"; do
     if [ -e "$R$dir" ]; then
       rm -rf -- "$R$dir"
       say "purged $dir"
       did=1
-      if [ "$dir" = "$DROPINS" ] && [ "$REAL_ROOT" -eq 1 ] && [ -d /run/systemd/system ]; then
-        systemctl daemon-reload   # else systemd still lists a unit made of drop-ins alone
-      fi
+      case "$dir" in "$DROPINS"|"$PROPERTIES") reload=1 ;; esac
     fi
   done
 else
   for dir in "${KEPT[@]}"; do
     [ ! -e "$R$dir" ] || say "kept $dir (remove it with --purge)"
   done
+fi
+if [ "$reload" -eq 1 ] && [ "$REAL_ROOT" -eq 1 ] && [ -d /run/systemd/system ]; then
+  systemctl daemon-reload   # else systemd still lists a unit made of drop-ins alone
+  systemctl reset-failed twinlockd 2>/dev/null || true
 fi
 
 [ "$did" -eq 1 ] || say "nothing to remove"

@@ -444,6 +444,29 @@ def test_uninstall_keeps_data_unless_purged(tmp_path: Path) -> None:
 
 
 @needs_root
+def test_uninstall_removes_runtime_settings_and_purges_set_property(tmp_path: Path) -> None:
+    """`systemctl set-property --runtime` leaves a drop-in under /run that kept a "not-found"
+    twinlockd listed after --purge (seen in the bookworm VM after the OOM test); it goes with the
+    unit. `systemctl set-property` without --runtime is the household's: kept, purged."""
+    root = image_with_pi(tmp_path / "root")
+    install(root)
+    runtime = root / "run/systemd/system.control/twinlockd.service.d/50-MemoryMax.conf"
+    edited = root / "run/systemd/system/twinlockd.service.d/override.conf"
+    kept = root / "etc/systemd/system.control/twinlockd.service.d/50-MemoryHigh.conf"
+    for path in (runtime, edited, kept):
+        path.parent.mkdir(parents=True)
+        path.write_text("[Service]\n")
+
+    out = run(UNINSTALL, "--root", root).stdout
+    assert not runtime.parent.exists() and not edited.parent.exists()
+    assert "removed /run/systemd/system.control/twinlockd.service.d (runtime settings)" in out
+    assert kept.exists() and "kept /etc/systemd/system.control/twinlockd.service.d" in out
+    out = run(UNINSTALL, "--root", root, "--purge").stdout
+    assert not kept.parent.exists()
+    assert "purged /etc/systemd/system.control/twinlockd.service.d" in out
+
+
+@needs_root
 def test_reinstall_gives_a_kept_drop_folder_back(tmp_path: Path) -> None:
     """uninstall.sh keeps the spool; after it the user and group may come back with new ids."""
     root = image_with_pi(tmp_path / "root")
