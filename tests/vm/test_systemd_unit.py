@@ -858,12 +858,19 @@ def test_uninstall_leaves_no_unit_user_or_file(door: Door) -> None:
     assert guest.run("systemctl is-active twinlockd", check=False).stdout.strip() != "active"
     result = guest.run("/root/twinlock/deploy/uninstall.sh --purge")
     print(result.stdout)
+    # systemd knows the name alone: no unit file, no drop-in anywhere (set-property's and
+    # --runtime's too), nothing running. (The image's gpio-sim unit orders itself Before= it, so
+    # systemd keeps a "not-found" entry for the name: that is the image's, not left by uninstall.)
+    unit = guest.show("LoadState", "ActiveState", "FragmentPath", "DropInPaths", "MainPID")
+    assert unit == {"LoadState": "not-found", "ActiveState": "inactive", "FragmentPath": "",
+                    "DropInPaths": "", "MainPID": "0"}, unit
     gone = guest.run(
-        "systemctl list-unit-files 'twinlockd*' --no-legend; systemctl list-units --all "
-        "'twinlockd*' --no-legend; getent passwd twinlock; getent group twinlock "
+        "systemctl list-unit-files 'twinlockd*' --no-legend; getent passwd twinlock; "
+        "getent group twinlock "
         "twinlock-deploy; ls -d /etc/systemd/system/twinlockd.service* /etc/systemd/system/"
         "*.wants/twinlockd* /opt/twinlock /etc/twinlock /var/lib/twinlock /var/spool/twinlock "
-        f"{GUEST_REVIEW_DIR} "
+        f"{GUEST_REVIEW_DIR} /etc/systemd/system.control/twinlockd.service.d "
+        "/run/systemd/system.control/twinlockd.service.d /run/systemd/system/twinlockd.service.d "
         "/run/twinlock /etc/sudoers.d/twinlock-deploy 2>/dev/null; "
         f"find / -xdev \\( -uid {uid} -o -gid {gid} -o -gid {deploy_gid} \\) -print 2>/dev/null "
         "| head; "
