@@ -59,7 +59,7 @@ def fit_to_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
     """``image`` shrunk (area interpolation) to :func:`fitted_size`, or itself when it fits.
 
     Why: a 4K camera's frame is 25 MB of RGB, and the frame path copies it several times; the
-    daemon peaked at 401 MB with one, past the unit's ``MemoryMax=300M``. Detection runs on a
+    daemon peaked at 401 MB with one, past the unit's ``MemoryHigh=320M``. Detection runs on a
     128 px input and the crop needs no more pixels than a face at the door brings at 1920 px
     (docs/guide/at-the-door.md, camera), so frames are shrunk once, as they are captured, before
     anything else
