@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import ActionError, UsageError
 from ..processes import kill_group, output_tail
+from .relay_pin import relay_pin_factory
 
 if TYPE_CHECKING:
     from ..config.schema import Config
@@ -84,7 +85,9 @@ class GpioAction:
     so the relay never clicks at start; ``active_high=False`` serves the common active-low relay
     boards. A second unlock during a pulse neither extends nor restarts it (the door is already
     open; extending would let a stream of frames hold it open). Nothing global is registered: no
-    atexit hook, no signal handler, no default pin factory.
+    atexit hook, no signal handler, no default pin factory. Without a factory given, the relay
+    makes lgpio's own with pins that are never let float (:mod:`daemon.door.relay_pin`) and
+    closes it with itself, so the kernel has the line, held off, once the relay is closed.
     """
 
     name = "gpio"
@@ -114,11 +117,18 @@ class GpioAction:
                 "the gpio action needs gpiozero (pip install 'twinlock[device]'); "
                 "use the 'log' action on machines without GPIO"
             ) from exc
+        #: the factory this relay made for itself (lgpio's, holding the pin off when let go; see
+        #: relay_pin.py), closed with the relay; None when given one or gpiozero chooses
+        self._own_factory: Any = None
         try:
+            if pin_factory is None:
+                pin_factory = self._own_factory = relay_pin_factory()
             self._device = OutputDevice(
                 pin, active_high=active_high, initial_value=False, pin_factory=pin_factory
             )
         except Exception as exc:  # gpiozero raises many unrelated types (BadPinFactory, ...)
+            if self._own_factory is not None:
+                self._own_factory.close()
             raise ActionError(
                 f"cannot drive GPIO pin {pin} for the relay: {type(exc).__name__}: {exc}. "
                 "Off a Raspberry Pi set GPIOZERO_PIN_FACTORY=mock for tests, or use the 'log' "
@@ -218,7 +228,11 @@ class GpioAction:
             with self._lock:
                 if not self._closed:
                     self._closed = True
-                    self._device.close()
+                    try:
+                        self._device.close()
+                    finally:
+                        if self._own_factory is not None:
+                            self._own_factory.close()  # the kernel now has the line
 
     def __repr__(self) -> str:
         return f"GpioAction(pin={self.pin}, active_high={self.active_high}, " \
