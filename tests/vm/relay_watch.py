@@ -6,7 +6,9 @@ Appends one line per change to LOG, each with the guest's wall clock (``time.tim
 clock of the audit log and of ``journalctl -o short-unix``):
 
     T value 0|1                       the line's level, read from gpio-sim's sysfs every ~10 ms
-    T requested output|input CONSUMER the pin was claimed (a process opened a line request)
+    T requested output|input BIAS CONSUMER
+                                      the pin was claimed (a process opened a line request),
+                                      BIAS being pull-up, pull-down, bias-disabled or as-is
     T released                        the claim ended (the process let go, or died)
 
 The claims come from the kernel's line-info watch on the chip (GPIO_V2_GET_LINEINFO_WATCH_IOCTL):
@@ -29,6 +31,8 @@ INFO_CHANGED_SIZE = 288
 #: _IOWR(0xB4, 0x06, struct gpio_v2_line_info)
 GPIO_V2_GET_LINEINFO_WATCH_IOCTL = 0xC000_0000 | (LINE_INFO_SIZE << 16) | (0xB4 << 8) | 0x06
 FLAG_OUTPUT = 1 << 3
+#: GPIO_V2_LINE_FLAG_BIAS_PULL_UP, _PULL_DOWN, _DISABLED
+BIASES = {1 << 8: "pull-up", 1 << 9: "pull-down", 1 << 10: "bias-disabled"}
 EVENTS = {1: "requested", 2: "released", 3: "reconfigured"}
 
 
@@ -39,7 +43,8 @@ def _describe(raw: bytes) -> str:
     name = EVENTS.get(kind, f"event{kind}")
     if name == "released":
         return name
-    return f"{name} {'output' if flags & FLAG_OUTPUT else 'input'} {consumer}"
+    bias = next((word for bit, word in BIASES.items() if flags & bit), "as-is")
+    return f"{name} {'output' if flags & FLAG_OUTPUT else 'input'} {bias} {consumer}"
 
 
 def main(chip: str, value_path: str, offset: int, log_path: str) -> None:
