@@ -13,11 +13,11 @@ The pin here claims the line as an output directly at the level it is first give
 off level: :class:`~daemon.door.actions.GpioAction` passes ``initial_value=False``) with the SoC's
 pull set to that same level, and on close leaves the line as it is for the kernel to release.
 What a released line does is the kernel's: Raspberry Pi OS keeps it driven
-(``pinctrl_bcm2835.persist_gpio_outputs``, on by default there); a kernel without that turns it
+(its pin controller's ``persist_gpio_outputs``, on by default there); a kernel without that turns it
 into an input, where the pull set at the claim holds it at the off level. Either way the relay's
 input is held off, by the pin or by the pull, not left to the board.
 
-Nothing here is imported unless the gpio action runs on a machine with lgpio.
+lgpio and gpiozero are imported only when a relay is made, not when this module is.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ What gpio-sim shows, and what it cannot: gpio-sim sets a line that nobody holds 
 and a claim's bias flag moves that pull), as an upstream kernel turns a released output into an
 input at the SoC's pull. So when the daemon dies the kernel releases its claim and the line falls
 to its pull at once, with or without the unit's ExecStopPost. Raspberry Pi OS's kernel instead
-keeps a released output driven (``pinctrl_bcm2835.persist_gpio_outputs``): there a relay the dead
+keeps a released output driven (its pin controller's ``persist_gpio_outputs``): there a relay the dead
 daemon left on stays on until ExecStopPost's ``twinlockd relay-off`` claims the pin and drives it
 off. So on this line ExecStopPost is seen as a *claim*: relay-off requesting the pin as an output
 at the off level, pulled towards off, and releasing it, after the dead daemon's claim ended and
