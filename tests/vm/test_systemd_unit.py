@@ -36,6 +36,7 @@ from vm_guest import (
     REVIEW_DOOR,
     Door,
     Guest,
+    GuestError,
     Times,
     door_config,
     examples,
@@ -516,9 +517,15 @@ def test_an_oom_kill_runs_exec_stop_post_and_the_unit_comes_back(door: Door,
     try:
         guest.run(f"systemctl set-property --runtime twinlockd MemoryMax={cap_kb}K",
                   timeout=300, check=False)
-        guest.wait_until(f"journalctl -u twinlockd --since '{since}' -o cat --no-pager "
-                         "| grep -F \"Failed with result 'oom-kill'\"", 300,
-                         "systemd's record of the OOM kill")
+        try:
+            guest.wait_until(f"journalctl -u twinlockd --since '{since}' -o cat --no-pager "
+                             "| grep -F \"Failed with result 'oom-kill'\"", 300,
+                             "systemd's record of the OOM kill")
+        except GuestError as error:  # say what systemd and the kernel recorded instead
+            kills = guest.run("journalctl -k -o cat --no-pager | grep -F 'Memory cgroup out of "
+                              "memory' | tail -n 5", check=False).stdout
+            raise GuestError(f"{error}\nthe unit's journal:\n{guest.journal(since)[-3000:]}\n"
+                             f"the kernel's OOM kills:\n{kills}") from error
     finally:
         guest.run(f"rm -f {RUNTIME_LIMIT} && systemctl daemon-reload", timeout=300)
     assert guest.run(f"cat {cgroup}/memory.max", check=False).stdout.strip() in (limit, ""), \
