@@ -15,7 +15,9 @@ pull set to that same level, and on close leaves the line as it is for the kerne
 What a released line does is the kernel's: Raspberry Pi OS keeps it driven
 (its pin controller's ``persist_gpio_outputs``, on by default there); a kernel without that turns it
 into an input, where the pull set at the claim holds it at the off level. Either way the relay's
-input is held off, by the pin or by the pull, not left to the board.
+input is held off, by the pin or by the pull, not left to the board. (One moment remains as
+gpiozero makes it: as the pin object is made, gpiozero's own code claims the line as an input
+without bias, for the few milliseconds before the output claim.)
 
 lgpio and gpiozero are imported only when a relay is made, not when this module is.
 """
