@@ -1,10 +1,9 @@
 """The daemon's peak memory with a 4K camera: the real clip upscaled to 3840x2160, replayed.
 
-Why: the unit caps the service at ``MemoryMax=`` (deploy/twinlockd.service: 300M until
-2026-12-06, now 400M); a camera that delivers 4K frames once took the daemon to 401 MB and into
-an OOM restart loop on a Pi. Frames
-are now downscaled at capture to ``camera.max_side`` (daemon/camera/base.py), so the figure to
-watch is the peak RSS of ``twinlockd run`` on 4K input, and that the performer still opens.
+Why: the unit caps the service at ``MemoryMax=`` (deploy/twinlockd.service; 300M when a camera
+that delivers 4K frames once took the daemon to 401 MB and into an OOM restart loop on a Pi).
+Frames are now downscaled at capture to ``camera.max_side`` (daemon/camera/base.py), so the
+figure to watch is the peak RSS of ``twinlockd run`` on 4K input, and that the performer still opens.
 
 What it does: upscales ``short_hamilton_clip.mp4`` to 3840x2160 (bicubic, mp4v) into a
 temporary folder (never into the repository; ``--clip`` reuses one made before), enrols the
@@ -34,8 +33,17 @@ import _common as common
 
 from daemon import child_env, child_report, load_test_helpers, prepare_door, run_child
 
-#: the unit's memory cap (deploy/twinlockd.service: MemoryMax=400M)
-MEMORY_MAX_MB = 400.0
+
+def unit_memory_max_mb() -> float:
+    """The unit's ``MemoryMax=`` (deploy/twinlockd.service, in M), so the check follows the unit."""
+    unit = (common.REPO / "deploy" / "twinlockd.service").read_text()
+    value = next(line.split("=", 1)[1] for line in unit.splitlines()
+                 if line.startswith("MemoryMax="))
+    return float(value.removesuffix("M"))
+
+
+#: the unit's memory cap
+MEMORY_MAX_MB = unit_memory_max_mb()
 SIZE_4K = (3840, 2160)
 
 

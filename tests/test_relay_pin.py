@@ -9,6 +9,7 @@ unchanged. The same checks run on a real kernel line in the VM (tests/vm, gpio-s
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import time
@@ -48,6 +49,7 @@ class FakeLgpio:
     #: every level the line showed: (gpio, level) when it changed
     levels: list[tuple[int, int | None]] = field(default_factory=list)
     open_handles: set[int] = field(default_factory=set)
+    handles: Iterator[int] = field(default_factory=lambda: itertools.count(100))
 
     def module(self) -> types.ModuleType:
         mod = types.ModuleType("lgpio")
@@ -91,7 +93,7 @@ class FakeLgpio:
         self.claims.append(("released", gpio, line.mode, line.level, line.pull))
 
     def gpiochip_open(self, chip: int) -> int:
-        handle = 100 + len(self.open_handles) + len(self.claims)
+        handle = next(self.handles)
         self.open_handles.add(handle)
         return handle
 
