@@ -62,15 +62,26 @@ def check_restore(loop, run_dir: Path, epochs_done: int) -> None:
 def kill_after_first_epoch(argv: list[str], run_dir: Path, cache: Path,
                            timeout_s: float) -> tuple[int, str, list[dict[str, str]]]:
     """Start ``twinlock <argv>`` as a process, SIGKILL it once an epoch is saved; returns
-    (epochs done, its stderr, the history rows written before the kill)."""
+    (epochs done, its stderr, the history rows written before the kill).
+
+    "Saved" means state.json and history.csv both have the epoch: the trainer writes history.csv
+    right after state.json, so a kill between the two left an empty ``before`` to compare with
+    (resume then rewrites history.csv from state.json; seen once on a busy machine)."""
     proc = subprocess.Popen([sys.executable, "-m", "twinlock.trainer.cli", *argv],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=os.environ | {"TWINLOCK_CACHE": str(cache)})
+    history = run_dir / "history.csv"
+
+    def rows() -> list[dict[str, str]]:
+        try:
+            return list(csv.DictReader(history.read_text().splitlines()))
+        except FileNotFoundError:
+            return []
+
     deadline = time.monotonic() + timeout_s
-    while epochs_done(run_dir) < 1 and proc.poll() is None and time.monotonic() < deadline:
+    while not 1 <= epochs_done(run_dir) <= len(rows()) and proc.poll() is None \
+            and time.monotonic() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     stderr = proc.communicate()[1].decode()
-    history = run_dir / "history.csv"
-    rows = list(csv.DictReader(history.read_text().splitlines())) if history.is_file() else []
-    return epochs_done(run_dir), stderr, rows
+    return epochs_done(run_dir), stderr, rows()
